@@ -1,0 +1,82 @@
+/* The agent: configuration, and the state every part of boxd shares. There is one struct agent,
+ * made in main() and passed explicitly; there are no hidden globals. */
+#ifndef BOXD_AGENT_H
+#define BOXD_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "list.h"
+
+#define BOXD_DEFAULT_SOCKET "/run/boxd.sock"
+#define BOXD_MAX_LISTEN 16
+#define BOXD_ID_MAX 64
+
+/* Every limit and default, named. Checked in 64-bit arithmetic before allocating. */
+struct config {
+    const char *listen[BOXD_MAX_LISTEN];
+    unsigned n_listen;
+    uint32_t max_frame;     /* largest request frame body accepted */
+    uint32_t max_event;     /* largest frame the agent sends (output batches stop below it) */
+    uint32_t max_line;      /* a longer line is cut into pieces of this size */
+    uint32_t max_runs;      /* live runs at once */
+    uint32_t max_finished;  /* finished runs remembered */
+    uint32_t max_conns;     /* connections at once */
+    uint64_t log_bytes;     /* retained log per run */
+    uint32_t stdin_bytes;   /* stdin bytes queued per run */
+    uint32_t max_subs;      /* runs one connection may follow at once */
+    uint64_t conn_queue;    /* unsent bytes per connection before reading requests pauses */
+    uint32_t grace_ms;      /* TERM -> KILL grace for cancel and timeout */
+    uint32_t drain_ms;      /* wait for pipe EOF after the main process exits */
+    uint32_t flush_ms;      /* idle time before a partial line is sent */
+};
+
+void config_defaults(struct config *c);
+
+struct run;
+struct conn;
+
+struct agent {
+    uv_loop_t *loop;
+    struct config cfg;
+    char boot_id[37];
+    pid_t pid;
+    bool pid1;
+    bool subreaper;
+    uint64_t start_mono_ns;
+
+    char *env_home, *env_user, *env_logname; /* "HOME=..." for runs, from passwd */
+    int devnull_fd;   /* /dev/null, O_CLOEXEC, dup'ed into runs as stdin */
+    char *read_buf;   /* shared read buffer for pipes and sockets (single-threaded) */
+    size_t read_buf_size;
+    char *spawn_stack; /* the CLONE_VFORK child's stack; the parent is suspended meanwhile */
+    size_t spawn_stack_size;
+
+    /* Runs: all of them in start order; finished ones also on a FIFO for eviction. */
+    struct list runs;
+    struct list finished;
+    struct run **by_id;  /* hash buckets, chained through run->id_next */
+    struct run **by_pid; /* chained through run->pid_next */
+    unsigned n_buckets;
+    uint32_t n_live;     /* running or draining: count against max_runs */
+    uint32_t n_finished;
+    uint64_t next_run_no;
+    uint64_t started_total;
+    uint64_t reaped;     /* processes reaped that were not a run's main process */
+
+    struct list conns;
+    uint32_t n_conns;
+    uint64_t next_conn_no;
+    struct list listeners;
+
+    int sig_fd;
+    uv_poll_t sig_poll;
+    bool shutting_down;
+    uv_timer_t shutdown_timer;
+    uint64_t shutdown_start_ns;
+    int exit_code;
+};
+
+#endif

@@ -1,0 +1,283 @@
+#include "conn.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "events.h"
+#include "log.h"
+#include "request.h"
+#include "run.h"
+
+struct wreq {
+    uv_write_t w;
+    struct conn *c;
+    size_t len;
+    char *buf;
+};
+
+static void on_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct agent *a = c->a;
+    /* Subscriptions go now that no callback of this conn can run any more. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &c->subs) sub_free(container_of(pos, struct sub, conn_link));
+    list_del(&c->link);
+    a->n_conns--;
+    free(c->frame);
+    log_debug("conn %llu: closed", (unsigned long long)c->no);
+    free(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    /* Pending writes are cancelled by uv_close (their callbacks run with UV_ECANCELED before
+     * on_closed), so no buffer is leaked. */
+    uv_close((uv_handle_t *)&c->h, on_closed);
+}
+
+struct conn *conn_find(struct agent *a, uint64_t no)
+{
+    struct list *pos;
+    for (pos = a->conns.next; pos != &a->conns; pos = pos->next) {
+        struct conn *c = container_of(pos, struct conn, link);
+        if (c->no == no)
+            return c->closing ? NULL : c;
+    }
+    return NULL;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct conn *c = h->data;
+    /* One shared buffer: every read is consumed before the next is made. */
+    *buf = uv_buf_init(c->a->read_buf, (unsigned)c->a->read_buf_size);
+}
+
+
+static void reading_set(struct conn *c, bool on)
+{
+    if (c->closing || c->reading == on)
+        return;
+    c->reading = on;
+    if (on)
+        uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
+    else
+        uv_read_stop((uv_stream_t *)&c->h);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    struct wreq *wr = container_of(w, struct wreq, w);
+    struct conn *c = wr->c;
+    c->queued -= wr->len;
+    free(wr->buf);
+    free(wr);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        log_debug("conn %llu: write: %s", (unsigned long long)c->no, uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    if (c->close_after_flush && c->queued == 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->queued < CONN_LOW_WATER)
+        conn_pump(c);
+    if (c->queued < c->a->cfg.conn_queue && !c->close_after_flush)
+        reading_set(c, true);
+}
+
+int conn_send(struct conn *c, struct msg_out *o)
+{
+    int e = msg_out_finish(o);
+    if (e < 0) {
+        msg_out_destroy(o);
+        return e;
+    }
+    if (c->closing) {
+        msg_out_destroy(o);
+        return -EPIPE;
+    }
+    struct wreq *wr = malloc(sizeof *wr);
+    if (wr == NULL) {
+        msg_out_destroy(o);
+        return -ENOMEM;
+    }
+    wr->c = c;
+    wr->buf = msg_out_steal(o, &wr->len);
+    uv_buf_t b = uv_buf_init(wr->buf, (unsigned)wr->len);
+    e = uv_write(&wr->w, (uv_stream_t *)&c->h, &b, 1, on_written);
+    if (e < 0) {
+        free(wr->buf);
+        free(wr);
+        /* Not closed from here: the caller may be iterating this conn's subscriptions. The
+         * read side sees the same error and closes it. */
+        return -EPIPE;
+    }
+    c->queued += wr->len;
+    /* Flow control for requests: a client that sends faster than it reads stops being read. */
+    if (c->queued >= c->a->cfg.conn_queue)
+        reading_set(c, false);
+    return 0;
+}
+
+void conn_ready(struct conn *c, struct sub *s)
+{
+    if (c->closing)
+        return;
+    if (!list_linked(&s->ready_link))
+        list_add_tail(&c->ready, &s->ready_link);
+    conn_pump(c);
+}
+
+void conn_pump(struct conn *c)
+{
+    if (c->pumping)
+        return; /* re-entered through a sub's run (flow control); the outer loop goes on */
+    c->pumping = true;
+    while (!c->closing && !list_empty(&c->ready) && c->queued < CONN_LOW_WATER) {
+        struct sub *s = container_of(c->ready.next, struct sub, ready_link);
+        list_del(&s->ready_link);
+        int more = sub_pump(s, CONN_LOW_WATER - c->queued + 64u * 1024u);
+        if (more == 1)
+            list_add_tail(&c->ready, &s->ready_link); /* round-robin between runs */
+    }
+    c->pumping = false;
+}
+
+/* ---- Reading -------------------------------------------------------------------------------- */
+
+static void send_error_close(struct conn *c, const char *code, const char *text)
+{
+    struct msg_out o;
+    if (ev_error(&o, NULL, code, NULL, "%s", text) == 0)
+        conn_send(c, &o);
+    else
+        msg_out_destroy(&o);
+    reading_set(c, false);
+    c->close_after_flush = true;
+    if (c->queued == 0)
+        conn_close(c);
+}
+
+static void frame_done(struct conn *c)
+{
+    uint8_t *body = c->frame;
+    uint32_t len = c->frame_len;
+    c->frame = NULL;
+    c->frame_len = c->frame_have = 0;
+    c->hdr_have = 0;
+    request_frame(c, body, len);
+    free(body);
+}
+
+/* Consumes bytes from the socket. A frame's header is checked against max_frame before its
+ * body is allocated. */
+static void consume(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct agent *a = c->a;
+    while (n > 0 && !c->closing && !c->close_after_flush) {
+        if (c->frame == NULL) {
+            size_t take = BOX_FRAME_HDR - c->hdr_have;
+            if (take > n)
+                take = n;
+            memcpy(c->hdr + c->hdr_have, p, take);
+            c->hdr_have += (uint32_t)take;
+            p += take;
+            n -= take;
+            uint32_t len;
+            int e = frame_header_decode(c->hdr, c->hdr_have, a->cfg.max_frame, &len);
+            if (e == -EAGAIN)
+                continue;
+            if (e == -EMSGSIZE) {
+                log_warn("conn %llu: frame of %u bytes over the limit of %u, closing",
+                         (unsigned long long)c->no,
+                         (unsigned)(c->hdr[0] << 24 | c->hdr[1] << 16 | c->hdr[2] << 8 | c->hdr[3]),
+                         a->cfg.max_frame);
+                send_error_close(c, "too_large", "frame larger than max_frame");
+                return;
+            }
+            if (e == -EBADMSG) {
+                /* An empty frame: answer it, the stream stays in step. */
+                c->hdr_have = 0;
+                struct msg_out o;
+                if (ev_error(&o, NULL, "bad_request", NULL, "empty frame") == 0)
+                    conn_send(c, &o);
+                continue;
+            }
+            c->frame = malloc(len);
+            if (c->frame == NULL) {
+                send_error_close(c, "internal", "out of memory");
+                return;
+            }
+            c->frame_len = len;
+            c->frame_have = 0;
+            continue;
+        }
+        size_t take = c->frame_len - c->frame_have;
+        if (take > n)
+            take = n;
+        memcpy(c->frame + c->frame_have, p, take);
+        c->frame_have += (uint32_t)take;
+        p += take;
+        n -= take;
+        if (c->frame_have == c->frame_len)
+            frame_done(c);
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("conn %llu: read: %s", (unsigned long long)c->no, uv_strerror((int)nread));
+        conn_close(c);
+        return;
+    }
+    consume(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+void conn_accept(struct agent *a, uv_stream_t *server)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        log_err("accept: out of memory");
+        return;
+    }
+    c->a = a;
+    c->no = ++a->next_conn_no;
+    list_init(&c->subs);
+    list_init(&c->ready);
+    uv_pipe_init(a->loop, &c->h, 0);
+    c->h.data = c;
+    list_add_tail(&a->conns, &c->link);
+    a->n_conns++;
+    int e = uv_accept(server, (uv_stream_t *)&c->h);
+    if (e < 0) {
+        log_warn("accept: %s", uv_strerror(e));
+        conn_close(c);
+        return;
+    }
+    if (a->n_conns > a->cfg.max_conns) {
+        log_warn("conn %llu: refused, %u connections already", (unsigned long long)c->no,
+                 a->cfg.max_conns);
+        conn_close(c);
+        return;
+    }
+    c->reading = true;
+    uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
+    log_debug("conn %llu: accepted", (unsigned long long)c->no);
+}

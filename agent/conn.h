@@ -1,0 +1,60 @@
+/* One client connection: frame reassembly, the hello gate, the write queue with its bounds,
+ * and the subscriptions through which runs stream to it.
+ *
+ * Ownership: the agent lists every conn (a->conns). conn_close() starts closing: the handle is
+ * closed, and the conn and its subscriptions are freed in the close callback, never from inside
+ * a callback that is still using them. Every entry point checks `closing` first. */
+#ifndef BOXD_CONN_H
+#define BOXD_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "agent.h"
+#include "codec.h"
+#include "list.h"
+
+struct sub;
+
+struct conn {
+    struct agent *a;
+    struct list link;
+    uv_pipe_t h;
+    uint64_t no; /* connection number, for logs and for finding it again */
+    bool closing;
+    bool hello;
+    bool reading;
+    bool close_after_flush;
+
+    uint8_t hdr[BOX_FRAME_HDR];
+    uint32_t hdr_have;
+    uint8_t *frame; /* body being received, allocated once its length passed the check */
+    uint32_t frame_len, frame_have;
+    bool discarding; /* skipping the rest of a frame that was refused */
+
+    uint64_t queued; /* bytes handed to uv_write and not yet written */
+    struct list subs;  /* struct sub.conn_link */
+    uint32_t n_subs;
+    struct list ready; /* subs with output or an end to send */
+    bool pumping;
+};
+
+/* Accepts one connection from a listening stream. */
+void conn_accept(struct agent *a, uv_stream_t *server);
+
+/* Finishes o's frame and queues it; o is consumed (destroyed) whatever happens.
+ * Returns 0, -ENOMEM, or -EPIPE if the connection is closing. */
+int conn_send(struct conn *c, struct msg_out *o);
+
+/* Puts s on the ready list and sends what the connection's window allows. */
+void conn_ready(struct conn *c, struct sub *s);
+void conn_pump(struct conn *c);
+
+void conn_close(struct conn *c);
+struct conn *conn_find(struct agent *a, uint64_t no);
+
+/* Bytes a connection may have queued before output pumping stops. */
+#define CONN_LOW_WATER (256u * 1024u)
+
+#endif

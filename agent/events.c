@@ -1,0 +1,150 @@
+#include "events.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req)
+{
+    if (msg_out_init(o, 256) < 0)
+        return -ENOMEM;
+    msg_map_open(o);
+    msg_kv_str(o, "type", type);
+    if (req && req->len) {
+        msg_key(o, "req");
+        msg_raw(o, req->buf, req->len);
+    }
+    return 0;
+}
+
+void ev_close(struct msg_out *o)
+{
+    msg_map_close(o);
+}
+
+const char *errno_name(int err)
+{
+    switch (err) {
+#define E(x) case x: return #x
+        E(EPERM); E(ENOENT); E(ESRCH); E(EINTR); E(EIO); E(ENXIO); E(E2BIG); E(ENOEXEC);
+        E(EBADF); E(ECHILD); E(EAGAIN); E(ENOMEM); E(EACCES); E(EFAULT); E(EBUSY); E(EEXIST);
+        E(ENOTDIR); E(EISDIR); E(EINVAL); E(ENFILE); E(EMFILE); E(ETXTBSY); E(EFBIG);
+        E(ENOSPC); E(EROFS); E(EMLINK); E(EPIPE); E(ENAMETOOLONG); E(ELOOP); E(ENOSYS);
+        E(ELIBBAD); E(EOVERFLOW);
+#undef E
+    default:
+        return "E?";
+    }
+}
+
+/* Appends the bytes of one stream from the retained log, with at most one final '\n' dropped
+ * when trim is set. Returns false if the cap cut it short. */
+static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_t cap, bool trim)
+{
+    /* Two passes: measure, then copy into the msgpack body directly. */
+    struct rl_cursor c;
+    struct rl_rec rec;
+    size_t total = 0;
+    bool truncated = r->log.dropped_records > 0;
+    runlog_seek(&r->log, r->log.first_seq, &c);
+    while (runlog_next(&r->log, &c, &rec))
+        if (rec.stream == stream)
+            total += rec.len;
+    size_t n = total;
+    if (n > cap) {
+        n = cap;
+        truncated = true;
+    }
+    /* Decide on str vs bin over the whole value; gather into a temporary buffer. */
+    char *tmp = n ? malloc(n) : NULL;
+    if (n && tmp == NULL) {
+        o->failed = true;
+        return false;
+    }
+    size_t at = 0;
+    runlog_seek(&r->log, r->log.first_seq, &c);
+    while (at < n && runlog_next(&r->log, &c, &rec)) {
+        if (rec.stream != stream)
+            continue;
+        size_t take = rec.len < n - at ? rec.len : n - at;
+        memcpy(tmp + at, rec.data, take);
+        at += take;
+    }
+    if (trim && at > 0 && tmp[at - 1] == '\n')
+        at--;
+    msg_data(o, tmp ? tmp : "", at);
+    free(tmp);
+    return !truncated;
+}
+
+int ev_end(struct msg_out *o, const struct reqtag *req, const struct run *r, bool want_output,
+           uint32_t max_event)
+{
+    if (ev_begin(o, "end", req) < 0)
+        return -ENOMEM;
+    msg_kv_str(o, "id", r->id);
+    msg_kv_str(o, "status", run_status_str(r));
+    msg_kv_str(o, "reason", run_reason_str(r));
+    int st = r->wstatus;
+    if (r->spawn_stage) {
+        msg_kv_i64(o, "exit_code", r->spawn_err == ENOENT ? 127 : 126);
+        msg_kv_nil(o, "signal");
+        msg_kv_i64(o, "errno", r->spawn_err);
+        msg_kv_str(o, "errno_name", errno_name(r->spawn_err));
+        msg_kv_str(o, "stage", r->spawn_stage);
+    } else if (WIFSIGNALED(st)) {
+        msg_kv_i64(o, "exit_code", 128 + WTERMSIG(st));
+        msg_kv_i64(o, "signal", WTERMSIG(st));
+    } else {
+        msg_kv_i64(o, "exit_code", WEXITSTATUS(st));
+        msg_kv_nil(o, "signal");
+    }
+    msg_kv_u64(o, "started_ns", r->started_ns);
+    msg_kv_u64(o, "ended_ns", r->ended_ns);
+    msg_kv_u64(o, "duration_ms", (r->end_mono - r->start_mono) / 1000000u);
+    msg_kv_u64(o, "cpu_user_us",
+               (uint64_t)r->ru.ru_utime.tv_sec * 1000000u + (uint64_t)r->ru.ru_utime.tv_usec);
+    msg_kv_u64(o, "cpu_sys_us",
+               (uint64_t)r->ru.ru_stime.tv_sec * 1000000u + (uint64_t)r->ru.ru_stime.tv_usec);
+    msg_kv_u64(o, "max_rss_kb", (uint64_t)r->ru.ru_maxrss);
+    msg_kv_u64(o, "next_seq", r->log.next_seq);
+    msg_kv_u64(o, "first_seq", r->log.first_seq);
+    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
+    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
+    if (want_output) {
+        size_t cap = max_event / 4;
+        bool completed = strcmp(run_status_str(r), "completed") == 0;
+        bool ok = true;
+        msg_key(o, "result");
+        ok &= put_stream(o, r, completed ? 1 : 2, cap, true);
+        msg_key(o, "stdout");
+        ok &= put_stream(o, r, 1, cap, false);
+        msg_key(o, "stderr");
+        ok &= put_stream(o, r, 2, cap, false);
+        msg_kv_bool(o, "output_truncated", !ok);
+    }
+    ev_close(o);
+    return o->failed ? -ENOMEM : 0;
+}
+
+int ev_error(struct msg_out *o, const struct reqtag *req, const char *code, const char *id,
+             const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (ev_begin(o, "error", req) < 0)
+        return -ENOMEM;
+    msg_kv_str(o, "code", code);
+    msg_kv_str(o, "message", text);
+    if (id)
+        msg_kv_str(o, "id", id);
+    ev_close(o);
+    return o->failed ? -ENOMEM : 0;
+}

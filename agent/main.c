@@ -1,0 +1,355 @@
+/* boxd: the agent inside a box. Start-up and the command line.
+ *
+ * Start-up may fail and exit (bad options, no socket). From the moment the loop runs, boxd never
+ * exits on a request's behalf: bad input gets an error reply, a bad peer is dropped, a failed run
+ * gets a failed status. The loop ends only by a clean shutdown. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "conn.h"
+#include "environ.h"
+#include "listen.h"
+#include "log.h"
+#include "run.h"
+#include "signals.h"
+
+#define READ_BUF_SIZE (64u * 1024u)
+#define SPAWN_STACK_SIZE (64u * 1024u)
+
+void config_defaults(struct config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->max_frame = 1u << 20;
+    c->max_event = 1u << 20;
+    c->max_line = 64u * 1024u;
+    c->max_runs = 1024;
+    c->max_finished = 256;
+    c->max_conns = 256;
+    c->log_bytes = 8u << 20;
+    c->stdin_bytes = 1u << 20;
+    c->max_subs = 1024;
+    c->conn_queue = 4u << 20;
+    c->grace_ms = 2000;
+    c->drain_ms = 100;
+    c->flush_ms = 20;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: boxd [--listen unix:PATH]... [options]\n"
+            "\n"
+            "The in-box execution agent. Serves the boxd protocol (protocol/PROTOCOL.md) on\n"
+            "every --listen address; with none, on unix:" BOXD_DEFAULT_SOCKET ".\n"
+            "\n"
+            "options (sizes in bytes, times in milliseconds):\n"
+            "  --listen unix:PATH     serve a unix socket (mode 0600), may be repeated\n"
+            "  --max-frame N          largest request frame accepted (default 1048576)\n"
+            "  --max-event N          largest frame sent (default 1048576)\n"
+            "  --max-line N           lines longer than this are cut into pieces (default 65536)\n"
+            "  --max-runs N           live runs at once (default 1024)\n"
+            "  --max-finished N       finished runs remembered (default 256)\n"
+            "  --max-conns N          connections at once (default 256)\n"
+            "  --log-bytes N          output kept per run (default 8388608)\n"
+            "  --stdin-bytes N        stdin queued per run (default 1048576)\n"
+            "  --max-subs N           runs one connection may follow (default 1024)\n"
+            "  --conn-queue N         unsent bytes per connection before reading pauses (default 4194304)\n"
+            "  --grace-ms N           TERM to KILL grace for cancel, timeout, shutdown (default 2000)\n"
+            "  --drain-ms N           wait for output after a run's process exits (default 100)\n"
+            "  --flush-ms N           send a partial line after this long (default 20)\n"
+            "  --log-level LEVEL      error, warn, info (default) or debug\n"
+            "  --help, --version\n");
+}
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_LISTEN = 256, OPT_MAX_FRAME, OPT_MAX_EVENT, OPT_MAX_LINE, OPT_MAX_RUNS,
+    OPT_MAX_FINISHED, OPT_MAX_CONNS, OPT_LOG_BYTES, OPT_STDIN_BYTES, OPT_MAX_SUBS,
+    OPT_CONN_QUEUE, OPT_GRACE, OPT_DRAIN, OPT_FLUSH, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
+};
+
+static int parse_args(int argc, char **argv, struct config *c)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
+        {"max-event", required_argument, NULL, OPT_MAX_EVENT},
+        {"max-line", required_argument, NULL, OPT_MAX_LINE},
+        {"max-runs", required_argument, NULL, OPT_MAX_RUNS},
+        {"max-finished", required_argument, NULL, OPT_MAX_FINISHED},
+        {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+        {"log-bytes", required_argument, NULL, OPT_LOG_BYTES},
+        {"stdin-bytes", required_argument, NULL, OPT_STDIN_BYTES},
+        {"max-subs", required_argument, NULL, OPT_MAX_SUBS},
+        {"conn-queue", required_argument, NULL, OPT_CONN_QUEUE},
+        {"grace-ms", required_argument, NULL, OPT_GRACE},
+        {"drain-ms", required_argument, NULL, OPT_DRAIN},
+        {"flush-ms", required_argument, NULL, OPT_FLUSH},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        uint64_t v = 0;
+        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+        int bad = 0;
+        switch (o) {
+        case OPT_LISTEN:
+            if (c->n_listen >= BOXD_MAX_LISTEN) {
+                fprintf(stderr, "boxd: at most %d --listen\n", BOXD_MAX_LISTEN);
+                return 2;
+            }
+            c->listen[c->n_listen++] = optarg;
+            break;
+        case OPT_MAX_FRAME:
+            bad = parse_u64(optarg, 4096, 64u << 20, &v);
+            c->max_frame = (uint32_t)v;
+            break;
+        case OPT_MAX_EVENT:
+            bad = parse_u64(optarg, 64u * 1024u, 64u << 20, &v);
+            c->max_event = (uint32_t)v;
+            break;
+        case OPT_MAX_LINE:
+            bad = parse_u64(optarg, 16, 1u << 20, &v);
+            c->max_line = (uint32_t)v;
+            break;
+        case OPT_MAX_RUNS:
+            bad = parse_u64(optarg, 1, 1u << 20, &v);
+            c->max_runs = (uint32_t)v;
+            break;
+        case OPT_MAX_FINISHED:
+            bad = parse_u64(optarg, 0, 1u << 20, &v);
+            c->max_finished = (uint32_t)v;
+            break;
+        case OPT_MAX_CONNS:
+            bad = parse_u64(optarg, 1, 1u << 20, &v);
+            c->max_conns = (uint32_t)v;
+            break;
+        case OPT_LOG_BYTES:
+            bad = parse_u64(optarg, 4096, 1ull << 40, &v);
+            c->log_bytes = v;
+            break;
+        case OPT_STDIN_BYTES:
+            bad = parse_u64(optarg, 1, 1u << 30, &v);
+            c->stdin_bytes = (uint32_t)v;
+            break;
+        case OPT_MAX_SUBS:
+            bad = parse_u64(optarg, 1, 1u << 20, &v);
+            c->max_subs = (uint32_t)v;
+            break;
+        case OPT_CONN_QUEUE:
+            bad = parse_u64(optarg, 64u * 1024u, 1ull << 32, &v);
+            c->conn_queue = v;
+            break;
+        case OPT_GRACE:
+            bad = parse_u64(optarg, 0, 3600u * 1000u, &v);
+            c->grace_ms = (uint32_t)v;
+            break;
+        case OPT_DRAIN:
+            bad = parse_u64(optarg, 0, 60u * 1000u, &v);
+            c->drain_ms = (uint32_t)v;
+            break;
+        case OPT_FLUSH:
+            bad = parse_u64(optarg, 1, 60u * 1000u, &v);
+            c->flush_ms = (uint32_t)v;
+            break;
+        case OPT_LOG_LEVEL:
+            if (strcmp(optarg, "error") == 0)
+                log_set_level(LOG_ERR);
+            else if (strcmp(optarg, "warn") == 0)
+                log_set_level(LOG_WARN);
+            else if (strcmp(optarg, "info") == 0)
+                log_set_level(LOG_INFO);
+            else if (strcmp(optarg, "debug") == 0)
+                log_set_level(LOG_DEBUG);
+            else
+                bad = 1;
+            break;
+        case OPT_HELP:
+            usage(stdout);
+            return 0;
+        case OPT_VERSION:
+            printf("boxd %s (protocol %d)\n", BOXD_VERSION, 1);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "boxd: bad value '%s' for %s\n", optarg, name);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "boxd: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    /* A record must fit an event with room to spare, with msgpack overhead. */
+    if (c->max_line > c->max_event / 4) {
+        fprintf(stderr, "boxd: --max-line must be at most a quarter of --max-event\n");
+        return 2;
+    }
+    if (c->n_listen == 0)
+        c->listen[c->n_listen++] = "unix:" BOXD_DEFAULT_SOCKET;
+    return -1;
+}
+
+/* fds 0-2 must be open, so that no pipe or socket of ours lands on them (a run's stdio is
+ * dup2'ed onto 0-2, and an agent fd there would be clobbered). A VM's init may start without. */
+static void ensure_stdio(void)
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            int n = open("/dev/null", O_RDWR);
+            if (n >= 0 && n != fd) {
+                dup2(n, fd);
+                close(n);
+            }
+        }
+}
+
+static void make_boot_id(struct agent *a)
+{
+    /* The kernel's random uuid; else one from getrandom-backed bytes. */
+    int fd = open("/proc/sys/kernel/random/uuid", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, a->boot_id, 36);
+        close(fd);
+        if (n == 36) {
+            a->boot_id[36] = '\0';
+            return;
+        }
+    }
+    unsigned char b[16] = {0};
+    fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, b, sizeof b) < 0)
+            memset(b, 0, sizeof b);
+        close(fd);
+    }
+    uint64_t t = now_real_ns() ^ (uint64_t)getpid();
+    for (int i = 0; i < 8; i++)
+        b[i] ^= (unsigned char)(t >> (8 * i));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    snprintf(a->boot_id, sizeof a->boot_id,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+}
+
+static void on_walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Releases everything, so sanitizers see a clean exit. */
+static void teardown(struct agent *a)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->conns) conn_close(container_of(pos, struct conn, link));
+    listen_close_all(a);
+    runs_destroy(a);
+    uv_poll_stop(&a->sig_poll);
+    uv_close((uv_handle_t *)&a->sig_poll, NULL);
+    uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
+    uv_run(a->loop, UV_RUN_DEFAULT);
+    /* Anything left (there should be nothing) is closed without a callback. */
+    uv_walk(a->loop, on_walk_close, NULL);
+    uv_run(a->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(a->loop) != 0)
+        log_warn("loop still had handles at exit");
+    close(a->sig_fd);
+    close(a->devnull_fd);
+    free(a->by_id);
+    free(a->by_pid);
+    free(a->read_buf);
+    free(a->spawn_stack);
+    environ_destroy(a);
+}
+
+int main(int argc, char **argv)
+{
+    struct agent agent;
+    struct agent *a = &agent;
+    memset(a, 0, sizeof *a);
+    config_defaults(&a->cfg);
+    int rc = parse_args(argc, argv, &a->cfg);
+    if (rc >= 0)
+        return rc;
+
+    /* Block signals first: every later thread and child inherits the mask (children reset it),
+     * and no SIGCHLD can be lost between here and the signalfd. */
+    if (signals_block() < 0) {
+        perror("boxd: sigprocmask");
+        return 1;
+    }
+    ensure_stdio();
+    a->pid = getpid();
+    a->pid1 = a->pid == 1;
+    if (!a->pid1) {
+        /* Not the box's init: adopt our runs' orphans so they are still reaped by us. */
+        a->subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
+    }
+    a->start_mono_ns = now_mono_ns();
+    make_boot_id(a);
+    a->n_buckets = 4099;
+    a->by_id = calloc(a->n_buckets, sizeof *a->by_id);
+    a->by_pid = calloc(a->n_buckets, sizeof *a->by_pid);
+    a->read_buf_size = READ_BUF_SIZE;
+    a->read_buf = malloc(a->read_buf_size);
+    a->spawn_stack_size = SPAWN_STACK_SIZE;
+    a->spawn_stack = malloc(a->spawn_stack_size);
+    a->devnull_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (!a->by_id || !a->by_pid || !a->read_buf || !a->spawn_stack || a->devnull_fd < 0 ||
+        environ_init(a) < 0) {
+        fprintf(stderr, "boxd: start-up failed: %s\n", strerror(errno ? errno : ENOMEM));
+        return 1;
+    }
+    list_init(&a->conns);
+    list_init(&a->listeners);
+    runs_init(a);
+    a->loop = uv_default_loop();
+    if (signals_start(a) < 0) {
+        perror("boxd: signalfd");
+        return 1;
+    }
+    for (unsigned i = 0; i < a->cfg.n_listen; i++)
+        if (listen_start(a, a->cfg.listen[i]) < 0)
+            return 1;
+
+    /* From now on we must not die. */
+    signals_reap(a);
+    log_info("boxd %s ready: pid %d%s, boot %s", BOXD_VERSION, (int)a->pid,
+             a->pid1 ? " (init)" : a->subreaper ? " (subreaper)" : "", a->boot_id);
+    uv_run(a->loop, UV_RUN_DEFAULT);
+
+    log_info("stopped");
+    teardown(a);
+    return a->exit_code;
+}

@@ -1,0 +1,813 @@
+#include "request.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "environ.h"
+#include "events.h"
+#include "log.h"
+#include "run.h"
+
+#define MAX_ARGV 4096u
+#define MAX_ENV 4096u
+/* Largest page a `logs` request may ask for. */
+#define LOGS_MAX_RECORDS 100000u
+
+struct ctx {
+    struct conn *c;
+    struct agent *a;
+    const msgpack_object *m;
+    struct reqtag req;
+};
+
+static void reply(struct ctx *x, struct msg_out *o)
+{
+    conn_send(x->c, o);
+}
+
+static void error(struct ctx *x, const char *code, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void error(struct ctx *x, const char *code, const char *id, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    struct msg_out o;
+    if (ev_error(&o, &x->req, code, id, "%s", text) == 0)
+        reply(x, &o);
+    else
+        msg_out_destroy(&o);
+}
+
+static void ok(struct ctx *x, const char *id, int ended)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "ok", &x->req) < 0)
+        return;
+    if (id)
+        msg_kv_str(&o, "id", id);
+    if (ended >= 0)
+        msg_kv_bool(&o, "ended", ended);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+/* ---- Field helpers: each returns 0, or answers bad_request itself and returns -1. --------- */
+
+static int get_bool(struct ctx *x, const char *key, bool *v, bool dflt)
+{
+    int e = msg_get_bool(x->m, key, v);
+    if (e == -ENOENT) {
+        *v = dflt;
+        return 0;
+    }
+    if (e < 0) {
+        error(x, "bad_request", NULL, "%s must be a boolean", key);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_u64(struct ctx *x, const char *key, uint64_t *v, uint64_t dflt, uint64_t max)
+{
+    int e = msg_get_u64(x->m, key, v);
+    if (e == -ENOENT) {
+        *v = dflt;
+        return 0;
+    }
+    if (e < 0 || *v > max) {
+        error(x, "bad_request", NULL, "%s must be an integer from 0 to %llu", key,
+              (unsigned long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+static bool id_char_ok(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '.' || ch == '_' || ch == ':' || ch == '-';
+}
+
+/* The run id of a request on a run: required, looked up. */
+static struct run *get_run(struct ctx *x)
+{
+    const char *id;
+    size_t len;
+    int e = msg_get_str(x->m, "id", &id, &len);
+    if (e < 0) {
+        error(x, "bad_request", NULL, "id must be a string");
+        return NULL;
+    }
+    struct run *r = run_find(x->a, id, len);
+    if (r == NULL) {
+        char shown[BOXD_ID_MAX + 1];
+        size_t n = len < BOXD_ID_MAX ? len : BOXD_ID_MAX;
+        for (size_t i = 0; i < n; i++)
+            shown[i] = id_char_ok(id[i]) ? id[i] : '?';
+        shown[n] = '\0';
+        error(x, "not_found", NULL, "no run %s", shown);
+    }
+    return r;
+}
+
+/* ---- hello, ping, info ---------------------------------------------------------------------- */
+
+void request_put_limits(struct msg_out *o, const struct agent *a)
+{
+    const struct config *c = &a->cfg;
+    msg_key(o, "limits");
+    msg_map_open(o);
+    msg_kv_u64(o, "max_frame", c->max_frame);
+    msg_kv_u64(o, "max_event", c->max_event);
+    msg_kv_u64(o, "max_line", c->max_line);
+    msg_kv_u64(o, "max_runs", c->max_runs);
+    msg_kv_u64(o, "max_finished", c->max_finished);
+    msg_kv_u64(o, "max_conns", c->max_conns);
+    msg_kv_u64(o, "log_bytes", c->log_bytes);
+    msg_kv_u64(o, "stdin_bytes", c->stdin_bytes);
+    msg_kv_u64(o, "max_subs", c->max_subs);
+    msg_kv_u64(o, "grace_ms", c->grace_ms);
+    msg_kv_u64(o, "drain_ms", c->drain_ms);
+    msg_kv_u64(o, "flush_ms", c->flush_ms);
+    msg_map_close(o);
+}
+
+static void put_identity(struct msg_out *o, const struct agent *a)
+{
+    msg_kv_u64(o, "version", BOX_PROTOCOL_VERSION);
+    msg_kv_str(o, "agent", "boxd " BOXD_VERSION);
+    msg_kv_str(o, "boot_id", a->boot_id);
+    msg_kv_i64(o, "pid", a->pid);
+}
+
+static void do_hello(struct ctx *x)
+{
+    uint64_t v;
+    int e = msg_get_u64(x->m, "version", &v);
+    if (e < 0 || v != BOX_PROTOCOL_VERSION) {
+        struct msg_out o;
+        if (ev_begin(&o, "error", &x->req) < 0)
+            return;
+        msg_kv_str(&o, "code", e == -EINVAL || e == 0 ? "bad_version" : "bad_request");
+        msg_kv_str(&o, "message", e == -ENOENT ? "hello needs a version"
+                                              : "this agent speaks protocol version 1");
+        msg_key(&o, "versions");
+        msg_array(&o, 1);
+        msg_u64(&o, BOX_PROTOCOL_VERSION);
+        ev_close(&o);
+        reply(x, &o);
+        return;
+    }
+    x->c->hello = true;
+    struct msg_out o;
+    if (ev_begin(&o, "hello", &x->req) < 0)
+        return;
+    put_identity(&o, x->a);
+    msg_key(&o, "capabilities");
+    static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
+                                       "logs", "list", "info", "ping", "argv", "run_id"};
+    msg_array(&o, sizeof caps / sizeof caps[0]);
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        msg_str(&o, caps[i]);
+    request_put_limits(&o, x->a);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+static void do_ping(struct ctx *x)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "pong", &x->req) < 0)
+        return;
+    msg_kv_u64(&o, "ts_ns", now_real_ns());
+    ev_close(&o);
+    reply(x, &o);
+}
+
+static void do_info(struct ctx *x)
+{
+    struct agent *a = x->a;
+    struct msg_out o;
+    if (ev_begin(&o, "info", &x->req) < 0)
+        return;
+    put_identity(&o, a);
+    msg_kv_bool(&o, "pid1", a->pid1);
+    msg_kv_bool(&o, "subreaper", a->subreaper);
+    msg_kv_u64(&o, "uptime_ms", (now_mono_ns() - a->start_mono_ns) / 1000000u);
+    msg_kv_u64(&o, "runs_live", a->n_live);
+    msg_kv_u64(&o, "runs_finished", a->n_finished);
+    msg_kv_u64(&o, "conns", a->n_conns);
+    msg_kv_u64(&o, "reaped", a->reaped);
+    msg_kv_u64(&o, "started_total", a->started_total);
+    msg_kv_bool(&o, "shutting_down", a->shutting_down);
+    request_put_limits(&o, a);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+/* ---- exec ----------------------------------------------------------------------------------- */
+
+static void started(struct ctx *x, const struct run *r, bool existing)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "started", &x->req) < 0)
+        return;
+    msg_kv_str(&o, "id", r->id);
+    msg_kv_i64(&o, "pid", r->pid);
+    msg_kv_u64(&o, "started_ns", r->started_ns);
+    msg_kv_bool(&o, "existing", existing);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+static void spawn_failed(struct ctx *x, const struct run *r)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "error", &x->req) < 0)
+        return;
+    msg_kv_str(&o, "code", "spawn_failed");
+    char text[256];
+    snprintf(text, sizeof text, "%s: %s", r->spawn_stage, strerror(r->spawn_err));
+    msg_kv_str(&o, "message", text);
+    msg_kv_str(&o, "id", r->id);
+    msg_kv_i64(&o, "errno", r->spawn_err);
+    msg_kv_str(&o, "errno_name", errno_name(r->spawn_err));
+    msg_kv_str(&o, "stage", r->spawn_stage);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+/* Copies a msgpack str into a NUL-terminated string at *at, refusing embedded NULs. */
+static int take_str(const msgpack_object *o, char **at, char **out)
+{
+    if (o->type != MSGPACK_OBJECT_STR || memchr(o->via.str.ptr, '\0', o->via.str.size))
+        return -1;
+    memcpy(*at, o->via.str.ptr, o->via.str.size);
+    (*at)[o->via.str.size] = '\0';
+    *out = *at;
+    *at += o->via.str.size + 1;
+    return 0;
+}
+
+static void do_exec(struct ctx *x)
+{
+    struct agent *a = x->a;
+    if (a->shutting_down) {
+        error(x, "shutting_down", NULL, "the agent is shutting down");
+        return;
+    }
+    const char *id = NULL;
+    size_t id_len = 0;
+    int e = msg_get_str(x->m, "id", &id, &id_len);
+    if (e == -EINVAL || (e == 0 && (id_len == 0 || id_len > BOXD_ID_MAX))) {
+        error(x, "bad_request", NULL, "id must be a string of 1 to %d characters", BOXD_ID_MAX);
+        return;
+    }
+    for (size_t i = 0; i < id_len; i++)
+        if (!id_char_ok(id[i])) {
+            error(x, "bad_request", NULL, "id may hold only letters, digits and . _ : -");
+            return;
+        }
+    bool follow, want_output, want_stdin;
+    uint64_t timeout_ms, grace_ms;
+    if (get_bool(x, "follow", &follow, true) < 0 || get_bool(x, "output", &want_output, false) < 0 ||
+        get_bool(x, "stdin", &want_stdin, false) < 0 ||
+        get_u64(x, "timeout_ms", &timeout_ms, 0, UINT32_MAX * 1000ull) < 0 ||
+        get_u64(x, "grace_ms", &grace_ms, a->cfg.grace_ms, 3600u * 1000u) < 0)
+        return;
+
+    if (id) {
+        struct run *r = run_find(a, id, id_len);
+        if (r) {
+            /* A retry: nothing is started; the caller sees the run it already has. */
+            started(x, r, true);
+            if (follow && x->c->n_subs < a->cfg.max_subs)
+                sub_new(r, x->c, &x->req, 0, false, want_output);
+            return;
+        }
+    }
+    if (follow && x->c->n_subs >= a->cfg.max_subs) {
+        error(x, "limit", NULL, "this connection already follows %u runs", a->cfg.max_subs);
+        return;
+    }
+
+    const msgpack_object *cmd = msg_get(x->m, "cmd");
+    const msgpack_object *argv = msg_get(x->m, "argv");
+    const msgpack_object *env = msg_get(x->m, "env");
+    const msgpack_object *cwd = msg_get(x->m, "cwd");
+    if (cmd && cmd->type == MSGPACK_OBJECT_NIL)
+        cmd = NULL;
+    if (argv && argv->type == MSGPACK_OBJECT_NIL)
+        argv = NULL;
+    if (env && env->type == MSGPACK_OBJECT_NIL)
+        env = NULL;
+    if (cwd && cwd->type == MSGPACK_OBJECT_NIL)
+        cwd = NULL;
+    if ((cmd == NULL) == (argv == NULL)) {
+        error(x, "bad_request", NULL, "exec needs exactly one of cmd and argv");
+        return;
+    }
+    if (cmd && cmd->type != MSGPACK_OBJECT_STR) {
+        error(x, "bad_request", NULL, "cmd must be a string");
+        return;
+    }
+    if (argv && (argv->type != MSGPACK_OBJECT_ARRAY || argv->via.array.size == 0 ||
+                 argv->via.array.size > MAX_ARGV)) {
+        error(x, "bad_request", NULL, "argv must be an array of 1 to %u strings", MAX_ARGV);
+        return;
+    }
+    if (env && (env->type != MSGPACK_OBJECT_MAP || env->via.map.size > MAX_ENV)) {
+        error(x, "bad_request", NULL, "env must be a map of at most %u strings", MAX_ENV);
+        return;
+    }
+    if (cwd && (cwd->type != MSGPACK_OBJECT_STR || cwd->via.str.size == 0)) {
+        error(x, "bad_request", NULL, "cwd must be a non-empty string");
+        return;
+    }
+
+    /* One block for every string and pointer array of the new process. Its size is bounded by
+     * the frame (max_frame) plus the base environment, checked in 64-bit arithmetic. */
+    uint64_t nargs = cmd ? 3 : argv->via.array.size;
+    uint64_t nenv = (env ? env->via.map.size : 0) + ENVIRON_BASE_MAX;
+    uint64_t bytes = 64;
+    if (cmd)
+        bytes += cmd->via.str.size + 16;
+    else
+        for (uint32_t i = 0; i < argv->via.array.size; i++)
+            bytes += (argv->via.array.ptr[i].type == MSGPACK_OBJECT_STR
+                          ? argv->via.array.ptr[i].via.str.size : 0) + 1;
+    if (env)
+        for (uint32_t i = 0; i < env->via.map.size; i++) {
+            const msgpack_object_kv *kv = &env->via.map.ptr[i];
+            if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR) {
+                error(x, "bad_request", NULL, "env keys and values must be strings");
+                return;
+            }
+            bytes += kv->key.via.str.size + kv->val.via.str.size + 2;
+        }
+    if (cwd)
+        bytes += cwd->via.str.size + 1;
+    bytes += (nargs + 1 + nenv + 1) * sizeof(char *);
+    char *block = malloc(bytes);
+    if (block == NULL) {
+        error(x, "internal", NULL, "out of memory");
+        return;
+    }
+    char **args = (char **)block;
+    char **envp = args + nargs + 1;
+    char *at = (char *)(envp + nenv + 1);
+    char *cwd_s = NULL;
+    struct environ_build eb;
+    environ_begin(&eb, envp, nenv);
+
+    if (cmd) {
+        args[0] = "/bin/sh";
+        args[1] = "-c";
+        if (take_str(cmd, &at, &args[2]) < 0) {
+            error(x, "bad_request", NULL, "cmd must not contain NUL");
+            goto out;
+        }
+        args[3] = NULL;
+    } else {
+        for (uint32_t i = 0; i < argv->via.array.size; i++)
+            if (take_str(&argv->via.array.ptr[i], &at, &args[i]) < 0) {
+                error(x, "bad_request", NULL, "argv must be strings without NUL");
+                goto out;
+            }
+        args[argv->via.array.size] = NULL;
+    }
+    if (cwd && take_str(cwd, &at, &cwd_s) < 0) {
+        error(x, "bad_request", NULL, "cwd must not contain NUL");
+        goto out;
+    }
+    if (env)
+        for (uint32_t i = 0; i < env->via.map.size; i++) {
+            const msgpack_object_kv *kv = &env->via.map.ptr[i];
+            const char *k = kv->key.via.str.ptr, *v = kv->val.via.str.ptr;
+            size_t kl = kv->key.via.str.size, vl = kv->val.via.str.size;
+            if (kl == 0 || memchr(k, '=', kl) || memchr(k, '\0', kl) || memchr(v, '\0', vl)) {
+                error(x, "bad_request", NULL,
+                      "env keys must be non-empty without = or NUL, values without NUL");
+                goto out;
+            }
+            memcpy(at, k, kl);
+            at[kl] = '=';
+            memcpy(at + kl + 1, v, vl);
+            at[kl + 1 + vl] = '\0';
+            environ_set(&eb, at, kl);
+            at += kl + vl + 2;
+        }
+    const char *dir = cwd_s ? cwd_s : environ_default_cwd(a);
+    environ_finish(&eb, a, dir);
+
+    struct run_params p = {
+        .id = id,
+        .id_len = id_len,
+        .argv = args,
+        .is_shell = cmd != NULL,
+        .envp = envp,
+        .path = environ_get(envp, "PATH"),
+        .cwd = dir,
+        .timeout_ms = timeout_ms,
+        .grace_ms = (uint32_t)grace_ms,
+        .want_stdin = want_stdin,
+    };
+    struct run *r = NULL;
+    e = run_start(a, &p, &r);
+    if (e == -EAGAIN) {
+        error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
+    } else if (e < 0) {
+        error(x, "internal", NULL, "out of memory");
+    } else if (e == 1) {
+        spawn_failed(x, r);
+    } else {
+        started(x, r, false);
+        if (follow)
+            sub_new(r, x->c, &x->req, 0, false, want_output);
+    }
+out:
+    free(block);
+}
+
+/* ---- Requests on runs ----------------------------------------------------------------------- */
+
+struct stdin_ctx {
+    struct agent *a;
+    uint64_t conn_no;
+    struct reqtag req;
+    char id[BOXD_ID_MAX + 1];
+};
+
+static void stdin_done(void *arg, int status)
+{
+    struct stdin_ctx *sc = arg;
+    struct conn *c = conn_find(sc->a, sc->conn_no);
+    if (c) {
+        struct msg_out o;
+        int e = status == 0 ? ev_begin(&o, "ok", &sc->req)
+                            : ev_error(&o, &sc->req, "run_ended", sc->id, "stdin is closed: %s",
+                                       uv_strerror(status));
+        if (e == 0) {
+            if (status == 0) {
+                msg_kv_str(&o, "id", sc->id);
+                ev_close(&o);
+            }
+            conn_send(c, &o);
+        } else {
+            msg_out_destroy(&o);
+        }
+    }
+    free(sc);
+}
+
+static void do_stdin(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    const char *data = "";
+    size_t len = 0;
+    bool eof;
+    int e = msg_get_bytes(x->m, "data", &data, &len);
+    if (e == -EINVAL) {
+        error(x, "bad_request", r->id, "data must be str or bin");
+        return;
+    }
+    if (get_bool(x, "eof", &eof, false) < 0)
+        return;
+    struct stdin_ctx *sc = malloc(sizeof *sc);
+    if (sc == NULL) {
+        error(x, "internal", r->id, "out of memory");
+        return;
+    }
+    sc->a = x->a;
+    sc->conn_no = x->c->no;
+    sc->req = x->req;
+    memcpy(sc->id, r->id, sizeof sc->id);
+    e = run_stdin_write(r, data, len, eof, stdin_done, sc);
+    if (e == 0)
+        return; /* answered when written */
+    free(sc);
+    if (e == 1)
+        ok(x, r->id, -1);
+    else if (e == -ENOBUFS)
+        error(x, "limit", r->id, "more than %u bytes of stdin queued", x->a->cfg.stdin_bytes);
+    else if (e == -EPIPE)
+        error(x, "run_ended", r->id, "the run has no open stdin");
+    else
+        error(x, "internal", r->id, "out of memory");
+}
+
+static int parse_signal(const msgpack_object *o)
+{
+    static const struct {
+        const char *name;
+        int sig;
+    } names[] = {
+        {"HUP", SIGHUP},   {"INT", SIGINT},     {"QUIT", SIGQUIT}, {"ILL", SIGILL},
+        {"TRAP", SIGTRAP}, {"ABRT", SIGABRT},   {"BUS", SIGBUS},   {"FPE", SIGFPE},
+        {"KILL", SIGKILL}, {"USR1", SIGUSR1},   {"SEGV", SIGSEGV}, {"USR2", SIGUSR2},
+        {"PIPE", SIGPIPE}, {"ALRM", SIGALRM},   {"TERM", SIGTERM}, {"CHLD", SIGCHLD},
+        {"CONT", SIGCONT}, {"STOP", SIGSTOP},   {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
+        {"TTOU", SIGTTOU}, {"URG", SIGURG},     {"XCPU", SIGXCPU}, {"XFSZ", SIGXFSZ},
+        {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF}, {"WINCH", SIGWINCH}, {"IO", SIGIO},
+        {"PWR", SIGPWR},   {"SYS", SIGSYS},
+    };
+    if (o == NULL)
+        return -1;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return o->via.u64 >= 1 && o->via.u64 < (uint64_t)NSIG ? (int)o->via.u64 : -1;
+    if (o->type != MSGPACK_OBJECT_STR)
+        return -1;
+    const char *s = o->via.str.ptr;
+    size_t n = o->via.str.size;
+    if (n > 3 && strncasecmp(s, "SIG", 3) == 0)
+        s += 3, n -= 3;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i].name) == n && strncasecmp(names[i].name, s, n) == 0)
+            return names[i].sig;
+    return -1;
+}
+
+static void do_signal(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    int sig = parse_signal(msg_get(x->m, "signal"));
+    if (sig < 0) {
+        error(x, "bad_request", r->id, "signal must be a number from 1 to %d or a name", NSIG - 1);
+        return;
+    }
+    int e = run_signal(r, sig);
+    if (e == -ESRCH)
+        error(x, "run_ended", r->id, "the run has ended: nothing was signalled");
+    else if (e < 0)
+        error(x, "internal", r->id, "kill: %s", strerror(-e));
+    else
+        ok(x, r->id, -1);
+}
+
+static void do_cancel(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    uint64_t grace;
+    if (get_u64(x, "grace_ms", &grace, r->grace_ms, 3600u * 1000u) < 0)
+        return;
+    bool live = run_cancel(r, (uint32_t)grace);
+    ok(x, r->id, !live);
+}
+
+static struct sub *find_sub(struct conn *c, struct run *r)
+{
+    struct list *pos;
+    for (pos = c->subs.next; pos != &c->subs; pos = pos->next) {
+        struct sub *s = container_of(pos, struct sub, conn_link);
+        if (s->run == r && !s->end_only)
+            return s;
+    }
+    return NULL;
+}
+
+static void do_attach(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    uint64_t from;
+    bool want_output;
+    if (get_u64(x, "from_seq", &from, 0, UINT64_MAX) < 0 ||
+        get_bool(x, "output", &want_output, false) < 0)
+        return;
+    struct sub *old = find_sub(x->c, r);
+    if (old)
+        sub_free(old);
+    if (x->c->n_subs >= x->a->cfg.max_subs) {
+        error(x, "limit", r->id, "this connection already follows %u runs", x->a->cfg.max_subs);
+        return;
+    }
+    struct msg_out o;
+    if (ev_begin(&o, "attached", &x->req) < 0)
+        return;
+    msg_kv_str(&o, "id", r->id);
+    msg_kv_u64(&o, "first_seq", r->log.first_seq);
+    msg_kv_u64(&o, "next_seq", r->log.next_seq);
+    msg_kv_bool(&o, "ended", r->state == RUN_ENDED);
+    ev_close(&o);
+    reply(x, &o);
+    if (sub_new(r, x->c, &x->req, from, false, want_output) == NULL)
+        error(x, "internal", r->id, "out of memory");
+}
+
+static void do_detach(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    struct sub *s = find_sub(x->c, r);
+    if (s)
+        sub_free(s);
+    ok(x, r->id, -1);
+}
+
+static void do_wait(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    bool want_output;
+    if (get_bool(x, "output", &want_output, false) < 0)
+        return;
+    if (x->c->n_subs >= x->a->cfg.max_subs) {
+        error(x, "limit", r->id, "this connection already follows %u runs", x->a->cfg.max_subs);
+        return;
+    }
+    if (sub_new(r, x->c, &x->req, 0, true, want_output) == NULL)
+        error(x, "internal", r->id, "out of memory");
+}
+
+static void put_retention(struct msg_out *o, const struct run *r)
+{
+    msg_kv_u64(o, "first_seq", r->log.first_seq);
+    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
+    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
+}
+
+static void do_logs(struct ctx *x)
+{
+    struct run *r = get_run(x);
+    if (r == NULL)
+        return;
+    uint64_t from, max_records, max_bytes;
+    uint64_t cap = x->a->cfg.max_event - 4096u;
+    if (get_u64(x, "from_seq", &from, 0, UINT64_MAX) < 0 ||
+        get_u64(x, "max_records", &max_records, 1000, LOGS_MAX_RECORDS) < 0 ||
+        get_u64(x, "max_bytes", &max_bytes, 256u * 1024u, UINT64_MAX) < 0)
+        return;
+    if (max_bytes > cap)
+        max_bytes = cap;
+    if (max_records == 0)
+        max_records = 1;
+    struct msg_out o;
+    if (ev_begin(&o, "logs", &x->req) < 0)
+        return;
+    msg_kv_str(&o, "id", r->id);
+    msg_key(&o, "lines");
+    size_t arr = msg_array_open(&o);
+    uint32_t n = 0;
+    uint64_t next = from < r->log.first_seq ? r->log.first_seq : from;
+    struct rl_cursor c;
+    struct rl_rec rec;
+    runlog_seek(&r->log, next, &c);
+    bool more = false;
+    size_t base = msg_out_size(&o);
+    while (runlog_next(&r->log, &c, &rec)) {
+        if (n >= max_records || (n > 0 && msg_out_size(&o) - base + rec.len + 32 > max_bytes)) {
+            more = true;
+            break;
+        }
+        msg_array(&o, 4);
+        msg_u64(&o, rec.seq);
+        msg_u64(&o, rec.ts_ns);
+        msg_i64(&o, rec.stream);
+        msg_data(&o, rec.data, rec.len);
+        n++;
+        next = rec.seq + 1;
+    }
+    if (next < r->log.next_seq && n == 0)
+        next = r->log.next_seq > next ? next : r->log.next_seq;
+    msg_array_close(&o, arr, n);
+    msg_kv_u64(&o, "next_seq", next);
+    msg_kv_bool(&o, "more", more);
+    msg_kv_bool(&o, "ended", r->state == RUN_ENDED);
+    put_retention(&o, r);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+static void do_list(struct ctx *x)
+{
+    struct agent *a = x->a;
+    struct msg_out o;
+    if (ev_begin(&o, "list", &x->req) < 0)
+        return;
+    msg_key(&o, "runs");
+    size_t arr = msg_array_open(&o);
+    uint32_t n = 0;
+    bool truncated = false;
+    struct list *pos;
+    for (pos = a->runs.next; pos != &a->runs; pos = pos->next) {
+        const struct run *r = container_of(pos, struct run, link);
+        if (msg_out_size(&o) + 1024 > a->cfg.max_event) {
+            truncated = true;
+            break;
+        }
+        msg_map_open(&o);
+        msg_kv_str(&o, "id", r->id);
+        msg_kv_i64(&o, "pid", r->pid);
+        msg_kv_str(&o, "state", r->state == RUN_ENDED ? "ended" : "running");
+        if (r->state == RUN_ENDED) {
+            msg_kv_str(&o, "status", run_status_str(r));
+            msg_kv_str(&o, "reason", run_reason_str(r));
+            msg_kv_u64(&o, "ended_ns", r->ended_ns);
+        }
+        msg_kv_str(&o, r->is_argv ? "argv" : "cmd", r->desc);
+        msg_kv_u64(&o, "started_ns", r->started_ns);
+        msg_kv_u64(&o, "next_seq", r->log.next_seq);
+        msg_kv_u64(&o, "late_bytes", r->late_bytes);
+        msg_kv_bool(&o, "lingering", r->lingering);
+        msg_map_close(&o);
+        n++;
+    }
+    msg_array_close(&o, arr, n);
+    msg_kv_bool(&o, "truncated", truncated);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+/* ---- Dispatch ------------------------------------------------------------------------------- */
+
+static const struct {
+    const char *type;
+    void (*fn)(struct ctx *);
+} handlers[] = {
+    {"hello", do_hello},   {"exec", do_exec},     {"stdin", do_stdin}, {"signal", do_signal},
+    {"cancel", do_cancel}, {"attach", do_attach}, {"detach", do_detach}, {"wait", do_wait},
+    {"logs", do_logs},     {"list", do_list},     {"info", do_info},   {"ping", do_ping},
+};
+
+void request_frame(struct conn *c, const uint8_t *body, size_t len)
+{
+    struct ctx x = {.c = c, .a = c->a};
+    msgpack_zone zone;
+    if (!msgpack_zone_init(&zone, 1024)) {
+        error(&x, "internal", NULL, "out of memory");
+        return;
+    }
+    msgpack_object m;
+    int e = msg_parse(body, len, &zone, &m);
+    if (e < 0) {
+        error(&x, e == -ENOMEM ? "internal" : "bad_request", NULL,
+              e == -ENOMEM ? "out of memory"
+                           : "the frame body is not one msgpack map with string keys");
+        goto out;
+    }
+    x.m = &m;
+    const msgpack_object *req = msg_get(&m, "req");
+    if (req) {
+        bool okreq = req->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                     req->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ||
+                     (req->type == MSGPACK_OBJECT_STR && req->via.str.size <= 64);
+        if (!okreq) {
+            error(&x, "bad_request", NULL, "req must be an integer or a string of at most 64 bytes");
+            goto out;
+        }
+        struct msg_out o;
+        if (msg_out_init(&o, 96) == 0) {
+            msg_obj(&o, req);
+            size_t n = msg_out_size(&o) - BOX_FRAME_HDR;
+            if (!o.failed && n <= sizeof x.req.buf) {
+                memcpy(x.req.buf, o.sb.data + BOX_FRAME_HDR, n);
+                x.req.len = (uint8_t)n;
+            }
+            msg_out_destroy(&o);
+        }
+    }
+    const char *type;
+    size_t tlen;
+    if (msg_get_str(&m, "type", &type, &tlen) < 0) {
+        error(&x, "bad_request", NULL, "type must be a string");
+        goto out;
+    }
+    for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
+        if (strlen(handlers[i].type) == tlen && memcmp(handlers[i].type, type, tlen) == 0) {
+            if (!c->hello && handlers[i].fn != do_hello)
+                error(&x, "need_hello", NULL, "send hello first");
+            else
+                handlers[i].fn(&x);
+            goto out;
+        }
+    }
+    char shown[33];
+    size_t n = tlen < 32 ? tlen : 32;
+    for (size_t i = 0; i < n; i++)
+        shown[i] = isprint((unsigned char)type[i]) ? type[i] : '?';
+    shown[n] = '\0';
+    error(&x, "unknown_type", NULL, "unknown request type '%s'", shown);
+out:
+    msgpack_zone_destroy(&zone);
+}

@@ -1,0 +1,930 @@
+#include "run.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "events.h"
+#include "log.h"
+#include "spawn.h"
+
+#define DESC_MAX 256u
+/* Reads per wakeup of one pipe, so one flooding run cannot starve the loop. */
+#define READS_PER_WAKEUP 4
+/* At the end of the drain window, read at most this much per pipe before ending the run. */
+#define DRAIN_READ_MAX (4u * 1024u * 1024u)
+
+static void run_finish(struct run *r);
+static void run_notify(struct run *r);
+static void on_flush_timer(uv_timer_t *t);
+static void run_maybe_free(struct run *r);
+
+/* ---- Tables ------------------------------------------------------------------------------- */
+
+static unsigned hash_str(const char *s, size_t n, unsigned buckets)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h % buckets;
+}
+
+static unsigned hash_pid(pid_t pid, unsigned buckets)
+{
+    return (unsigned)pid % buckets;
+}
+
+void runs_init(struct agent *a)
+{
+    list_init(&a->runs);
+    list_init(&a->finished);
+    a->next_run_no = 1;
+}
+
+struct run *run_find(struct agent *a, const char *id, size_t len)
+{
+    if (len > BOXD_ID_MAX)
+        return NULL;
+    for (struct run *r = a->by_id[hash_str(id, len, a->n_buckets)]; r; r = r->id_next)
+        if (strlen(r->id) == len && memcmp(r->id, id, len) == 0)
+            return r;
+    return NULL;
+}
+
+static void id_insert(struct run *r)
+{
+    unsigned b = hash_str(r->id, strlen(r->id), r->a->n_buckets);
+    r->id_next = r->a->by_id[b];
+    r->a->by_id[b] = r;
+}
+
+static void id_remove(struct run *r)
+{
+    struct run **pp = &r->a->by_id[hash_str(r->id, strlen(r->id), r->a->n_buckets)];
+    for (; *pp; pp = &(*pp)->id_next)
+        if (*pp == r) {
+            *pp = r->id_next;
+            return;
+        }
+}
+
+static void pid_insert(struct run *r)
+{
+    unsigned b = hash_pid(r->pid, r->a->n_buckets);
+    r->pid_next = r->a->by_pid[b];
+    r->a->by_pid[b] = r;
+    r->in_pid_table = true;
+}
+
+static struct run *pid_take(struct agent *a, pid_t pid)
+{
+    struct run **pp = &a->by_pid[hash_pid(pid, a->n_buckets)];
+    for (; *pp; pp = &(*pp)->pid_next)
+        if ((*pp)->pid == pid) {
+            struct run *r = *pp;
+            *pp = r->pid_next;
+            r->in_pid_table = false;
+            return r;
+        }
+    return NULL;
+}
+
+/* ---- Status --------------------------------------------------------------------------------- */
+
+static enum run_reason run_reason(const struct run *r)
+{
+    if (r->spawn_stage)
+        return REASON_SPAWN;
+    if (r->cancel_requested)
+        return REASON_CANCEL;
+    if (r->timed_out)
+        return REASON_TIMEOUT;
+    if (WIFSIGNALED(r->wstatus))
+        return REASON_SIGNAL;
+    return REASON_EXIT;
+}
+
+const char *run_reason_str(const struct run *r)
+{
+    static const char *const names[] = {"exit", "signal", "timeout", "cancel", "spawn"};
+    return names[run_reason(r)];
+}
+
+const char *run_status_str(const struct run *r)
+{
+    if (r->state != RUN_ENDED)
+        return "running";
+    switch (run_reason(r)) {
+    case REASON_CANCEL:
+        return "cancelled";
+    case REASON_EXIT:
+        return WEXITSTATUS(r->wstatus) == 0 ? "completed" : "failed";
+    default:
+        return "failed";
+    }
+}
+
+/* ---- Handles and freeing -------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct run *r = h->data;
+    r->handles_open--;
+    run_maybe_free(r);
+}
+
+static void pipe_on_closed(uv_handle_t *h)
+{
+    struct run_pipe *p = h->data;
+    struct run *r = p->run;
+    close(p->fd);
+    p->fd = -1;
+    r->handles_open--;
+    run_maybe_free(r);
+}
+
+static void pipe_close(struct run_pipe *p)
+{
+    if (!p->open)
+        return;
+    p->open = false;
+    p->polling = false;
+    p->poll.data = p;
+    uv_close((uv_handle_t *)&p->poll, pipe_on_closed);
+}
+
+static void stdin_on_closed(uv_handle_t *h)
+{
+    struct run *r = h->data;
+    r->handles_open--;
+    run_maybe_free(r);
+}
+
+static void stdin_close(struct run *r)
+{
+    if (!r->in.open)
+        return;
+    r->in.open = false;
+    r->in.h.data = r;
+    uv_close((uv_handle_t *)&r->in.h, stdin_on_closed);
+}
+
+/* Frees r once freeing was requested and its last handle has closed. */
+static void run_maybe_free(struct run *r)
+{
+    if (!r->freeing || r->handles_open > 0)
+        return;
+    runlog_destroy(&r->log);
+    for (int i = 0; i < 2; i++)
+        free(r->out[i].partial);
+    free(r->desc);
+    free(r);
+}
+
+/* Forgets r: unlinks it and closes its handles; memory goes in the last close callback. */
+static void run_destroy(struct run *r)
+{
+    struct agent *a = r->a;
+    id_remove(r);
+    if (r->in_pid_table)
+        pid_take(a, r->pid);
+    list_del(&r->link);
+    if (list_linked(&r->fin_link)) {
+        list_del(&r->fin_link);
+        a->n_finished--;
+    }
+    r->freeing = true;
+    for (int i = 0; i < 2; i++)
+        pipe_close(&r->out[i]);
+    stdin_close(r);
+    uv_close((uv_handle_t *)&r->kill_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->flush_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->drain_timer, on_handle_closed);
+}
+
+/* Keeps at most max_finished finished runs. A run that is still followed, or whose pipes a
+ * background process still holds, is skipped: it is forgotten later. */
+static void runs_evict(struct agent *a)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->finished)
+    {
+        if (a->n_finished <= a->cfg.max_finished)
+            break;
+        struct run *r = container_of(pos, struct run, fin_link);
+        if (!list_empty(&r->subs) || r->lingering)
+            continue;
+        log_debug("run %s: forgotten", r->id);
+        run_destroy(r);
+    }
+}
+
+void runs_destroy(struct agent *a)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->runs)
+    {
+        struct run *r = container_of(pos, struct run, link);
+        struct list *sp, *st;
+        list_for_each_safe(sp, st, &r->subs) sub_free(container_of(sp, struct sub, run_link));
+        run_destroy(r);
+    }
+}
+
+/* ---- Output ----------------------------------------------------------------------------------- */
+
+static void emit(struct run *r, int stream, uint64_t ts, const char *d, size_t n)
+{
+    if (runlog_append(&r->log, ts, stream, d, (uint32_t)n) < 0) {
+        /* Out of memory: the bytes are counted as dropped rather than lost silently. */
+        r->log.dropped_records++;
+        r->log.dropped_bytes += n;
+        log_err("run %s: out of memory keeping %zu bytes of output", r->id, n);
+    }
+}
+
+static void partial_put(struct run *r, struct run_pipe *p, const char *d, size_t n)
+{
+    if (p->plen + n > p->pcap) {
+        uint32_t cap = p->pcap ? p->pcap : 256;
+        while (cap < p->plen + n)
+            cap *= 2;
+        if (cap > r->a->cfg.max_line)
+            cap = r->a->cfg.max_line;
+        char *np = realloc(p->partial, cap);
+        if (np == NULL) {
+            /* Emit what we hold and the new bytes as pieces instead of keeping them. */
+            uint64_t ts = now_real_ns();
+            if (p->plen)
+                emit(r, p->stream, ts, p->partial, p->plen);
+            emit(r, p->stream, ts, d, n);
+            p->plen = 0;
+            return;
+        }
+        p->partial = np;
+        p->pcap = cap;
+    }
+    memcpy(p->partial + p->plen, d, n);
+    p->plen += (uint32_t)n;
+}
+
+static void partial_flush(struct run *r, struct run_pipe *p, uint64_t ts)
+{
+    if (p->plen == 0)
+        return;
+    emit(r, p->stream, ts, p->partial, p->plen);
+    p->plen = 0;
+}
+
+/* Consumes seg bytes that end a line when complete (the last byte is '\n'), or are the
+ * unterminated tail of a read when not. */
+static void feed(struct run *r, struct run_pipe *p, uint64_t ts, const char *d, size_t seg,
+                 bool complete)
+{
+    size_t max = r->a->cfg.max_line;
+    if (p->plen) {
+        size_t take = seg < max - p->plen ? seg : max - p->plen;
+        partial_put(r, p, d, take);
+        d += take;
+        seg -= take;
+        if (p->plen >= max || (seg == 0 && complete))
+            partial_flush(r, p, ts);
+        if (seg == 0)
+            return;
+    }
+    while (seg > max) {
+        emit(r, p->stream, ts, d, max);
+        d += max;
+        seg -= max;
+    }
+    if (complete || seg == max)
+        emit(r, p->stream, ts, d, seg);
+    else
+        partial_put(r, p, d, seg);
+}
+
+static void consume(struct run *r, struct run_pipe *p, const char *d, size_t n)
+{
+    uint64_t ts = now_real_ns();
+    while (n > 0) {
+        const char *nl = memchr(d, '\n', n);
+        size_t seg = nl ? (size_t)(nl - d) + 1 : n;
+        feed(r, p, ts, d, seg, nl != NULL);
+        d += seg;
+        n -= seg;
+    }
+    if (p->plen && !uv_is_active((uv_handle_t *)&r->flush_timer))
+        uv_timer_start(&r->flush_timer, on_flush_timer, r->a->cfg.flush_ms, 0);
+}
+
+static void on_flush_timer(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    uint64_t ts = now_real_ns();
+    for (int i = 0; i < 2; i++)
+        partial_flush(r, &r->out[i], ts);
+    run_notify(r);
+}
+
+/* Lag of the follower furthest behind, in bytes of log. */
+static uint64_t max_lag(const struct run *r)
+{
+    uint64_t lag = 0;
+    const struct list *pos;
+    for (pos = r->subs.next; pos != &r->subs; pos = pos->next) {
+        const struct sub *s = container_of(pos, struct sub, run_link);
+        if (s->end_only || s->conn->closing)
+            continue;
+        uint64_t from = s->next_off > r->log.first_off ? s->next_off : r->log.first_off;
+        uint64_t l = r->log.end_off - from;
+        if (l > lag)
+            lag = l;
+    }
+    return lag;
+}
+
+static void pipe_poll_set(struct run_pipe *p, bool on);
+
+/* Flow control: stop reading while a follower is more than half the log behind, resume below
+ * a quarter. The follower's unsent records are then always within the log, so nothing it is
+ * owed is dropped, and the run's writes block as they would on a slow terminal. */
+static void run_flow(struct run *r)
+{
+    if (r->state == RUN_ENDED)
+        return; /* late output is discarded, never paused */
+    uint64_t lag = max_lag(r);
+    bool pause = r->paused ? lag > r->log.cap / 4 : lag > r->log.cap / 2;
+    if (pause == r->paused)
+        return;
+    r->paused = pause;
+    for (int i = 0; i < 2; i++)
+        pipe_poll_set(&r->out[i], !pause);
+}
+
+static void run_notify(struct run *r)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &r->subs)
+    {
+        struct sub *s = container_of(pos, struct sub, run_link);
+        if (s->end_only && r->state != RUN_ENDED)
+            continue;
+        conn_ready(s->conn, s);
+    }
+    run_flow(r);
+}
+
+static void pipe_eof(struct run *r, struct run_pipe *p)
+{
+    partial_flush(r, p, now_real_ns());
+    pipe_close(p);
+    if (r->state == RUN_DRAINING && !r->out[0].open && !r->out[1].open) {
+        run_finish(r);
+    } else if (r->state == RUN_ENDED && r->lingering && !r->out[0].open && !r->out[1].open) {
+        r->lingering = false;
+        log_debug("run %s: background output closed (%llu late bytes)", r->id,
+                  (unsigned long long)r->late_bytes);
+        runs_evict(r->a);
+    }
+}
+
+/* Reads up to max bytes or until the pipe is empty. Returns 1 at EOF, 0 otherwise. */
+static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
+{
+    struct agent *a = r->a;
+    size_t total = 0;
+    for (int i = 0; i < reads && total < max; i++) {
+        ssize_t n = read(p->fd, a->read_buf, a->read_buf_size);
+        if (n > 0) {
+            total += (size_t)n;
+            if (r->state == RUN_ENDED)
+                r->late_bytes += (uint64_t)n;
+            else
+                consume(r, p, a->read_buf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            i--;
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN)
+            return 0;
+        return 1; /* EOF, or an error that ends the stream just the same */
+    }
+    return 0;
+}
+
+static void on_pipe_readable(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    struct run_pipe *p = h->data;
+    struct run *r = p->run;
+    if (!p->open)
+        return;
+    int eof = status < 0 ? 1 : pipe_read(r, p, READS_PER_WAKEUP, SIZE_MAX);
+    if (eof)
+        pipe_eof(r, p); /* may finish r: notify below still sees it (r is only freed later) */
+    if (r->state != RUN_ENDED || eof)
+        run_notify(r);
+}
+
+static void pipe_poll_set(struct run_pipe *p, bool on)
+{
+    if (!p->open || p->polling == on)
+        return;
+    p->polling = on;
+    if (on)
+        uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
+    else
+        uv_poll_stop(&p->poll);
+}
+
+/* ---- Ending --------------------------------------------------------------------------------- */
+
+static void run_finish(struct run *r)
+{
+    struct agent *a = r->a;
+    uint64_t ts = now_real_ns();
+    for (int i = 0; i < 2; i++)
+        partial_flush(r, &r->out[i], ts);
+    r->state = RUN_ENDED;
+    r->ended_ns = ts;
+    r->end_mono = now_mono_ns();
+    uv_timer_stop(&r->kill_timer);
+    uv_timer_stop(&r->flush_timer);
+    uv_timer_stop(&r->drain_timer);
+    stdin_close(r);
+    a->n_live--;
+    list_add_tail(&a->finished, &r->fin_link);
+    a->n_finished++;
+    if (r->out[0].open || r->out[1].open) {
+        /* A background process holds the pipes: keep draining them (discarding) so it never
+         * blocks or gets SIGPIPE. Reading resumes even if a follower had paused it. */
+        r->lingering = true;
+        r->paused = false;
+        for (int i = 0; i < 2; i++)
+            pipe_poll_set(&r->out[i], true);
+    }
+    runlog_shrink(&r->log);
+    log_info("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
+             (unsigned long long)((r->end_mono - r->start_mono) / 1000000u));
+    run_notify(r);
+    runs_evict(a);
+}
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    if (r->state != RUN_DRAINING)
+        return;
+    /* The main process is gone and the window has passed: whatever is in the pipes now was
+     * written before we give up waiting; take it, then end. What comes later is late output. */
+    for (int i = 0; i < 2; i++) {
+        struct run_pipe *p = &r->out[i];
+        if (p->open && pipe_read(r, p, 1 << 30, DRAIN_READ_MAX))
+            pipe_eof(r, p);
+    }
+    if (r->state == RUN_DRAINING)
+        run_finish(r);
+}
+
+static void kill_group(struct run *r, int sig)
+{
+    /* The group id is the main pid. While the main process is unreaped that pid cannot be
+     * reused, so the group cannot be someone else's. */
+    if (kill(-r->pid, sig) < 0 && errno != ESRCH)
+        log_warn("run %s: kill(-%d, %d): %s", r->id, (int)r->pid, sig, strerror(errno));
+}
+
+static void on_kill_timer(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    if (r->state == RUN_ENDED)
+        return;
+    if (r->kill_stage == 0) {
+        /* The timeout passed. */
+        r->timed_out = true;
+        log_info("run %s: timeout after %llu ms", r->id, (unsigned long long)r->timeout_ms);
+        kill_group(r, SIGTERM);
+        kill_group(r, SIGCONT);
+        r->kill_stage = 1;
+        uv_timer_start(&r->kill_timer, on_kill_timer, r->grace_ms, 0);
+    } else if (r->kill_stage == 1) {
+        kill_group(r, SIGKILL);
+        r->kill_stage = 2;
+    }
+}
+
+bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru)
+{
+    struct run *r = pid_take(a, pid);
+    if (r == NULL)
+        return false;
+    r->exited = true;
+    r->wstatus = wstatus;
+    r->ru = *ru;
+    r->state = RUN_DRAINING;
+    if (r->kill_stage > 0 && r->kill_stage < 2) {
+        /* Cancelled or timed out, and the leader is gone: what is left of the group goes now
+         * rather than after the grace period, so the run ends promptly and nothing escapes. */
+        kill_group(r, SIGKILL);
+        r->kill_stage = 2;
+    }
+    if (!r->out[0].open && !r->out[1].open)
+        run_finish(r);
+    else
+        uv_timer_start(&r->drain_timer, on_drain_timer, a->cfg.drain_ms, 0);
+    return true;
+}
+
+bool run_cancel(struct run *r, uint32_t grace_ms)
+{
+    if (r->state == RUN_ENDED)
+        return false;
+    if (!r->cancel_requested && !r->timed_out)
+        r->cancel_requested = true;
+    if (r->kill_stage > 0)
+        return true; /* already on its way: the grace period is not restarted or cut short */
+    log_info("run %s: cancel (grace %u ms)", r->id, grace_ms);
+    if (r->state == RUN_DRAINING) {
+        kill_group(r, SIGKILL);
+        r->kill_stage = 2;
+        return true;
+    }
+    kill_group(r, SIGTERM);
+    kill_group(r, SIGCONT);
+    r->kill_stage = 1;
+    uv_timer_start(&r->kill_timer, on_kill_timer, grace_ms, 0);
+    return true;
+}
+
+int run_signal(struct run *r, int sig)
+{
+    if (r->state != RUN_RUNNING)
+        return -ESRCH;
+    if (kill(-r->pid, sig) < 0)
+        return -errno;
+    return 0;
+}
+
+void runs_cancel_all(struct agent *a, uint32_t grace_ms)
+{
+    struct list *pos;
+    for (pos = a->runs.next; pos != &a->runs; pos = pos->next) {
+        struct run *r = container_of(pos, struct run, link);
+        if (r->state != RUN_ENDED)
+            run_cancel(r, grace_ms);
+    }
+}
+
+/* ---- stdin ---------------------------------------------------------------------------------- */
+
+struct stdin_write {
+    uv_write_t w;
+    struct run *run;
+    size_t len;
+    stdin_done_cb cb;
+    void *arg;
+    char data[];
+};
+
+static void on_stdin_written(uv_write_t *w, int status)
+{
+    struct stdin_write *sw = container_of(w, struct stdin_write, w);
+    struct run *r = sw->run;
+    r->in.queued -= sw->len;
+    if (sw->cb)
+        sw->cb(sw->arg, status);
+    free(sw);
+    if (r->in.open && r->in.eof_pending && r->in.queued == 0)
+        stdin_close(r);
+}
+
+int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
+                    void *arg)
+{
+    if (!r->in.open || r->in.eof_pending || r->state != RUN_RUNNING)
+        return -EPIPE;
+    if (len == 0) {
+        if (eof) {
+            if (r->in.queued == 0)
+                stdin_close(r);
+            else
+                r->in.eof_pending = true;
+        }
+        return 1;
+    }
+    if (r->in.queued + len > r->a->cfg.stdin_bytes)
+        return -ENOBUFS;
+    struct stdin_write *sw = malloc(sizeof *sw + len);
+    if (sw == NULL)
+        return -ENOMEM;
+    sw->run = r;
+    sw->len = len;
+    sw->cb = cb;
+    sw->arg = arg;
+    memcpy(sw->data, data, len);
+    uv_buf_t b = uv_buf_init(sw->data, (unsigned)len);
+    int e = uv_write(&sw->w, (uv_stream_t *)&r->in.h, &b, 1, on_stdin_written);
+    if (e < 0) {
+        free(sw);
+        return e == UV_EPIPE ? -EPIPE : -ENOMEM;
+    }
+    r->in.queued += len;
+    if (eof)
+        r->in.eof_pending = true;
+    return 0;
+}
+
+/* ---- Starting ------------------------------------------------------------------------------- */
+
+static int make_pipe(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    return 0;
+}
+
+static struct run *run_alloc(struct agent *a, const struct run_params *p)
+{
+    struct run *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->a = a;
+    if (p->id) {
+        memcpy(r->id, p->id, p->id_len);
+        r->id[p->id_len] = '\0';
+    } else {
+        /* Generated ids never collide with a client's: skip any taken one. */
+        do
+            snprintf(r->id, sizeof r->id, "r%llu", (unsigned long long)a->next_run_no++);
+        while (run_find(a, r->id, strlen(r->id)));
+    }
+    /* A short description for list. */
+    char desc[DESC_MAX];
+    size_t at = 0;
+    const char *src = p->is_shell ? p->argv[2] : NULL;
+    if (src) {
+        at = strnlen(src, DESC_MAX - 1);
+        memcpy(desc, src, at);
+    } else {
+        for (char **v = p->argv; *v && at < DESC_MAX - 1; v++) {
+            if (v != p->argv)
+                desc[at++] = ' ';
+            size_t n = strnlen(*v, DESC_MAX - 1 - at);
+            memcpy(desc + at, *v, n);
+            at += n;
+        }
+    }
+    desc[at] = '\0';
+    r->desc = strdup(desc);
+    if (r->desc == NULL) {
+        free(r);
+        return NULL;
+    }
+    r->is_argv = !p->is_shell;
+    list_init(&r->subs);
+    list_init(&r->fin_link);
+    runlog_init(&r->log, a->cfg.log_bytes);
+    r->grace_ms = p->grace_ms;
+    r->timeout_ms = p->timeout_ms;
+    for (int i = 0; i < 2; i++) {
+        r->out[i].run = r;
+        r->out[i].fd = -1;
+        r->out[i].stream = i + 1;
+    }
+    uv_timer_init(a->loop, &r->kill_timer);
+    uv_timer_init(a->loop, &r->flush_timer);
+    uv_timer_init(a->loop, &r->drain_timer);
+    r->kill_timer.data = r->flush_timer.data = r->drain_timer.data = r;
+    r->handles_open = 3;
+    r->started_ns = now_real_ns();
+    r->start_mono = now_mono_ns();
+    list_add_tail(&a->runs, &r->link);
+    id_insert(r);
+    a->n_live++;
+    a->started_total++;
+    return r;
+}
+
+/* Records a run that could not start: ended at once, status failed, reason spawn. */
+static void run_spawn_failed(struct run *r, const char *stage, int err)
+{
+    r->spawn_stage = stage;
+    r->spawn_err = err;
+    r->wstatus = 0;
+    log_info("run %s: spawn failed at %s: %s", r->id, stage, strerror(err));
+    run_finish(r);
+}
+
+int run_start(struct agent *a, const struct run_params *p, struct run **out)
+{
+    uint32_t lingering = 0;
+    struct list *pos;
+    for (pos = a->finished.next; pos != &a->finished; pos = pos->next)
+        lingering += container_of(pos, struct run, fin_link)->lingering;
+    if ((uint64_t)a->n_live + lingering >= a->cfg.max_runs)
+        return -EAGAIN;
+    struct run *r = run_alloc(a, p);
+    if (r == NULL)
+        return -ENOMEM;
+    *out = r;
+
+    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1};
+    int err;
+    if ((err = make_pipe(po)) < 0 || (err = make_pipe(pe)) < 0 ||
+        (p->want_stdin && (err = make_pipe(pi)) < 0)) {
+        for (int i = 0; i < 2; i++) {
+            if (po[i] >= 0)
+                close(po[i]);
+            if (pe[i] >= 0)
+                close(pe[i]);
+        }
+        run_spawn_failed(r, "pipe", -err);
+        return 1;
+    }
+
+    struct spawn_req sr = {
+        .argv = p->argv,
+        .envp = p->envp,
+        .search_path = p->path,
+        .cwd = p->cwd,
+        .fd_in = p->want_stdin ? pi[0] : a->devnull_fd,
+        .fd_out = po[1],
+        .fd_err = pe[1],
+        .stack = a->spawn_stack,
+        .stack_size = a->spawn_stack_size,
+    };
+    const char *stage = NULL;
+    pid_t failed_pid = 0;
+    pid_t pid = spawn_process(&sr, &stage, &failed_pid);
+    close(po[1]);
+    close(pe[1]);
+    if (p->want_stdin)
+        close(pi[0]);
+    if (pid < 0) {
+        close(po[0]);
+        close(pe[0]);
+        if (p->want_stdin)
+            close(pi[1]);
+        r->pid = failed_pid;
+        run_spawn_failed(r, stage, (int)-pid);
+        return 1;
+    }
+    r->pid = pid;
+    pid_insert(r);
+
+    int fds[2] = {po[0], pe[0]};
+    for (int i = 0; i < 2; i++) {
+        struct run_pipe *rp = &r->out[i];
+        rp->fd = fds[i];
+        fcntl(rp->fd, F_SETFL, fcntl(rp->fd, F_GETFL) | O_NONBLOCK);
+        uv_poll_init(a->loop, &rp->poll, rp->fd);
+        rp->poll.data = rp;
+        rp->open = true;
+        r->handles_open++;
+        pipe_poll_set(rp, true);
+    }
+    if (p->want_stdin) {
+        uv_pipe_init(a->loop, &r->in.h, 0);
+        r->in.h.data = r;
+        if (uv_pipe_open(&r->in.h, pi[1]) == 0) {
+            r->in.open = true;
+        } else {
+            close(pi[1]);
+        }
+        r->handles_open++;
+        if (!r->in.open) {
+            r->in.open = true;
+            stdin_close(r);
+        }
+    }
+    if (p->timeout_ms)
+        uv_timer_start(&r->kill_timer, on_kill_timer, p->timeout_ms, 0);
+    log_debug("run %s: started pid %d: %s", r->id, (int)pid, r->desc);
+    return 0;
+}
+
+/* ---- Subscriptions -------------------------------------------------------------------------- */
+
+struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uint64_t from_seq,
+                    bool end_only, bool want_output)
+{
+    struct sub *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    s->run = r;
+    s->conn = c;
+    if (req)
+        s->req = *req;
+    s->end_only = end_only;
+    s->want_output = want_output;
+    if (from_seq > r->log.next_seq)
+        from_seq = r->log.next_seq;
+    s->next_seq = from_seq;
+    if (from_seq <= r->log.first_seq) {
+        s->next_off = r->log.first_off;
+    } else {
+        struct rl_cursor cur;
+        runlog_seek(&r->log, from_seq, &cur);
+        s->next_off = cur.off;
+    }
+    list_add_tail(&r->subs, &s->run_link);
+    list_add_tail(&c->subs, &s->conn_link);
+    list_init(&s->ready_link);
+    c->n_subs++;
+    if (!end_only || r->state == RUN_ENDED)
+        conn_ready(c, s);
+    return s;
+}
+
+void sub_free(struct sub *s)
+{
+    struct run *r = s->run;
+    list_del(&s->run_link);
+    list_del(&s->conn_link);
+    if (list_linked(&s->ready_link))
+        list_del(&s->ready_link);
+    s->conn->n_subs--;
+    free(s);
+    run_flow(r);
+    if (r->state == RUN_ENDED && list_empty(&r->subs))
+        runs_evict(r->a);
+}
+
+/* Sends one output event with records from s->next_seq, up to budget bytes. */
+static int send_output(struct sub *s, uint64_t budget)
+{
+    struct run *r = s->run;
+    struct agent *a = r->a;
+    struct msg_out o;
+    if (ev_begin(&o, "output", &s->req) < 0)
+        return -ENOMEM;
+    msg_kv_str(&o, "id", r->id);
+    msg_key(&o, "lines");
+    size_t arr = msg_array_open(&o);
+    uint32_t n = 0;
+    struct rl_cursor c;
+    struct rl_rec rec;
+    runlog_seek(&r->log, s->next_seq, &c);
+    uint64_t limit = budget < a->cfg.max_event ? budget : a->cfg.max_event;
+    while (runlog_next(&r->log, &c, &rec)) {
+        /* Records are <= max_line, which is well under max_event: one always fits. */
+        if (n > 0 && msg_out_size(&o) + rec.len + 32 > limit)
+            break;
+        msg_array(&o, 4);
+        msg_u64(&o, rec.seq);
+        msg_u64(&o, rec.ts_ns);
+        msg_i64(&o, rec.stream);
+        msg_data(&o, rec.data, rec.len);
+        n++;
+        s->next_seq = rec.seq + 1;
+        s->next_off = rec.off + rec.len;
+    }
+    msg_array_close(&o, arr, n);
+    ev_close(&o);
+    return conn_send(s->conn, &o);
+}
+
+int sub_pump(struct sub *s, uint64_t budget)
+{
+    struct run *r = s->run;
+    if (!s->end_only) {
+        if (s->next_seq < r->log.first_seq) {
+            /* Records this follower never got were dropped by retention: say so once. */
+            struct msg_out o;
+            if (ev_begin(&o, "gap", &s->req) == 0) {
+                msg_kv_str(&o, "id", r->id);
+                msg_kv_u64(&o, "from_seq", s->next_seq);
+                msg_kv_u64(&o, "to_seq", r->log.first_seq);
+                ev_close(&o);
+                conn_send(s->conn, &o);
+            }
+            s->next_seq = r->log.first_seq;
+            s->next_off = r->log.first_off;
+        }
+        if (s->next_seq < r->log.next_seq) {
+            if (send_output(s, budget) < 0)
+                return 0;
+            run_flow(r);
+            if (s->next_seq < r->log.next_seq)
+                return 1;
+        }
+    }
+    if (r->state != RUN_ENDED)
+        return 0;
+    struct msg_out o;
+    if (ev_end(&o, &s->req, r, s->want_output, r->a->cfg.max_event) == 0)
+        conn_send(s->conn, &o);
+    else
+        msg_out_destroy(&o);
+    sub_free(s);
+    return -1;
+}

@@ -1,0 +1,157 @@
+/* One run's life: spawn, output, timeout and cancel, exit, retention, and the subscriptions of
+ * the connections that follow it.
+ *
+ * Ownership: the agent owns every run (a->runs). A run is freed only when it is evicted from the
+ * finished list (no subscription and no open pipe left) or when the agent stops. Subscriptions
+ * are owned by their connection and point at the run; a run with subscriptions is never freed. */
+#ifndef BOXD_RUN_H
+#define BOXD_RUN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "agent.h"
+#include "list.h"
+#include "runlog.h"
+
+struct conn;
+
+/* A request's `req` value, kept as its msgpack encoding to be echoed in replies and events. */
+struct reqtag {
+    uint8_t len; /* 0: no req */
+    char buf[80];
+};
+
+enum run_state { RUN_RUNNING, RUN_DRAINING, RUN_ENDED };
+
+enum run_reason { REASON_EXIT, REASON_SIGNAL, REASON_TIMEOUT, REASON_CANCEL, REASON_SPAWN };
+
+struct run_pipe {
+    struct run *run;
+    int fd;
+    int stream; /* 1 stdout, 2 stderr */
+    uv_poll_t poll;
+    bool open;    /* fd valid and poll handle initialized */
+    bool polling; /* poll started */
+    char *partial;
+    uint32_t plen, pcap;
+};
+
+struct stdin_pipe {
+    uv_pipe_t h;
+    bool open;
+    bool eof_pending;
+    uint64_t queued;
+};
+
+struct run {
+    struct agent *a;
+    char id[BOXD_ID_MAX + 1];
+    struct list link;      /* a->runs */
+    struct list fin_link;  /* a->finished, once ended */
+    struct list subs;      /* struct sub.run_link */
+    struct run *id_next, *pid_next;
+    bool in_pid_table;
+
+    pid_t pid;
+    char *desc; /* the command, for list (capped) */
+    bool is_argv;
+    enum run_state state;
+    uint64_t started_ns, ended_ns, start_mono, end_mono;
+
+    bool exited;
+    int wstatus;
+    struct rusage ru;
+    bool cancel_requested, timed_out;
+    int kill_stage; /* 0 none, 1 TERM sent, 2 KILL sent */
+    uint32_t grace_ms;
+    uint64_t timeout_ms;
+    int spawn_err;
+    const char *spawn_stage;
+
+    uv_timer_t kill_timer;  /* timeout, then grace */
+    uv_timer_t flush_timer; /* partial lines */
+    uv_timer_t drain_timer; /* after the main process exited */
+    unsigned handles_open;
+    bool freeing;
+
+    struct run_pipe out[2];
+    struct stdin_pipe in;
+
+    struct runlog log;
+    bool paused;    /* pipe reading stopped for a follower that is behind */
+    bool lingering; /* ended, but a process still holds the pipes */
+    uint64_t late_bytes;
+};
+
+/* A connection following a run (attach, exec with follow, or wait). */
+struct sub {
+    struct list run_link, conn_link, ready_link;
+    struct run *run;
+    struct conn *conn;
+    struct reqtag req;
+    uint64_t next_seq, next_off;
+    bool end_only;    /* wait: send only the end */
+    bool want_output; /* the end carries result/stdout/stderr */
+};
+
+/* Parameters of a new run; strings are borrowed for the duration of run_start. */
+struct run_params {
+    const char *id; /* NULL: generated */
+    size_t id_len;
+    char **argv;    /* NULL-terminated, owned by the caller */
+    bool is_shell;  /* argv is {"/bin/sh", "-c", cmd} */
+    char **envp;    /* NULL-terminated, complete environment */
+    const char *path; /* PATH value searched for argv[0] */
+    const char *cwd;
+    uint64_t timeout_ms;
+    uint32_t grace_ms;
+    bool want_stdin;
+};
+
+void runs_init(struct agent *a);
+void runs_destroy(struct agent *a);
+
+struct run *run_find(struct agent *a, const char *id, size_t len);
+
+/* Starts a run. Returns 0 and *out on success; on a spawn failure returns -ESPAWN-like errors:
+ *   -EAGAIN  max_runs reached (nothing created)
+ *   -ENOMEM  (nothing created)
+ *   1        the run was created but could not be started: it is recorded as ended (reason
+ *            spawn) and *out points at it. */
+int run_start(struct agent *a, const struct run_params *p, struct run **out);
+
+/* Reaper hook: the main process of some run (or an orphan) changed state. Returns true if pid
+ * belonged to a run. */
+bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru);
+
+/* Cancel (TERM + CONT now, KILL after grace_ms). Returns false if the run has ended. */
+bool run_cancel(struct run *r, uint32_t grace_ms);
+/* Sends sig to the run's process group. -ESRCH if the run has ended. */
+int run_signal(struct run *r, int sig);
+
+/* stdin. Returns 0 (the write is queued; cb reports its completion), 1 (nothing to write: done
+ * now, cb is not called), -EPIPE (no open stdin), -ENOBUFS (stdin_bytes exceeded), -ENOMEM. */
+typedef void (*stdin_done_cb)(void *arg, int status);
+int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
+                    void *arg);
+
+/* Subscriptions. sub_new attaches conn to r from from_seq; the sub is made ready at once. */
+struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uint64_t from_seq,
+                    bool end_only, bool want_output);
+/* Unlinks and frees; may resume a paused run. */
+void sub_free(struct sub *s);
+/* Sends what the sub is owed, within budget bytes. Returns 1 if more remains, 0 if not, and -1
+ * if the sub finished (end sent) and was freed. */
+int sub_pump(struct sub *s, uint64_t budget);
+
+const char *run_status_str(const struct run *r);
+const char *run_reason_str(const struct run *r);
+
+/* Shutdown: cancel every live run with the given grace. */
+void runs_cancel_all(struct agent *a, uint32_t grace_ms);
+
+#endif

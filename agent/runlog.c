@@ -1,0 +1,165 @@
+#include "runlog.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Chunks start small so a thousand quiet runs cost little, and grow to this size. */
+#define RL_CHUNK_MIN 1024u
+#define RL_CHUNK_MAX (64u * 1024u)
+
+struct rl_hdr {
+    uint64_t ts_ns;
+    uint32_t len;
+    uint32_t stream;
+};
+
+struct rl_chunk {
+    struct rl_chunk *next;
+    uint64_t first_seq, first_off;
+    uint32_t n, used, cap;
+    uint32_t data_bytes;
+    char buf[];
+};
+
+void runlog_init(struct runlog *l, uint64_t cap)
+{
+    memset(l, 0, sizeof *l);
+    l->cap = cap;
+}
+
+void runlog_destroy(struct runlog *l)
+{
+    struct rl_chunk *c = l->head;
+    while (c) {
+        struct rl_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    l->head = l->tail = NULL;
+    l->bytes = 0;
+}
+
+static void drop_head(struct runlog *l)
+{
+    struct rl_chunk *c = l->head;
+    l->head = c->next;
+    if (l->head == NULL)
+        l->tail = NULL;
+    l->dropped_records += c->n;
+    l->dropped_bytes += c->data_bytes;
+    l->first_seq = c->first_seq + c->n;
+    l->first_off = c->first_off + c->data_bytes;
+    l->bytes -= sizeof *c + c->cap;
+    free(c);
+}
+
+int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data, uint32_t len)
+{
+    size_t need = sizeof(struct rl_hdr) + len;
+    need = (need + 7u) & ~(size_t)7u;
+    struct rl_chunk *t = l->tail;
+    if (t == NULL || t->cap - t->used < need) {
+        size_t cap = t ? (size_t)t->cap * 2 : RL_CHUNK_MIN;
+        if (cap > RL_CHUNK_MAX)
+            cap = RL_CHUNK_MAX;
+        if (cap < need)
+            cap = need;
+        struct rl_chunk *c = malloc(sizeof *c + cap);
+        if (c == NULL)
+            return -ENOMEM;
+        c->next = NULL;
+        c->first_seq = l->next_seq;
+        c->first_off = l->end_off;
+        c->n = c->used = c->data_bytes = 0;
+        c->cap = (uint32_t)cap;
+        if (t)
+            t->next = c;
+        else
+            l->head = c;
+        l->tail = t = c;
+        l->bytes += sizeof *c + cap;
+        /* Keep within the cap, always keeping the chunk just made. */
+        while (l->bytes > l->cap && l->head != t)
+            drop_head(l);
+    }
+    struct rl_hdr h = {.ts_ns = ts_ns, .len = len, .stream = (uint32_t)stream};
+    memcpy(t->buf + t->used, &h, sizeof h);
+    memcpy(t->buf + t->used + sizeof h, data, len);
+    t->used += (uint32_t)need;
+    t->n++;
+    t->data_bytes += len;
+    l->next_seq++;
+    l->end_off += len;
+    return 0;
+}
+
+void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c)
+{
+    const struct rl_chunk *k = l->head;
+    while (k && k->next && k->next->first_seq <= seq)
+        k = k->next;
+    c->chunk = k;
+    c->pos = 0;
+    if (k == NULL || seq < k->first_seq) {
+        c->seq = l->first_seq;
+        c->off = l->first_off;
+        return;
+    }
+    c->seq = k->first_seq;
+    c->off = k->first_off;
+    while (c->seq < seq && c->pos < k->used) {
+        struct rl_hdr h;
+        memcpy(&h, k->buf + c->pos, sizeof h);
+        c->pos += (uint32_t)((sizeof h + h.len + 7u) & ~(size_t)7u);
+        c->seq++;
+        c->off += h.len;
+    }
+}
+
+bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r)
+{
+    (void)l;
+    const struct rl_chunk *k = c->chunk;
+    while (k && c->pos >= k->used) {
+        k = k->next;
+        c->chunk = k;
+        c->pos = 0;
+    }
+    if (k == NULL)
+        return false;
+    struct rl_hdr h;
+    memcpy(&h, k->buf + c->pos, sizeof h);
+    r->seq = c->seq;
+    r->ts_ns = h.ts_ns;
+    r->off = c->off;
+    r->stream = (int)h.stream;
+    r->data = k->buf + c->pos + sizeof h;
+    r->len = h.len;
+    c->pos += (uint32_t)((sizeof h + h.len + 7u) & ~(size_t)7u);
+    c->seq++;
+    c->off += h.len;
+    return true;
+}
+
+void runlog_shrink(struct runlog *l)
+{
+    struct rl_chunk *t = l->tail;
+    if (t == NULL || t->used == t->cap)
+        return;
+    /* Find the predecessor to relink after realloc. */
+    struct rl_chunk *prev = NULL;
+    if (l->head != t)
+        for (prev = l->head; prev->next != t; prev = prev->next)
+            ;
+    struct rl_chunk *n = realloc(t, sizeof *t + t->used);
+    if (n == NULL)
+        return; /* keeping the slack is harmless */
+    l->bytes -= n->cap - n->used;
+    n->cap = n->used;
+    if (prev)
+        prev->next = n;
+    else
+        l->head = n;
+    l->tail = n;
+}

@@ -1,0 +1,55 @@
+/* A run's retained log: output records (one line, or a piece of one) kept in chunks, capped in
+ * bytes. When the cap is passed the oldest chunk is dropped and counted, never silently lost.
+ *
+ * Records are numbered from 0 without gaps. Each chunk holds records back to back: a fixed
+ * header (struct rl_hdr) then the data. Lookup by seq walks the chunk list, then one chunk. */
+#ifndef BOXD_RUNLOG_H
+#define BOXD_RUNLOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct rl_chunk;
+
+struct runlog {
+    struct rl_chunk *head, *tail;
+    uint64_t first_seq; /* oldest retained record */
+    uint64_t next_seq;  /* seq the next record will get */
+    uint64_t first_off; /* byte offset (of all data ever appended) of first_seq */
+    uint64_t end_off;   /* byte offset after the last record */
+    uint64_t bytes;     /* memory held by chunks */
+    uint64_t cap;       /* bytes kept at most (at least one chunk is always kept) */
+    uint64_t dropped_records, dropped_bytes;
+};
+
+struct rl_rec {
+    uint64_t seq, ts_ns, off;
+    int stream;
+    const char *data;
+    uint32_t len;
+};
+
+/* A read position. Valid until the next runlog_append (which may drop chunks). */
+struct rl_cursor {
+    const struct rl_chunk *chunk;
+    uint32_t pos; /* byte position inside the chunk */
+    uint64_t seq, off;
+};
+
+void runlog_init(struct runlog *l, uint64_t cap);
+void runlog_destroy(struct runlog *l);
+
+/* Appends one record. Returns 0 or -ENOMEM (nothing appended). len must be <= UINT32_MAX. */
+int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data, uint32_t len);
+
+/* Positions c at the first retained record with seq >= seq. */
+void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c);
+
+/* Reads the record at c and advances. Returns false at the end of the log. */
+bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r);
+
+/* Releases slack in the last chunk (for a run that will write no more). */
+void runlog_shrink(struct runlog *l);
+
+#endif

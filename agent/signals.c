@@ -1,0 +1,153 @@
+#include "signals.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "listen.h"
+#include "log.h"
+#include "run.h"
+
+static void fill_blocked(sigset_t *s)
+{
+    sigfillset(s);
+    /* Synchronous faults must kill (and show); KILL and STOP cannot be blocked anyway. */
+    sigdelset(s, SIGSEGV);
+    sigdelset(s, SIGBUS);
+    sigdelset(s, SIGILL);
+    sigdelset(s, SIGFPE);
+    sigdelset(s, SIGABRT);
+    sigdelset(s, SIGKILL);
+    sigdelset(s, SIGSTOP);
+}
+
+int signals_block(void)
+{
+    sigset_t s;
+    fill_blocked(&s);
+    if (sigprocmask(SIG_BLOCK, &s, NULL) < 0)
+        return -errno;
+    /* SIGPIPE: a client that goes away must cost an EPIPE, not the agent. Ignored (not only
+     * blocked) so a pending one never piles up; runs get the default back before exec. */
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ign, NULL);
+    return 0;
+}
+
+void signals_reap(struct agent *a)
+{
+    for (;;) {
+        int st;
+        struct rusage ru;
+        pid_t pid = wait4(-1, &st, WNOHANG | __WALL, &ru);
+        if (pid < 0 && errno == EINTR)
+            continue;
+        if (pid <= 0)
+            return; /* 0: children remain but none has exited; ECHILD: none at all */
+        if (!run_on_exit(a, pid, st, &ru))
+            a->reaped++;
+    }
+}
+
+/* ---- Shutdown ------------------------------------------------------------------------------- */
+
+static bool all_done(struct agent *a)
+{
+    if (a->n_live > 0)
+        return false;
+    struct list *pos;
+    for (pos = a->conns.next; pos != &a->conns; pos = pos->next) {
+        struct conn *c = container_of(pos, struct conn, link);
+        if (!c->closing && (c->queued > 0 || !list_empty(&c->ready)))
+            return false;
+    }
+    return true;
+}
+
+static void on_shutdown_tick(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    uint64_t waited_ms = (now_mono_ns() - a->shutdown_start_ns) / 1000000u;
+    uint64_t limit = (uint64_t)a->cfg.grace_ms + a->cfg.drain_ms + 3000u;
+    if (all_done(a) || waited_ms > limit) {
+        if (!all_done(a))
+            log_warn("shutdown: giving up waiting after %llu ms", (unsigned long long)waited_ms);
+        uv_timer_stop(t);
+        uv_stop(a->loop);
+    }
+}
+
+void agent_shutdown(struct agent *a, const char *why)
+{
+    if (a->shutting_down) {
+        /* A second signal does not cut the grace period short. */
+        log_info("shutdown already under way (%s)", why);
+        return;
+    }
+    a->shutting_down = true;
+    a->shutdown_start_ns = now_mono_ns();
+    log_info("shutting down (%s): %u live runs", why, a->n_live);
+    listen_close_all(a);
+    runs_cancel_all(a, a->cfg.grace_ms);
+    uv_timer_start(&a->shutdown_timer, on_shutdown_tick, 0, 10);
+}
+
+/* ---- The signalfd --------------------------------------------------------------------------- */
+
+static void on_signal(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    struct agent *a = h->data;
+    bool child = false;
+    for (;;) {
+        struct signalfd_siginfo si[16];
+        ssize_t n = read(a->sig_fd, si, sizeof si);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        for (size_t i = 0; i < (size_t)n / sizeof si[0]; i++) {
+            int sig = (int)si[i].ssi_signo;
+            switch (sig) {
+            case SIGCHLD:
+                child = true;
+                break;
+            case SIGTERM:
+            case SIGINT:
+            case SIGPWR:
+                agent_shutdown(a, strsignal(sig));
+                break;
+            default:
+                log_debug("signal %d (%s) from pid %u ignored", sig, strsignal(sig),
+                          si[i].ssi_pid);
+                break;
+            }
+        }
+    }
+    /* Reap after draining the fd: SIGCHLDs coalesce, so one pass reaps everything pending. */
+    if (child)
+        signals_reap(a);
+}
+
+int signals_start(struct agent *a)
+{
+    sigset_t s;
+    fill_blocked(&s);
+    a->sig_fd = signalfd(-1, &s, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (a->sig_fd < 0)
+        return -errno;
+    uv_poll_init(a->loop, &a->sig_poll, a->sig_fd);
+    a->sig_poll.data = a;
+    uv_poll_start(&a->sig_poll, UV_READABLE, on_signal);
+    uv_timer_init(a->loop, &a->shutdown_timer);
+    a->shutdown_timer.data = a;
+    return 0;
+}

@@ -1,0 +1,144 @@
+#include "spawn.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Written by the child, read by the parent after the child has exec'd or exited. */
+struct spawn_child_err {
+    int err;
+    const char *stage;
+};
+
+struct child_arg {
+    const struct spawn_req *req;
+    volatile struct spawn_child_err *out;
+};
+
+static void fail(volatile struct spawn_child_err *out, const char *stage, int err)
+{
+    out->stage = stage;
+    out->err = err;
+    _exit(127);
+}
+
+static int try_exec(const char *path, char *const *argv, char *const *envp)
+{
+    execve(path, argv, envp);
+    return errno;
+}
+
+static int child_main(void *p)
+{
+    struct child_arg *a = p;
+    const struct spawn_req *r = a->req;
+
+    /* 1. Default dispositions. The agent installs no handlers (signals come through
+     * signalfd), so this resets what it ignores; EINVAL for the two glibc-reserved signals and
+     * KILL/STOP is expected and harmless. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);
+
+    /* 2. Own session and process group. */
+    if (setsid() < 0)
+        fail(a->out, "setsid", errno);
+
+    /* 3. stdio. The request's fds are >= 3 (the agent keeps 0-2 open), so dup2 always makes a
+     * new descriptor without FD_CLOEXEC, and closing everything from 3 up removes them. */
+    if (dup2(r->fd_in, 0) < 0 || dup2(r->fd_out, 1) < 0 || dup2(r->fd_err, 2) < 0)
+        fail(a->out, "stdio", errno);
+    if (syscall(SYS_close_range, 3u, ~0u, 0u) < 0) {
+        /* Before Linux 5.9: close what could be open. */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = 3; fd < max && fd < 65536; fd++)
+            close((int)fd);
+    }
+
+    /* 4. Working directory. */
+    if (r->cwd && chdir(r->cwd) < 0)
+        fail(a->out, "chdir", errno);
+
+    /* 5. An empty mask: the run must see every signal. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* 6. exec, searching the run's PATH like execvpe would (execvpe reads the agent's own PATH,
+     * which is not the run's). EACCES from any candidate wins over ENOENT, as in the shell. */
+    const char *file = r->argv[0];
+    if (strchr(file, '/') || r->search_path == NULL) {
+        fail(a->out, "exec", try_exec(file, r->argv, r->envp));
+    }
+    size_t flen = strlen(file);
+    int err = ENOENT;
+    const char *sp = r->search_path;
+    char path[PATH_MAX];
+    for (;;) {
+        const char *colon = strchr(sp, ':');
+        size_t dlen = colon ? (size_t)(colon - sp) : strlen(sp);
+        /* An empty entry means the current directory. */
+        if (dlen + 1 + flen + 1 <= sizeof path) {
+            size_t n = 0;
+            if (dlen) {
+                memcpy(path, sp, dlen);
+                path[dlen] = '/';
+                n = dlen + 1;
+            }
+            memcpy(path + n, file, flen + 1);
+            int e = try_exec(path, r->argv, r->envp);
+            if (e == EACCES || (e != ENOENT && e != ENOTDIR && err != EACCES))
+                err = e;
+        }
+        if (colon == NULL)
+            break;
+        sp = colon + 1;
+    }
+    fail(a->out, "exec", err);
+    return 127;
+}
+
+pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
+{
+    volatile struct spawn_child_err out = {0, NULL};
+    struct child_arg arg = {req, &out};
+    *failed_pid = 0;
+
+    /* Block every signal around the clone: nothing may run a handler in the child while it
+     * shares our memory. The child sets its own mask before exec. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+
+    /* The stack grows down on every architecture boxd targets; keep it 16-byte aligned. */
+    char *top = req->stack + req->stack_size;
+    top = (char *)((uintptr_t)top & ~(uintptr_t)15);
+    pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &arg);
+    int clone_err = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+
+    if (pid < 0) {
+        *stage = "fork";
+        return -clone_err;
+    }
+    if (out.stage != NULL) {
+        /* The child has called _exit; reap it here so the reaper never sees an unknown pid for
+         * it. It is exiting already, so this does not block for long. */
+        int st;
+        while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
+            ;
+        *stage = out.stage;
+        *failed_pid = pid;
+        return -out.err;
+    }
+    return pid;
+}

@@ -1,0 +1,38 @@
+/* Starting a run's process: the only code that runs in a child before exec.
+ *
+ * The child is made with clone(CLONE_VM | CLONE_VFORK), as glibc's posix_spawn does: it shares
+ * the agent's memory and the agent is suspended until the child execs or exits, so starting a
+ * process costs no page-table copy however large the agent grows. The price is discipline: the
+ * child may only make system calls (through thin libc wrappers) and write to its own stack and to
+ * the shared `struct spawn_child_err`, which is how exec failures come back with their stage and
+ * errno (no pipe round trip needed: the parent resumes only after the child is done).
+ *
+ * Order of operations in the child:
+ *   1. every signal disposition back to SIG_DFL (SIGPIPE, which the agent ignores, included);
+ *   2. setsid(): its own session and process group, so `kill 0` cannot reach the agent;
+ *   3. fds 0-2 from the request, then every other fd closed (close_range);
+ *   4. chdir(cwd);
+ *   5. the signal mask emptied (the agent blocks the signals it reads through signalfd);
+ *   6. execve, searching the run's own PATH (not the agent's) when argv[0] has no '/'. */
+#ifndef BOXD_SPAWN_H
+#define BOXD_SPAWN_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+struct spawn_req {
+    char *const *argv;       /* NULL-terminated; argv[0] is the program */
+    char *const *envp;       /* NULL-terminated */
+    const char *search_path; /* the run's PATH, searched when argv[0] has no '/' */
+    const char *cwd;
+    int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; must all be >= 3 */
+    char *stack;
+    size_t stack_size;
+};
+
+/* Starts the process. Returns the pid (> 0) on success. On failure returns a negative errno and
+ * sets *stage to where it failed ("fork", "setsid", "stdio", "chdir", "exec"); if a child was
+ * created it has already been reaped, and its pid is stored in *failed_pid (else 0). */
+pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid);
+
+#endif
