@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "cgroup.h"
 #include "list.h"
 
 #define BOXD_DEFAULT_SOCKET "/run/boxd.sock"
@@ -70,6 +71,8 @@ struct agent {
     uint32_t n_conns;
     uint64_t next_conn_no;
     struct list listeners;
+
+    struct cgroups cg;
 
     int sig_fd;
     uv_poll_t sig_poll;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "cgroup.h"
 #include "conn.h"
 #include "environ.h"
 #include "listen.h"
@@ -291,6 +292,7 @@ static void teardown(struct agent *a)
     free(a->read_buf);
     free(a->spawn_stack);
     environ_destroy(a);
+    cgroup_destroy(a);
 }
 
 int main(int argc, char **argv)
@@ -334,6 +336,7 @@ int main(int argc, char **argv)
     list_init(&a->conns);
     list_init(&a->listeners);
     runs_init(a);
+    cgroup_init(a);
     a->loop = uv_default_loop();
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");

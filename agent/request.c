@@ -212,6 +212,18 @@ static void do_info(struct ctx *x)
     msg_kv_u64(&o, "reaped", a->reaped);
     msg_kv_u64(&o, "started_total", a->started_total);
     msg_kv_bool(&o, "shutting_down", a->shutting_down);
+    msg_kv_str(&o, "kill_mechanism", a->cg.enabled ? "cgroup" : "pgroup");
+    if (a->cg.enabled) {
+        msg_kv_str(&o, "cgroup", a->cg.base);
+        msg_key(&o, "controllers");
+        msg_array(&o, (uint32_t)a->cg.memory + a->cg.pids + a->cg.cpu);
+        if (a->cg.memory)
+            msg_str(&o, "memory");
+        if (a->cg.pids)
+            msg_str(&o, "pids");
+        if (a->cg.cpu)
+            msg_str(&o, "cpu");
+    }
     request_put_limits(&o, a);
     ev_close(&o);
     reply(x, &o);

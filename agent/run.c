@@ -25,6 +25,8 @@ static void run_finish(struct run *r);
 static void run_notify(struct run *r);
 static void on_flush_timer(uv_timer_t *t);
 static void run_maybe_free(struct run *r);
+static void cg_release(struct run *r);
+static void runs_evict(struct agent *a);
 
 /* ---- Tables ------------------------------------------------------------------------------- */
 
@@ -102,6 +104,9 @@ static enum run_reason run_reason(const struct run *r)
 {
     if (r->spawn_stage)
         return REASON_SPAWN;
+    if (r->usage.oom_kills > 0 && !(WIFEXITED(r->wstatus) && WEXITSTATUS(r->wstatus) == 0) &&
+        !r->cancel_requested)
+        return REASON_OOM;
     if (r->cancel_requested)
         return REASON_CANCEL;
     if (r->timed_out)
@@ -113,7 +118,7 @@ static enum run_reason run_reason(const struct run *r)
 
 const char *run_reason_str(const struct run *r)
 {
-    static const char *const names[] = {"exit", "signal", "timeout", "cancel", "spawn"};
+    static const char *const names[] = {"exit", "signal", "timeout", "cancel", "spawn", "oom"};
     return names[run_reason(r)];
 }
 
@@ -188,6 +193,31 @@ static void run_maybe_free(struct run *r)
     free(r);
 }
 
+static void cg_poll_closed(uv_handle_t *h)
+{
+    struct run *r = h->data;
+    r->handles_open--;
+    run_maybe_free(r);
+}
+
+/* Stops watching the run's cgroup and removes it. If processes remain (the agent is stopping,
+ * or a run is forgotten while its background processes live), they are killed first: a run
+ * never leaves a cgroup, or a process, that nobody can find again. */
+static void cg_release(struct run *r)
+{
+    if (r->cg.dir_fd < 0)
+        return;
+    if (r->cg_polling) {
+        r->cg_polling = false;
+        uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
+    }
+    if (cgroup_run_populated(&r->cg)) {
+        cgroup_run_kill(&r->cg);
+        /* rmdir fails while dying members remain; the next boxd with this BASE removes it. */
+    }
+    cgroup_run_remove(r->a, r->id, &r->cg);
+}
+
 /* Forgets r: unlinks it and closes its handles; memory goes in the last close callback. */
 static void run_destroy(struct run *r)
 {
@@ -201,6 +231,7 @@ static void run_destroy(struct run *r)
         a->n_finished--;
     }
     r->freeing = true;
+    cg_release(r);
     for (int i = 0; i < 2; i++)
         pipe_close(&r->out[i]);
     stdin_close(r);
@@ -381,18 +412,31 @@ static void run_notify(struct run *r)
     run_flow(r);
 }
 
+/* Ended runs stay "lingering" while a background process holds the pipes or stays in the
+ * cgroup; the cgroup goes when both are done. */
+static void linger_check(struct run *r)
+{
+    if (r->state != RUN_ENDED || !r->lingering)
+        return;
+    if (r->out[0].open || r->out[1].open)
+        return;
+    if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+        return;
+    r->lingering = false;
+    log_debug("run %s: background processes gone (%llu late bytes)", r->id,
+              (unsigned long long)r->late_bytes);
+    cg_release(r);
+    runs_evict(r->a);
+}
+
+static void run_check_end(struct run *r);
+
 static void pipe_eof(struct run *r, struct run_pipe *p)
 {
     partial_flush(r, p, now_real_ns());
     pipe_close(p);
-    if (r->state == RUN_DRAINING && !r->out[0].open && !r->out[1].open) {
-        run_finish(r);
-    } else if (r->state == RUN_ENDED && r->lingering && !r->out[0].open && !r->out[1].open) {
-        r->lingering = false;
-        log_debug("run %s: background output closed (%llu late bytes)", r->id,
-                  (unsigned long long)r->late_bytes);
-        runs_evict(r->a);
-    }
+    run_check_end(r);
+    linger_check(r);
 }
 
 /* Reads up to max bytes or until the pipe is empty. Returns 1 at EOF, 0 otherwise. */
@@ -454,6 +498,16 @@ static void run_finish(struct run *r)
     uint64_t ts = now_real_ns();
     for (int i = 0; i < 2; i++)
         partial_flush(r, &r->out[i], ts);
+    if (r->cg.dir_fd >= 0) {
+        /* The cgroup covers the whole tree, not only what the main process waited for. */
+        cgroup_run_usage(&r->cg, &r->usage);
+        if (r->usage.have_cpu) {
+            r->ru.ru_utime.tv_sec = (time_t)(r->usage.user_us / 1000000u);
+            r->ru.ru_utime.tv_usec = (suseconds_t)(r->usage.user_us % 1000000u);
+            r->ru.ru_stime.tv_sec = (time_t)(r->usage.sys_us / 1000000u);
+            r->ru.ru_stime.tv_usec = (suseconds_t)(r->usage.sys_us % 1000000u);
+        }
+    }
     r->state = RUN_ENDED;
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
@@ -464,19 +518,36 @@ static void run_finish(struct run *r)
     a->n_live--;
     list_add_tail(&a->finished, &r->fin_link);
     a->n_finished++;
-    if (r->out[0].open || r->out[1].open) {
-        /* A background process holds the pipes: keep draining them (discarding) so it never
-         * blocks or gets SIGPIPE. Reading resumes even if a follower had paused it. */
+    bool populated = r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg);
+    if (r->out[0].open || r->out[1].open || populated) {
+        /* A background process lives on. Keep draining the pipes (discarding) so it never
+         * blocks or gets SIGPIPE; reading resumes even if a follower had paused it. */
         r->lingering = true;
         r->paused = false;
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
+    } else {
+        cg_release(r);
     }
     runlog_shrink(&r->log);
     log_info("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
              (unsigned long long)((r->end_mono - r->start_mono) / 1000000u));
     run_notify(r);
     runs_evict(a);
+}
+
+/* The run ends when its main process has exited, its output is drained (EOF, or the drain
+ * window passed), and - when it is being killed - its cgroup is empty: the end event is the
+ * promise that the tree is gone. */
+static void run_check_end(struct run *r)
+{
+    if (r->state != RUN_DRAINING)
+        return;
+    if ((r->out[0].open || r->out[1].open) && !r->drain_expired)
+        return;
+    if (r->kill_stage > 0 && r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+        return; /* cgroup.events will tell us */
+    run_finish(r);
 }
 
 static void on_drain_timer(uv_timer_t *t)
@@ -488,19 +559,40 @@ static void on_drain_timer(uv_timer_t *t)
      * written before we give up waiting; take it, then end. What comes later is late output. */
     for (int i = 0; i < 2; i++) {
         struct run_pipe *p = &r->out[i];
-        if (p->open && pipe_read(r, p, 1 << 30, DRAIN_READ_MAX))
-            pipe_eof(r, p);
+        if (p->open && pipe_read(r, p, 1 << 30, DRAIN_READ_MAX)) {
+            partial_flush(r, p, now_real_ns());
+            pipe_close(p);
+        }
     }
-    if (r->state == RUN_DRAINING)
-        run_finish(r);
+    r->drain_expired = true;
+    run_check_end(r);
 }
 
-static void kill_group(struct run *r, int sig)
+static void on_cg_event(uv_poll_t *h, int status, int events)
 {
+    (void)status;
+    (void)events;
+    struct run *r = h->data;
+    if (cgroup_run_populated(&r->cg))
+        return;
+    run_check_end(r);
+    linger_check(r);
+}
+
+/* Sends sig to every process of the run: the cgroup's members, or without one the process
+ * group and what a /proc walk finds of its tree. */
+static void kill_tree(struct run *r, int sig)
+{
+    if (r->cg.dir_fd >= 0) {
+        if (sig == SIGKILL)
+            cgroup_run_kill(&r->cg);
+        else
+            cgroup_run_signal(&r->cg, sig);
+        return;
+    }
     /* The group id is the main pid. While the main process is unreaped that pid cannot be
-     * reused, so the group cannot be someone else's. */
-    if (kill(-r->pid, sig) < 0 && errno != ESRCH)
-        log_warn("run %s: kill(-%d, %d): %s", r->id, (int)r->pid, sig, strerror(errno));
+     * reused; after, only the drain window remains, and the walk checks ancestry. */
+    proc_tree_signal(r->pid, r->pid, sig);
 }
 
 static void on_kill_timer(uv_timer_t *t)
@@ -512,12 +604,12 @@ static void on_kill_timer(uv_timer_t *t)
         /* The timeout passed. */
         r->timed_out = true;
         log_info("run %s: timeout after %llu ms", r->id, (unsigned long long)r->timeout_ms);
-        kill_group(r, SIGTERM);
-        kill_group(r, SIGCONT);
+        kill_tree(r, SIGTERM);
+        kill_tree(r, SIGCONT);
         r->kill_stage = 1;
         uv_timer_start(&r->kill_timer, on_kill_timer, r->grace_ms, 0);
     } else if (r->kill_stage == 1) {
-        kill_group(r, SIGKILL);
+        kill_tree(r, SIGKILL);
         r->kill_stage = 2;
     }
 }
@@ -531,36 +623,44 @@ bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *r
     r->wstatus = wstatus;
     r->ru = *ru;
     r->state = RUN_DRAINING;
-    if (r->kill_stage > 0 && r->kill_stage < 2) {
-        /* Cancelled or timed out, and the leader is gone: what is left of the group goes now
-         * rather than after the grace period, so the run ends promptly and nothing escapes. */
-        kill_group(r, SIGKILL);
+    if (r->kill_stage == 1 && r->cg.dir_fd < 0) {
+        /* Killing without a cgroup, and the leader is gone: what is left goes now, while the
+         * tree can still be found, rather than after the grace period. (With a cgroup the
+         * grace period runs its course: the members are known whatever happens.) */
+        kill_tree(r, SIGKILL);
         r->kill_stage = 2;
     }
-    if (!r->out[0].open && !r->out[1].open)
-        run_finish(r);
-    else
+    if (r->out[0].open || r->out[1].open)
         uv_timer_start(&r->drain_timer, on_drain_timer, a->cfg.drain_ms, 0);
+    run_check_end(r);
     return true;
 }
 
 bool run_cancel(struct run *r, uint32_t grace_ms)
 {
-    if (r->state == RUN_ENDED)
+    if (r->state == RUN_ENDED) {
+        /* Nothing is signalled by pid (it may be reused). What still runs in the run's
+         * cgroup - background processes that outlived it - is killed: cgroup members cannot
+         * be someone else's. */
+        if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg)) {
+            log_info("run %s: killing what remains of it", r->id);
+            cgroup_run_kill(&r->cg);
+        }
         return false;
+    }
     if (!r->cancel_requested && !r->timed_out)
         r->cancel_requested = true;
     if (r->kill_stage > 0)
         return true; /* already on its way: the grace period is not restarted or cut short */
     log_info("run %s: cancel (grace %u ms)", r->id, grace_ms);
-    if (r->state == RUN_DRAINING) {
-        kill_group(r, SIGKILL);
+    kill_tree(r, SIGTERM);
+    kill_tree(r, SIGCONT);
+    r->kill_stage = 1;
+    if (r->state == RUN_DRAINING && r->cg.dir_fd < 0) {
+        kill_tree(r, SIGKILL);
         r->kill_stage = 2;
         return true;
     }
-    kill_group(r, SIGTERM);
-    kill_group(r, SIGCONT);
-    r->kill_stage = 1;
     uv_timer_start(&r->kill_timer, on_kill_timer, grace_ms, 0);
     return true;
 }
@@ -695,6 +795,7 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     runlog_init(&r->log, a->cfg.log_bytes);
     r->grace_ms = p->grace_ms;
     r->timeout_ms = p->timeout_ms;
+    r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = -1;
     for (int i = 0; i < 2; i++) {
         r->out[i].run = r;
         r->out[i].fd = -1;
@@ -737,6 +838,11 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         return -ENOMEM;
     *out = r;
 
+    if (a->cg.enabled) {
+        int e = cgroup_run_create(a, r->id, &r->cg);
+        if (e < 0)
+            log_warn("run %s: no cgroup (%s): process group only", r->id, strerror(-e));
+    }
     int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1};
     int err;
     if ((err = make_pipe(po)) < 0 || (err = make_pipe(pe)) < 0 ||
@@ -759,6 +865,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .fd_in = p->want_stdin ? pi[0] : a->devnull_fd,
         .fd_out = po[1],
         .fd_err = pe[1],
+        .cgroup_procs_fd = r->cg.procs_fd,
         .stack = a->spawn_stack,
         .stack_size = a->spawn_stack_size,
     };
@@ -780,6 +887,13 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     }
     r->pid = pid;
     pid_insert(r);
+    if (r->cg.dir_fd >= 0) {
+        uv_poll_init(a->loop, &r->cg_poll, r->cg.events_fd);
+        r->cg_poll.data = r;
+        r->cg_polling = true;
+        r->handles_open++;
+        uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
+    }
 
     int fds[2] = {po[0], pe[0]};
     for (int i = 0; i < 2; i++) {

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "agent.h"
+#include "cgroup.h"
 #include "list.h"
 #include "runlog.h"
 
@@ -27,7 +28,9 @@ struct reqtag {
 
 enum run_state { RUN_RUNNING, RUN_DRAINING, RUN_ENDED };
 
-enum run_reason { REASON_EXIT, REASON_SIGNAL, REASON_TIMEOUT, REASON_CANCEL, REASON_SPAWN };
+enum run_reason {
+    REASON_EXIT, REASON_SIGNAL, REASON_TIMEOUT, REASON_CANCEL, REASON_SPAWN, REASON_OOM
+};
 
 struct run_pipe {
     struct run *run;
@@ -75,6 +78,12 @@ struct run {
     uv_timer_t kill_timer;  /* timeout, then grace */
     uv_timer_t flush_timer; /* partial lines */
     uv_timer_t drain_timer; /* after the main process exited */
+    bool drain_expired;
+
+    struct run_cgroup cg;   /* dir_fd -1 when the run has none (fallback: process group) */
+    uv_poll_t cg_poll;      /* cgroup.events, for "populated 0" */
+    bool cg_polling;
+    struct run_usage usage; /* read when the run ends */
     unsigned handles_open;
     bool freeing;
 

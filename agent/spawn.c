@@ -49,7 +49,9 @@ static int child_main(void *p)
         if (sig != SIGKILL && sig != SIGSTOP)
             sigaction(sig, &dfl, NULL);
 
-    /* 2. Own session and process group. */
+    /* 2. Into the run's cgroup, then its own session and process group. */
+    if (r->cgroup_procs_fd >= 0 && write(r->cgroup_procs_fd, "0", 1) < 0)
+        fail(a->out, "cgroup", errno);
     if (setsid() < 0)
         fail(a->out, "setsid", errno);
 

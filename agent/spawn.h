@@ -9,7 +9,8 @@
  *
  * Order of operations in the child:
  *   1. every signal disposition back to SIG_DFL (SIGPIPE, which the agent ignores, included);
- *   2. setsid(): its own session and process group, so `kill 0` cannot reach the agent;
+ *   2. into the run's cgroup (writing "0" to its cgroup.procs), before any user code runs;
+ *      then setsid(): its own session and process group, so `kill 0` cannot reach the agent;
  *   3. fds 0-2 from the request, then every other fd closed (close_range);
  *   4. chdir(cwd);
  *   5. the signal mask emptied (the agent blocks the signals it reads through signalfd);
@@ -26,12 +27,13 @@ struct spawn_req {
     const char *search_path; /* the run's PATH, searched when argv[0] has no '/' */
     const char *cwd;
     int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; must all be >= 3 */
+    int cgroup_procs_fd;       /* the run's cgroup.procs, or -1 */
     char *stack;
     size_t stack_size;
 };
 
 /* Starts the process. Returns the pid (> 0) on success. On failure returns a negative errno and
- * sets *stage to where it failed ("fork", "setsid", "stdio", "chdir", "exec"); if a child was
+ * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "chdir", "exec"); if a child was
  * created it has already been reaped, and its pid is stored in *failed_pid (else 0). */
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid);
 

@@ -1,0 +1,416 @@
+#include "cgroup.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "log.h"
+
+/* Reads a small file at dirfd/name into buf (NUL-terminated). Returns bytes or -errno. */
+static ssize_t read_at(int dirfd, const char *name, char *buf, size_t size)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t have = 0;
+    while (have < size - 1) {
+        ssize_t n = read(fd, buf + have, size - 1 - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+    }
+    close(fd);
+    buf[have] = '\0';
+    return (ssize_t)have;
+}
+
+static int write_at(int dirfd, const char *name, const char *s)
+{
+    int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n;
+    do
+        n = write(fd, s, strlen(s));
+    while (n < 0 && errno == EINTR);
+    int e = n < 0 ? -errno : 0;
+    close(fd);
+    return e;
+}
+
+/* The cgroup2 mount point whose root is "/" (or the first one), from mountinfo. */
+static int find_mount(char *mnt, size_t size, char *root, size_t rsize)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (f == NULL)
+        return -errno;
+    char line[4096];
+    int found = -ENOENT;
+    while (fgets(line, sizeof line, f)) {
+        /* id parent major:minor root mountpoint options ... - fstype source superopts */
+        char *sep = strstr(line, " - ");
+        if (sep == NULL || strncmp(sep + 3, "cgroup2 ", 8) != 0)
+            continue;
+        char r[PATH_MAX], m[PATH_MAX];
+        if (sscanf(line, "%*s %*s %*s %4095s %4095s", r, m) != 2)
+            continue;
+        if (found == 0 && strcmp(root, "/") == 0)
+            continue; /* keep the first full mount */
+        snprintf(mnt, size, "%s", m);
+        snprintf(root, rsize, "%s", r);
+        found = 0;
+    }
+    fclose(f);
+    return found;
+}
+
+static int own_cgroup(char *path, size_t size)
+{
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (f == NULL)
+        return -errno;
+    char line[4096];
+    int found = -ENOENT;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(path, size, "%s", line + 3);
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Enables what controllers the parent offers among memory, pids and cpu, in dir's
+ * cgroup.subtree_control. Failure only means fewer figures and limits. */
+static void enable_controllers(int dirfd, struct cgroups *cg)
+{
+    char avail[512];
+    if (read_at(dirfd, "cgroup.controllers", avail, sizeof avail) < 0)
+        return;
+    static const char *const want[] = {"memory", "pids", "cpu"};
+    for (size_t i = 0; i < 3; i++) {
+        char word[32];
+        snprintf(word, sizeof word, " %s ", want[i]);
+        char padded[520];
+        snprintf(padded, sizeof padded, " %s ", avail);
+        padded[strcspn(padded, "\n")] = ' ';
+        if (strstr(padded, word) == NULL)
+            continue;
+        char cmd[32];
+        snprintf(cmd, sizeof cmd, "+%s", want[i]);
+        if (write_at(dirfd, "cgroup.subtree_control", cmd) == 0) {
+            if (i == 0)
+                cg->memory = true;
+            else if (i == 1)
+                cg->pids = true;
+            else
+                cg->cpu = true;
+        }
+    }
+}
+
+int cgroup_init(struct agent *a)
+{
+    struct cgroups *cg = &a->cg;
+    cg->runs_fd = -1;
+    char mnt[PATH_MAX], root[PATH_MAX] = "", own[PATH_MAX];
+    if (find_mount(mnt, sizeof mnt, root, sizeof root) < 0 || own_cgroup(own, sizeof own) < 0) {
+        log_info("cgroup2 not found: runs are killed by process group and /proc walk");
+        return 0;
+    }
+    /* The cgroup's path below the mount: strip the mount's own root. */
+    const char *rel = own;
+    size_t rl = strlen(root);
+    if (strcmp(root, "/") != 0 && strncmp(own, root, rl) == 0)
+        rel = own + rl;
+    if (strcmp(rel, "/") == 0)
+        rel = "";
+    char base[2 * PATH_MAX + 8];
+    bool at_root = rel[0] == '\0';
+    int w = at_root && !a->pid1 ? snprintf(base, sizeof base, "%s/boxd", mnt)
+                                : snprintf(base, sizeof base, "%s%s", mnt, rel);
+    if (w < 0 || (size_t)w >= sizeof base)
+        return 0;
+
+    int e = 0;
+    if (mkdir(base, 0755) < 0 && errno != EEXIST)
+        e = -errno;
+    int base_fd = e ? -1 : open(base, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (base_fd < 0) {
+        log_info("cgroup2 at %s not usable (%s): runs are killed by process group", base,
+                 strerror(e ? -e : errno));
+        return 0;
+    }
+    /* Leave BASE for a leaf of our own: a cgroup with controllers for its children may hold
+     * no processes itself. The root of a hierarchy is exempt, so PID 1 of a VM stays put. */
+    if (!(at_root && a->pid1)) {
+        if ((mkdirat(base_fd, "agent", 0755) < 0 && errno != EEXIST)) {
+            e = -errno;
+        } else {
+            int afd = openat(base_fd, "agent", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+            e = afd < 0 ? -errno : write_at(afd, "cgroup.procs", "0");
+            if (afd >= 0)
+                close(afd);
+        }
+        if (e < 0) {
+            log_info("cgroup2: cannot move into %s/agent (%s): runs are killed by process group",
+                     base, strerror(-e));
+            close(base_fd);
+            return 0;
+        }
+    }
+    enable_controllers(base_fd, cg);
+    if (mkdirat(base_fd, "runs", 0755) < 0 && errno != EEXIST) {
+        log_info("cgroup2: cannot make %s/runs (%s): runs are killed by process group", base,
+                 strerror(errno));
+        close(base_fd);
+        return 0;
+    }
+    cg->runs_fd = openat(base_fd, "runs", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    close(base_fd);
+    if (cg->runs_fd < 0)
+        return 0;
+    /* Leftovers of an earlier boxd (same BASE): empty ones are removed, others killed. */
+    DIR *d = fdopendir(dup(cg->runs_fd));
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_type != DT_DIR || de->d_name[0] == '.')
+                continue;
+            int fd = openat(cg->runs_fd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                write_at(fd, "cgroup.kill", "1");
+                close(fd);
+            }
+            unlinkat(cg->runs_fd, de->d_name, AT_REMOVEDIR);
+        }
+        closedir(d);
+    }
+    {
+        int rfd = cg->runs_fd;
+        struct cgroups tmp = *cg;
+        enable_controllers(rfd, &tmp);
+        cg->memory = tmp.memory;
+        cg->pids = tmp.pids;
+        cg->cpu = tmp.cpu;
+    }
+    cg->base = strdup(base);
+    cg->enabled = cg->base != NULL;
+    log_info("cgroup2: runs in %s/runs (controllers:%s%s%s)", base, cg->memory ? " memory" : "",
+             cg->pids ? " pids" : "", cg->cpu ? " cpu" : "");
+    return 0;
+}
+
+void cgroup_destroy(struct agent *a)
+{
+    if (a->cg.runs_fd >= 0)
+        close(a->cg.runs_fd);
+    a->cg.runs_fd = -1;
+    free(a->cg.base);
+    a->cg.base = NULL;
+}
+
+int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc)
+{
+    rc->dir_fd = rc->procs_fd = rc->events_fd = -1;
+    if (!a->cg.enabled)
+        return -ENOTSUP;
+    if (mkdirat(a->cg.runs_fd, id, 0755) < 0) {
+        int e = errno;
+        if (e != EEXIST)
+            return -e;
+        /* A stale one (an evicted run of the same id whose processes are still dying): */
+        int fd = openat(a->cg.runs_fd, id, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            write_at(fd, "cgroup.kill", "1");
+            close(fd);
+        }
+        if (unlinkat(a->cg.runs_fd, id, AT_REMOVEDIR) < 0 || mkdirat(a->cg.runs_fd, id, 0755) < 0)
+            return -e;
+    }
+    rc->dir_fd = openat(a->cg.runs_fd, id, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (rc->dir_fd >= 0)
+        rc->procs_fd = openat(rc->dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (rc->dir_fd >= 0)
+        rc->events_fd = openat(rc->dir_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
+    if (rc->dir_fd < 0 || rc->procs_fd < 0 || rc->events_fd < 0) {
+        int e = -errno;
+        cgroup_run_remove(a, id, rc);
+        return e;
+    }
+    return 0;
+}
+
+bool cgroup_run_populated(const struct run_cgroup *rc)
+{
+    if (rc->events_fd < 0)
+        return false;
+    char buf[256];
+    ssize_t n = pread(rc->events_fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *p = strstr(buf, "populated ");
+    return p && p[10] == '1';
+}
+
+int cgroup_run_signal(const struct run_cgroup *rc, int sig)
+{
+    if (rc->dir_fd < 0)
+        return 0;
+    int fd = openat(rc->dir_fd, "cgroup.procs", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    FILE *f = fdopen(fd, "r");
+    if (f == NULL) {
+        close(fd);
+        return 0;
+    }
+    int n = 0;
+    long pid;
+    /* A pid read here is in the cgroup until it is reaped, and we are its reaper (directly
+     * or as subreaper/init), so it cannot be reused before this kill. */
+    while (fscanf(f, "%ld", &pid) == 1)
+        if (pid > 1 && kill((pid_t)pid, sig) == 0)
+            n++;
+    fclose(f);
+    return n;
+}
+
+int cgroup_run_kill(const struct run_cgroup *rc)
+{
+    if (rc->dir_fd < 0)
+        return -EBADF;
+    return write_at(rc->dir_fd, "cgroup.kill", "1");
+}
+
+static uint64_t field(const char *buf, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = buf; (p = strstr(p, key)) != NULL; p += n)
+        if ((p == buf || p[-1] == '\n') && p[n] == ' ')
+            return strtoull(p + n + 1, NULL, 10);
+    return 0;
+}
+
+void cgroup_run_usage(const struct run_cgroup *rc, struct run_usage *u)
+{
+    memset(u, 0, sizeof *u);
+    if (rc->dir_fd < 0)
+        return;
+    char buf[1024];
+    if (read_at(rc->dir_fd, "cpu.stat", buf, sizeof buf) > 0) {
+        u->user_us = field(buf, "user_usec");
+        u->sys_us = field(buf, "system_usec");
+        u->have_cpu = true;
+    }
+    if (read_at(rc->dir_fd, "memory.peak", buf, sizeof buf) > 0) {
+        u->mem_peak = strtoull(buf, NULL, 10);
+        u->have_mem = true;
+    }
+    if (read_at(rc->dir_fd, "memory.events", buf, sizeof buf) > 0)
+        u->oom_kills = field(buf, "oom_kill");
+}
+
+void cgroup_run_remove(struct agent *a, const char *id, struct run_cgroup *rc)
+{
+    if (rc->procs_fd >= 0)
+        close(rc->procs_fd);
+    if (rc->events_fd >= 0)
+        close(rc->events_fd);
+    if (rc->dir_fd >= 0) {
+        close(rc->dir_fd);
+        if (unlinkat(a->cg.runs_fd, id, AT_REMOVEDIR) < 0 && errno != ENOENT)
+            log_warn("run %s: rmdir of its cgroup: %s", id, strerror(errno));
+    }
+    rc->dir_fd = rc->procs_fd = rc->events_fd = -1;
+}
+
+/* ---- Fallback without cgroups ------------------------------------------------------------- */
+
+struct pinfo {
+    pid_t pid, ppid, pgid, sid;
+};
+
+int proc_tree_signal(pid_t pid, pid_t pgid, int sig)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return kill(-pgid, sig) == 0;
+    size_t cap = 256, n = 0;
+    struct pinfo *ps = malloc(cap * sizeof *ps);
+    struct dirent *de;
+    while (ps && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        /* pid (comm) state ppid pgrp session: comm may hold spaces and parens. */
+        char *rp = strrchr(buf, ')');
+        struct pinfo p;
+        char state;
+        if (rp == NULL || sscanf(rp + 1, " %c %d %d %d", &state, &p.ppid, &p.pgid, &p.sid) != 4)
+            continue;
+        p.pid = (pid_t)strtol(de->d_name, NULL, 10);
+        if (n == cap) {
+            struct pinfo *np = realloc(ps, 2 * cap * sizeof *ps);
+            if (np == NULL)
+                break;
+            ps = np;
+            cap *= 2;
+        }
+        ps[n++] = p;
+    }
+    closedir(d);
+    int count = 0;
+    if (kill(-pgid, sig) == 0)
+        count++;
+    if (ps == NULL)
+        return count;
+    /* Mark the tree: the session of the run, and every descendant of pid (fixed point). */
+    bool *in = calloc(n ? n : 1, sizeof *in);
+    if (in) {
+        bool changed = true;
+        for (size_t i = 0; i < n; i++)
+            in[i] = ps[i].pid == pid || ps[i].sid == pgid || ps[i].pgid == pgid;
+        while (changed) {
+            changed = false;
+            for (size_t i = 0; i < n; i++) {
+                if (in[i])
+                    continue;
+                for (size_t j = 0; j < n; j++)
+                    if (in[j] && ps[j].pid == ps[i].ppid) {
+                        in[i] = changed = true;
+                        break;
+                    }
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (in[i] && ps[i].pid > 1 && ps[i].pid != getpid() && kill(ps[i].pid, sig) == 0)
+                count++;
+        free(in);
+    }
+    free(ps);
+    return count;
+}
