@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "cgroup.h"
+#include "init.h"
 #include "list.h"
 
 #define BOXD_DEFAULT_SOCKET "/run/boxd.sock"
@@ -45,6 +46,9 @@ struct agent {
     char boot_id[37];
     pid_t pid;
     bool pid1;
+    enum agent_mode mode;
+    enum final_action final_action;
+    bool others_killed; /* PID 1: SIGKILL sent to -1 */
     bool subreaper;
     uint64_t start_mono_ns;
 

@@ -18,6 +18,7 @@
 #include "cgroup.h"
 #include "conn.h"
 #include "environ.h"
+#include "init.h"
 #include "listen.h"
 #include "log.h"
 #include "run.h"
@@ -314,6 +315,7 @@ int main(int argc, char **argv)
     ensure_stdio();
     a->pid = getpid();
     a->pid1 = a->pid == 1;
+    init_setup(a);
     if (!a->pid1) {
         /* Not the box's init: adopt our runs' orphans so they are still reaped by us. */
         a->subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
@@ -348,11 +350,15 @@ int main(int argc, char **argv)
 
     /* From now on we must not die. */
     signals_reap(a);
-    log_info("boxd %s ready: pid %d%s, boot %s", BOXD_VERSION, (int)a->pid,
-             a->pid1 ? " (init)" : a->subreaper ? " (subreaper)" : "", a->boot_id);
+    log_info("boxd %s ready: pid %d, mode %s%s, boot %s", BOXD_VERSION, (int)a->pid,
+             init_mode_str(a->mode), a->subreaper ? " (subreaper)" : "", a->boot_id);
+    init_notify_ready();
     uv_run(a->loop, UV_RUN_DEFAULT);
+    if (!a->shutting_down)
+        init_fatal(a, "the event loop stopped by itself");
 
     log_info("stopped");
     teardown(a);
+    init_final(a, a->final_action);
     return a->exit_code;
 }

@@ -16,6 +16,7 @@
 #include "events.h"
 #include "log.h"
 #include "run.h"
+#include "signals.h"
 
 #define MAX_ARGV 4096u
 #define MAX_ENV 4096u
@@ -204,6 +205,7 @@ static void do_info(struct ctx *x)
         return;
     put_identity(&o, a);
     msg_kv_bool(&o, "pid1", a->pid1);
+    msg_kv_str(&o, "mode", init_mode_str(a->mode));
     msg_kv_bool(&o, "subreaper", a->subreaper);
     msg_kv_u64(&o, "uptime_ms", (now_mono_ns() - a->start_mono_ns) / 1000000u);
     msg_kv_u64(&o, "runs_live", a->n_live);
@@ -751,6 +753,23 @@ static void do_list(struct ctx *x)
     reply(x, &o);
 }
 
+static void do_shutdown(struct ctx *x)
+{
+    const char *act = "poweroff";
+    size_t n = 8;
+    int e = msg_get_str(x->m, "action", &act, &n);
+    if (e == -EINVAL || (e == 0 && !((n == 8 && memcmp(act, "poweroff", 8) == 0) ||
+                                     (n == 6 && memcmp(act, "reboot", 6) == 0)))) {
+        error(x, "bad_request", NULL, "action must be \"poweroff\" or \"reboot\"");
+        return;
+    }
+    bool reboot = n == 6;
+    ok(x, NULL, -1);
+    log_info("shutdown requested by conn %llu (%s)", (unsigned long long)x->c->no,
+             reboot ? "reboot" : "poweroff");
+    agent_shutdown(x->a, "request", reboot ? FINAL_REBOOT : FINAL_POWEROFF);
+}
+
 /* ---- Dispatch ------------------------------------------------------------------------------- */
 
 static const struct {
@@ -760,6 +779,7 @@ static const struct {
     {"hello", do_hello},   {"exec", do_exec},     {"stdin", do_stdin}, {"signal", do_signal},
     {"cancel", do_cancel}, {"attach", do_attach}, {"detach", do_detach}, {"wait", do_wait},
     {"logs", do_logs},     {"list", do_list},     {"info", do_info},   {"ping", do_ping},
+    {"shutdown", do_shutdown},
 };
 
 void request_frame(struct conn *c, const uint8_t *body, size_t len)

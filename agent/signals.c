@@ -62,6 +62,9 @@ static bool all_done(struct agent *a)
 {
     if (a->n_live > 0)
         return false;
+    /* As PID 1, every process of the box must be gone too: kill(-1, 0) finds none. */
+    if (a->pid1 && !(kill(-1, 0) < 0 && errno == ESRCH))
+        return false;
     struct list *pos;
     for (pos = a->conns.next; pos != &a->conns; pos = pos->next) {
         struct conn *c = container_of(pos, struct conn, link);
@@ -76,6 +79,11 @@ static void on_shutdown_tick(uv_timer_t *t)
     struct agent *a = t->data;
     uint64_t waited_ms = (now_mono_ns() - a->shutdown_start_ns) / 1000000u;
     uint64_t limit = (uint64_t)a->cfg.grace_ms + a->cfg.drain_ms + 3000u;
+    if (a->pid1 && !a->others_killed && waited_ms >= a->cfg.grace_ms) {
+        /* The grace period is over for everything else in the box too. */
+        kill(-1, SIGKILL);
+        a->others_killed = true;
+    }
     if (all_done(a) || waited_ms > limit) {
         if (!all_done(a))
             log_warn("shutdown: giving up waiting after %llu ms", (unsigned long long)waited_ms);
@@ -84,7 +92,7 @@ static void on_shutdown_tick(uv_timer_t *t)
     }
 }
 
-void agent_shutdown(struct agent *a, const char *why)
+void agent_shutdown(struct agent *a, const char *why, enum final_action act)
 {
     if (a->shutting_down) {
         /* A second signal does not cut the grace period short. */
@@ -92,10 +100,17 @@ void agent_shutdown(struct agent *a, const char *why)
         return;
     }
     a->shutting_down = true;
+    a->final_action = act;
     a->shutdown_start_ns = now_mono_ns();
     log_info("shutting down (%s): %u live runs", why, a->n_live);
     listen_close_all(a);
     runs_cancel_all(a, a->cfg.grace_ms);
+    if (a->pid1) {
+        /* PID 1: every other process in the box gets the same TERM, grace, KILL. Never when
+         * boxd is not PID 1: -1 would then mean every process of the machine. */
+        kill(-1, SIGTERM);
+        kill(-1, SIGCONT);
+    }
     uv_timer_start(&a->shutdown_timer, on_shutdown_tick, 0, 10);
 }
 
@@ -123,7 +138,7 @@ static void on_signal(uv_poll_t *h, int status, int events)
             case SIGTERM:
             case SIGINT:
             case SIGPWR:
-                agent_shutdown(a, strsignal(sig));
+                agent_shutdown(a, strsignal(sig), FINAL_POWEROFF);
                 break;
             default:
                 log_debug("signal %d (%s) from pid %u ignored", sig, strsignal(sig),

@@ -14,7 +14,8 @@ int signals_block(void);
 int signals_start(struct agent *a);
 /* Reaps whatever has exited (also called at start-up, for children inherited from exec). */
 void signals_reap(struct agent *a);
-/* Begins a clean shutdown (as on SIGTERM). */
-void agent_shutdown(struct agent *a, const char *why);
+/* Begins a clean shutdown (as on SIGTERM): no new runs, every run cancelled (TERM, grace,
+ * KILL), as PID 1 every other process too, final events flushed; then act (init_final). */
+void agent_shutdown(struct agent *a, const char *why, enum final_action act);
 
 #endif
