@@ -33,6 +33,8 @@ struct config {
     uint32_t grace_ms;      /* TERM -> KILL grace for cancel and timeout */
     uint32_t drain_ms;      /* wait for pipe EOF after the main process exits */
     uint32_t flush_ms;      /* idle time before a partial line is sent */
+    uint32_t vsock_allow_cid; /* a guest CID allowed besides the host (0: none) */
+    bool vsock_any_cid;       /* allow every CID (testing inside one VM) */
 };
 
 void config_defaults(struct config *c);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "events.h"
 #include "log.h"
@@ -27,7 +28,11 @@ static void on_closed(uv_handle_t *h)
     a->n_conns--;
     free(c->frame);
     log_debug("conn %llu: closed", (unsigned long long)c->no);
+    void (*on_free)(void *) = c->on_free;
+    void *arg = c->on_free_arg;
     free(c);
+    if (on_free)
+        on_free(arg);
 }
 
 void conn_close(struct conn *c)
@@ -250,12 +255,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     consume(c, (const uint8_t *)buf->base, (size_t)nread);
 }
 
-void conn_accept(struct agent *a, uv_stream_t *server)
+static struct conn *conn_new(struct agent *a)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
         log_err("accept: out of memory");
-        return;
+        return NULL;
     }
     c->a = a;
     c->no = ++a->next_conn_no;
@@ -265,19 +270,55 @@ void conn_accept(struct agent *a, uv_stream_t *server)
     c->h.data = c;
     list_add_tail(&a->conns, &c->link);
     a->n_conns++;
-    int e = uv_accept(server, (uv_stream_t *)&c->h);
-    if (e < 0) {
-        log_warn("accept: %s", uv_strerror(e));
-        conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* Starts serving c, or refuses it when over max_conns. Returns false if refused. */
+static bool conn_begin(struct conn *c)
+{
+    struct agent *a = c->a;
     if (a->n_conns > a->cfg.max_conns) {
         log_warn("conn %llu: refused, %u connections already", (unsigned long long)c->no,
                  a->cfg.max_conns);
         conn_close(c);
-        return;
+        return false;
     }
     c->reading = true;
     uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
-    log_debug("conn %llu: accepted", (unsigned long long)c->no);
+    log_debug("conn %llu: accepted (%s)", (unsigned long long)c->no, c->peer);
+    return true;
+}
+
+int conn_accept(struct agent *a, uv_stream_t *server)
+{
+    struct conn *c = conn_new(a);
+    if (c == NULL)
+        return -ENOMEM; /* the connection stays pending; the listener retries */
+    int e = uv_accept(server, (uv_stream_t *)&c->h);
+    if (e < 0) {
+        log_warn("accept: %s", uv_strerror(e));
+        conn_close(c);
+        return 0;
+    }
+    snprintf(c->peer, sizeof c->peer, "unix");
+    conn_begin(c);
+    return 0;
+}
+
+struct conn *conn_from_fd(struct agent *a, int fd, const char *peer)
+{
+    struct conn *c = conn_new(a);
+    if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    int e = uv_pipe_open(&c->h, fd);
+    if (e < 0) {
+        log_warn("conn %llu (%s): %s", (unsigned long long)c->no, peer, uv_strerror(e));
+        close(fd);
+        conn_close(c);
+        return NULL;
+    }
+    return conn_begin(c) ? c : NULL;
 }

@@ -38,10 +38,19 @@ struct conn {
     uint32_t n_subs;
     struct list ready; /* subs with output or an end to send */
     bool pumping;
+
+    char peer[64]; /* who is at the other end, for logs: "uid 0", "cid 2", "virtio box.agent" */
+    void (*on_free)(void *arg); /* called when the conn is freed (virtio port: wait again) */
+    void *on_free_arg;
 };
 
-/* Accepts one connection from a listening stream. */
-void conn_accept(struct agent *a, uv_stream_t *server);
+/* Accepts one connection from a listening unix stream. Returns 0, or -ENOMEM when the
+ * connection could not be taken yet (it stays pending: call again later). */
+int conn_accept(struct agent *a, uv_stream_t *server);
+
+/* Makes a connection of an open stream fd (an accepted vsock, a virtio port). Takes the fd
+ * (closed on failure). Returns NULL if it was refused (max_conns) or on error. */
+struct conn *conn_from_fd(struct agent *a, int fd, const char *peer);
 
 /* Finishes o's frame and queues it; o is consumed (destroyed) whatever happens.
  * Returns 0, -ENOMEM, or -EPIPE if the connection is closing. */

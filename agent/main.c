@@ -54,7 +54,10 @@ static void usage(FILE *f)
             "every --listen address; with none, on unix:" BOXD_DEFAULT_SOCKET ".\n"
             "\n"
             "options (sizes in bytes, times in milliseconds):\n"
-            "  --listen unix:PATH     serve a unix socket (mode 0600), may be repeated\n"
+            "  --listen ADDR          unix:PATH (mode 0600), vsock:PORT or virtio-port:NAME;\n"
+            "                         may be repeated\n"
+            "  --vsock-allow-cid N    also accept vsock connections from CID N (default: host only)\n"
+            "  --vsock-any-cid        accept vsock connections from any CID\n"
             "  --max-frame N          largest request frame accepted (default 1048576)\n"
             "  --max-event N          largest frame sent (default 1048576)\n"
             "  --max-line N           lines longer than this are cut into pieces (default 65536)\n"
@@ -89,6 +92,7 @@ enum {
     OPT_LISTEN = 256, OPT_MAX_FRAME, OPT_MAX_EVENT, OPT_MAX_LINE, OPT_MAX_RUNS,
     OPT_MAX_FINISHED, OPT_MAX_CONNS, OPT_LOG_BYTES, OPT_STDIN_BYTES, OPT_MAX_SUBS,
     OPT_CONN_QUEUE, OPT_GRACE, OPT_DRAIN, OPT_FLUSH, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
+    OPT_VSOCK_CID, OPT_VSOCK_ANY,
 };
 
 static int parse_args(int argc, char **argv, struct config *c)
@@ -109,6 +113,8 @@ static int parse_args(int argc, char **argv, struct config *c)
         {"drain-ms", required_argument, NULL, OPT_DRAIN},
         {"flush-ms", required_argument, NULL, OPT_FLUSH},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"vsock-allow-cid", required_argument, NULL, OPT_VSOCK_CID},
+        {"vsock-any-cid", no_argument, NULL, OPT_VSOCK_ANY},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -189,6 +195,13 @@ static int parse_args(int argc, char **argv, struct config *c)
                 log_set_level(LOG_DEBUG);
             else
                 bad = 1;
+            break;
+        case OPT_VSOCK_CID:
+            bad = parse_u64(optarg, 3, 0xfffffffeu, &v);
+            c->vsock_allow_cid = (uint32_t)v;
+            break;
+        case OPT_VSOCK_ANY:
+            c->vsock_any_cid = true;
             break;
         case OPT_HELP:
             usage(stdout);

@@ -135,6 +135,9 @@ static void on_signal(uv_poll_t *h, int status, int events)
             case SIGCHLD:
                 child = true;
                 break;
+            case SIGIO:
+                listen_on_sigio(a);
+                break;
             case SIGTERM:
             case SIGINT:
             case SIGPWR:
