@@ -122,10 +122,62 @@ static void enable_controllers(int dirfd, struct cgroups *cg)
     }
 }
 
+/* Kills and removes every run cgroup below dirfd (one level). */
+static void kill_children(int dirfd)
+{
+    DIR *d = fdopendir(dup(dirfd));
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_type != DT_DIR || de->d_name[0] == '.')
+            continue;
+        int fd = openat(dirfd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            write_at(fd, "cgroup.kill", "1");
+            close(fd);
+        }
+        unlinkat(dirfd, de->d_name, AT_REMOVEDIR);
+    }
+    closedir(d);
+}
+
+/* Leftovers of an earlier boxd: BASE/runs (as PID 1, the box is ours), and any
+ * BASE/runs-<pid> whose boxd is gone. Their processes are killed, their cgroups removed. */
+static void clean_stale(int base_fd, bool pid1)
+{
+    DIR *d = fdopendir(dup(base_fd));
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_type != DT_DIR)
+            continue;
+        bool stale = false;
+        if (strcmp(de->d_name, "runs") == 0) {
+            stale = pid1;
+        } else if (strncmp(de->d_name, "runs-", 5) == 0) {
+            long pid = strtol(de->d_name + 5, NULL, 10);
+            stale = pid > 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+        }
+        if (!stale)
+            continue;
+        int fd = openat(base_fd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            kill_children(fd);
+            close(fd);
+        }
+        if (!pid1 || strcmp(de->d_name, "runs") != 0)
+            unlinkat(base_fd, de->d_name, AT_REMOVEDIR);
+    }
+    closedir(d);
+}
+
 int cgroup_init(struct agent *a)
 {
     struct cgroups *cg = &a->cg;
     cg->runs_fd = -1;
+    cg->base_fd = -1;
     char mnt[PATH_MAX], root[PATH_MAX] = "", own[PATH_MAX];
     if (find_mount(mnt, sizeof mnt, root, sizeof root) < 0 || own_cgroup(own, sizeof own) < 0) {
         log_info("cgroup2 not found: runs are killed by process group and /proc walk");
@@ -173,43 +225,34 @@ int cgroup_init(struct agent *a)
         }
     }
     enable_controllers(base_fd, cg);
-    if (mkdirat(base_fd, "runs", 0755) < 0 && errno != EEXIST) {
-        log_info("cgroup2: cannot make %s/runs (%s): runs are killed by process group", base,
-                 strerror(errno));
+    /* PID 1 owns its box: its runs go in BASE/runs. A daemon may share BASE with another
+     * boxd (two started by hand in one cgroup), so each gets BASE/runs-<pid>. */
+    if (a->pid1)
+        snprintf(cg->runs_name, sizeof cg->runs_name, "runs");
+    else
+        snprintf(cg->runs_name, sizeof cg->runs_name, "runs-%d", (int)getpid());
+    clean_stale(base_fd, a->pid1);
+    if (mkdirat(base_fd, cg->runs_name, 0755) < 0 && errno != EEXIST) {
+        log_info("cgroup2: cannot make %s/%s (%s): runs are killed by process group", base,
+                 cg->runs_name, strerror(errno));
         close(base_fd);
         return 0;
     }
-    cg->runs_fd = openat(base_fd, "runs", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-    close(base_fd);
+    cg->runs_fd = openat(base_fd, cg->runs_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    cg->base_fd = base_fd;
     if (cg->runs_fd < 0)
         return 0;
-    /* Leftovers of an earlier boxd (same BASE): empty ones are removed, others killed. */
-    DIR *d = fdopendir(dup(cg->runs_fd));
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL) {
-            if (de->d_type != DT_DIR || de->d_name[0] == '.')
-                continue;
-            int fd = openat(cg->runs_fd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-            if (fd >= 0) {
-                write_at(fd, "cgroup.kill", "1");
-                close(fd);
-            }
-            unlinkat(cg->runs_fd, de->d_name, AT_REMOVEDIR);
-        }
-        closedir(d);
-    }
     {
-        int rfd = cg->runs_fd;
         struct cgroups tmp = *cg;
-        enable_controllers(rfd, &tmp);
+        enable_controllers(cg->runs_fd, &tmp);
         cg->memory = tmp.memory;
         cg->pids = tmp.pids;
         cg->cpu = tmp.cpu;
     }
     cg->base = strdup(base);
     cg->enabled = cg->base != NULL;
-    log_info("cgroup2: runs in %s/runs (controllers:%s%s%s)", base, cg->memory ? " memory" : "",
+    log_info("cgroup2: runs in %s/%s (controllers:%s%s%s)", base, cg->runs_name,
+             cg->memory ? " memory" : "",
              cg->pids ? " pids" : "", cg->cpu ? " cpu" : "");
     return 0;
 }
@@ -219,6 +262,14 @@ void cgroup_destroy(struct agent *a)
     if (a->cg.runs_fd >= 0)
         close(a->cg.runs_fd);
     a->cg.runs_fd = -1;
+    /* A daemon removes its own runs directory (empty by now, unless a dying run lingers; then
+     * the next boxd with this BASE removes it). */
+    if (a->cg.base_fd >= 0) {
+        if (!a->pid1)
+            unlinkat(a->cg.base_fd, a->cg.runs_name, AT_REMOVEDIR);
+        close(a->cg.base_fd);
+    }
+    a->cg.base_fd = -1;
     free(a->cg.base);
     a->cg.base = NULL;
 }

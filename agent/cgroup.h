@@ -3,7 +3,8 @@
  * Layout, under the cgroup boxd finds itself in (BASE):
  *   BASE/agent       boxd itself (moved there so BASE may have children with controllers)
  *   BASE/runs/<id>   one per run, entered by the child before exec (no window: the child writes
- *                    "0" into the run's cgroup.procs while it is still boxd's code)
+ *                    "0" into the run's cgroup.procs while it is still boxd's code); a daemon
+ *                    (not PID 1) uses BASE/runs-<pid>, as two may share BASE
  * When boxd is in the root of the hierarchy and is not PID 1 (a daemon on a development host),
  * BASE is ROOT/boxd instead, so nothing of the host's is reorganized.
  *
@@ -21,7 +22,9 @@ struct agent;
 struct cgroups {
     bool enabled;
     char *base;       /* BASE, absolute path */
-    int runs_fd;      /* BASE/runs, O_DIRECTORY */
+    int base_fd;      /* BASE, O_DIRECTORY */
+    int runs_fd;      /* BASE/<runs_name>, O_DIRECTORY */
+    char runs_name[32]; /* "runs" as PID 1, "runs-<pid>" as a daemon */
     bool memory, pids, cpu; /* controllers enabled for runs */
 };
 

@@ -14,6 +14,7 @@ struct wreq {
     uv_write_t w;
     struct conn *c;
     size_t len;
+    size_t cost; /* what it holds in memory: the buffer's allocation and this request */
     char *buf;
 };
 
@@ -82,7 +83,7 @@ static void on_written(uv_write_t *w, int status)
 {
     struct wreq *wr = container_of(w, struct wreq, w);
     struct conn *c = wr->c;
-    c->queued -= wr->len;
+    c->queued -= wr->cost;
     free(wr->buf);
     free(wr);
     if (c->closing)
@@ -119,6 +120,9 @@ int conn_send(struct conn *c, struct msg_out *o)
         return -ENOMEM;
     }
     wr->c = c;
+    /* Queues are bounded by memory, not by bytes on the wire: many small replies cost their
+     * allocations, not their length. */
+    wr->cost = o->sb.alloc + sizeof *wr + 32;
     wr->buf = msg_out_steal(o, &wr->len);
     uv_buf_t b = uv_buf_init(wr->buf, (unsigned)wr->len);
     e = uv_write(&wr->w, (uv_stream_t *)&c->h, &b, 1, on_written);
@@ -129,7 +133,7 @@ int conn_send(struct conn *c, struct msg_out *o)
          * read side sees the same error and closes it. */
         return -EPIPE;
     }
-    c->queued += wr->len;
+    c->queued += wr->cost;
     /* Flow control for requests: a client that sends faster than it reads stops being read. */
     if (c->queued >= c->a->cfg.conn_queue)
         reading_set(c, false);

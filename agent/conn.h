@@ -33,7 +33,7 @@ struct conn {
     uint32_t frame_len, frame_have;
     bool discarding; /* skipping the rest of a frame that was refused */
 
-    uint64_t queued; /* bytes handed to uv_write and not yet written */
+    uint64_t queued; /* memory held by replies handed to uv_write and not yet written */
     struct list subs;  /* struct sub.conn_link */
     uint32_t n_subs;
     struct list ready; /* subs with output or an end to send */

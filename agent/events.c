@@ -90,17 +90,15 @@ int ev_end(struct msg_out *o, const struct reqtag *req, const struct run *r, boo
     msg_kv_str(o, "status", run_status_str(r));
     msg_kv_str(o, "reason", run_reason_str(r));
     int st = r->wstatus;
+    msg_kv_i64(o, "exit_code", run_exit_code(r));
     if (r->spawn_stage) {
-        msg_kv_i64(o, "exit_code", r->spawn_err == ENOENT ? 127 : 126);
         msg_kv_nil(o, "signal");
         msg_kv_i64(o, "errno", r->spawn_err);
         msg_kv_str(o, "errno_name", errno_name(r->spawn_err));
         msg_kv_str(o, "stage", r->spawn_stage);
     } else if (WIFSIGNALED(st)) {
-        msg_kv_i64(o, "exit_code", 128 + WTERMSIG(st));
         msg_kv_i64(o, "signal", WTERMSIG(st));
     } else {
-        msg_kv_i64(o, "exit_code", WEXITSTATUS(st));
         msg_kv_nil(o, "signal");
     }
     msg_kv_u64(o, "started_ns", r->started_ns);

@@ -119,10 +119,10 @@ static int parse_args(int argc, char **argv, struct config *c)
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
-    int o;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int o, idx = 0;
+    while ((o = getopt_long(argc, argv, "", opts, &idx)) != -1) {
         uint64_t v = 0;
-        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+        const char *name = o >= OPT_LISTEN ? opts[idx].name : "?";
         int bad = 0;
         switch (o) {
         case OPT_LISTEN:
@@ -214,7 +214,7 @@ static int parse_args(int argc, char **argv, struct config *c)
             return 2;
         }
         if (bad) {
-            fprintf(stderr, "boxd: bad value '%s' for %s\n", optarg, name);
+            fprintf(stderr, "boxd: bad value '%s' for --%s\n", optarg, name);
             return 2;
         }
     }

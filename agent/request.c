@@ -353,7 +353,7 @@ static void do_exec(struct ctx *x)
 
     /* One block for every string and pointer array of the new process. Its size is bounded by
      * the frame (max_frame) plus the base environment, checked in 64-bit arithmetic. */
-    uint64_t nargs = cmd ? 3 : argv->via.array.size;
+    uint64_t nargs = cmd ? 4 : argv->via.array.size;
     uint64_t nenv = (env ? env->via.map.size : 0) + ENVIRON_BASE_MAX;
     uint64_t bytes = 64;
     if (cmd)
@@ -387,13 +387,15 @@ static void do_exec(struct ctx *x)
     environ_begin(&eb, envp, nenv);
 
     if (cmd) {
+        /* "--" so that a command starting with '-' is not taken for shell options. */
         args[0] = "/bin/sh";
         args[1] = "-c";
-        if (take_str(cmd, &at, &args[2]) < 0) {
+        args[2] = "--";
+        if (take_str(cmd, &at, &args[3]) < 0) {
             error(x, "bad_request", NULL, "cmd must not contain NUL");
             goto out;
         }
-        args[3] = NULL;
+        args[4] = NULL;
     } else {
         for (uint32_t i = 0; i < argv->via.array.size; i++)
             if (take_str(&argv->via.array.ptr[i], &at, &args[i]) < 0) {
@@ -737,9 +739,18 @@ static void do_list(struct ctx *x)
         if (r->state == RUN_ENDED) {
             msg_kv_str(&o, "status", run_status_str(r));
             msg_kv_str(&o, "reason", run_reason_str(r));
+            msg_kv_i64(&o, "exit_code", run_exit_code(r));
             msg_kv_u64(&o, "ended_ns", r->ended_ns);
         }
-        msg_kv_str(&o, r->is_argv ? "argv" : "cmd", r->desc);
+        if (r->is_argv) {
+            msg_key(&o, "argv");
+            msg_array(&o, r->desc_argc);
+            const char *d = r->desc;
+            for (unsigned i = 0; i < r->desc_argc; i++, d += strlen(d) + 1)
+                msg_str(&o, d);
+        } else {
+            msg_kv_str(&o, "cmd", r->desc);
+        }
         msg_kv_u64(&o, "started_ns", r->started_ns);
         msg_kv_u64(&o, "next_seq", r->log.next_seq);
         msg_kv_u64(&o, "late_bytes", r->late_bytes);

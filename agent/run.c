@@ -122,6 +122,15 @@ const char *run_reason_str(const struct run *r)
     return names[run_reason(r)];
 }
 
+int run_exit_code(const struct run *r)
+{
+    if (r->spawn_stage)
+        return r->spawn_err == ENOENT ? 127 : 126;
+    if (WIFSIGNALED(r->wstatus))
+        return 128 + WTERMSIG(r->wstatus);
+    return WEXITSTATUS(r->wstatus);
+}
+
 const char *run_status_str(const struct run *r)
 {
     if (r->state != RUN_ENDED)
@@ -364,20 +373,24 @@ static void on_flush_timer(uv_timer_t *t)
     run_notify(r);
 }
 
-/* Lag of the follower furthest behind, in bytes of log. */
-static uint64_t max_lag(const struct run *r)
+/* Lag of the follower furthest behind, in cost (about bytes of memory) of log. Also tells
+ * the log which records are still owed, so it never drops them. */
+static uint64_t max_lag(struct run *r)
 {
-    uint64_t lag = 0;
+    uint64_t lag = 0, protect = UINT64_MAX;
     const struct list *pos;
     for (pos = r->subs.next; pos != &r->subs; pos = pos->next) {
         const struct sub *s = container_of(pos, struct sub, run_link);
         if (s->end_only || s->conn->closing)
             continue;
-        uint64_t from = s->next_off > r->log.first_off ? s->next_off : r->log.first_off;
-        uint64_t l = r->log.end_off - from;
+        uint64_t from = s->next_cost > r->log.first_cost ? s->next_cost : r->log.first_cost;
+        uint64_t l = r->log.end_cost - from;
         if (l > lag)
             lag = l;
+        if (s->next_seq < protect)
+            protect = s->next_seq;
     }
+    r->log.protect_seq = protect;
     return lag;
 }
 
@@ -444,14 +457,25 @@ static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
 {
     struct agent *a = r->a;
     size_t total = 0;
+    /* One read never takes more than a quarter of the log, so flow control (which pauses at
+     * half) always acts before retention would have to drop what a follower is owed. */
+    size_t chunk = a->read_buf_size;
+    if (chunk > r->log.cap / 4)
+        chunk = (size_t)(r->log.cap / 4);
     for (int i = 0; i < reads && total < max; i++) {
-        ssize_t n = read(p->fd, a->read_buf, a->read_buf_size);
+        ssize_t n = read(p->fd, a->read_buf, chunk);
         if (n > 0) {
             total += (size_t)n;
-            if (r->state == RUN_ENDED)
+            if (r->state == RUN_ENDED) {
                 r->late_bytes += (uint64_t)n;
-            else
-                consume(r, p, a->read_buf, (size_t)n);
+                continue;
+            }
+            consume(r, p, a->read_buf, (size_t)n);
+            if (!list_empty(&r->subs)) {
+                run_notify(r); /* sends what the window allows, then decides on pausing */
+                if (r->paused && reads < (1 << 30))
+                    return 0;
+            }
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -767,28 +791,30 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
             snprintf(r->id, sizeof r->id, "r%llu", (unsigned long long)a->next_run_no++);
         while (run_find(a, r->id, strlen(r->id)));
     }
-    /* A short description for list. */
+    /* What list shows: the shell expression, or the argv as NUL-separated strings; both
+     * capped at DESC_MAX bytes (the last string cut short if need be). */
     char desc[DESC_MAX];
     size_t at = 0;
-    const char *src = p->is_shell ? p->argv[2] : NULL;
-    if (src) {
-        at = strnlen(src, DESC_MAX - 1);
-        memcpy(desc, src, at);
+    if (p->is_shell) {
+        at = strnlen(p->argv[3], DESC_MAX - 1);
+        memcpy(desc, p->argv[3], at);
+        desc[at++] = '\0';
+        r->desc_argc = 1;
     } else {
-        for (char **v = p->argv; *v && at < DESC_MAX - 1; v++) {
-            if (v != p->argv)
-                desc[at++] = ' ';
+        for (char **v = p->argv; *v && at < DESC_MAX; v++) {
             size_t n = strnlen(*v, DESC_MAX - 1 - at);
             memcpy(desc + at, *v, n);
             at += n;
+            desc[at++] = '\0';
+            r->desc_argc++;
         }
     }
-    desc[at] = '\0';
-    r->desc = strdup(desc);
+    r->desc = malloc(at);
     if (r->desc == NULL) {
         free(r);
         return NULL;
     }
+    memcpy(r->desc, desc, at);
     r->is_argv = !p->is_shell;
     list_init(&r->subs);
     list_init(&r->fin_link);
@@ -944,16 +970,17 @@ struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uin
         from_seq = r->log.next_seq;
     s->next_seq = from_seq;
     if (from_seq <= r->log.first_seq) {
-        s->next_off = r->log.first_off;
+        s->next_cost = r->log.first_cost;
     } else {
         struct rl_cursor cur;
         runlog_seek(&r->log, from_seq, &cur);
-        s->next_off = cur.off;
+        s->next_cost = cur.cost;
     }
     list_add_tail(&r->subs, &s->run_link);
     list_add_tail(&c->subs, &s->conn_link);
     list_init(&s->ready_link);
     c->n_subs++;
+    run_flow(r); /* the log learns what this follower is owed before anything is appended */
     if (!end_only || r->state == RUN_ENDED)
         conn_ready(c, s);
     return s;
@@ -1000,7 +1027,7 @@ static int send_output(struct sub *s, uint64_t budget)
         msg_data(&o, rec.data, rec.len);
         n++;
         s->next_seq = rec.seq + 1;
-        s->next_off = rec.off + rec.len;
+        s->next_cost = rec.cost + rec.len + RL_REC_COST;
     }
     msg_array_close(&o, arr, n);
     ev_close(&o);
@@ -1022,7 +1049,7 @@ int sub_pump(struct sub *s, uint64_t budget)
                 conn_send(s->conn, &o);
             }
             s->next_seq = r->log.first_seq;
-            s->next_off = r->log.first_off;
+            s->next_cost = r->log.first_cost;
         }
         if (s->next_seq < r->log.next_seq) {
             if (send_output(s, budget) < 0)

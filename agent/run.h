@@ -60,7 +60,8 @@ struct run {
     bool in_pid_table;
 
     pid_t pid;
-    char *desc; /* the command, for list (capped) */
+    char *desc; /* the command for list: desc_argc NUL-terminated strings, capped */
+    unsigned desc_argc;
     bool is_argv;
     enum run_state state;
     uint64_t started_ns, ended_ns, start_mono, end_mono;
@@ -102,7 +103,7 @@ struct sub {
     struct run *run;
     struct conn *conn;
     struct reqtag req;
-    uint64_t next_seq, next_off;
+    uint64_t next_seq, next_cost;
     bool end_only;    /* wait: send only the end */
     bool want_output; /* the end carries result/stdout/stderr */
 };
@@ -112,7 +113,7 @@ struct run_params {
     const char *id; /* NULL: generated */
     size_t id_len;
     char **argv;    /* NULL-terminated, owned by the caller */
-    bool is_shell;  /* argv is {"/bin/sh", "-c", cmd} */
+    bool is_shell;  /* argv is {"/bin/sh", "-c", "--", cmd} */
     char **envp;    /* NULL-terminated, complete environment */
     const char *path; /* PATH value searched for argv[0] */
     const char *cwd;
@@ -158,6 +159,8 @@ void sub_free(struct sub *s);
 int sub_pump(struct sub *s, uint64_t budget);
 
 const char *run_status_str(const struct run *r);
+/* The exit code as reported: the status, 128+N for signal N, 127/126 for a spawn failure. */
+int run_exit_code(const struct run *r);
 const char *run_reason_str(const struct run *r);
 
 /* Shutdown: cancel every live run with the given grace. */

@@ -16,7 +16,7 @@ struct rl_hdr {
 
 struct rl_chunk {
     struct rl_chunk *next;
-    uint64_t first_seq, first_off;
+    uint64_t first_seq, first_cost;
     uint32_t n, used, cap;
     uint32_t data_bytes;
     char buf[];
@@ -26,6 +26,7 @@ void runlog_init(struct runlog *l, uint64_t cap)
 {
     memset(l, 0, sizeof *l);
     l->cap = cap;
+    l->protect_seq = UINT64_MAX;
 }
 
 void runlog_destroy(struct runlog *l)
@@ -49,7 +50,7 @@ static void drop_head(struct runlog *l)
     l->dropped_records += c->n;
     l->dropped_bytes += c->data_bytes;
     l->first_seq = c->first_seq + c->n;
-    l->first_off = c->first_off + c->data_bytes;
+    l->first_cost = c->first_cost + c->data_bytes + (uint64_t)c->n * RL_REC_COST;
     l->bytes -= sizeof *c + c->cap;
     free(c);
 }
@@ -60,9 +61,14 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
     need = (need + 7u) & ~(size_t)7u;
     struct rl_chunk *t = l->tail;
     if (t == NULL || t->cap - t->used < need) {
+        /* Chunks grow, but stay a quarter of the cap at most: retention drops whole chunks,
+         * so this keeps what is retained close to the cap. */
+        size_t max = RL_CHUNK_MAX;
+        if (max > l->cap / 4)
+            max = (size_t)(l->cap / 4);
         size_t cap = t ? (size_t)t->cap * 2 : RL_CHUNK_MIN;
-        if (cap > RL_CHUNK_MAX)
-            cap = RL_CHUNK_MAX;
+        if (cap > max)
+            cap = max;
         if (cap < need)
             cap = need;
         struct rl_chunk *c = malloc(sizeof *c + cap);
@@ -70,7 +76,7 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
             return -ENOMEM;
         c->next = NULL;
         c->first_seq = l->next_seq;
-        c->first_off = l->end_off;
+        c->first_cost = l->end_cost;
         c->n = c->used = c->data_bytes = 0;
         c->cap = (uint32_t)cap;
         if (t)
@@ -79,8 +85,10 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
             l->head = c;
         l->tail = t = c;
         l->bytes += sizeof *c + cap;
-        /* Keep within the cap, always keeping the chunk just made. */
-        while (l->bytes > l->cap && l->head != t)
+        /* Keep within the cap, always keeping the chunk just made, and never dropping what a
+         * follower is still owed (flow control keeps that part small). */
+        while (l->bytes > l->cap && l->head != t &&
+               l->head->first_seq + l->head->n <= l->protect_seq)
             drop_head(l);
     }
     struct rl_hdr h = {.ts_ns = ts_ns, .len = len, .stream = (uint32_t)stream};
@@ -90,7 +98,7 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
     t->n++;
     t->data_bytes += len;
     l->next_seq++;
-    l->end_off += len;
+    l->end_cost += len + RL_REC_COST;
     return 0;
 }
 
@@ -103,17 +111,17 @@ void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c)
     c->pos = 0;
     if (k == NULL || seq < k->first_seq) {
         c->seq = l->first_seq;
-        c->off = l->first_off;
+        c->cost = l->first_cost;
         return;
     }
     c->seq = k->first_seq;
-    c->off = k->first_off;
+    c->cost = k->first_cost;
     while (c->seq < seq && c->pos < k->used) {
         struct rl_hdr h;
         memcpy(&h, k->buf + c->pos, sizeof h);
         c->pos += (uint32_t)((sizeof h + h.len + 7u) & ~(size_t)7u);
         c->seq++;
-        c->off += h.len;
+        c->cost += h.len + RL_REC_COST;
     }
 }
 
@@ -132,13 +140,13 @@ bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r)
     memcpy(&h, k->buf + c->pos, sizeof h);
     r->seq = c->seq;
     r->ts_ns = h.ts_ns;
-    r->off = c->off;
+    r->cost = c->cost;
     r->stream = (int)h.stream;
     r->data = k->buf + c->pos + sizeof h;
     r->len = h.len;
     c->pos += (uint32_t)((sizeof h + h.len + 7u) & ~(size_t)7u);
     c->seq++;
-    c->off += h.len;
+    c->cost += h.len + RL_REC_COST;
     return true;
 }
 

@@ -16,15 +16,20 @@ struct runlog {
     struct rl_chunk *head, *tail;
     uint64_t first_seq; /* oldest retained record */
     uint64_t next_seq;  /* seq the next record will get */
-    uint64_t first_off; /* byte offset (of all data ever appended) of first_seq */
-    uint64_t end_off;   /* byte offset after the last record */
+    uint64_t first_cost; /* cost (below) of everything before first_seq */
+    uint64_t end_cost;   /* cost of everything ever appended */
+    uint64_t protect_seq; /* records from this seq on are owed to a follower: never dropped */
     uint64_t bytes;     /* memory held by chunks */
     uint64_t cap;       /* bytes kept at most (at least one chunk is always kept) */
     uint64_t dropped_records, dropped_bytes;
 };
 
+/* A record's cost is its data length plus RL_REC_COST: about the memory it takes, so flow
+ * control measured in cost bounds memory however short the lines are. */
+#define RL_REC_COST 24u
+
 struct rl_rec {
-    uint64_t seq, ts_ns, off;
+    uint64_t seq, ts_ns, cost; /* cost: cumulative cost before this record */
     int stream;
     const char *data;
     uint32_t len;
@@ -34,13 +39,14 @@ struct rl_rec {
 struct rl_cursor {
     const struct rl_chunk *chunk;
     uint32_t pos; /* byte position inside the chunk */
-    uint64_t seq, off;
+    uint64_t seq, cost;
 };
 
 void runlog_init(struct runlog *l, uint64_t cap);
 void runlog_destroy(struct runlog *l);
 
-/* Appends one record. Returns 0 or -ENOMEM (nothing appended). len must be <= UINT32_MAX. */
+/* Appends one record. Returns 0 or -ENOMEM (nothing appended). len must be <= UINT32_MAX.
+ * Past the cap the oldest chunks are dropped, except those holding records >= protect_seq. */
 int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data, uint32_t len);
 
 /* Positions c at the first retained record with seq >= seq. */

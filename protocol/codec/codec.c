@@ -1,6 +1,4 @@
 /* boxd wire codec. See codec.h for the contract of every function. */
-#ifndef _GNU_SOURCE /* the build defines it for every file (-D_GNU_SOURCE) */
-#endif
 #include "codec.h"
 
 #include <errno.h>
@@ -168,8 +166,9 @@ const msgpack_object *msg_get(const msgpack_object *map, const char *key)
     size_t klen = strlen(key);
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
+        /* msgpack-c may leave ptr NULL for an empty str: memcmp must not see it. */
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
+            (klen == 0 || memcmp(k->via.str.ptr, key, klen) == 0))
             return &map->via.map.ptr[i].val;
     }
     return NULL;
@@ -182,7 +181,7 @@ int msg_get_str(const msgpack_object *map, const char *key, const char **s, size
         return -ENOENT;
     if (o->type != MSGPACK_OBJECT_STR)
         return -EINVAL;
-    *s = o->via.str.ptr;
+    *s = o->via.str.size ? o->via.str.ptr : ""; /* never NULL, even for msgpack-c's empty str */
     *len = o->via.str.size;
     return 0;
 }
@@ -193,12 +192,12 @@ int msg_get_bytes(const msgpack_object *map, const char *key, const char **s, si
     if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
         return -ENOENT;
     if (o->type == MSGPACK_OBJECT_STR) {
-        *s = o->via.str.ptr;
+        *s = o->via.str.size ? o->via.str.ptr : "";
         *len = o->via.str.size;
         return 0;
     }
     if (o->type == MSGPACK_OBJECT_BIN) {
-        *s = o->via.bin.ptr;
+        *s = o->via.bin.size ? o->via.bin.ptr : "";
         *len = o->via.bin.size;
         return 0;
     }

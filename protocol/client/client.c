@@ -1,0 +1,445 @@
+/* Blocking boxd client. See client.h for the contract of every function. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* also set by the build; here for builds without it */
+#endif
+#include "client.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- Messages ------------------------------------------------------------------------------ */
+
+int box_msg_init(struct box_msg *m)
+{
+    memset(m, 0, sizeof *m);
+    if (!msgpack_zone_init(&m->zone, 4096))
+        return -ENOMEM;
+    return 0;
+}
+
+void box_msg_destroy(struct box_msg *m)
+{
+    free(m->body);
+    m->body = NULL;
+    m->cap = m->len = 0;
+    m->type = NULL;
+    m->type_len = 0;
+    msgpack_zone_destroy(&m->zone);
+}
+
+bool box_msg_is(const struct box_msg *m, const char *type)
+{
+    size_t n = strlen(type);
+    return m->type != NULL && m->type_len == n && memcmp(m->type, type, n) == 0;
+}
+
+int box_msg_error(const struct box_msg *m, const char **code, size_t *code_len,
+                  const char **message, size_t *message_len)
+{
+    if (!box_msg_is(m, "error"))
+        return -EINVAL;
+    if (code != NULL && msg_get_str(&m->root, "code", code, code_len) != 0) {
+        *code = "";
+        *code_len = 0;
+    }
+    if (message != NULL && msg_get_str(&m->root, "message", message, message_len) != 0) {
+        *message = "";
+        *message_len = 0;
+    }
+    return 0;
+}
+
+/* ---- Connection ---------------------------------------------------------------------------- */
+
+void box_client_init_fd(struct box_client *c, int fd)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->max_in = BOX_CLIENT_DEFAULT_MAX_IN;
+    c->max_out = BOX_CLIENT_DEFAULT_MAX_OUT;
+    c->next_req = 1;
+}
+
+int box_client_connect(struct box_client *c, const char *path)
+{
+    struct sockaddr_un sa;
+    size_t n = strlen(path);
+
+    if (n == 0)
+        return -ENOENT;
+    if (n >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, n + 1);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    /* A unix stream connect only sleeps while the listener's backlog is full. If a signal
+     * interrupts that sleep the socket is still unconnected (the kernel gives up before changing
+     * its state), so trying again is correct - unlike TCP, where the connect would go on in the
+     * background and a second call gets EALREADY. */
+    int r;
+    do
+        r = connect(fd, (const struct sockaddr *)&sa, sizeof sa);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    box_client_init_fd(c, fd);
+    return 0;
+}
+
+void box_client_close(struct box_client *c)
+{
+    if (c->fd >= 0)
+        close(c->fd); /* the fd is released even when close reports EINTR on Linux */
+    c->fd = -1;
+    c->broken = true;
+    c->filling = NULL;
+}
+
+/* ---- Low-level I/O ------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Milliseconds left until deadline for poll(): -1 for none (deadline < 0), at least 0. */
+static int remaining(int64_t deadline)
+{
+    if (deadline < 0)
+        return -1;
+    int64_t left = deadline - now_ms();
+    if (left <= 0)
+        return 0;
+    return left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+/* Waits until fd has `events`, or deadline passes. Returns 0, -ETIMEDOUT, or -errno. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = events};
+        int n = poll(&p, 1, remaining(deadline));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue; /* recompute the time left and wait again */
+            return -errno;
+        }
+        if (n == 0)
+            return -ETIMEDOUT;
+        /* POLLHUP and POLLERR count as ready: the read or write that follows reports them. */
+        return 0;
+    }
+}
+
+static int write_all(struct box_client *c, const uint8_t *buf, size_t len)
+{
+    if (c->broken || c->fd < 0)
+        return -ENOTCONN;
+    size_t done = 0;
+    while (done < len) {
+        /* send() with MSG_NOSIGNAL: an agent that went away is an -EPIPE for the caller, not a
+         * SIGPIPE that kills the whole process. */
+        ssize_t n = send(c->fd, buf + done, len - done, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = -errno;
+            if (e == -EAGAIN || e == -EWOULDBLOCK) {
+                /* Only for an adopted non-blocking fd. */
+                e = wait_fd(c->fd, POLLOUT, -1);
+                if (e == 0)
+                    continue;
+            }
+            /* Part of a frame may be out: the stream cannot be resynchronised. */
+            c->broken = true;
+            return e;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+int box_client_write(struct box_client *c, const void *buf, size_t len)
+{
+    return write_all(c, buf, len);
+}
+
+/* ---- Requests ------------------------------------------------------------------------------ */
+
+int box_req_begin(struct box_client *c, struct msg_out *o, const char *type, uint32_t nfields,
+                  uint64_t *req)
+{
+    int r = msg_out_init(o, 256);
+    if (r < 0)
+        return r;
+    uint64_t id = c->next_req++;
+    msg_map(o, nfields + 2);
+    msg_kv_str(o, "type", type);
+    msg_kv_u64(o, "req", id);
+    if (req != NULL)
+        *req = id;
+    return 0;
+}
+
+int box_client_send(struct box_client *c, struct msg_out *o)
+{
+    int r = msg_out_finish(o);
+    if (r < 0)
+        goto out;
+    if (msg_out_size(o) - BOX_FRAME_HDR > c->max_out) {
+        /* The agent would answer too_large and hang up; refuse it here instead. */
+        r = -EMSGSIZE;
+        goto out;
+    }
+    r = write_all(c, (const uint8_t *)o->sb.data, msg_out_size(o));
+out:
+    msg_out_destroy(o);
+    return r;
+}
+
+/* ---- Reading ------------------------------------------------------------------------------- */
+
+static void frame_reset(struct box_client *c)
+{
+    c->hdr_have = 0;
+    c->body_len = 0;
+    c->body_have = 0;
+    c->filling = NULL;
+}
+
+/* The header is complete: check the length against our limit, then make room in m. */
+static int frame_begin(struct box_client *c, struct box_msg *m)
+{
+    uint32_t len = 0;
+    int r = frame_header_decode(c->hdr, BOX_FRAME_HDR, c->max_in, &len);
+    if (r == -EMSGSIZE) {
+        /* We will not read that many bytes, so we cannot find the next frame either. */
+        c->broken = true;
+        return r;
+    }
+    if (r < 0) {
+        /* An empty frame: malformed, but the next header follows at once. */
+        frame_reset(c);
+        return -EBADMSG;
+    }
+    if (m->cap < len) {
+        /* len <= max_in <= BOX_CLIENT_HARD_MAX, checked above before this allocation. Keep the
+         * header on failure so that a retry can allocate and carry on reading. */
+        uint8_t *p = realloc(m->body, len);
+        if (p == NULL)
+            return -ENOMEM;
+        m->body = p;
+        m->cap = len;
+    }
+    c->body_len = len;
+    c->body_have = 0;
+    c->filling = m;
+    return 0;
+}
+
+static int frame_end(struct box_client *c, struct box_msg *m)
+{
+    size_t len = c->body_len;
+    frame_reset(c);
+
+    m->len = len;
+    m->type = NULL;
+    m->type_len = 0;
+    m->has_req = false;
+    m->req = 0;
+    msgpack_zone_clear(&m->zone);
+    int r = msg_parse(m->body, len, &m->zone, &m->root);
+    if (r < 0)
+        return r;
+    const char *t;
+    size_t tlen;
+    if (msg_get_str(&m->root, "type", &t, &tlen) != 0)
+        return -EBADMSG;
+    m->type = t;
+    m->type_len = tlen;
+    uint64_t req;
+    if (msg_get_u64(&m->root, "req", &req) == 0) {
+        m->has_req = true;
+        m->req = req;
+    }
+    return 0;
+}
+
+int box_client_recv(struct box_client *c, struct box_msg *m, int timeout_ms)
+{
+    if (c->broken || c->fd < 0)
+        return -ENOTCONN;
+    if (c->filling != NULL && c->filling != m)
+        return -EBUSY;
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+
+    /* A header kept from an earlier -ENOMEM: try the allocation again. */
+    if (c->hdr_have == BOX_FRAME_HDR && c->filling == NULL) {
+        int r = frame_begin(c, m);
+        if (r < 0)
+            return r;
+    }
+    for (;;) {
+        uint8_t *dst;
+        size_t want;
+        if (c->hdr_have < BOX_FRAME_HDR) {
+            dst = c->hdr + c->hdr_have;
+            want = BOX_FRAME_HDR - c->hdr_have;
+        } else {
+            dst = m->body + c->body_have;
+            want = c->body_len - c->body_have;
+        }
+        /* Exactly the bytes of this frame and no more: nothing is buffered past the frame, so
+         * poll() on the fd keeps telling the truth about whether another frame is waiting. */
+        int r = wait_fd(c->fd, POLLIN, deadline);
+        if (r < 0) {
+            if (r != -ETIMEDOUT)
+                c->broken = true;
+            return r;
+        }
+        ssize_t n = read(c->fd, dst, want);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            c->broken = true;
+            return -errno;
+        }
+        if (n == 0) {
+            c->broken = true;
+            return -ECONNRESET;
+        }
+        if (c->hdr_have < BOX_FRAME_HDR) {
+            c->hdr_have += (size_t)n;
+            if (c->hdr_have == BOX_FRAME_HDR) {
+                r = frame_begin(c, m);
+                if (r < 0)
+                    return r;
+            }
+        } else {
+            c->body_have += (size_t)n;
+        }
+        if (c->hdr_have == BOX_FRAME_HDR && c->filling == m && c->body_have == c->body_len)
+            return frame_end(c, m);
+    }
+}
+
+int box_client_call(struct box_client *c, struct msg_out *o, uint64_t req, struct box_msg *reply,
+                    int timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int r = box_client_send(c, o);
+    if (r < 0)
+        return r;
+    for (;;) {
+        r = box_client_recv(c, reply, remaining(deadline));
+        if (r == -EBADMSG)
+            continue; /* a frame we cannot read is not the answer; the stream is still framed */
+        if (r < 0)
+            return r;
+        bool err = box_msg_is(reply, "error");
+        if ((reply->has_req && reply->req == req) || (err && msg_get(&reply->root, "req") == NULL))
+            return err ? -EREMOTEIO : 0;
+    }
+}
+
+/* ---- Hello --------------------------------------------------------------------------------- */
+
+static void copy_str(const msgpack_object *map, const char *key, char *dst, size_t size)
+{
+    const char *s;
+    size_t n;
+    dst[0] = '\0';
+    if (msg_get_str(map, key, &s, &n) != 0)
+        return;
+    if (n >= size)
+        n = size - 1;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+static uint32_t clamp_limit(uint64_t v, uint32_t fallback)
+{
+    if (v == 0)
+        return fallback;
+    if (v < BOX_CLIENT_MIN_LIMIT)
+        return BOX_CLIENT_MIN_LIMIT;
+    if (v > BOX_CLIENT_HARD_MAX)
+        return BOX_CLIENT_HARD_MAX;
+    return (uint32_t)v;
+}
+
+int box_client_hello(struct box_client *c, const char *client_name, int timeout_ms,
+                     struct box_msg *reply)
+{
+    struct msg_out o;
+    uint64_t req;
+    int r = box_req_begin(c, &o, "hello", client_name != NULL ? 2 : 1, &req);
+    if (r < 0)
+        return r;
+    msg_kv_u64(&o, "version", BOX_PROTOCOL_VERSION);
+    if (client_name != NULL)
+        msg_kv_str(&o, "client", client_name);
+    r = box_client_call(c, &o, req, reply, timeout_ms);
+    if (r == -EREMOTEIO) {
+        const char *code = "";
+        size_t n = 0;
+        box_msg_error(reply, &code, &n, NULL, NULL);
+        if (n == strlen("bad_version") && memcmp(code, "bad_version", n) == 0)
+            return -EPROTO;
+        return r;
+    }
+    if (r < 0)
+        return r;
+    if (!box_msg_is(reply, "hello"))
+        return -EBADMSG;
+    uint64_t version;
+    if (msg_get_u64(&reply->root, "version", &version) != 0)
+        return -EBADMSG;
+    if (version != BOX_PROTOCOL_VERSION)
+        return -EPROTO;
+
+    copy_str(&reply->root, "boot_id", c->boot_id, sizeof c->boot_id);
+    copy_str(&reply->root, "agent", c->agent, sizeof c->agent);
+    if (msg_get_i64(&reply->root, "pid", &c->agent_pid) != 0)
+        c->agent_pid = 0;
+    memset(&c->limits, 0, sizeof c->limits);
+    const msgpack_object *lim = msg_get(&reply->root, "limits");
+    static const struct {
+        const char *key;
+        size_t off;
+    } fields[] = {
+        {"max_frame", offsetof(struct box_limits, max_frame)},
+        {"max_event", offsetof(struct box_limits, max_event)},
+        {"max_line", offsetof(struct box_limits, max_line)},
+        {"max_runs", offsetof(struct box_limits, max_runs)},
+        {"max_finished", offsetof(struct box_limits, max_finished)},
+        {"max_conns", offsetof(struct box_limits, max_conns)},
+        {"log_bytes", offsetof(struct box_limits, log_bytes)},
+        {"stdin_bytes", offsetof(struct box_limits, stdin_bytes)},
+        {"max_subs", offsetof(struct box_limits, max_subs)},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        uint64_t v;
+        if (msg_get_u64(lim, fields[i].key, &v) == 0)
+            memcpy((char *)&c->limits + fields[i].off, &v, sizeof v);
+    }
+    c->max_in = clamp_limit(c->limits.max_event, BOX_CLIENT_DEFAULT_MAX_IN);
+    c->max_out = clamp_limit(c->limits.max_frame, BOX_CLIENT_DEFAULT_MAX_OUT);
+    c->hello_done = true;
+    return 0;
+}

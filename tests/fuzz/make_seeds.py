@@ -1,0 +1,121 @@
+#!/usr/bin/python3
+"""Writes the seed inputs of the fuzz corpora from the examples in protocol/PROTOCOL.md.
+
+    /usr/bin/python3 tests/fuzz/make_seeds.py
+
+Uses Debian's python3 and its msgpack module (python3-msgpack). Writes corpus/msg/seed-* (frame
+bodies) and corpus/frame/seed-* (the same as frames, plus byte streams of several frames). Seeds
+are rewritten on every run and only ever named seed-*: inputs found by fuzzing (hash names) and
+regression inputs (regress-*) are left alone.
+"""
+
+import os
+import struct
+import sys
+
+import msgpack
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TS = 1700000000123456789  # a CLOCK_REALTIME timestamp in ns, as the agent sends them
+
+LIMITS = {
+    "max_frame": 1048576, "max_event": 262144, "max_line": 65536, "max_runs": 64,
+    "max_finished": 256, "max_conns": 256, "log_bytes": 8388608, "stdin_bytes": 1048576,
+    "max_subs": 64,
+}
+
+MESSAGES = [
+    ("hello", {"type": "hello", "req": 1, "version": 1, "client": "boxctl/0.1"}),
+    ("hello-reply", {
+        "type": "hello", "req": 1, "version": 1, "agent": "boxd 0.1.0",
+        "boot_id": "8f14e45f-ceea-467f-a0e6-9b7c3c2a1d5e", "pid": 1,
+        "capabilities": ["exec", "stdin", "signal", "cancel", "attach", "wait", "logs", "list",
+                         "info", "ping", "argv", "run_id"],
+        "limits": LIMITS}),
+    ("exec-cmd", {
+        "type": "exec", "req": "build-1", "id": "build", "cmd": "cd /work && npm test",
+        "env": {"CI": "1", "NODE_ENV": "test"}, "cwd": "/work", "timeout_ms": 30000,
+        "grace_ms": 2000, "stdin": False, "follow": True, "output": False}),
+    ("exec-argv", {"type": "exec", "req": 2, "argv": ["/usr/bin/env", "x"], "stdin": True,
+                   "output": True}),
+    ("started", {"type": "started", "req": 2, "id": "r1", "pid": 4242, "started_ns": TS,
+                 "existing": False}),
+    ("output", {"type": "output", "req": 2, "id": "r1", "lines": [
+        [0, TS, 1, "hello\n"], [1, TS + 1, 2, b"\xff\xfe not utf-8"], [2, TS + 2, 1, "prompt> "]]}),
+    ("end", {
+        "type": "end", "req": 2, "id": "r1", "status": "failed", "exit_code": None, "signal": 9,
+        "reason": "timeout", "started_ns": TS, "ended_ns": TS + 30000000000,
+        "duration_ms": 30000, "cpu_user_us": 1200, "cpu_sys_us": 300, "max_rss_kb": 5120,
+        "next_seq": 3, "first_seq": 0, "dropped_records": 0, "dropped_bytes": 0,
+        "result": "", "stdout": "hello\n", "stderr": b"\xff\xfe", "output_truncated": False}),
+    ("stdin", {"type": "stdin", "req": 3, "id": "r1", "data": b"line one\n\x00\x01", "eof": True}),
+    ("signal", {"type": "signal", "req": 4, "id": "r1", "signal": "TERM"}),
+    ("signal-num", {"type": "signal", "id": "r1", "signal": 15}),
+    ("cancel", {"type": "cancel", "req": -7, "id": "r1", "grace_ms": 500}),
+    ("attach", {"type": "attach", "req": 5, "id": "r1", "from_seq": 0, "output": True}),
+    ("logs", {"type": "logs", "id": "r1", "from_seq": 10, "max_records": 1000,
+              "max_bytes": 262144}),
+    ("list-reply", {"type": "list", "req": 6, "runs": [
+        {"id": "r1", "pid": 4242, "state": "ended", "status": "completed", "exit_code": 0,
+         "reason": "exit", "argv": ["/bin/true"], "started_ns": TS, "ended_ns": TS + 5,
+         "next_seq": 0, "late_bytes": 0, "lingering": False}]}),
+    ("ping", {"type": "ping"}),
+    ("info-reply", {"type": "info", "agent": "boxd 0.1.0", "version": 1, "boot_id": "x",
+                    "pid": 1, "pid1": True, "subreaper": False, "uptime_ms": 12345,
+                    "runs_live": 0, "runs_finished": 1, "conns": 1, "reaped": 2,
+                    "started_total": 1, "limits": LIMITS}),
+    ("error", {"type": "error", "req": 2, "code": "spawn_failed", "message": "exec: not found",
+               "id": "r9", "errno": 2, "errno_name": "ENOENT", "stage": "exec"}),
+    ("gap", {"type": "gap", "id": "r1", "from_seq": 0, "to_seq": 17}),
+]
+
+# Hand-encoded bodies: integers in wide forms (which the agent must accept), a float and an ext
+# (which it must at least parse and ignore), and nesting right at the limit of 32 levels.
+RAW = [
+    ("exec-wide-ints",
+     b"\x84\xa4type\xa4exec\xa3cmd\xa4true"
+     b"\xaatimeout_ms\xcf" + struct.pack(">Q", 30000) +
+     b"\xa3req\xd0\x05"),
+    ("float-ext", b"\x83\xa4type\xa4ping\xa1f\xcb" + struct.pack(">d", 1.5) +
+     b"\xa1x\xc7\x03\x01abc"),
+    ("str8-keys", b"\x82\xd9\x04type\xda\x00\x04ping\xdb\x00\x00\x00\x03req\xc0"),
+    ("depth-32", b"\x81\xa1k" * 31 + b"\x91\x01"),
+]
+
+
+def frame(body):
+    return struct.pack(">I", len(body)) + body
+
+
+def write(directory, name, data):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def main():
+    msg_dir = os.path.join(HERE, "corpus", "msg")
+    frame_dir = os.path.join(HERE, "corpus", "frame")
+    bodies = {}
+    for name, obj in MESSAGES:
+        bodies[name] = msgpack.packb(obj, use_bin_type=True)
+    for name, body in RAW:
+        bodies[name] = body
+    for name, body in bodies.items():
+        # Check each seed against a second decoder before writing it.
+        msgpack.unpackb(body, raw=False, strict_map_key=False)
+        write(msg_dir, name, body)
+        write(frame_dir, name, frame(body))
+
+    # Byte streams as a connection sees them.
+    write(frame_dir, "stream-hello-exec-ping",
+          frame(bodies["hello"]) + frame(bodies["exec-cmd"]) + frame(bodies["ping"]))
+    write(frame_dir, "stream-empty-frame-then-ping", b"\x00\x00\x00\x00" + frame(bodies["ping"]))
+    write(frame_dir, "stream-too-large", struct.pack(">I", 1048577) + bodies["ping"])
+    write(frame_dir, "stream-partial-body", frame(bodies["exec-argv"])[:20])
+    print("wrote %d msg seeds and %d frame seeds" % (len(bodies), len(bodies) + 4))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Fixtures for the boxd integration tests.
+
+Each daemon a test starts is fenced in a fresh cgroup v2 directory (when
+/sys/fs/cgroup/unified is a cgroup2 mount), so whatever it or its runs leave behind is killed at
+teardown with cgroup.kill. Without cgroup v2 the daemon gets its own session and its process
+group is killed instead.
+
+Environment:
+  BOXD_BIN            the daemon (default <repo>/build/boxd)
+  BOXCTL_BIN          the CLI (default <repo>/build/boxctl)
+  BOXD_TEST_SLOW      multiplier for time limits (e.g. 3 under ASan; default 1)
+"""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import boxd_client  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(REPO, "build", "boxd"))
+BOXCTL_BIN = os.environ.get("BOXCTL_BIN", os.path.join(REPO, "build", "boxctl"))
+SLOW = float(os.environ.get("BOXD_TEST_SLOW", "1"))
+CGROOT = "/sys/fs/cgroup/unified"
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
+                     "ERROR: ThreadSanitizer", "WARNING: ThreadSanitizer")
+
+
+def T(seconds):
+    """A time limit scaled by BOXD_TEST_SLOW."""
+    return seconds * SLOW
+
+
+def cgroup2_available():
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] == CGROOT and parts[2] == "cgroup2":
+                    return os.access(os.path.join(CGROOT, "cgroup.procs"), os.W_OK)
+    except OSError:
+        pass
+    return False
+
+
+# ---- /proc helpers ------------------------------------------------------------------------------
+
+def read_stat(pid):
+    """Returns (state, ppid, pgrp, session) of pid, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            s = f.read().decode("latin-1")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    return rest[0], int(rest[1]), int(rest[2]), int(rest[3])
+
+
+def all_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def zombie_children(pid):
+    """Pids of zombie processes whose parent is pid."""
+    out = []
+    for p in all_pids():
+        st = read_stat(p)
+        if st and st[0] == "Z" and st[1] == pid:
+            out.append(p)
+    return out
+
+
+def proc_status(pid):
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+    return fields
+
+
+def proc_counts(pid):
+    """(open fds, VmRSS kB, threads, zombie children) of pid, for leak checks."""
+    nfd = len(os.listdir("/proc/%d/fd" % pid))
+    st = proc_status(pid)
+    rss = int(st.get("VmRSS", "0 kB").split()[0])
+    threads = int(st["Threads"])
+    return nfd, rss, threads, len(zombie_children(pid))
+
+
+def procs_in_pgrp(pgid):
+    out = []
+    for p in all_pids():
+        st = read_stat(p)
+        if st and st[2] == pgid:
+            out.append(p)
+    return out
+
+
+def procs_with_env(key, value):
+    """Pids of live (non-zombie) processes whose environment has key=value."""
+    needle = ("%s=%s" % (key, value)).encode()
+    out = []
+    for p in all_pids():
+        try:
+            with open("/proc/%d/environ" % p, "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            st = read_stat(p)
+            if st and st[0] != "Z":
+                out.append(p)
+    return out
+
+
+def wait_for(pred, timeout, interval=0.02):
+    """Polls pred until it returns a truthy value or timeout s pass; returns the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def marker():
+    """A unique value to tag a run's processes through its environment."""
+    return "m" + secrets.token_hex(8)
+
+
+# ---- the daemon ---------------------------------------------------------------------------------
+
+_help_cache = {}
+
+
+def boxd_help():
+    """The daemon's --help text (stdout + stderr), cached."""
+    if "text" not in _help_cache:
+        if not os.access(BOXD_BIN, os.X_OK):
+            _help_cache["text"] = ""
+        else:
+            p = subprocess.run([BOXD_BIN, "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=10)
+            _help_cache["text"] = p.stdout.decode("utf-8", "replace")
+    return _help_cache["text"]
+
+
+def boxd_option(*candidates):
+    """The first of the candidate long options that `boxd --help` mentions, or None."""
+    text = boxd_help()
+    for c in candidates:
+        if re.search(re.escape(c) + r"(?![A-Za-z0-9-])", text):
+            return c
+    return None
+
+
+def new_workdir():
+    """A private directory for one daemon's socket and stderr. Not under pytest's basetemp: its
+    path stays short (sun_path is 108 bytes) and other pytest sessions cannot clean it away."""
+    return tempfile.mkdtemp(prefix="boxd-it-", dir="/tmp")
+
+
+class Daemon:
+    def __init__(self, workdir, args, env):
+        self.workdir = workdir
+        self.sock = os.path.join(workdir, "boxd.sock")
+        self.stderr_path = os.path.join(workdir, "boxd.stderr")
+        self.args = [BOXD_BIN, "--listen", "unix:" + self.sock] + list(args)
+        self.cgroup = None
+        self.stopped_rc = None
+        self._clients = []
+        full_env = dict(os.environ)
+        # Sanitizers, when the binary has them: fail loudly and make leaks an error.
+        full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+        full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        full_env.update(env or {})
+
+        preexec = None
+        start_new_session = True
+        if cgroup2_available():
+            self.cgroup = os.path.join(CGROOT, "boxd-test-" + secrets.token_hex(6))
+            os.mkdir(self.cgroup)
+            procs = os.path.join(self.cgroup, "cgroup.procs")
+
+            def preexec():  # runs in the child between fork and exec
+                fd = os.open(procs, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                     stdout=self._stderr, stderr=self._stderr,
+                                     env=full_env, preexec_fn=preexec,
+                                     start_new_session=start_new_session, close_fds=True)
+        self.pid = self.proc.pid
+
+    def wait_ready(self):
+        deadline = time.monotonic() + T(5)
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stopped_rc = self.proc.returncode  # reported here, not again at teardown
+                raise RuntimeError("boxd exited with %s at start-up:\n%s"
+                                   % (self.proc.returncode, self.stderr_text()))
+            if os.path.exists(self.sock):
+                try:
+                    c = boxd_client.Client(self.sock, connect_timeout=1)
+                    c.close()
+                    return
+                except OSError as e:
+                    last = e
+            time.sleep(0.01)
+        raise RuntimeError("boxd did not accept on %s within 5 s (%r):\n%s"
+                           % (self.sock, last, self.stderr_text()))
+
+    def stderr_text(self):
+        if getattr(self, "stderr_saved", None) is not None:
+            return self.stderr_saved
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def client(self, hello=True, **kw):
+        c = boxd_client.connect(self.sock, hello=hello, **kw)
+        self._clients.append(c)
+        return c
+
+    def counts(self):
+        return proc_counts(self.pid)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def terminate(self, sig=signal.SIGTERM, timeout=None):
+        """Signals the daemon and waits for it; returns its exit status (None if it hung)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=T(5) if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _kill_fence(self):
+        if self.cgroup:
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as f:
+                    f.write("1")
+            except OSError:
+                pass
+            events = os.path.join(self.cgroup, "cgroup.events")
+
+            def empty():
+                try:
+                    with open(events) as f:
+                        return "populated 0" in f.read()
+                except OSError:
+                    return True
+            wait_for(empty, 10)
+            # The daemon may have made child cgroups of its own: remove bottom-up. A parent's
+            # rmdir fails with EBUSY until its removed children are offline (asynchronous in
+            # the kernel), so retry for a while.
+            def remove_all():
+                for root, dirs, _files in os.walk(self.cgroup, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(self.cgroup)
+                except FileNotFoundError:
+                    return True
+                except OSError:
+                    return False
+                return True
+            if not wait_for(remove_all, 5, interval=0.05):
+                print("warning: could not remove %s" % self.cgroup)
+        else:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def shutdown(self):
+        """Teardown: SIGTERM, wait, kill the fence. Returns a list of problems found."""
+        for c in self._clients:
+            c.close()
+        problems = []
+        if self.proc.poll() is not None:
+            rc = self.proc.returncode
+        else:
+            rc = self.terminate()
+            if rc is None:
+                problems.append("boxd did not exit within 5 s of SIGTERM")
+        self._kill_fence()
+        self._stderr.close()
+        self.stderr_saved = self.stderr_text()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if rc is not None and rc != 0 and self.stopped_rc is None:
+            problems.append("boxd exited with status %r (expected 0 after SIGTERM)" % rc)
+        text = self.stderr_saved
+        for m in SANITIZER_MARKERS:
+            if m in text:
+                problems.append("sanitizer report in boxd stderr (%s)" % m)
+                break
+        return problems
+
+
+@pytest.fixture
+def start_boxd():
+    """Factory: start_boxd(*extra_args, env={...}) -> Daemon. All are stopped at teardown."""
+    if not os.access(BOXD_BIN, os.X_OK):
+        pytest.skip("boxd binary not found at %s (set BOXD_BIN)" % BOXD_BIN)
+    daemons = []
+
+    def start(*args, env=None):
+        d = Daemon(new_workdir(), args, env)
+        daemons.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    problems = []
+    for d in daemons:
+        p = d.shutdown()
+        text = d.stderr_text()
+        if p or text:
+            print("---- boxd stderr (%s) ----\n%s" % (" ".join(d.args), text[-20000:]))
+        problems += p
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def boxd(start_boxd):
+    """A fresh daemon for this test."""
+    return start_boxd()
+
+
+@pytest.fixture
+def client(boxd):
+    """A connection to `boxd` that has said hello."""
+    return boxd.client()
+
+
+@pytest.fixture(scope="module")
+def boxd_shared():
+    """One daemon for a whole module, for tests that do not care about isolation."""
+    if not os.access(BOXD_BIN, os.X_OK):
+        pytest.skip("boxd binary not found at %s (set BOXD_BIN)" % BOXD_BIN)
+    d = Daemon(new_workdir(), [], None)
+    try:
+        d.wait_ready()
+    except Exception:
+        d.shutdown()
+        raise
+    yield d
+    problems = d.shutdown()
+    text = d.stderr_text()
+    if problems or text:
+        print("---- boxd stderr (shared) ----\n%s" % text[-20000:])
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def shared_client(boxd_shared):
+    c = boxd_shared.client()
+    yield c
+    c.close()
+
+
+# ---- boxctl ---------------------------------------------------------------------------------------
+
+class Boxctl:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def argv(self, *args, sock=True):
+        return [BOXCTL_BIN] + (["-s", self.sock] if sock else []) + list(args)
+
+    def run(self, *args, timeout=None, sock=True, env=None, input=None):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.run(self.argv(*args, sock=sock), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=T(15) if timeout is None else timeout,
+                              env=full_env, input=input)
+
+    def popen(self, *args, sock=True, env=None):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.Popen(self.argv(*args, sock=sock), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=full_env,
+                                stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def boxctl(boxd):
+    if not os.access(BOXCTL_BIN, os.X_OK):
+        pytest.skip("boxctl binary not found at %s (set BOXCTL_BIN)" % BOXCTL_BIN)
+    return Boxctl(boxd.sock)

@@ -1,0 +1,185 @@
+"""Daemon start-up options, shutdown on SIGTERM/SIGINT, and reaping orphans (PROTOCOL.md 8)."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BOXD_BIN, T, marker, procs_with_env, wait_for, zombie_children
+
+
+def need_bin():
+    if not os.access(BOXD_BIN, os.X_OK):
+        pytest.skip("boxd binary not found at %s" % BOXD_BIN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_ends_live_runs(start_boxd, sig):
+    d = start_boxd()
+    c = d.client()
+    m = marker()
+    reqs = []
+    for i in range(5):
+        req = c.exec_start(cmd="sleep 100", id="live%d" % i, env={"BOXD_MARK": m})
+        reqs.append(req)
+    for req in reqs:
+        assert c.recv_req(req)["type"] == "started"
+    # Each run is /bin/sh -c plus its sleep (dash does not exec the last command).
+    assert wait_for(lambda: len(procs_with_env("BOXD_MARK", m)) >= 5, T(2))
+    t0 = time.monotonic()
+    os.kill(d.pid, sig)
+    for req in reqs:
+        res = c.collect(req, timeout=T(10))
+        assert res.end is not None, res
+        assert res.end["status"] in ("cancelled", "failed"), res.end
+        assert res.end["signal"] == 15
+    rc = d.terminate(timeout=T(5))
+    assert rc == 0, "boxd exited with %r" % rc
+    assert time.monotonic() - t0 < T(3)
+    assert procs_with_env("BOXD_MARK", m) == []
+
+
+def test_shutdown_grace_and_second_term(start_boxd):
+    d = start_boxd()
+    c = d.client()
+    req = c.exec_start(cmd="trap '' TERM; echo ready; while :; do sleep 0.1; done", id="stubborn")
+    assert c.recv_req(req)["type"] == "started"
+    c.recv_req(req)  # ready
+    t0 = time.monotonic()
+    os.kill(d.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    os.kill(d.pid, signal.SIGTERM)  # must not cut the grace period short
+    # New runs are refused while stopping.
+    r = c.request("exec", cmd="echo late", timeout=T(2))
+    assert r["type"] == "error" and r["code"] == "shutting_down", r
+    res = c.collect(req, timeout=T(10))
+    dt = time.monotonic() - t0
+    assert res.end["signal"] == 9
+    assert 1.5 <= dt <= T(4), "killed %.2f s after SIGTERM (default grace is 2 s)" % dt
+    assert d.terminate(timeout=T(5)) == 0
+
+
+def test_shutdown_idle(start_boxd):
+    d = start_boxd()
+    d.client().ping()
+    t0 = time.monotonic()
+    assert d.terminate(timeout=T(5)) == 0
+    assert time.monotonic() - t0 < T(1)
+
+
+def test_shutdown_with_lingering_process(start_boxd):
+    d = start_boxd()
+    c = d.client()
+    m = marker()
+    res = c.exec_run("sleep 100 & echo bg", env={"BOXD_MARK": m})
+    assert res.end["status"] == "completed"
+    assert procs_with_env("BOXD_MARK", m)
+    assert d.terminate(timeout=T(5)) == 0
+
+
+def test_orphan_reaped(boxd, client):
+    info = client.info()
+    assert info["subreaper"] is True or info["pid1"] is True, info
+    before = info["reaped"]
+    res = client.exec_run("(sleep 0.2 &) ; exit 0")
+    assert res.end["status"] == "completed"
+    time.sleep(1)
+    assert zombie_children(boxd.pid) == []
+    assert client.info()["reaped"] >= before + 1
+
+
+def test_100_orphans_random_exit(boxd, client):
+    before = client.info()["reaped"]
+    res = client.exec_run(argv=["bash", "-c",
+                                "for i in $(seq 100); do (sleep 0.$((RANDOM % 5)) &); done"],
+                          timeout=T(20))
+    assert res.end["exit_code"] == 0
+    time.sleep(2)
+    assert wait_for(lambda: zombie_children(boxd.pid) == [], T(2)), zombie_children(boxd.pid)
+    assert client.info()["reaped"] >= before + 100
+
+
+def test_nested_background_no_zombie(boxd, client):
+    res = client.exec_run(argv=["bash", "-c", "bash -c \"bash -c 'echo zombie' &\" & sleep 1"],
+                          timeout=T(10))
+    assert res.end["status"] == "completed"
+    assert b"zombie\n" in res.stdout
+    time.sleep(0.3)
+    assert zombie_children(boxd.pid) == []
+    zs = [p for p in os.listdir("/proc") if p.isdigit() and _state(int(p)) == "Z"
+          and _ppid(int(p)) == boxd.pid]
+    assert zs == []
+
+
+def _state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+        return s[s.rindex(")") + 2]
+    except OSError:
+        return None
+
+
+def _ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+        return int(s[s.rindex(")") + 2:].split()[1])
+    except OSError:
+        return None
+
+
+def test_statuses_not_stolen_by_reaper(boxd, client):
+    # Orphans are mass-produced while runs exit with 7: every run still reports 7.
+    prod = client.exec_start(argv=["bash", "-c", "for i in $(seq 300); do (true &); done"],
+                             req="producer")
+    for i in range(100):
+        client.exec_start(cmd="exit 7", req=i)
+    ends = {}
+    deadline = time.monotonic() + T(30)
+    while len(ends) < 101:
+        m = client.recv(timeout=max(0.01, deadline - time.monotonic()))
+        if m["type"] == "end":
+            ends[m["req"]] = m
+    assert ends[prod]["exit_code"] == 0
+    for i in range(100):
+        assert ends[i]["exit_code"] == 7 and ends[i]["reason"] == "exit", ends[i]
+    assert wait_for(lambda: zombie_children(boxd.pid) == [], T(3))
+
+
+def test_true_and_nonexistent_many(boxd, client):
+    for i in range(150):
+        if i % 2:
+            r = client.recv_req(client.exec_start(argv=["/nonexistent"]))
+            assert r["type"] == "error" and r["code"] == "spawn_failed"
+        else:
+            assert client.exec_run(argv=["/bin/true"], output=False).end["exit_code"] == 0
+    assert zombie_children(boxd.pid) == []
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def test_help_and_version():
+    need_bin()
+    for opt in ("--help", "--version"):
+        p = subprocess.run([BOXD_BIN, opt], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=10)
+        assert p.returncode == 0, (opt, p)
+        assert (p.stdout + p.stderr).strip(), opt
+    p = subprocess.run([BOXD_BIN, "--version"], stdout=subprocess.PIPE, timeout=10)
+    assert b"boxd" in p.stdout and b"0.1.0" in p.stdout
+    p = subprocess.run([BOXD_BIN, "--help"], stdout=subprocess.PIPE, timeout=10)
+    assert b"--listen" in p.stdout
+
+
+def test_bad_options_fail_fast(tmp_path):
+    need_bin()
+    for argv in ([BOXD_BIN, "--no-such-option"],
+                 [BOXD_BIN, "--listen", "unix:%s/missing-dir/x.sock" % tmp_path],
+                 [BOXD_BIN, "--listen", "bogus:whatever"]):
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode != 0, argv
+        assert p.stderr.strip(), argv
