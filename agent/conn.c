@@ -209,10 +209,10 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
             if (e == -EAGAIN)
                 continue;
             if (e == -EMSGSIZE) {
+                uint32_t want = (uint32_t)c->hdr[0] << 24 | (uint32_t)c->hdr[1] << 16 |
+                                (uint32_t)c->hdr[2] << 8 | (uint32_t)c->hdr[3];
                 log_warn("conn %llu: frame of %u bytes over the limit of %u, closing",
-                         (unsigned long long)c->no,
-                         (unsigned)(c->hdr[0] << 24 | c->hdr[1] << 16 | c->hdr[2] << 8 | c->hdr[3]),
-                         a->cfg.max_frame);
+                         (unsigned long long)c->no, want, a->cfg.max_frame);
                 send_error_close(c, "too_large", "frame larger than max_frame");
                 return;
             }

@@ -1,5 +1,6 @@
 """Many runs at once, on one connection and on many; no leaks afterwards."""
 
+import os
 import threading
 import time
 
@@ -175,6 +176,8 @@ def test_request_flood_without_reading(boxd):
     assert sent
 
 
+@pytest.mark.skipif(os.environ.get("BOXD_SANITIZED") == "1",
+                    reason="ASan's quarantine holds freed memory: RSS is not meaningful")
 def test_rss_plateaus_over_many_runs(boxd, client):
     """Finished runs past max_finished are forgotten, so memory stops growing."""
     max_finished = client.hello_reply["limits"]["max_finished"]
