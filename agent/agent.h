@@ -8,9 +8,11 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "cgroup.h"
 #include "init.h"
 #include "list.h"
+#include "sandbox.h"
 
 #define BOXD_DEFAULT_SOCKET "/run/boxd.sock"
 #define BOXD_MAX_LISTEN 16
@@ -34,6 +36,16 @@ struct config {
     uint32_t drain_ms;      /* wait for pipe EOF after the main process exits */
     uint32_t flush_ms;      /* idle time before a partial line is sent */
     uint32_t vsock_allow_cid; /* a guest CID allowed besides the host (0: none) */
+    const char *token_file;
+    uint32_t socket_mode;     /* unix sockets: mode (never world-writable), owner, group */
+    int64_t socket_uid, socket_gid; /* -1: unchanged */
+    const char *run_user;     /* runs execute as this user (NULL: boxd's own) */
+    const char *seccomp;      /* default profile: "default", "strict" or "none" */
+    uint64_t run_nofile;      /* RLIMIT_NOFILE of runs (soft = hard) */
+    uint64_t run_core;        /* RLIMIT_CORE of runs */
+    uint64_t run_memory_max;  /* cgroup memory.max of each run (0: none) */
+    uint64_t run_pids_max;    /* cgroup pids.max of each run (0: none) */
+    int run_oom_score_adj;    /* runs' oom_score_adj (boxd's own is -1000) */
     bool vsock_any_cid;       /* allow every CID (testing inside one VM) */
 };
 
@@ -54,7 +66,8 @@ struct agent {
     bool subreaper;
     uint64_t start_mono_ns;
 
-    char *env_home, *env_user, *env_logname; /* "HOME=..." for runs, from passwd */
+    struct identity ident; /* who runs execute as (--user, else boxd's own user) */
+    char oom_adj[16];      /* runs' oom_score_adj, formatted for the child */
     int devnull_fd;   /* /dev/null, O_CLOEXEC, dup'ed into runs as stdin */
     char *read_buf;   /* shared read buffer for pipes and sockets (single-threaded) */
     size_t read_buf_size;
@@ -79,6 +92,8 @@ struct agent {
     struct list listeners;
 
     struct cgroups cg;
+    struct auth auth;
+    struct sandbox sandbox;
 
     int sig_fd;
     uv_poll_t sig_poll;

@@ -302,6 +302,18 @@ int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc)
         cgroup_run_remove(a, id, rc);
         return e;
     }
+    /* Limits, where the controllers are there; no swap, so a memory hog meets the OOM killer
+     * (and is reported `oom`) instead of thrashing the box. */
+    char num[32];
+    if (a->cfg.run_memory_max && a->cg.memory) {
+        snprintf(num, sizeof num, "%llu", (unsigned long long)a->cfg.run_memory_max);
+        write_at(rc->dir_fd, "memory.max", num);
+        write_at(rc->dir_fd, "memory.swap.max", "0");
+    }
+    if (a->cfg.run_pids_max && a->cg.pids) {
+        snprintf(num, sizeof num, "%llu", (unsigned long long)a->cfg.run_pids_max);
+        write_at(rc->dir_fd, "pids.max", num);
+    }
     return 0;
 }
 

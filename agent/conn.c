@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "events.h"
 #include "log.h"
 #include "request.h"
@@ -166,6 +167,16 @@ void conn_pump(struct conn *c)
 
 /* ---- Reading -------------------------------------------------------------------------------- */
 
+void conn_close_after_flush(struct conn *c)
+{
+    if (c->closing)
+        return;
+    reading_set(c, false);
+    c->close_after_flush = true;
+    if (c->queued == 0)
+        conn_close(c);
+}
+
 static void send_error_close(struct conn *c, const char *code, const char *text)
 {
     struct msg_out o;
@@ -173,10 +184,7 @@ static void send_error_close(struct conn *c, const char *code, const char *text)
         conn_send(c, &o);
     else
         msg_out_destroy(&o);
-    reading_set(c, false);
-    c->close_after_flush = true;
-    if (c->queued == 0)
-        conn_close(c);
+    conn_close_after_flush(c);
 }
 
 static void frame_done(struct conn *c)
@@ -205,14 +213,17 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
             p += take;
             n -= take;
             uint32_t len;
-            int e = frame_header_decode(c->hdr, c->hdr_have, a->cfg.max_frame, &len);
+            /* Until hello (and its token) has passed, only small frames are taken. */
+            uint32_t max = c->hello || a->cfg.max_frame < AUTH_PRE_FRAME ? a->cfg.max_frame
+                                                                         : AUTH_PRE_FRAME;
+            int e = frame_header_decode(c->hdr, c->hdr_have, max, &len);
             if (e == -EAGAIN)
                 continue;
             if (e == -EMSGSIZE) {
                 uint32_t want = (uint32_t)c->hdr[0] << 24 | (uint32_t)c->hdr[1] << 16 |
                                 (uint32_t)c->hdr[2] << 8 | (uint32_t)c->hdr[3];
                 log_warn("conn %llu: frame of %u bytes over the limit of %u, closing",
-                         (unsigned long long)c->no, want, a->cfg.max_frame);
+                         (unsigned long long)c->no, want, max);
                 send_error_close(c, "too_large", "frame larger than max_frame");
                 return;
             }
@@ -304,7 +315,17 @@ int conn_accept(struct agent *a, uv_stream_t *server)
         conn_close(c);
         return 0;
     }
-    snprintf(c->peer, sizeof c->peer, "unix");
+    int fd = -1;
+    uid_t uid = (uid_t)-1;
+    pid_t pid = 0;
+    uv_fileno((uv_handle_t *)&c->h, &fd);
+    if (auth_check_peer(a, fd, &uid, &pid) < 0) {
+        log_warn("conn %llu: refused unix peer uid %d pid %d (not allowed)",
+                 (unsigned long long)c->no, (int)uid, (int)pid);
+        conn_close(c);
+        return 0;
+    }
+    snprintf(c->peer, sizeof c->peer, "unix uid %u pid %d", (unsigned)uid, (int)pid);
     conn_begin(c);
     return 0;
 }

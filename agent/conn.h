@@ -61,6 +61,8 @@ void conn_ready(struct conn *c, struct sub *s);
 void conn_pump(struct conn *c);
 
 void conn_close(struct conn *c);
+/* Stops reading and closes once what is queued has been written (after a final error). */
+void conn_close_after_flush(struct conn *c);
 struct conn *conn_find(struct agent *a, uint64_t no);
 
 /* Bytes a connection may have queued before output pumping stops. */

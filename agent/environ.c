@@ -42,9 +42,12 @@ static void add_default(struct environ_build *b, char *kv)
 void environ_finish(struct environ_build *b, const struct agent *a, const char *cwd)
 {
     add_default(b, "PATH=" ENVIRON_PATH);
-    add_default(b, a->env_home);
-    add_default(b, a->env_user);
-    add_default(b, a->env_logname);
+    snprintf(b->home, sizeof b->home, "HOME=%s", a->ident.home);
+    snprintf(b->user, sizeof b->user, "USER=%s", a->ident.user);
+    snprintf(b->logname, sizeof b->logname, "LOGNAME=%s", a->ident.user);
+    add_default(b, b->home);
+    add_default(b, b->user);
+    add_default(b, b->logname);
     add_default(b, "SHELL=/bin/sh");
     add_default(b, "LANG=C.UTF-8");
     snprintf(b->pwd, sizeof b->pwd, "PWD=%s", cwd);
@@ -64,40 +67,13 @@ const char *environ_get(char *const *envp, const char *key)
 const char *environ_default_cwd(const struct agent *a)
 {
     struct stat st;
-    const char *home = a->env_home + 5;
+    const char *home = a->ident.home;
     if (stat(home, &st) == 0 && S_ISDIR(st.st_mode))
         return home;
     return "/";
 }
 
-static char *kv(const char *key, const char *val)
-{
-    size_t n = strlen(key) + strlen(val) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s=%s", key, val);
-    return s;
-}
-
 int environ_init(struct agent *a)
 {
-    uid_t uid = getuid();
-    struct passwd *pw = getpwuid(uid);
-    char uidbuf[32];
-    snprintf(uidbuf, sizeof uidbuf, "%u", (unsigned)uid);
-    const char *home = pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir : "/";
-    const char *user = pw && pw->pw_name ? pw->pw_name : uidbuf;
-    a->env_home = kv("HOME", home);
-    a->env_user = kv("USER", user);
-    a->env_logname = kv("LOGNAME", user);
-    if (!a->env_home || !a->env_user || !a->env_logname)
-        return -ENOMEM;
-    return 0;
-}
-
-void environ_destroy(struct agent *a)
-{
-    free(a->env_home);
-    free(a->env_user);
-    free(a->env_logname);
+    return identity_lookup(a->cfg.run_user, &a->ident);
 }

@@ -15,6 +15,7 @@ struct environ_build {
     char **envp;
     size_t n, cap;
     char pwd[PATH_MAX + 8];
+    char home[300], user[80], logname[80];
 };
 
 /* envp has room for cap entries plus the NULL. */
@@ -28,8 +29,7 @@ const char *environ_get(char *const *envp, const char *key);
 /* The run user's HOME when it is a directory, else "/". */
 const char *environ_default_cwd(const struct agent *a);
 
-/* Reads the run user's passwd entry once at start-up into a. Returns 0 or -ENOMEM. */
+/* Resolves the run user (--user, else boxd's own) into a->ident. Returns 0 or -ENOENT. */
 int environ_init(struct agent *a);
-void environ_destroy(struct agent *a);
 
 #endif

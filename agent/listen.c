@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,8 +97,38 @@ static void on_unix_connection(uv_stream_t *server, int status)
     unix_accept(l);
 }
 
+/* The socket's directory must not be swappable under us: owned by root or by boxd's user, and
+ * not writable by others unless sticky (then only its owner can replace our entry). */
+static int check_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    struct stat st;
+    if (stat(dir, &st) < 0)
+        return -errno;
+    if (st.st_uid != 0 && st.st_uid != geteuid())
+        return -EPERM;
+    if ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))
+        return -EPERM;
+    return 0;
+}
+
 static int start_unix(struct agent *a, const char *spec, const char *path)
 {
+    int de = check_dir(path);
+    if (de < 0) {
+        log_err("listen %s: the socket's directory %s", spec,
+                de == -EPERM ? "must be owned by root (or boxd's user) and not writable by others"
+                             : strerror(-de));
+        return de;
+    }
     struct listener *l = listener_new(a, L_UNIX, spec);
     if (l == NULL || (l->path = strdup(path)) == NULL) {
         if (l)
@@ -107,14 +138,21 @@ static int start_unix(struct agent *a, const char *spec, const char *path)
     uv_pipe_init(a->loop, &l->pipe, 0);
     l->pipe.data = l;
     l->handles++;
-    /* A socket left by an earlier boxd would make bind fail: remove it, but only a socket. */
+    /* A socket left by an earlier boxd would make bind fail: remove it, but only a socket of
+     * ours. */
     struct stat st;
-    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_uid == 0 || st.st_uid == geteuid()))
         unlink(path);
-    /* Created 0600: only the owner (root) may connect. */
+    /* Created 0600, so there is no moment when others could connect; then the configured
+     * mode and owner (never world-writable: checked with the options). */
     mode_t old = umask(0177);
     int e = uv_pipe_bind(&l->pipe, path);
     umask(old);
+    if (e == 0 && (a->cfg.socket_uid >= 0 || a->cfg.socket_gid >= 0) &&
+        chown(path, (uid_t)a->cfg.socket_uid, (gid_t)a->cfg.socket_gid) < 0)
+        e = -errno;
+    if (e == 0 && a->cfg.socket_mode != 0600 && chmod(path, (mode_t)a->cfg.socket_mode) < 0)
+        e = -errno;
     if (e == 0)
         e = uv_listen((uv_stream_t *)&l->pipe, 512, on_unix_connection);
     if (e < 0) {

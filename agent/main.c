@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "auth.h"
 #include "cgroup.h"
 #include "conn.h"
 #include "environ.h"
@@ -22,6 +23,7 @@
 #include "listen.h"
 #include "log.h"
 #include "run.h"
+#include "sandbox.h"
 #include "signals.h"
 
 #define READ_BUF_SIZE (64u * 1024u)
@@ -43,6 +45,12 @@ void config_defaults(struct config *c)
     c->grace_ms = 2000;
     c->drain_ms = 100;
     c->flush_ms = 20;
+    c->socket_mode = 0600;
+    c->socket_uid = c->socket_gid = -1;
+    c->seccomp = "default";
+    c->run_nofile = 1048576;
+    c->run_core = 0;
+    c->run_oom_score_adj = 0;
 }
 
 static void usage(FILE *f)
@@ -58,6 +66,24 @@ static void usage(FILE *f)
             "                         may be repeated\n"
             "  --vsock-allow-cid N    also accept vsock connections from CID N (default: host only)\n"
             "  --vsock-any-cid        accept vsock connections from any CID\n"
+            "\n"
+            "access (see the README's threat model):\n"
+            "  --allow-uid N          unix peers with this uid may connect (root and boxd's own\n"
+            "                         uid always may); may be repeated\n"
+            "  --socket-mode MODE     unix socket mode, octal, never world-writable (default 0600)\n"
+            "  --socket-owner UID, --socket-group GID   unix socket ownership\n"
+            "  --token-file PATH      hello must carry this token (file mode 0600 or tighter);\n"
+            "                         as a VM's init, also boxd.token= on the kernel command line\n"
+            "\n"
+            "runs:\n"
+            "  --user NAME            run as this user (HOME, USER, groups from passwd);\n"
+            "                         default: boxd's own user\n"
+            "  --seccomp PROFILE      default, strict or none (default: default)\n"
+            "  --run-nofile N         RLIMIT_NOFILE of runs (default 1048576)\n"
+            "  --run-core N           RLIMIT_CORE of runs (default 0)\n"
+            "  --run-memory-max N     memory.max of each run's cgroup (default: none)\n"
+            "  --run-pids-max N       pids.max of each run's cgroup (default: none)\n"
+            "  --run-oom-score-adj N  oom_score_adj of runs (default 0; boxd's own is -1000)\n"
             "  --max-frame N          largest request frame accepted (default 1048576)\n"
             "  --max-event N          largest frame sent (default 1048576)\n"
             "  --max-line N           lines longer than this are cut into pieces (default 65536)\n"
@@ -92,11 +118,14 @@ enum {
     OPT_LISTEN = 256, OPT_MAX_FRAME, OPT_MAX_EVENT, OPT_MAX_LINE, OPT_MAX_RUNS,
     OPT_MAX_FINISHED, OPT_MAX_CONNS, OPT_LOG_BYTES, OPT_STDIN_BYTES, OPT_MAX_SUBS,
     OPT_CONN_QUEUE, OPT_GRACE, OPT_DRAIN, OPT_FLUSH, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
-    OPT_VSOCK_CID, OPT_VSOCK_ANY,
+    OPT_VSOCK_CID, OPT_VSOCK_ANY, OPT_ALLOW_UID, OPT_SOCKET_MODE, OPT_SOCKET_OWNER,
+    OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
+    OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM,
 };
 
-static int parse_args(int argc, char **argv, struct config *c)
+static int parse_args(int argc, char **argv, struct agent *a)
 {
+    struct config *c = &a->cfg;
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
@@ -115,6 +144,18 @@ static int parse_args(int argc, char **argv, struct config *c)
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"vsock-allow-cid", required_argument, NULL, OPT_VSOCK_CID},
         {"vsock-any-cid", no_argument, NULL, OPT_VSOCK_ANY},
+        {"allow-uid", required_argument, NULL, OPT_ALLOW_UID},
+        {"socket-mode", required_argument, NULL, OPT_SOCKET_MODE},
+        {"socket-owner", required_argument, NULL, OPT_SOCKET_OWNER},
+        {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
+        {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+        {"user", required_argument, NULL, OPT_USER},
+        {"seccomp", required_argument, NULL, OPT_SECCOMP},
+        {"run-nofile", required_argument, NULL, OPT_RUN_NOFILE},
+        {"run-core", required_argument, NULL, OPT_RUN_CORE},
+        {"run-memory-max", required_argument, NULL, OPT_RUN_MEM},
+        {"run-pids-max", required_argument, NULL, OPT_RUN_PIDS},
+        {"run-oom-score-adj", required_argument, NULL, OPT_RUN_OOM},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -203,6 +244,61 @@ static int parse_args(int argc, char **argv, struct config *c)
         case OPT_VSOCK_ANY:
             c->vsock_any_cid = true;
             break;
+        case OPT_ALLOW_UID:
+            bad = parse_u64(optarg, 0, 0xfffffffeu, &v) < 0 ||
+                  auth_allow_uid(&a->auth, (uid_t)v) < 0;
+            break;
+        case OPT_SOCKET_MODE: {
+            char *end;
+            errno = 0;
+            unsigned long m = strtoul(optarg, &end, 8);
+            /* Never world-writable (or world-readable: connecting needs write). */
+            bad = errno || *end || optarg[0] == '\0' || m > 0777 || (m & 0007);
+            c->socket_mode = (uint32_t)m;
+            break;
+        }
+        case OPT_SOCKET_OWNER:
+            bad = parse_u64(optarg, 0, 0xfffffffeu, &v);
+            c->socket_uid = (int64_t)v;
+            break;
+        case OPT_SOCKET_GROUP:
+            bad = parse_u64(optarg, 0, 0xfffffffeu, &v);
+            c->socket_gid = (int64_t)v;
+            break;
+        case OPT_TOKEN_FILE:
+            c->token_file = optarg;
+            break;
+        case OPT_USER:
+            c->run_user = optarg;
+            break;
+        case OPT_SECCOMP:
+            bad = strcmp(optarg, "default") && strcmp(optarg, "strict") && strcmp(optarg, "none");
+            c->seccomp = optarg;
+            break;
+        case OPT_RUN_NOFILE:
+            bad = parse_u64(optarg, 16, 1u << 30, &v);
+            c->run_nofile = v;
+            break;
+        case OPT_RUN_CORE:
+            bad = parse_u64(optarg, 0, UINT64_MAX, &v);
+            c->run_core = v;
+            break;
+        case OPT_RUN_MEM:
+            bad = parse_u64(optarg, 1u << 20, UINT64_MAX, &v);
+            c->run_memory_max = v;
+            break;
+        case OPT_RUN_PIDS:
+            bad = parse_u64(optarg, 1, 1u << 22, &v);
+            c->run_pids_max = v;
+            break;
+        case OPT_RUN_OOM: {
+            char *end;
+            errno = 0;
+            long n = strtol(optarg, &end, 10);
+            bad = errno || *end || optarg[0] == '\0' || n < -999 || n > 1000;
+            c->run_oom_score_adj = (int)n;
+            break;
+        }
         case OPT_HELP:
             usage(stdout);
             return 0;
@@ -305,7 +401,7 @@ static void teardown(struct agent *a)
     free(a->by_pid);
     free(a->read_buf);
     free(a->spawn_stack);
-    environ_destroy(a);
+    sandbox_destroy(a);
     cgroup_destroy(a);
 }
 
@@ -315,7 +411,7 @@ int main(int argc, char **argv)
     struct agent *a = &agent;
     memset(a, 0, sizeof *a);
     config_defaults(&a->cfg);
-    int rc = parse_args(argc, argv, &a->cfg);
+    int rc = parse_args(argc, argv, a);
     if (rc >= 0)
         return rc;
 
@@ -329,6 +425,20 @@ int main(int argc, char **argv)
     a->pid = getpid();
     a->pid1 = a->pid == 1;
     init_setup(a);
+    /* Memory pressure kills a run, never the agent. */
+    int ofd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (ofd >= 0) {
+        if (write(ofd, "-1000", 5) < 0)
+            log_warn("oom_score_adj -1000: %s", strerror(errno));
+        close(ofd);
+    }
+    int ae = auth_init(a, a->cfg.token_file);
+    if (ae < 0) {
+        fprintf(stderr, "boxd: token file %s: %s\n", a->cfg.token_file,
+                ae == -EPERM ? "must be a regular file readable only by its owner"
+                             : strerror(-ae));
+        return 1;
+    }
     if (!a->pid1) {
         /* Not the box's init: adopt our runs' orphans so they are still reaped by us. */
         a->subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
@@ -343,9 +453,17 @@ int main(int argc, char **argv)
     a->spawn_stack_size = SPAWN_STACK_SIZE;
     a->spawn_stack = malloc(a->spawn_stack_size);
     a->devnull_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (!a->by_id || !a->by_pid || !a->read_buf || !a->spawn_stack || a->devnull_fd < 0 ||
-        environ_init(a) < 0) {
+    if (!a->by_id || !a->by_pid || !a->read_buf || !a->spawn_stack || a->devnull_fd < 0) {
         fprintf(stderr, "boxd: start-up failed: %s\n", strerror(errno ? errno : ENOMEM));
+        return 1;
+    }
+    if (environ_init(a) < 0) {
+        fprintf(stderr, "boxd: --user %s: no such user\n", a->cfg.run_user);
+        return 1;
+    }
+    snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
+    if (sandbox_init(a) < 0) {
+        fprintf(stderr, "boxd: cannot build the seccomp filters\n");
         return 1;
     }
     list_init(&a->conns);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "environ.h"
 #include "events.h"
@@ -169,6 +170,14 @@ static void do_hello(struct ctx *x)
         msg_u64(&o, BOX_PROTOCOL_VERSION);
         ev_close(&o);
         reply(x, &o);
+        return;
+    }
+    if (auth_check_hello(x->a, x->m) < 0) {
+        /* Never say what was wrong with it; never log it. */
+        log_warn("conn %llu (%s): hello with a wrong or missing token, closing",
+                 (unsigned long long)x->c->no, x->c->peer);
+        error(x, "unauthorized", NULL, "a valid token is required");
+        conn_close_after_flush(x->c);
         return;
     }
     x->c->hello = true;

@@ -892,6 +892,11 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .fd_out = po[1],
         .fd_err = pe[1],
         .cgroup_procs_fd = r->cg.procs_fd,
+        .id = &a->ident,
+        .seccomp = &a->sandbox.prog[a->sandbox.dflt],
+        .nofile = a->cfg.run_nofile,
+        .core = a->cfg.run_core,
+        .oom_adj = a->oom_adj,
         .stack = a->spawn_stack,
         .stack_size = a->spawn_stack_size,
     };

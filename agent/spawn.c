@@ -1,6 +1,10 @@
 #include "spawn.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
@@ -66,16 +70,51 @@ static int child_main(void *p)
             close((int)fd);
     }
 
-    /* 4. Working directory. */
+    /* 4. Limits. A limit boxd may not raise is left as boxd's own. */
+    if (r->nofile) {
+        struct rlimit rl = {(rlim_t)r->nofile, (rlim_t)r->nofile};
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    struct rlimit core = {(rlim_t)r->core, (rlim_t)r->core};
+    setrlimit(RLIMIT_CORE, &core);
+    if (r->oom_adj) {
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = write(fd, r->oom_adj, strlen(r->oom_adj));
+            (void)n;
+            close(fd);
+        }
+    }
+
+    /* 5. seccomp, while still privileged. */
+    if (r->seccomp && r->seccomp->filter) {
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, r->seccomp) < 0) {
+            if (errno != EACCES || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+                syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, r->seccomp) < 0)
+                fail(a->out, "seccomp", errno);
+        }
+    }
+
+    /* 6. Identity. */
+    if (r->id && r->id->change) {
+        if (r->id->ngroups >= 0 &&
+            syscall(SYS_setgroups, (long)r->id->ngroups, r->id->groups) < 0)
+            fail(a->out, "user", errno);
+        if (syscall(SYS_setresgid, (long)r->id->gid, (long)r->id->gid, (long)r->id->gid) < 0 ||
+            syscall(SYS_setresuid, (long)r->id->uid, (long)r->id->uid, (long)r->id->uid) < 0)
+            fail(a->out, "user", errno);
+    }
+
+    /* 7. Working directory, as the run's user. */
     if (r->cwd && chdir(r->cwd) < 0)
         fail(a->out, "chdir", errno);
 
-    /* 5. An empty mask: the run must see every signal. */
+    /* 8. An empty mask: the run must see every signal. */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    /* 6. exec, searching the run's PATH like execvpe would (execvpe reads the agent's own PATH,
+    /* 9. exec, searching the run's PATH like execvpe would (execvpe reads the agent's own PATH,
      * which is not the run's). EACCES from any candidate wins over ENOENT, as in the shell. */
     const char *file = r->argv[0];
     if (strchr(file, '/') || r->search_path == NULL) {

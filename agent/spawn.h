@@ -12,14 +12,25 @@
  *   2. into the run's cgroup (writing "0" to its cgroup.procs), before any user code runs;
  *      then setsid(): its own session and process group, so `kill 0` cannot reach the agent;
  *   3. fds 0-2 from the request, then every other fd closed (close_range);
- *   4. chdir(cwd);
- *   5. the signal mask emptied (the agent blocks the signals it reads through signalfd);
- *   6. execve, searching the run's own PATH (not the agent's) when argv[0] has no '/'. */
+ *   4. resource limits (RLIMIT_NOFILE, RLIMIT_CORE) and oom_score_adj (boxd's is -1000; the
+ *      run's is higher, so memory pressure kills the run, never the agent);
+ *   5. the seccomp filter, loaded while still privileged (so no PR_SET_NO_NEW_PRIVS is needed
+ *      and setuid programs such as sudo keep working; a boxd that is not root sets
+ *      no_new_privs, as the kernel then requires);
+ *   6. the run's identity: setgroups, setresgid, setresuid (raw system calls: glibc's
+ *      wrappers would try to broadcast to the threads of a process whose memory we share);
+ *   7. chdir(cwd), as the run's user, so permissions apply;
+ *   8. the signal mask emptied (the agent blocks the signals it reads through signalfd);
+ *   9. execve, searching the run's own PATH (not the agent's) when argv[0] has no '/'. */
 #ifndef BOXD_SPAWN_H
 #define BOXD_SPAWN_H
 
+#include <linux/filter.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
+
+#include "sandbox.h"
 
 struct spawn_req {
     char *const *argv;       /* NULL-terminated; argv[0] is the program */
@@ -28,12 +39,16 @@ struct spawn_req {
     const char *cwd;
     int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; must all be >= 3 */
     int cgroup_procs_fd;       /* the run's cgroup.procs, or -1 */
+    const struct identity *id; /* switch to it when id->change */
+    const struct sock_fprog *seccomp; /* NULL or empty: no filter */
+    uint64_t nofile, core;     /* rlimits (nofile 0: unchanged) */
+    const char *oom_adj;       /* written to /proc/self/oom_score_adj, or NULL */
     char *stack;
     size_t stack_size;
 };
 
 /* Starts the process. Returns the pid (> 0) on success. On failure returns a negative errno and
- * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "chdir", "exec"); if a child was
+ * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "seccomp", "user", "chdir", "exec"); if a child was
  * created it has already been reaped, and its pid is stored in *failed_pid (else 0). */
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid);
 

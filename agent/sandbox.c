@@ -1,0 +1,194 @@
+#include "sandbox.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "log.h"
+
+const char *sandbox_profile_name(enum seccomp_profile p)
+{
+    return p == SECCOMP_NONE ? "none" : p == SECCOMP_STRICT ? "strict" : "default";
+}
+
+int sandbox_profile_parse(const char *name, size_t len)
+{
+    for (int p = 0; p < SECCOMP_N; p++) {
+        const char *n = sandbox_profile_name((enum seccomp_profile)p);
+        if (strlen(n) == len && memcmp(n, name, len) == 0)
+            return p;
+    }
+    return -1;
+}
+
+static const char *const deny_default[] = {
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "acct", "open_by_handle_at", "add_key", "request_key", "keyctl", "bpf",
+    "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
+    "uselib", "lookup_dcookie", "vhangup",
+};
+
+static const char *const deny_strict[] = {
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "mknod", "mknodat",
+    "ptrace", "process_vm_readv", "process_vm_writev", "perf_event_open", "userfaultfd",
+    "personality", "fsopen", "fsmount", "move_mount", "open_tree",
+};
+
+/* Calls whose first argument is a pid, denied when it is boxd's. */
+static const char *const deny_pid_arg0[] = {
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
+    "process_vm_readv", "process_vm_writev", "prlimit64",
+};
+
+static int deny(scmp_filter_ctx ctx, const char *name)
+{
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR)
+        return 0; /* not on this architecture */
+    return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
+}
+
+/* pid_t arguments are 32-bit: compare the low half only (the upper half of the register is
+ * not defined by the ABI). */
+static int deny_arg(scmp_filter_ctx ctx, const char *name, unsigned arg, uint32_t value)
+{
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR)
+        return 0;
+    struct scmp_arg_cmp cmp = {arg, SCMP_CMP_MASKED_EQ, 0xffffffffu, value};
+    return seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, &cmp);
+}
+
+static int build(struct agent *a, enum seccomp_profile p, struct sock_fprog *out)
+{
+    out->filter = NULL;
+    out->len = 0;
+    if (p == SECCOMP_NONE)
+        return 0;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (ctx == NULL)
+        return -ENOMEM;
+    int e = 0;
+    uint32_t me = (uint32_t)a->pid;
+    for (size_t i = 0; e == 0 && i < sizeof deny_default / sizeof deny_default[0]; i++)
+        e = deny(ctx, deny_default[i]);
+    for (size_t i = 0; e == 0 && i < sizeof deny_pid_arg0 / sizeof deny_pid_arg0[0]; i++)
+        e = deny_arg(ctx, deny_pid_arg0[i], 0, me);
+    if (e == 0)
+        e = deny_arg(ctx, "kill", 0, (uint32_t)-(int32_t)me);
+    if (e == 0)
+        e = deny_arg(ctx, "ptrace", 1, me);
+    if (e == 0 && !a->pid1)
+        e = deny_arg(ctx, "kill", 0, (uint32_t)-1);
+    if (p == SECCOMP_STRICT) {
+        for (size_t i = 0; e == 0 && i < sizeof deny_strict / sizeof deny_strict[0]; i++)
+            e = deny(ctx, deny_strict[i]);
+        static const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
+                                         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET |
+                                         CLONE_NEWCGROUP;
+        if (e == 0) {
+            struct scmp_arg_cmp cmp = {0, SCMP_CMP_MASKED_EQ, ns_flags, 0};
+            /* Any namespace bit set: deny. Expressed as one rule per bit. */
+            for (unsigned bit = 0; e == 0 && bit < 32; bit++) {
+                if (!(ns_flags & (1u << bit)))
+                    continue;
+                cmp.datum_a = 1u << bit;
+                cmp.datum_b = 1u << bit;
+                e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, &cmp);
+            }
+        }
+        if (e == 0)
+            e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    }
+    int fd = -1;
+    if (e == 0) {
+        fd = memfd_create("boxd-seccomp", MFD_CLOEXEC);
+        e = fd < 0 ? -errno : seccomp_export_bpf(ctx, fd);
+    }
+    seccomp_release(ctx);
+    if (e < 0) {
+        if (fd >= 0)
+            close(fd);
+        return e;
+    }
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (size <= 0 || size % (off_t)sizeof(struct sock_filter) != 0 || size > 65536) {
+        close(fd);
+        return -EINVAL;
+    }
+    struct sock_filter *f = malloc((size_t)size);
+    if (f == NULL || pread(fd, f, (size_t)size, 0) != size) {
+        free(f);
+        close(fd);
+        return -EIO;
+    }
+    close(fd);
+    out->filter = f;
+    out->len = (unsigned short)((size_t)size / sizeof *f);
+    return 0;
+}
+
+int sandbox_init(struct agent *a)
+{
+    struct sandbox *sb = &a->sandbox;
+    int p = sandbox_profile_parse(a->cfg.seccomp, strlen(a->cfg.seccomp));
+    sb->dflt = p < 0 ? SECCOMP_DEFAULT : (enum seccomp_profile)p;
+    for (int i = 0; i < SECCOMP_N; i++) {
+        int e = build(a, (enum seccomp_profile)i, &sb->prog[i]);
+        if (e < 0) {
+            log_err("seccomp: building profile %s: %s", sandbox_profile_name((enum seccomp_profile)i),
+                    strerror(-e));
+            return e;
+        }
+    }
+    log_info("seccomp: runs use profile %s (%u instructions)", sandbox_profile_name(sb->dflt),
+             sb->prog[sb->dflt].len);
+    return 0;
+}
+
+void sandbox_destroy(struct agent *a)
+{
+    for (int i = 0; i < SECCOMP_N; i++) {
+        free(a->sandbox.prog[i].filter);
+        a->sandbox.prog[i].filter = NULL;
+    }
+}
+
+int identity_lookup(const char *name, struct identity *id)
+{
+    memset(id, 0, sizeof *id);
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    int e = name ? getpwnam_r(name, &pw, buf, sizeof buf, &res)
+                 : getpwuid_r(geteuid(), &pw, buf, sizeof buf, &res);
+    if (res == NULL) {
+        if (name)
+            return e ? -e : -ENOENT;
+        /* boxd's own uid without a passwd entry: still a valid identity. */
+        id->uid = geteuid();
+        id->gid = getegid();
+        snprintf(id->home, sizeof id->home, "/");
+        snprintf(id->user, sizeof id->user, "%u", (unsigned)id->uid);
+        id->ngroups = -1; /* keep boxd's groups */
+        return 0;
+    }
+    id->uid = pw.pw_uid;
+    id->gid = pw.pw_gid;
+    snprintf(id->home, sizeof id->home, "%s", pw.pw_dir && pw.pw_dir[0] ? pw.pw_dir : "/");
+    snprintf(id->user, sizeof id->user, "%s", pw.pw_name);
+    id->ngroups = IDENTITY_MAX_GROUPS;
+    if (getgrouplist(pw.pw_name, pw.pw_gid, id->groups, &id->ngroups) < 0)
+        id->ngroups = IDENTITY_MAX_GROUPS; /* more than we keep: the first ones */
+    id->change = id->uid != geteuid() || id->gid != getegid();
+    if (name == NULL)
+        id->ngroups = -1; /* boxd's own user: keep its groups as they are */
+    return 0;
+}

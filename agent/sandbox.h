@@ -1,0 +1,66 @@
+/* What a run may do: seccomp profiles (compiled once at start-up with libseccomp and exported
+ * as BPF, so the child only makes one system call to load one), the run's identity (user,
+ * groups), and its resource limits.
+ *
+ * Profiles (a denied call fails with EPERM; it never kills the process):
+ *   none     no filter.
+ *   default  denies what a box user never needs and what could harm the box's kernel or boxd:
+ *            kexec_load, kexec_file_load, init_module, finit_module, delete_module (kernel code),
+ *            reboot (the box's life is the control plane's), swapon, swapoff, acct (host-wide
+ *            state), open_by_handle_at (escapes a chroot/mount namespace by file handle),
+ *            add_key, request_key, keyctl (the kernel keyring is not namespaced), bpf
+ *            (kernel programs), iopl, ioperm (raw I/O ports), settimeofday, clock_settime,
+ *            clock_adjtime, adjtimex (the box's clock), syslog (the kernel log), uselib,
+ *            lookup_dcookie, vhangup; and every signal or trace aimed at boxd: kill, tkill,
+ *            tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_open, ptrace, process_vm_readv,
+ *            process_vm_writev and prlimit64 with boxd's pid (and kill with -boxd_pid; kill with
+ *            -1 too when boxd is not PID 1, since -1 would then reach it).
+ *   strict   default, plus what isolates a run from the box: mount, umount2, pivot_root, chroot,
+ *            unshare, setns, mknod, mknodat, ptrace (any), process_vm_*, perf_event_open,
+ *            userfaultfd, personality, clone with namespace flags, and clone3 (ENOSYS, so libc
+ *            falls back to clone, whose flags can be checked).
+ * `sudo` keeps working under default: no PR_SET_NO_NEW_PRIVS is set when boxd is root (the
+ * filter is loaded with CAP_SYS_ADMIN before privileges are dropped). A boxd that is not root
+ * must set no_new_privs to load a filter at all. */
+#ifndef BOXD_SANDBOX_H
+#define BOXD_SANDBOX_H
+
+#include <linux/filter.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct agent;
+
+enum seccomp_profile { SECCOMP_NONE, SECCOMP_DEFAULT, SECCOMP_STRICT, SECCOMP_N };
+
+struct sandbox {
+    struct sock_fprog prog[SECCOMP_N]; /* .filter NULL for none */
+    enum seccomp_profile dflt;
+};
+
+/* Compiles the profiles. Returns 0 or a negative errno (start-up fails: a sandbox that cannot
+ * build its filters must not run code unfiltered). */
+int sandbox_init(struct agent *a);
+void sandbox_destroy(struct agent *a);
+
+/* Parses "none" / "default" / "strict"; -1 if unknown. */
+int sandbox_profile_parse(const char *name, size_t len);
+const char *sandbox_profile_name(enum seccomp_profile p);
+
+/* A run's identity: who it runs as. */
+#define IDENTITY_MAX_GROUPS 64
+struct identity {
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[IDENTITY_MAX_GROUPS];
+    int ngroups;
+    char home[256];
+    char user[64];
+    bool change; /* differs from boxd's own: the child switches */
+};
+
+/* Looks up name in passwd and its groups. Returns 0, -ENOENT (no such user), -ENOMEM. With
+ * name NULL, boxd's own uid. */
+int identity_lookup(const char *name, struct identity *id);
+
+#endif
