@@ -29,6 +29,7 @@ struct config {
     uint32_t max_finished;  /* finished runs remembered */
     uint32_t max_conns;     /* connections at once */
     uint64_t log_bytes;     /* retained log per run */
+    uint64_t log_total;     /* retained logs of all runs: past it, oldest finished runs go */
     uint32_t stdin_bytes;   /* stdin bytes queued per run */
     uint32_t max_subs;      /* runs one connection may follow at once */
     uint64_t conn_queue;    /* unsent bytes per connection before reading requests pauses */

@@ -39,6 +39,7 @@ void config_defaults(struct config *c)
     c->max_finished = 256;
     c->max_conns = 256;
     c->log_bytes = 8u << 20;
+    c->log_total = 256u << 20;
     c->stdin_bytes = 1u << 20;
     c->max_subs = 1024;
     c->conn_queue = 4u << 20;
@@ -91,6 +92,8 @@ static void usage(FILE *f)
             "  --max-finished N       finished runs remembered (default 256)\n"
             "  --max-conns N          connections at once (default 256)\n"
             "  --log-bytes N          output kept per run (default 8388608)\n"
+            "  --log-total N          output kept over all runs; past it the oldest finished\n"
+            "                         runs are forgotten (default 268435456)\n"
             "  --stdin-bytes N        stdin queued per run (default 1048576)\n"
             "  --max-subs N           runs one connection may follow (default 1024)\n"
             "  --conn-queue N         unsent bytes per connection before reading pauses (default 4194304)\n"
@@ -120,7 +123,7 @@ enum {
     OPT_CONN_QUEUE, OPT_GRACE, OPT_DRAIN, OPT_FLUSH, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
     OPT_VSOCK_CID, OPT_VSOCK_ANY, OPT_ALLOW_UID, OPT_SOCKET_MODE, OPT_SOCKET_OWNER,
     OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
-    OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM,
+    OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL,
 };
 
 static int parse_args(int argc, char **argv, struct agent *a)
@@ -135,6 +138,7 @@ static int parse_args(int argc, char **argv, struct agent *a)
         {"max-finished", required_argument, NULL, OPT_MAX_FINISHED},
         {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
         {"log-bytes", required_argument, NULL, OPT_LOG_BYTES},
+        {"log-total", required_argument, NULL, OPT_LOG_TOTAL},
         {"stdin-bytes", required_argument, NULL, OPT_STDIN_BYTES},
         {"max-subs", required_argument, NULL, OPT_MAX_SUBS},
         {"conn-queue", required_argument, NULL, OPT_CONN_QUEUE},
@@ -200,6 +204,10 @@ static int parse_args(int argc, char **argv, struct agent *a)
         case OPT_LOG_BYTES:
             bad = parse_u64(optarg, 4096, 1ull << 40, &v);
             c->log_bytes = v;
+            break;
+        case OPT_LOG_TOTAL:
+            bad = parse_u64(optarg, 1u << 20, 1ull << 42, &v);
+            c->log_total = v;
             break;
         case OPT_STDIN_BYTES:
             bad = parse_u64(optarg, 1, 1u << 30, &v);

@@ -138,6 +138,7 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, "max_finished", c->max_finished);
     msg_kv_u64(o, "max_conns", c->max_conns);
     msg_kv_u64(o, "log_bytes", c->log_bytes);
+    msg_kv_u64(o, "log_total", c->log_total);
     msg_kv_u64(o, "stdin_bytes", c->stdin_bytes);
     msg_kv_u64(o, "max_subs", c->max_subs);
     msg_kv_u64(o, "grace_ms", c->grace_ms);

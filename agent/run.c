@@ -249,19 +249,32 @@ static void run_destroy(struct run *r)
     uv_close((uv_handle_t *)&r->drain_timer, on_handle_closed);
 }
 
-/* Keeps at most max_finished finished runs. A run that is still followed, or whose pipes a
- * background process still holds, is skipped: it is forgotten later. */
+/* Memory held by the logs of every run. */
+static uint64_t logs_total(struct agent *a)
+{
+    uint64_t total = 0;
+    struct list *pos;
+    for (pos = a->runs.next; pos != &a->runs; pos = pos->next)
+        total += container_of(pos, struct run, link)->log.bytes;
+    return total;
+}
+
+/* Keeps at most max_finished finished runs, and the logs of all runs within log_total: the
+ * oldest finished runs go first. A run that is still followed, or whose background processes
+ * still live, is skipped: it is forgotten later. */
 static void runs_evict(struct agent *a)
 {
     struct list *pos, *tmp;
+    uint64_t total = logs_total(a);
     list_for_each_safe(pos, tmp, &a->finished)
     {
-        if (a->n_finished <= a->cfg.max_finished)
+        if (a->n_finished <= a->cfg.max_finished && total <= a->cfg.log_total)
             break;
         struct run *r = container_of(pos, struct run, fin_link);
         if (!list_empty(&r->subs) || r->lingering)
             continue;
         log_debug("run %s: forgotten", r->id);
+        total -= r->log.bytes;
         run_destroy(r);
     }
 }
