@@ -99,6 +99,7 @@ struct agent {
     int sig_fd;
     uv_poll_t sig_poll;
     bool shutting_down;
+    bool tearing_down; /* runs_destroy under way: no eviction */
     uv_timer_t shutdown_timer;
     uint64_t shutdown_start_ns;
     int exit_code;

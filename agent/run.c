@@ -265,6 +265,8 @@ static uint64_t logs_total(struct agent *a)
 static void runs_evict(struct agent *a)
 {
     struct list *pos, *tmp;
+    if (a->tearing_down)
+        return; /* runs_destroy is walking the list and forgets every run anyway */
     uint64_t total = logs_total(a);
     list_for_each_safe(pos, tmp, &a->finished)
     {
@@ -282,6 +284,7 @@ static void runs_evict(struct agent *a)
 void runs_destroy(struct agent *a)
 {
     struct list *pos, *tmp;
+    a->tearing_down = true;
     list_for_each_safe(pos, tmp, &a->runs)
     {
         struct run *r = container_of(pos, struct run, link);
