@@ -54,6 +54,7 @@ void config_defaults(struct config *c);
 
 struct run;
 struct conn;
+struct code_table;
 
 struct agent {
     uv_loop_t *loop;
@@ -91,6 +92,7 @@ struct agent {
     uint32_t n_conns;
     uint64_t next_conn_no;
     struct list listeners;
+    struct code_table *code; /* the language table (code.h): made on first use, code_destroy */
 
     struct cgroups cg;
     struct auth auth;
@@ -104,5 +106,10 @@ struct agent {
     uint64_t shutdown_start_ns;
     int exit_code;
 };
+
+/* Allocates the tables and buffers sized at start-up (a->cfg must be set). Returns 0,
+ * -ENOMEM, or a negative errno for /dev/null. */
+int agent_init(struct agent *a);
+void agent_release(struct agent *a);
 
 #endif

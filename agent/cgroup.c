@@ -262,11 +262,10 @@ void cgroup_destroy(struct agent *a)
     if (a->cg.runs_fd >= 0)
         close(a->cg.runs_fd);
     a->cg.runs_fd = -1;
-    /* A daemon removes its own runs directory (empty by now, unless a dying run lingers; then
-     * the next boxd with this BASE removes it). */
+    /* Remove the runs directory (empty by now, unless a dying run lingers; then the next boxd
+     * with this BASE removes it). */
     if (a->cg.base_fd >= 0) {
-        if (!a->pid1)
-            unlinkat(a->cg.base_fd, a->cg.runs_name, AT_REMOVEDIR);
+        unlinkat(a->cg.base_fd, a->cg.runs_name, AT_REMOVEDIR);
         close(a->cg.base_fd);
     }
     a->cg.base_fd = -1;

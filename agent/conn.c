@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,9 +20,8 @@ struct wreq {
     char *buf;
 };
 
-static void on_closed(uv_handle_t *h)
+static void conn_free(struct conn *c)
 {
-    struct conn *c = h->data;
     struct agent *a = c->a;
     /* Subscriptions go now that no callback of this conn can run any more. */
     struct list *pos, *tmp;
@@ -37,11 +37,18 @@ static void on_closed(uv_handle_t *h)
         on_free(arg);
 }
 
+static void on_closed(uv_handle_t *h)
+{
+    conn_free(h->data);
+}
+
 void conn_close(struct conn *c)
 {
     if (c->closing)
         return;
     c->closing = true;
+    if (c->detached)
+        return; /* freed by conn_detached_free */
     /* Pending writes are cancelled by uv_close (their callbacks run with UV_ECANCELED before
      * on_closed), so no buffer is leaked. */
     uv_close((uv_handle_t *)&c->h, on_closed);
@@ -71,7 +78,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void reading_set(struct conn *c, bool on)
 {
-    if (c->closing || c->reading == on)
+    if (c->closing || c->reading == on || c->detached)
         return;
     c->reading = on;
     if (on)
@@ -114,6 +121,11 @@ int conn_send(struct conn *c, struct msg_out *o)
     if (c->closing) {
         msg_out_destroy(o);
         return -EPIPE;
+    }
+    if (c->detached) {
+        c->sink(c->sink_arg, o->sb.data, o->sb.size);
+        msg_out_destroy(o);
+        return 0;
     }
     struct wreq *wr = malloc(sizeof *wr);
     if (wr == NULL) {
@@ -173,7 +185,7 @@ void conn_close_after_flush(struct conn *c)
         return;
     reading_set(c, false);
     c->close_after_flush = true;
-    if (c->queued == 0)
+    if (c->queued == 0 || c->detached)
         conn_close(c);
 }
 
@@ -270,6 +282,32 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     consume(c, (const uint8_t *)buf->base, (size_t)nread);
 }
 
+static struct conn *conn_new(struct agent *a);
+
+struct conn *conn_new_detached(struct agent *a, void (*sink)(void *, const char *, size_t),
+                               void *arg)
+{
+    struct conn *c = conn_new(a);
+    if (c == NULL)
+        return NULL;
+    c->detached = true;
+    c->sink = sink;
+    c->sink_arg = arg;
+    snprintf(c->peer, sizeof c->peer, "detached");
+    return c;
+}
+
+void conn_feed(struct conn *c, const uint8_t *p, size_t n)
+{
+    consume(c, p, n);
+}
+
+void conn_detached_free(struct conn *c)
+{
+    c->closing = true;
+    conn_free(c);
+}
+
 static struct conn *conn_new(struct agent *a)
 {
     struct conn *c = calloc(1, sizeof *c);
@@ -281,7 +319,6 @@ static struct conn *conn_new(struct agent *a)
     c->no = ++a->next_conn_no;
     list_init(&c->subs);
     list_init(&c->ready);
-    uv_pipe_init(a->loop, &c->h, 0);
     c->h.data = c;
     list_add_tail(&a->conns, &c->link);
     a->n_conns++;
@@ -309,6 +346,7 @@ int conn_accept(struct agent *a, uv_stream_t *server)
     struct conn *c = conn_new(a);
     if (c == NULL)
         return -ENOMEM; /* the connection stays pending; the listener retries */
+    uv_pipe_init(a->loop, &c->h, 0);
     int e = uv_accept(server, (uv_stream_t *)&c->h);
     if (e < 0) {
         log_warn("accept: %s", uv_strerror(e));
@@ -338,6 +376,7 @@ struct conn *conn_from_fd(struct agent *a, int fd, const char *peer)
         return NULL;
     }
     snprintf(c->peer, sizeof c->peer, "%s", peer);
+    uv_pipe_init(a->loop, &c->h, 0);
     int e = uv_pipe_open(&c->h, fd);
     if (e < 0) {
         log_warn("conn %llu (%s): %s", (unsigned long long)c->no, peer, uv_strerror(e));

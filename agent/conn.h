@@ -42,6 +42,12 @@ struct conn {
     char peer[64]; /* who is at the other end, for logs: "uid 0", "cid 2", "virtio box.agent" */
     void (*on_free)(void *arg); /* called when the conn is freed (virtio port: wait again) */
     void *on_free_arg;
+
+    /* A detached conn has no socket: its frames go to sink (the fuzz target drives the real
+     * state machine this way, feeding bytes with conn_feed). */
+    bool detached;
+    void (*sink)(void *arg, const char *frame, size_t len);
+    void *sink_arg;
 };
 
 /* Accepts one connection from a listening unix stream. Returns 0, or -ENOMEM when the
@@ -64,6 +70,14 @@ void conn_close(struct conn *c);
 /* Stops reading and closes once what is queued has been written (after a final error). */
 void conn_close_after_flush(struct conn *c);
 struct conn *conn_find(struct agent *a, uint64_t no);
+
+/* Detached connections (no socket; for fuzzing and tests of the state machine). conn_feed
+ * consumes bytes as if read from the socket; conn_detached_free frees the conn (after
+ * conn_close, or instead of it). */
+struct conn *conn_new_detached(struct agent *a, void (*sink)(void *, const char *, size_t),
+                               void *arg);
+void conn_feed(struct conn *c, const uint8_t *p, size_t n);
+void conn_detached_free(struct conn *c);
 
 /* Bytes a connection may have queued before output pumping stops. */
 #define CONN_LOW_WATER (256u * 1024u)

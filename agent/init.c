@@ -144,8 +144,17 @@ static void raise_nofile(void)
         }
     }
     struct rlimit rl = {.rlim_cur = (rlim_t)max, .rlim_max = (rlim_t)max};
-    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-        log_warn("init: RLIMIT_NOFILE %llu: %s", max, strerror(errno));
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        return;
+    /* Without CAP_SYS_RESOURCE the hard limit stays: raise the soft one to it. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            log_info("init: RLIMIT_NOFILE %llu (the hard limit)", (unsigned long long)rl.rlim_max);
+            return;
+        }
+    }
+    log_warn("init: RLIMIT_NOFILE %llu: %s", max, strerror(errno));
 }
 
 static enum agent_mode detect(void)
@@ -196,6 +205,8 @@ void init_setup(struct agent *a)
         mount_missing("sysfs", "/sys", "sysfs", nsde, NULL);
         if (is_fs("/sys", SYSFS_MAGIC))
             mount_missing("cgroup2", "/sys/fs/cgroup", "cgroup2", nsde, NULL);
+        mount_missing("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                      "newinstance,gid=5,mode=620,ptmxmode=666");
         mount_missing("tmpfs", "/dev/shm", "tmpfs", nsd, "mode=1777");
         mount_missing("tmpfs", "/run", "tmpfs", nsd, "mode=0755");
     }

@@ -26,33 +26,6 @@
 #include "sandbox.h"
 #include "signals.h"
 
-#define READ_BUF_SIZE (64u * 1024u)
-#define SPAWN_STACK_SIZE (64u * 1024u)
-
-void config_defaults(struct config *c)
-{
-    memset(c, 0, sizeof *c);
-    c->max_frame = 1u << 20;
-    c->max_event = 1u << 20;
-    c->max_line = 64u * 1024u;
-    c->max_runs = 1024;
-    c->max_finished = 256;
-    c->max_conns = 256;
-    c->log_bytes = 8u << 20;
-    c->log_total = 256u << 20;
-    c->stdin_bytes = 1u << 20;
-    c->max_subs = 1024;
-    c->conn_queue = 4u << 20;
-    c->grace_ms = 2000;
-    c->drain_ms = 100;
-    c->flush_ms = 20;
-    c->socket_mode = 0600;
-    c->socket_uid = c->socket_gid = -1;
-    c->seccomp = "default";
-    c->run_nofile = 1048576;
-    c->run_core = 0;
-    c->run_oom_score_adj = 0;
-}
 
 static void usage(FILE *f)
 {
@@ -404,11 +377,7 @@ static void teardown(struct agent *a)
     if (uv_loop_close(a->loop) != 0)
         log_warn("loop still had handles at exit");
     close(a->sig_fd);
-    close(a->devnull_fd);
-    free(a->by_id);
-    free(a->by_pid);
-    free(a->read_buf);
-    free(a->spawn_stack);
+    agent_release(a);
     sandbox_destroy(a);
     cgroup_destroy(a);
 }
@@ -453,15 +422,7 @@ int main(int argc, char **argv)
     }
     a->start_mono_ns = now_mono_ns();
     make_boot_id(a);
-    a->n_buckets = 4099;
-    a->by_id = calloc(a->n_buckets, sizeof *a->by_id);
-    a->by_pid = calloc(a->n_buckets, sizeof *a->by_pid);
-    a->read_buf_size = READ_BUF_SIZE;
-    a->read_buf = malloc(a->read_buf_size);
-    a->spawn_stack_size = SPAWN_STACK_SIZE;
-    a->spawn_stack = malloc(a->spawn_stack_size);
-    a->devnull_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (!a->by_id || !a->by_pid || !a->read_buf || !a->spawn_stack || a->devnull_fd < 0) {
+    if (agent_init(a) < 0) {
         fprintf(stderr, "boxd: start-up failed: %s\n", strerror(errno ? errno : ENOMEM));
         return 1;
     }
@@ -474,9 +435,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "boxd: cannot build the seccomp filters\n");
         return 1;
     }
-    list_init(&a->conns);
-    list_init(&a->listeners);
-    runs_init(a);
     cgroup_init(a);
     a->loop = uv_default_loop();
     if (signals_start(a) < 0) {
