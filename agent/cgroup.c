@@ -368,7 +368,7 @@ static uint64_t field(const char *buf, const char *key)
     return 0;
 }
 
-void cgroup_run_usage(const struct run_cgroup *rc, struct run_usage *u)
+void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u)
 {
     memset(u, 0, sizeof *u);
     if (rc->dir_fd < 0)
@@ -379,6 +379,8 @@ void cgroup_run_usage(const struct run_cgroup *rc, struct run_usage *u)
         u->sys_us = field(buf, "system_usec");
         u->have_cpu = true;
     }
+    if (!a->cg.memory)
+        return; /* no such files: do not pay two failed opens a run */
     if (read_at(rc->dir_fd, "memory.peak", buf, sizeof buf) > 0) {
         u->mem_peak = strtoull(buf, NULL, 10);
         u->have_mem = true;

@@ -54,7 +54,7 @@ struct run_usage {
     uint64_t oom_kills;
     bool have_cpu, have_mem;
 };
-void cgroup_run_usage(const struct run_cgroup *rc, struct run_usage *u);
+void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u);
 
 /* Closes the fds and removes the directory (it must be empty). */
 void cgroup_run_remove(struct agent *a, const char *id, struct run_cgroup *rc);

@@ -10,7 +10,12 @@
 
 int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req)
 {
-    if (msg_out_init(o, 256) < 0)
+    return ev_begin_sized(o, type, req, 256);
+}
+
+int ev_begin_sized(struct msg_out *o, const char *type, const struct reqtag *req, size_t size)
+{
+    if (msg_out_init(o, size) < 0)
         return -ENOMEM;
     msg_map_open(o);
     msg_kv_str(o, "type", type);

@@ -9,6 +9,8 @@
 /* Starts a frame `{type: TYPE, req: REQ, ...`; the map stays open for more fields and is
  * closed by ev_close. Returns 0 or -ENOMEM. */
 int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req);
+/* The same with the buffer allocated for about size bytes at once. */
+int ev_begin_sized(struct msg_out *o, const char *type, const struct reqtag *req, size_t size);
 /* Closes the map opened by ev_begin. */
 void ev_close(struct msg_out *o);
 

@@ -17,6 +17,7 @@
 #include "agent.h"
 #include "auth.h"
 #include "cgroup.h"
+#include "code.h"
 #include "conn.h"
 #include "environ.h"
 #include "init.h"
@@ -25,6 +26,7 @@
 #include "run.h"
 #include "sandbox.h"
 #include "signals.h"
+#include "spawn.h"
 
 
 static void usage(FILE *f)
@@ -380,6 +382,7 @@ static void teardown(struct agent *a)
     agent_release(a);
     sandbox_destroy(a);
     cgroup_destroy(a);
+    code_destroy(a);
 }
 
 int main(int argc, char **argv)
@@ -428,11 +431,14 @@ int main(int argc, char **argv)
     }
     if (environ_init(a) < 0) {
         fprintf(stderr, "boxd: --user %s: no such user\n", a->cfg.run_user);
+        agent_release(a);
         return 1;
     }
     snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
     if (sandbox_init(a) < 0) {
         fprintf(stderr, "boxd: cannot build the seccomp filters\n");
+        sandbox_destroy(a);
+        agent_release(a);
         return 1;
     }
     cgroup_init(a);
@@ -442,8 +448,19 @@ int main(int argc, char **argv)
         return 1;
     }
     for (unsigned i = 0; i < a->cfg.n_listen; i++)
-        if (listen_start(a, a->cfg.listen[i]) < 0)
+        if (listen_start(a, a->cfg.listen[i]) < 0) {
+            /* Start-up failed: release everything so a sanitizer sees a clean exit. */
+            teardown(a);
             return 1;
+        }
+
+    a->sig_nondefault = spawn_signals_changed();
+    /* A run holds five descriptors: let max_runs fit (the soft limit up to the hard one). */
+    struct rlimit nof;
+    if (getrlimit(RLIMIT_NOFILE, &nof) == 0 && nof.rlim_cur < nof.rlim_max) {
+        nof.rlim_cur = nof.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nof);
+    }
 
     /* From now on we must not die. */
     signals_reap(a);

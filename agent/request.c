@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "code.h"
 #include "conn.h"
 #include "environ.h"
 #include "events.h"
@@ -144,6 +145,7 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, "grace_ms", c->grace_ms);
     msg_kv_u64(o, "drain_ms", c->drain_ms);
     msg_kv_u64(o, "flush_ms", c->flush_ms);
+    msg_kv_u64(o, "max_code", CODE_MAX_BYTES);
     msg_map_close(o);
 }
 
@@ -188,7 +190,7 @@ static void do_hello(struct ctx *x)
     put_identity(&o, x->a);
     msg_key(&o, "capabilities");
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
-                                       "logs", "list", "info", "ping", "argv", "run_id"};
+                                       "logs", "list", "info", "ping", "argv", "run_id", "code"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);
@@ -237,11 +239,12 @@ static void do_info(struct ctx *x)
             msg_str(&o, "cpu");
     }
     request_put_limits(&o, a);
+    code_put_languages(&o, a);
     ev_close(&o);
     reply(x, &o);
 }
 
-/* ---- exec ----------------------------------------------------------------------------------- */
+/* ---- Replies to exec and code --------------------------------------------------------------- */
 
 static void started(struct ctx *x, const struct run *r, bool existing)
 {
@@ -285,60 +288,211 @@ static int take_str(const msgpack_object *o, char **at, char **out)
     return 0;
 }
 
-static void do_exec(struct ctx *x)
-{
-    struct agent *a = x->a;
-    if (a->shutting_down) {
-        error(x, "shutting_down", NULL, "the agent is shutting down");
-        return;
-    }
-    const char *id = NULL;
-    size_t id_len = 0;
-    int e = msg_get_str(x->m, "id", &id, &id_len);
-    if (e == -EINVAL || (e == 0 && (id_len == 0 || id_len > BOXD_ID_MAX))) {
-        error(x, "bad_request", NULL, "id must be a string of 1 to %d characters", BOXD_ID_MAX);
-        return;
-    }
-    for (size_t i = 0; i < id_len; i++)
-        if (!id_char_ok(id[i])) {
-            error(x, "bad_request", NULL, "id may hold only letters, digits and . _ : -");
-            return;
-        }
+/* ---- exec and code: the options every run request has ---------------------------------------- */
+
+/* What exec and code share (PROTOCOL.md 4.1): one parser, one launcher. */
+struct run_opts {
+    const char *id;
+    size_t id_len;
     bool follow, want_output, want_stdin;
     uint64_t timeout_ms, grace_ms;
-    if (get_bool(x, "follow", &follow, true) < 0 || get_bool(x, "output", &want_output, false) < 0 ||
-        get_bool(x, "stdin", &want_stdin, false) < 0 ||
-        get_u64(x, "timeout_ms", &timeout_ms, 0, UINT32_MAX * 1000ull) < 0 ||
-        get_u64(x, "grace_ms", &grace_ms, a->cfg.grace_ms, 3600u * 1000u) < 0)
-        return;
+    const msgpack_object *env, *cwd; /* NULL when absent or nil */
+    uint64_t env_bytes;              /* the env's strings as K=V with NULs */
+};
 
-    if (id) {
-        struct run *r = run_find(a, id, id_len);
+/* Step 1, before the request's own fields: shutting_down, the id, the flags and times, a retry
+ * of an existing id (answered here: `started` with existing true), and max_subs. With
+ * timeout_alias, `timeout` is accepted as a synonym of timeout_ms (code requests). Returns 0 to
+ * go on, -1 when the request has been answered. */
+static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
+{
+    struct agent *a = x->a;
+    memset(o, 0, sizeof *o);
+    if (a->shutting_down) {
+        error(x, "shutting_down", NULL, "the agent is shutting down");
+        return -1;
+    }
+    int e = msg_get_str(x->m, "id", &o->id, &o->id_len);
+    if (e == -EINVAL || (e == 0 && (o->id_len == 0 || o->id_len > BOXD_ID_MAX))) {
+        error(x, "bad_request", NULL, "id must be a string of 1 to %d characters", BOXD_ID_MAX);
+        return -1;
+    }
+    if (e < 0)
+        o->id = NULL, o->id_len = 0;
+    for (size_t i = 0; i < o->id_len; i++)
+        if (!id_char_ok(o->id[i])) {
+            error(x, "bad_request", NULL, "id may hold only letters, digits and . _ : -");
+            return -1;
+        }
+    const char *tkey = "timeout_ms";
+    if (timeout_alias && msg_get(x->m, "timeout")) {
+        if (msg_get(x->m, "timeout_ms")) {
+            error(x, "bad_request", NULL, "give timeout or timeout_ms, not both");
+            return -1;
+        }
+        tkey = "timeout";
+    }
+    if (get_bool(x, "follow", &o->follow, true) < 0 ||
+        get_bool(x, "output", &o->want_output, false) < 0 ||
+        get_bool(x, "stdin", &o->want_stdin, false) < 0 ||
+        get_u64(x, tkey, &o->timeout_ms, 0, UINT32_MAX * 1000ull) < 0 ||
+        get_u64(x, "grace_ms", &o->grace_ms, a->cfg.grace_ms, 3600u * 1000u) < 0)
+        return -1;
+
+    if (o->id) {
+        struct run *r = run_find(a, o->id, o->id_len);
         if (r) {
             /* A retry: nothing is started; the caller sees the run it already has. */
             started(x, r, true);
-            if (follow && x->c->n_subs < a->cfg.max_subs)
-                sub_new(r, x->c, &x->req, 0, false, want_output);
-            return;
+            if (o->follow && x->c->n_subs < a->cfg.max_subs)
+                sub_new(r, x->c, &x->req, 0, false, o->want_output);
+            return -1;
         }
     }
-    if (follow && x->c->n_subs >= a->cfg.max_subs) {
+    if (o->follow && x->c->n_subs >= a->cfg.max_subs) {
         error(x, "limit", NULL, "this connection already follows %u runs", a->cfg.max_subs);
-        return;
+        return -1;
     }
+    return 0;
+}
 
-    const msgpack_object *cmd = msg_get(x->m, "cmd");
-    const msgpack_object *argv = msg_get(x->m, "argv");
+/* Step 2, after the request's own fields: env and cwd, checked completely, so that nothing
+ * after this can fail on the request's input. Returns 0, or -1 when answered. */
+static int run_opts_env(struct ctx *x, struct run_opts *o)
+{
     const msgpack_object *env = msg_get(x->m, "env");
     const msgpack_object *cwd = msg_get(x->m, "cwd");
-    if (cmd && cmd->type == MSGPACK_OBJECT_NIL)
-        cmd = NULL;
-    if (argv && argv->type == MSGPACK_OBJECT_NIL)
-        argv = NULL;
     if (env && env->type == MSGPACK_OBJECT_NIL)
         env = NULL;
     if (cwd && cwd->type == MSGPACK_OBJECT_NIL)
         cwd = NULL;
+    if (env && (env->type != MSGPACK_OBJECT_MAP || env->via.map.size > MAX_ENV)) {
+        error(x, "bad_request", NULL, "env must be a map of at most %u strings", MAX_ENV);
+        return -1;
+    }
+    if (cwd && (cwd->type != MSGPACK_OBJECT_STR || cwd->via.str.size == 0)) {
+        error(x, "bad_request", NULL, "cwd must be a non-empty string");
+        return -1;
+    }
+    if (cwd && memchr(cwd->via.str.ptr, '\0', cwd->via.str.size)) {
+        error(x, "bad_request", NULL, "cwd must not contain NUL");
+        return -1;
+    }
+    o->env_bytes = 0;
+    if (env)
+        for (uint32_t i = 0; i < env->via.map.size; i++) {
+            const msgpack_object_kv *kv = &env->via.map.ptr[i];
+            if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR) {
+                error(x, "bad_request", NULL, "env keys and values must be strings");
+                return -1;
+            }
+            const char *k = kv->key.via.str.ptr, *v = kv->val.via.str.ptr;
+            size_t kl = kv->key.via.str.size, vl = kv->val.via.str.size;
+            if (kl == 0 || memchr(k, '=', kl) || memchr(k, '\0', kl) || memchr(v, '\0', vl)) {
+                error(x, "bad_request", NULL,
+                      "env keys must be non-empty without = or NUL, values without NUL");
+                return -1;
+            }
+            o->env_bytes += kl + vl + 2;
+        }
+    o->env = env;
+    o->cwd = cwd;
+    return 0;
+}
+
+/* Step 3: builds the environment (the base, then lang_env, then the request's env, each
+ * overriding the one before) and starts the run, then answers started, spawn_failed, limit or
+ * internal. argv, lang_env and desc are borrowed. tmpdir (heap, or NULL) goes to the run; when
+ * no run takes it, it is removed here. */
+static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, bool is_shell,
+                       char *const *lang_env, size_t n_lang_env, const char *desc, char *tmpdir)
+{
+    struct agent *a = x->a;
+    const msgpack_object *env = o->env;
+    /* One block for the environment and cwd. Its size is bounded by the frame (max_frame) plus
+     * the base environment, checked in 64-bit arithmetic. */
+    uint64_t nenv = (env ? env->via.map.size : 0) + n_lang_env + ENVIRON_BASE_MAX;
+    uint64_t bytes = 64 + o->env_bytes + (o->cwd ? o->cwd->via.str.size + 1 : 0) +
+                     (nenv + 1) * sizeof(char *);
+    char *block = malloc(bytes);
+    if (block == NULL) {
+        error(x, "internal", NULL, "out of memory");
+        goto out;
+    }
+    char **envp = (char **)block;
+    char *at = (char *)(envp + nenv + 1);
+    char *cwd_s = NULL;
+    struct environ_build eb;
+    environ_begin(&eb, envp, nenv);
+    if (o->cwd)
+        take_str(o->cwd, &at, &cwd_s); /* checked by run_opts_env */
+    for (size_t i = 0; i < n_lang_env; i++)
+        environ_set(&eb, lang_env[i], (size_t)(strchr(lang_env[i], '=') - lang_env[i]));
+    if (env)
+        for (uint32_t i = 0; i < env->via.map.size; i++) {
+            const msgpack_object_kv *kv = &env->via.map.ptr[i];
+            const char *k = kv->key.via.str.ptr, *v = kv->val.via.str.ptr;
+            size_t kl = kv->key.via.str.size, vl = kv->val.via.str.size;
+            memcpy(at, k, kl);
+            at[kl] = '=';
+            memcpy(at + kl + 1, v, vl);
+            at[kl + 1 + vl] = '\0';
+            environ_set(&eb, at, kl);
+            at += kl + vl + 2;
+        }
+    const char *dir = cwd_s ? cwd_s : environ_default_cwd(a);
+    environ_finish(&eb, a, dir);
+
+    struct run_params p = {
+        .id = o->id,
+        .id_len = o->id_len,
+        .argv = argv,
+        .is_shell = is_shell,
+        .envp = envp,
+        .path = environ_get(envp, "PATH"),
+        .cwd = dir,
+        .timeout_ms = o->timeout_ms,
+        .grace_ms = (uint32_t)o->grace_ms,
+        .want_stdin = o->want_stdin,
+        .desc = desc,
+        .tmpdir = tmpdir,
+    };
+    struct run *r = NULL;
+    int e = run_start(a, &p, &r);
+    if (e >= 0)
+        tmpdir = NULL; /* the run has it */
+    if (e == -EAGAIN) {
+        error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
+    } else if (e < 0) {
+        error(x, "internal", NULL, "out of memory");
+    } else if (e == 1) {
+        spawn_failed(x, r);
+    } else {
+        started(x, r, false);
+        if (o->follow)
+            sub_new(r, x->c, &x->req, 0, false, o->want_output);
+    }
+out:
+    if (tmpdir) {
+        code_dir_remove(tmpdir, "(not started)");
+        free(tmpdir);
+    }
+    free(block);
+}
+
+/* ---- exec ----------------------------------------------------------------------------------- */
+
+static void do_exec(struct ctx *x)
+{
+    struct run_opts o;
+    if (run_opts_begin(x, &o, false) < 0)
+        return;
+    const msgpack_object *cmd = msg_get(x->m, "cmd");
+    const msgpack_object *argv = msg_get(x->m, "argv");
+    if (cmd && cmd->type == MSGPACK_OBJECT_NIL)
+        cmd = NULL;
+    if (argv && argv->type == MSGPACK_OBJECT_NIL)
+        argv = NULL;
     if ((cmd == NULL) == (argv == NULL)) {
         error(x, "bad_request", NULL, "exec needs exactly one of cmd and argv");
         return;
@@ -352,50 +506,25 @@ static void do_exec(struct ctx *x)
         error(x, "bad_request", NULL, "argv must be an array of 1 to %u strings", MAX_ARGV);
         return;
     }
-    if (env && (env->type != MSGPACK_OBJECT_MAP || env->via.map.size > MAX_ENV)) {
-        error(x, "bad_request", NULL, "env must be a map of at most %u strings", MAX_ENV);
+    if (run_opts_env(x, &o) < 0)
         return;
-    }
-    if (cwd && (cwd->type != MSGPACK_OBJECT_STR || cwd->via.str.size == 0)) {
-        error(x, "bad_request", NULL, "cwd must be a non-empty string");
-        return;
-    }
 
-    /* One block for every string and pointer array of the new process. Its size is bounded by
-     * the frame (max_frame) plus the base environment, checked in 64-bit arithmetic. */
+    /* The argv block, bounded by the frame like the environment's. */
     uint64_t nargs = cmd ? 4 : argv->via.array.size;
-    uint64_t nenv = (env ? env->via.map.size : 0) + ENVIRON_BASE_MAX;
-    uint64_t bytes = 64;
+    uint64_t bytes = 16 + (nargs + 1) * sizeof(char *);
     if (cmd)
-        bytes += cmd->via.str.size + 16;
+        bytes += cmd->via.str.size + 1;
     else
         for (uint32_t i = 0; i < argv->via.array.size; i++)
             bytes += (argv->via.array.ptr[i].type == MSGPACK_OBJECT_STR
                           ? argv->via.array.ptr[i].via.str.size : 0) + 1;
-    if (env)
-        for (uint32_t i = 0; i < env->via.map.size; i++) {
-            const msgpack_object_kv *kv = &env->via.map.ptr[i];
-            if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR) {
-                error(x, "bad_request", NULL, "env keys and values must be strings");
-                return;
-            }
-            bytes += kv->key.via.str.size + kv->val.via.str.size + 2;
-        }
-    if (cwd)
-        bytes += cwd->via.str.size + 1;
-    bytes += (nargs + 1 + nenv + 1) * sizeof(char *);
     char *block = malloc(bytes);
     if (block == NULL) {
         error(x, "internal", NULL, "out of memory");
         return;
     }
     char **args = (char **)block;
-    char **envp = args + nargs + 1;
-    char *at = (char *)(envp + nenv + 1);
-    char *cwd_s = NULL;
-    struct environ_build eb;
-    environ_begin(&eb, envp, nenv);
-
+    char *at = (char *)(args + nargs + 1);
     if (cmd) {
         /* "--" so that a command starting with '-' is not taken for shell options. */
         args[0] = "/bin/sh";
@@ -414,57 +543,102 @@ static void do_exec(struct ctx *x)
             }
         args[argv->via.array.size] = NULL;
     }
-    if (cwd && take_str(cwd, &at, &cwd_s) < 0) {
-        error(x, "bad_request", NULL, "cwd must not contain NUL");
-        goto out;
-    }
-    if (env)
-        for (uint32_t i = 0; i < env->via.map.size; i++) {
-            const msgpack_object_kv *kv = &env->via.map.ptr[i];
-            const char *k = kv->key.via.str.ptr, *v = kv->val.via.str.ptr;
-            size_t kl = kv->key.via.str.size, vl = kv->val.via.str.size;
-            if (kl == 0 || memchr(k, '=', kl) || memchr(k, '\0', kl) || memchr(v, '\0', vl)) {
-                error(x, "bad_request", NULL,
-                      "env keys must be non-empty without = or NUL, values without NUL");
-                goto out;
-            }
-            memcpy(at, k, kl);
-            at[kl] = '=';
-            memcpy(at + kl + 1, v, vl);
-            at[kl + 1 + vl] = '\0';
-            environ_set(&eb, at, kl);
-            at += kl + vl + 2;
-        }
-    const char *dir = cwd_s ? cwd_s : environ_default_cwd(a);
-    environ_finish(&eb, a, dir);
-
-    struct run_params p = {
-        .id = id,
-        .id_len = id_len,
-        .argv = args,
-        .is_shell = cmd != NULL,
-        .envp = envp,
-        .path = environ_get(envp, "PATH"),
-        .cwd = dir,
-        .timeout_ms = timeout_ms,
-        .grace_ms = (uint32_t)grace_ms,
-        .want_stdin = want_stdin,
-    };
-    struct run *r = NULL;
-    e = run_start(a, &p, &r);
-    if (e == -EAGAIN) {
-        error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
-    } else if (e < 0) {
-        error(x, "internal", NULL, "out of memory");
-    } else if (e == 1) {
-        spawn_failed(x, r);
-    } else {
-        started(x, r, false);
-        if (follow)
-            sub_new(r, x->c, &x->req, 0, false, want_output);
-    }
+    run_launch(x, &o, args, cmd != NULL, NULL, 0, NULL, NULL);
 out:
     free(block);
+}
+
+/* ---- code ----------------------------------------------------------------------------------- */
+
+/* The run's PATH as the request sets it (a copy, to be freed), or NULL for the default. */
+static char *request_path(const struct run_opts *o)
+{
+    char *path = NULL;
+    if (o->env)
+        for (uint32_t i = 0; i < o->env->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->env->via.map.ptr[i];
+            if (kv->key.via.str.size == 4 && memcmp(kv->key.via.str.ptr, "PATH", 4) == 0) {
+                free(path); /* a later PATH wins, as in environ_set */
+                path = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
+            }
+        }
+    return path;
+}
+
+/* `unknown_lang`, with the languages usable with path. */
+static void unknown_lang(struct ctx *x, const char *lang, size_t len, const char *path)
+{
+    char shown[CODE_LANG_MAX + 1], avail[160];
+    size_t n = len < CODE_LANG_MAX ? len : CODE_LANG_MAX;
+    for (size_t i = 0; i < n; i++)
+        shown[i] = isprint((unsigned char)lang[i]) ? lang[i] : '?';
+    shown[n] = '\0';
+    code_available_text(x->a, path, avail, sizeof avail);
+    struct msg_out o;
+    if (ev_begin(&o, "error", &x->req) < 0)
+        return;
+    char text[256];
+    if (len == 0)
+        snprintf(text, sizeof text, "code needs a lang; available: %s", avail);
+    else
+        snprintf(text, sizeof text, "no language '%s' on this box; available: %s", shown, avail);
+    msg_kv_str(&o, "code", "unknown_lang");
+    msg_kv_str(&o, "message", text);
+    msg_key(&o, "available");
+    code_put_available(&o, x->a, path);
+    ev_close(&o);
+    reply(x, &o);
+}
+
+static void do_code(struct ctx *x)
+{
+    struct run_opts o;
+    if (run_opts_begin(x, &o, true) < 0)
+        return;
+    const char *lang = "", *code;
+    size_t lang_len = 0, code_len;
+    int e = msg_get_str(x->m, "lang", &lang, &lang_len);
+    if (e == -EINVAL) {
+        error(x, "bad_request", NULL, "lang must be a string");
+        return;
+    }
+    e = msg_get_bytes(x->m, "code", &code, &code_len);
+    if (e < 0) {
+        error(x, "bad_request", NULL, "code (a str or bin) is required");
+        return;
+    }
+    if (code_len > CODE_MAX_BYTES) {
+        error(x, "too_large", NULL, "code is %zu bytes; at most %u (max_code)", code_len,
+              CODE_MAX_BYTES);
+        return;
+    }
+    if (run_opts_env(x, &o) < 0)
+        return;
+    if (code_init(x->a) < 0) {
+        error(x, "internal", NULL, "out of memory");
+        return;
+    }
+    char *req_path = request_path(&o);
+    const char *path = req_path ? req_path : ENVIRON_PATH;
+    struct code_choice choice;
+    struct code_prep prep;
+    e = lang_len == 0 || lang_len > CODE_LANG_MAX
+            ? -ENOENT
+            : code_resolve(x->a, lang, lang_len, path, &choice);
+    if (e == -ENOENT) {
+        unknown_lang(x, lang, lang_len, path);
+    } else if (e < 0) {
+        error(x, "internal", NULL, "out of memory");
+    } else if ((e = code_prepare(&choice, &x->a->ident, code, code_len, &prep)) < 0) {
+        /* /tmp missing, full or read-only: nothing was started and nothing is left. */
+        error(x, "internal", NULL, "cannot write the snippet under /tmp: %s", strerror(-e));
+    } else {
+        char *tmpdir = prep.tmpdir;
+        prep.tmpdir = NULL; /* run_launch hands it to the run or removes it */
+        run_launch(x, &o, prep.argv, false, prep.env, prep.n_env, prep.desc, tmpdir);
+        code_prep_free(&prep);
+    }
+    free(req_path);
 }
 
 /* ---- Requests on runs ----------------------------------------------------------------------- */
@@ -710,7 +884,7 @@ static void do_logs(struct ctx *x)
         msg_u64(&o, rec.seq);
         msg_u64(&o, rec.ts_ns);
         msg_i64(&o, rec.stream);
-        msg_data(&o, rec.data, rec.len);
+        msg_data_known(&o, rec.data, rec.len, rec.utf8);
         n++;
         next = rec.seq + 1;
     }
@@ -797,10 +971,10 @@ static const struct {
     const char *type;
     void (*fn)(struct ctx *);
 } handlers[] = {
-    {"hello", do_hello},   {"exec", do_exec},     {"stdin", do_stdin}, {"signal", do_signal},
-    {"cancel", do_cancel}, {"attach", do_attach}, {"detach", do_detach}, {"wait", do_wait},
-    {"logs", do_logs},     {"list", do_list},     {"info", do_info},   {"ping", do_ping},
-    {"shutdown", do_shutdown},
+    {"hello", do_hello},   {"exec", do_exec},     {"code", do_code},     {"stdin", do_stdin},
+    {"signal", do_signal}, {"cancel", do_cancel}, {"attach", do_attach}, {"detach", do_detach},
+    {"wait", do_wait},     {"logs", do_logs},     {"list", do_list},     {"info", do_info},
+    {"ping", do_ping},     {"shutdown", do_shutdown},
 };
 
 void request_frame(struct conn *c, const uint8_t *body, size_t len)

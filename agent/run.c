@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "code.h"
 #include "conn.h"
 #include "events.h"
 #include "log.h"
@@ -22,6 +23,7 @@
 #define DRAIN_READ_MAX (4u * 1024u * 1024u)
 
 static void run_finish(struct run *r);
+static void tmpdir_remove(struct run *r);
 static void run_notify(struct run *r);
 static void on_flush_timer(uv_timer_t *t);
 static void run_maybe_free(struct run *r);
@@ -240,6 +242,7 @@ static void run_destroy(struct run *r)
         a->n_finished--;
     }
     r->freeing = true;
+    tmpdir_remove(r);
     cg_release(r);
     for (int i = 0; i < 2; i++)
         pipe_close(&r->out[i]);
@@ -452,6 +455,7 @@ static void linger_check(struct run *r)
     if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
         return;
     r->lingering = false;
+    r->a->n_lingering--;
     log_debug("run %s: background processes gone (%llu late bytes)", r->id,
               (unsigned long long)r->late_bytes);
     cg_release(r);
@@ -532,6 +536,18 @@ static void pipe_poll_set(struct run_pipe *p, bool on)
 
 /* ---- Ending --------------------------------------------------------------------------------- */
 
+/* A code run's snippet directory goes when the run ends, however it ends (exit, timeout,
+ * cancel, spawn failure; run_destroy catches a run the agent forgets or stops with first). A
+ * background process the run left behind may outlive it, but not its copy of the snippet. */
+static void tmpdir_remove(struct run *r)
+{
+    if (r->tmpdir == NULL)
+        return;
+    code_dir_remove(r->tmpdir, r->id);
+    free(r->tmpdir);
+    r->tmpdir = NULL;
+}
+
 static void run_finish(struct run *r)
 {
     struct agent *a = r->a;
@@ -540,7 +556,7 @@ static void run_finish(struct run *r)
         partial_flush(r, &r->out[i], ts);
     if (r->cg.dir_fd >= 0) {
         /* The cgroup covers the whole tree, not only what the main process waited for. */
-        cgroup_run_usage(&r->cg, &r->usage);
+        cgroup_run_usage(a, &r->cg, &r->usage);
         if (r->usage.have_cpu) {
             r->ru.ru_utime.tv_sec = (time_t)(r->usage.user_us / 1000000u);
             r->ru.ru_utime.tv_usec = (suseconds_t)(r->usage.user_us % 1000000u);
@@ -551,6 +567,7 @@ static void run_finish(struct run *r)
     r->state = RUN_ENDED;
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
+    tmpdir_remove(r);
     uv_timer_stop(&r->kill_timer);
     uv_timer_stop(&r->flush_timer);
     uv_timer_stop(&r->drain_timer);
@@ -563,6 +580,7 @@ static void run_finish(struct run *r)
         /* A background process lives on. Keep draining the pipes (discarding) so it never
          * blocks or gets SIGPIPE; reading resumes even if a follower had paused it. */
         r->lingering = true;
+        a->n_lingering++;
         r->paused = false;
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
@@ -811,9 +829,10 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
      * capped at DESC_MAX bytes (the last string cut short if need be). */
     char desc[DESC_MAX];
     size_t at = 0;
-    if (p->is_shell) {
-        at = strnlen(p->argv[3], DESC_MAX - 1);
-        memcpy(desc, p->argv[3], at);
+    if (p->is_shell || p->desc) {
+        const char *text = p->desc ? p->desc : p->argv[3];
+        at = strnlen(text, DESC_MAX - 1);
+        memcpy(desc, text, at);
         desc[at++] = '\0';
         r->desc_argc = 1;
     } else {
@@ -831,7 +850,7 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
         return NULL;
     }
     memcpy(r->desc, desc, at);
-    r->is_argv = !p->is_shell;
+    r->is_argv = !p->is_shell && !p->desc;
     list_init(&r->subs);
     list_init(&r->fin_link);
     runlog_init(&r->log, a->cfg.log_bytes);
@@ -854,6 +873,7 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     id_insert(r);
     a->n_live++;
     a->started_total++;
+    r->tmpdir = p->tmpdir; /* from here on the run owns it, whatever happens */
     return r;
 }
 
@@ -869,11 +889,7 @@ static void run_spawn_failed(struct run *r, const char *stage, int err)
 
 int run_start(struct agent *a, const struct run_params *p, struct run **out)
 {
-    uint32_t lingering = 0;
-    struct list *pos;
-    for (pos = a->finished.next; pos != &a->finished; pos = pos->next)
-        lingering += container_of(pos, struct run, fin_link)->lingering;
-    if ((uint64_t)a->n_live + lingering >= a->cfg.max_runs)
+    if ((uint64_t)a->n_live + a->n_lingering >= a->cfg.max_runs)
         return -EAGAIN;
     struct run *r = run_alloc(a, p);
     if (r == NULL)
@@ -907,12 +923,14 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .fd_in = p->want_stdin ? pi[0] : a->devnull_fd,
         .fd_out = po[1],
         .fd_err = pe[1],
+        .cgroup_dir_fd = r->cg.dir_fd,
         .cgroup_procs_fd = r->cg.procs_fd,
         .id = &a->ident,
         .seccomp = &a->sandbox.prog[a->sandbox.dflt],
         .nofile = a->cfg.run_nofile,
         .core = a->cfg.run_core,
         .oom_adj = a->oom_adj,
+        .sig_reset = a->sig_nondefault,
         .stack = a->spawn_stack,
         .stack_size = a->spawn_stack_size,
     };
@@ -1027,7 +1045,10 @@ static int send_output(struct sub *s, uint64_t budget)
     struct run *r = s->run;
     struct agent *a = r->a;
     struct msg_out o;
-    if (ev_begin(&o, "output", &s->req) < 0)
+    uint64_t limit = budget < a->cfg.max_event ? budget : a->cfg.max_event;
+    /* Sized for what this event may hold, so the buffer is not regrown while packing. */
+    uint64_t owed = r->log.end_cost - s->next_cost + 256;
+    if (ev_begin_sized(&o, "output", &s->req, (size_t)(owed < limit ? owed : limit)) < 0)
         return -ENOMEM;
     msg_kv_str(&o, "id", r->id);
     msg_key(&o, "lines");
@@ -1036,7 +1057,6 @@ static int send_output(struct sub *s, uint64_t budget)
     struct rl_cursor c;
     struct rl_rec rec;
     runlog_seek(&r->log, s->next_seq, &c);
-    uint64_t limit = budget < a->cfg.max_event ? budget : a->cfg.max_event;
     while (runlog_next(&r->log, &c, &rec)) {
         /* Records are <= max_line, which is well under max_event: one always fits. */
         if (n > 0 && msg_out_size(&o) + rec.len + 32 > limit)
@@ -1045,7 +1065,7 @@ static int send_output(struct sub *s, uint64_t budget)
         msg_u64(&o, rec.seq);
         msg_u64(&o, rec.ts_ns);
         msg_i64(&o, rec.stream);
-        msg_data(&o, rec.data, rec.len);
+        msg_data_known(&o, rec.data, rec.len, rec.utf8);
         n++;
         s->next_seq = rec.seq + 1;
         s->next_cost = rec.cost + rec.len + RL_REC_COST;

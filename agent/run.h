@@ -90,6 +90,7 @@ struct run {
 
     struct run_pipe out[2];
     struct stdin_pipe in;
+    char *tmpdir; /* a code run's private directory (code.h), removed when the run ends */
 
     struct runlog log;
     bool paused;    /* pipe reading stopped for a follower that is behind */
@@ -120,6 +121,9 @@ struct run_params {
     uint64_t timeout_ms;
     uint32_t grace_ms;
     bool want_stdin;
+    const char *desc; /* what list shows as cmd instead of the argv (code runs), or NULL */
+    char *tmpdir;     /* heap, or NULL: a directory the run removes when it ends (code runs).
+                       * run_start takes it when it returns 0 or 1; else the caller keeps it. */
 };
 
 void runs_init(struct agent *a);

@@ -1,5 +1,7 @@
 #include "runlog.h"
 
+#include "codec.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +13,8 @@
 struct rl_hdr {
     uint64_t ts_ns;
     uint32_t len;
-    uint32_t stream;
+    uint16_t stream;
+    uint16_t utf8; /* the data is valid UTF-8: decided once, here, not per follower */
 };
 
 struct rl_chunk {
@@ -91,7 +94,10 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
                l->head->first_seq + l->head->n <= l->protect_seq)
             drop_head(l);
     }
-    struct rl_hdr h = {.ts_ns = ts_ns, .len = len, .stream = (uint32_t)stream};
+    struct rl_hdr h = {.ts_ns = ts_ns,
+                       .len = len,
+                       .stream = (uint16_t)stream,
+                       .utf8 = utf8_valid((const uint8_t *)data, len)};
     memcpy(t->buf + t->used, &h, sizeof h);
     memcpy(t->buf + t->used + sizeof h, data, len);
     t->used += (uint32_t)need;
@@ -142,6 +148,7 @@ bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r)
     r->ts_ns = h.ts_ns;
     r->cost = c->cost;
     r->stream = (int)h.stream;
+    r->utf8 = h.utf8 != 0;
     r->data = k->buf + c->pos + sizeof h;
     r->len = h.len;
     c->pos += (uint32_t)((sizeof h + h.len + 7u) & ~(size_t)7u);

@@ -31,6 +31,7 @@ struct runlog {
 struct rl_rec {
     uint64_t seq, ts_ns, cost; /* cost: cumulative cost before this record */
     int stream;
+    bool utf8; /* data is valid UTF-8 (sent as str, else bin) */
     const char *data;
     uint32_t len;
 };

@@ -1,6 +1,7 @@
 #include "sandbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <sched.h>
@@ -88,6 +89,17 @@ static int build(struct agent *a, enum seccomp_profile p, struct sock_fprog *out
         e = deny_arg(ctx, "ptrace", 1, me);
     if (e == 0 && !a->pid1)
         e = deny_arg(ctx, "kill", 0, (uint32_t)-1);
+    /* pidfd_send_signal takes an fd (of a pidfd, or of an open /proc/PID directory): its target
+     * cannot be checked here, so it is answered ENOSYS, and callers fall back to kill(2), whose
+     * target is checked above. */
+    if (e == 0)
+        e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(pidfd_send_signal), 0);
+    /* fcntl(fd, F_SETOWN, boxd): I/O on fd would then signal boxd. */
+    if (e == 0) {
+        struct scmp_arg_cmp cmp[2] = {{1, SCMP_CMP_EQ, F_SETOWN, 0},
+                                      {2, SCMP_CMP_MASKED_EQ, 0xffffffffu, me}};
+        e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(fcntl), 2, cmp);
+    }
     if (p == SECCOMP_STRICT) {
         for (size_t i = 0; e == 0 && i < sizeof deny_strict / sizeof deny_strict[0]; i++)
             e = deny(ctx, deny_strict[i]);
@@ -162,16 +174,58 @@ void sandbox_destroy(struct agent *a)
     }
 }
 
+/* passwd and group are read from the files themselves, not through NSS: the box's users live
+ * in /etc/passwd, and NSS would load modules (libnss_systemd and its dependencies, half a
+ * megabyte of resident memory) into PID 1 for nothing. */
+static int find_user(const char *name, uid_t uid, struct passwd *pw, char *buf, size_t size)
+{
+    FILE *f = fopen("/etc/passwd", "re");
+    if (f == NULL)
+        return -errno;
+    struct passwd *res;
+    int found = -ENOENT;
+    while (fgetpwent_r(f, pw, buf, size, &res) == 0) {
+        if (name ? strcmp(res->pw_name, name) == 0 : res->pw_uid == uid) {
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The user's supplementary groups: its primary group and every group listing it. */
+static int user_groups(const char *user, gid_t primary, gid_t *groups, int max)
+{
+    int n = 0;
+    groups[n++] = primary;
+    FILE *f = fopen("/etc/group", "re");
+    if (f == NULL)
+        return n;
+    struct group gr, *res;
+    char buf[8192];
+    while (n < max && fgetgrent_r(f, &gr, buf, sizeof buf, &res) == 0) {
+        if (res->gr_gid == primary)
+            continue;
+        for (char **m = res->gr_mem; m && *m; m++)
+            if (strcmp(*m, user) == 0) {
+                groups[n++] = res->gr_gid;
+                break;
+            }
+    }
+    fclose(f);
+    return n;
+}
+
 int identity_lookup(const char *name, struct identity *id)
 {
     memset(id, 0, sizeof *id);
-    struct passwd pw, *res = NULL;
+    struct passwd pw;
     char buf[4096];
-    int e = name ? getpwnam_r(name, &pw, buf, sizeof buf, &res)
-                 : getpwuid_r(geteuid(), &pw, buf, sizeof buf, &res);
-    if (res == NULL) {
+    int e = find_user(name, geteuid(), &pw, buf, sizeof buf);
+    if (e < 0) {
         if (name)
-            return e ? -e : -ENOENT;
+            return e == -ENOENT ? -ENOENT : e;
         /* boxd's own uid without a passwd entry: still a valid identity. */
         id->uid = geteuid();
         id->gid = getegid();
@@ -184,9 +238,7 @@ int identity_lookup(const char *name, struct identity *id)
     id->gid = pw.pw_gid;
     snprintf(id->home, sizeof id->home, "%s", pw.pw_dir && pw.pw_dir[0] ? pw.pw_dir : "/");
     snprintf(id->user, sizeof id->user, "%s", pw.pw_name);
-    id->ngroups = IDENTITY_MAX_GROUPS;
-    if (getgrouplist(pw.pw_name, pw.pw_gid, id->groups, &id->ngroups) < 0)
-        id->ngroups = IDENTITY_MAX_GROUPS; /* more than we keep: the first ones */
+    id->ngroups = user_groups(pw.pw_name, pw.pw_gid, id->groups, IDENTITY_MAX_GROUPS);
     id->change = id->uid != geteuid() || id->gid != getegid();
     if (name == NULL)
         id->ngroups = -1; /* boxd's own user: keep its groups as they are */

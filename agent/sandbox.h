@@ -13,8 +13,12 @@
  *            clock_adjtime, adjtimex (the box's clock), syslog (the kernel log), uselib,
  *            lookup_dcookie, vhangup; and every signal or trace aimed at boxd: kill, tkill,
  *            tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_open, ptrace, process_vm_readv,
- *            process_vm_writev and prlimit64 with boxd's pid (and kill with -boxd_pid; kill with
- *            -1 too when boxd is not PID 1, since -1 would then reach it).
+ *            process_vm_writev, prlimit64 and fcntl(F_SETOWN) with boxd's pid (and kill with
+ *            -boxd_pid; kill with -1 too when boxd is not PID 1, since -1 would then reach it);
+ *            pidfd_send_signal answers ENOSYS (its target is an fd, which a filter cannot
+ *            check; callers fall back to kill). This guards boxd against mistakes and ordinary
+ *            code; it is not a wall against a determined root in the box, who can still write
+ *            /proc/PID/mem or kill boxd's cgroup: run untrusted code as --user.
  *   strict   default, plus what isolates a run from the box: mount, umount2, pivot_root, chroot,
  *            unshare, setns, mknod, mknodat, ptrace (any), process_vm_*, perf_event_open,
  *            userfaultfd, personality, clone with namespace flags, and clone3 (ENOSYS, so libc

@@ -1,6 +1,7 @@
 #include "spawn.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -23,7 +24,46 @@ struct spawn_child_err {
 struct child_arg {
     const struct spawn_req *req;
     volatile struct spawn_child_err *out;
+    bool in_cgroup; /* clone3 put the child in its cgroup already */
 };
+
+/* clone3(2) with a child function, which glibc does not export. The kernel starts the child on
+ * args->stack with the parent's registers, so the child side must not return through the
+ * caller's frames: it calls fn(arg) on the new stack and exits with its value. x86_64 only;
+ * elsewhere (and on kernels without clone3) spawn_process falls back to clone(2) plus a write
+ * to cgroup.procs. Returns the pid, or a negative errno. */
+struct boxd_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#if defined(__x86_64__) && !defined(BOXD_FUZZ)
+#define HAVE_CLONE3_STUB 1
+long boxd_clone3(struct boxd_clone_args *args, size_t size, int (*fn)(void *), void *arg);
+__asm__(".text\n"
+        ".globl boxd_clone3\n"
+        ".type boxd_clone3,@function\n"
+        "boxd_clone3:\n"
+        "    mov %rdx, %r8\n"   /* fn and arg survive the syscall in r8, r9 (only rcx, r11 */
+        "    mov %rcx, %r9\n"   /* and rax are clobbered), in the parent and the child alike */
+        "    mov $435, %eax\n"  /* __NR_clone3 */
+        "    syscall\n"
+        "    test %rax, %rax\n"
+        "    jnz 1f\n"
+        "    xor %ebp, %ebp\n"  /* child: a fresh, 16-byte aligned stack; no frame above */
+        "    mov %r9, %rdi\n"
+        "    call *%r8\n"
+        "    mov %eax, %edi\n"
+        "    mov $60, %eax\n"   /* __NR_exit */
+        "    syscall\n"
+        "    hlt\n"
+        "1:  ret\n"
+        ".size boxd_clone3, .-boxd_clone3\n"
+        ".section .note.GNU-stack,\"\",@progbits\n"
+        ".text\n");
+#endif
 
 static void fail(volatile struct spawn_child_err *out, const char *stage, int err)
 {
@@ -49,12 +89,13 @@ static int child_main(void *p)
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
+    for (int sig = 1; sig < NSIG && sig <= 64; sig++)
+        if (r->sig_reset & (1ull << (sig - 1)))
             sigaction(sig, &dfl, NULL);
 
-    /* 2. Into the run's cgroup, then its own session and process group. */
-    if (r->cgroup_procs_fd >= 0 && write(r->cgroup_procs_fd, "0", 1) < 0)
+    /* 2. Into the run's cgroup (unless clone3 made it there), then its own session and
+     * process group. */
+    if (!a->in_cgroup && r->cgroup_procs_fd >= 0 && write(r->cgroup_procs_fd, "0", 1) < 0)
         fail(a->out, "cgroup", errno);
     if (setsid() < 0)
         fail(a->out, "setsid", errno);
@@ -148,6 +189,19 @@ static int child_main(void *p)
     return 127;
 }
 
+uint64_t spawn_signals_changed(void)
+{
+    uint64_t mask = 0;
+    for (int sig = 1; sig < NSIG && sig <= 64; sig++) {
+        struct sigaction sa;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+            continue;
+        if (sa.sa_handler != SIG_DFL || (sa.sa_flags & SA_SIGINFO))
+            mask |= 1ull << (sig - 1);
+    }
+    return mask;
+}
+
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
 {
 #ifdef BOXD_FUZZ
@@ -159,7 +213,7 @@ pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *fail
     return -EPERM;
 #endif
     volatile struct spawn_child_err out = {0, NULL};
-    struct child_arg arg = {req, &out};
+    struct child_arg arg = {req, &out, false};
     *failed_pid = 0;
 
     /* Block every signal around the clone: nothing may run a handler in the child while it
@@ -171,8 +225,38 @@ pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *fail
     /* The stack grows down on every architecture boxd targets; keep it 16-byte aligned. */
     char *top = req->stack + req->stack_size;
     top = (char *)((uintptr_t)top & ~(uintptr_t)15);
-    pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &arg);
-    int clone_err = errno;
+    pid_t pid = -1;
+    int clone_err = ENOSYS;
+#ifdef HAVE_CLONE3_STUB
+    if (req->cgroup_dir_fd >= 0) {
+        /* Born in its cgroup: no migration (whose write side waits for an RCU grace period,
+         * milliseconds on an idle machine, with the agent suspended meanwhile). */
+        struct boxd_clone_args ca;
+        memset(&ca, 0, sizeof ca);
+        ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+        ca.exit_signal = SIGCHLD;
+        ca.stack = (uint64_t)(uintptr_t)req->stack;
+        ca.stack_size = (uint64_t)(top - req->stack);
+        ca.cgroup = (uint64_t)req->cgroup_dir_fd;
+        arg.in_cgroup = true;
+        long r = boxd_clone3(&ca, sizeof ca, child_main, &arg);
+        if (r >= 0)
+            pid = (pid_t)r;
+        else
+            clone_err = (int)-r;
+        if (pid < 0 && clone_err != ENOSYS && clone_err != E2BIG && clone_err != EINVAL) {
+            /* A real failure (EAGAIN under pids.max, ...): report it as clone's would be. */
+            sigprocmask(SIG_SETMASK, &old, NULL);
+            *stage = clone_err == EAGAIN ? "fork" : "cgroup";
+            return -clone_err;
+        }
+        arg.in_cgroup = pid >= 0;
+    }
+#endif
+    if (pid < 0) {
+        pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &arg);
+        clone_err = errno;
+    }
     sigprocmask(SIG_SETMASK, &old, NULL);
 
     if (pid < 0) {

@@ -1,6 +1,7 @@
 /* Starting a run's process: the only code that runs in a child before exec.
  *
- * The child is made with clone(CLONE_VM | CLONE_VFORK), as glibc's posix_spawn does: it shares
+ * The child is made with clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP) - or clone(CLONE_VM |
+ * CLONE_VFORK) where that is not available - as glibc's posix_spawn does: it shares
  * the agent's memory and the agent is suspended until the child execs or exits, so starting a
  * process costs no page-table copy however large the agent grows. The price is discipline: the
  * child may only make system calls (through thin libc wrappers) and write to its own stack and to
@@ -8,7 +9,8 @@
  * errno (no pipe round trip needed: the parent resumes only after the child is done).
  *
  * Order of operations in the child:
- *   1. every signal disposition back to SIG_DFL (SIGPIPE, which the agent ignores, included);
+ *   1. every signal disposition back to SIG_DFL: those the agent changed (SIGPIPE, which it
+ *      ignores; a sanitizer's handlers), known from spawn_signals_changed() at start-up;
  *   2. into the run's cgroup (writing "0" to its cgroup.procs), before any user code runs;
  *      then setsid(): its own session and process group, so `kill 0` cannot reach the agent;
  *   3. fds 0-2 from the request, then every other fd closed (close_range);
@@ -38,14 +40,20 @@ struct spawn_req {
     const char *search_path; /* the run's PATH, searched when argv[0] has no '/' */
     const char *cwd;
     int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; must all be >= 3 */
-    int cgroup_procs_fd;       /* the run's cgroup.procs, or -1 */
+    int cgroup_dir_fd;         /* the run's cgroup directory (clone3 CLONE_INTO_CGROUP), or -1 */
+    int cgroup_procs_fd;       /* its cgroup.procs, for the fallback write, or -1 */
     const struct identity *id; /* switch to it when id->change */
     const struct sock_fprog *seccomp; /* NULL or empty: no filter */
     uint64_t nofile, core;     /* rlimits (nofile 0: unchanged) */
     const char *oom_adj;       /* written to /proc/self/oom_score_adj, or NULL */
+    uint64_t sig_reset;        /* signals (bit n-1 for n) whose disposition the child resets */
     char *stack;
     size_t stack_size;
 };
+
+/* The signals whose disposition is not SIG_DFL now (call once at start-up, after the agent
+ * has set its own). */
+uint64_t spawn_signals_changed(void);
 
 /* Starts the process. Returns the pid (> 0) on success. On failure returns a negative errno and
  * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "seccomp", "user", "chdir", "exec"); if a child was

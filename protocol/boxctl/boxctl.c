@@ -551,6 +551,7 @@ struct end_info {
     struct bytes id, status, reason, stage, errno_name, result, out, err;
     bool has_exit, has_signal, has_errno, has_duration;
     bool truncated; /* output_truncated */
+    bool with_output; /* a code run: the JSON also has `output` (the stdout, as the SDK names it) */
     int64_t exit_code, sig, err_no, duration_ms;
 };
 
@@ -663,6 +664,10 @@ static int end_print_json(const struct end_info *e, const struct sink *cap)
     json_string(&j, out.p, out.n);
     json_key(&j, "stderr");
     json_string(&j, err.p, err.n);
+    if (e->with_output) {
+        json_key(&j, "output");
+        json_string(&j, out.p, out.n);
+    }
     json_key(&j, "duration_ms");
     if (e->has_duration)
         json_int(&j, e->duration_ms);
@@ -935,6 +940,7 @@ static const char usage_main[] =
     "\n"
     "Commands:\n"
     "  exec     run a command and stream its output\n"
+    "  code     run a snippet of code in one of the box's languages\n"
     "  attach   stream a run's output until it ends\n"
     "  wait     wait for a run to end and show its outcome\n"
     "  logs     print a run's retained output\n"
@@ -981,6 +987,32 @@ static const char usage_exec[] =
     "exit status is 0 whenever the run's outcome was obtained (the JSON carries its status)\n"
     "and 1 when it was not. With --detach, 0 once the run has started. 2 for a usage error,\n"
     "1 for connection errors and error replies.\n";
+
+static const char usage_code[] =
+    "Usage: boxctl code --lang LANG [OPTIONS] (CODE | -f FILE | -)\n"
+    "\n"
+    "Run a snippet of code with the box's interpreter for LANG (python, js, ts, bash, sh, ruby,\n"
+    "perl, php, or what the box's language table adds; 'boxctl info' lists those it has) and\n"
+    "stream its output like exec. The snippet is CODE, the contents of FILE, or boxctl's stdin\n"
+    "with '-'. The agent writes it to a private file (main.py, main.js...) that is removed\n"
+    "when the run ends.\n"
+    "\n"
+    "Options:\n"
+    "  -l, --lang LANG    the language (a name or an alias: py, node, typescript...)\n"
+    "  -f, --file FILE    read the snippet from FILE\n"
+    "      --timeout MS   stop the run after MS milliseconds (TERM, then KILL after the grace)\n"
+    "      --grace MS     time between TERM and KILL on timeout and cancel\n"
+    "      --cwd DIR      working directory (default: the run user's HOME, else /)\n"
+    "  -e, --env K=V      add K=V to the run's environment (repeatable)\n"
+    "      --id RUN_ID    choose the run's id (a retry attaches to the existing run)\n"
+    "      --stdin        copy boxctl's stdin to the run's stdin (not with '-')\n"
+    "      --detach       start the run, print its id and return at once\n"
+    "      --json         print one JSON object when the run ends: exec's fields and output\n"
+    "                     (the snippet's stdout)\n"
+    "  -h, --help         show this help\n"
+    "\n"
+    "Exit status: as for exec. A language the box does not have is an error (exit 1) that\n"
+    "lists the languages it has.\n";
 
 static const char usage_attach[] =
     "Usage: boxctl attach RUN_ID [--from SEQ]\n"
@@ -1130,6 +1162,9 @@ static int parse_ms(const char *cmd, const char *opt, const char *s, uint64_t *v
 /* ---- exec ---------------------------------------------------------------------------------- */
 
 struct exec_opts {
+    const char *lang; /* boxctl code: the language (the request is `code`, not `exec`) */
+    const char *code; /* its snippet */
+    size_t code_len;
     bool use_argv, feed, detach, json;
     bool has_timeout, has_grace;
     uint64_t timeout_ms, grace_ms;
@@ -1155,13 +1190,18 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
     uint32_t nenv = 0;
     for (size_t i = 0; i < e->nenv; i++)
         nenv += !env_overridden(e, i);
-    uint32_t nf = 2 /* cmd|argv, follow */ + (nenv > 0) + (e->cwd != NULL) + e->has_timeout +
-                  e->has_grace + e->feed + e->json + (e->id != NULL);
+    uint32_t nf = 2 /* cmd|argv (lang and code), follow */ + (e->lang != NULL) + (nenv > 0) +
+                  (e->cwd != NULL) + e->has_timeout + e->has_grace + e->feed + e->json +
+                  (e->id != NULL);
     struct msg_out o;
-    int r = box_req_begin(&x->c, &o, "exec", nf, req);
+    int r = box_req_begin(&x->c, &o, e->lang ? "code" : "exec", nf, req);
     if (r < 0)
         return r;
-    if (e->use_argv) {
+    if (e->lang) {
+        msg_kv_str(&o, "lang", e->lang);
+        msg_key(&o, "code");
+        msg_data(&o, e->code, e->code_len);
+    } else if (e->use_argv) {
         msg_key(&o, "argv");
         msg_array(&o, (uint32_t)e->nwords);
         for (size_t i = 0; i < e->nwords; i++)
@@ -1239,6 +1279,7 @@ static int exec_spawn_failed(struct ctl *x, const struct exec_opts *e, const cha
         if (r == 0) {
             struct end_info end;
             end_parse(&x->m.root, &end);
+            end.with_output = e->lang != NULL;
             return end_print_json(&end, NULL) < 0 ? EXIT_FAIL : 0;
         }
         if (r != -EREMOTEIO) {
@@ -1252,8 +1293,11 @@ static int exec_spawn_failed(struct ctl *x, const struct exec_opts *e, const cha
     fake.reason = (struct bytes){"spawn", 5};
     fake.has_exit = true;
     fake.exit_code = code;
+    fake.with_output = e->lang != NULL;
     return end_print_json(&fake, NULL) < 0 ? EXIT_FAIL : 0;
 }
+
+static int exec_run(struct ctl *x, struct exec_opts *e);
 
 static int cmd_exec(struct ctl *x, int argc, char **argv)
 {
@@ -1319,10 +1363,20 @@ static int cmd_exec(struct ctl *x, int argc, char **argv)
     }
     e.words = argv + optind;
     e.nwords = (size_t)(argc - optind);
+    ret = exec_run(x, &e);
+out:
+    free(e.env);
+    return ret;
+}
 
-    ret = ctl_connect(x);
+/* Sends the exec (or code) request e describes and sees it through: --detach prints the id,
+ * otherwise the run is followed to its end. Returns boxctl's exit status. */
+static int exec_run(struct ctl *x, struct exec_opts *e_)
+{
+    struct exec_opts e = *e_;
+    int ret = ctl_connect(x);
     if (ret != 0)
-        goto out;
+        return ret;
     ret = EXIT_FAIL;
 
     uint64_t req;
@@ -1435,6 +1489,7 @@ static int cmd_exec(struct ctl *x, int argc, char **argv)
     case F_END: {
         struct end_info end;
         end_parse(&x->m.root, &end);
+        end.with_output = e.lang != NULL;
         if (e.json) {
             ret = end_print_json(&end, &sink) < 0 ? EXIT_FAIL : 0;
         } else {
@@ -1461,6 +1516,146 @@ out_follow:
     free(f.feed_buf);
     sink_destroy(&sink);
 out:
+    return ret;
+}
+
+/* ---- code ---------------------------------------------------------------------------------- */
+
+/* Reads all of fd into *buf (malloc'ed), at most max bytes (more: -EFBIG). */
+static int read_all(int fd, size_t max, char **buf, size_t *len)
+{
+    struct sbuf b;
+    sbuf_init(&b, max);
+    char chunk[65536];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = -errno;
+            sbuf_free(&b);
+            return e;
+        }
+        if (n == 0)
+            break;
+        if (b.len + (size_t)n > max) {
+            sbuf_free(&b);
+            return -EFBIG;
+        }
+        sbuf_add(&b, chunk, (size_t)n);
+        if (b.nomem) {
+            sbuf_free(&b);
+            return -ENOMEM;
+        }
+    }
+    *buf = b.p;
+    *len = b.len;
+    if (*buf == NULL) {
+        *buf = strdup("");
+        if (*buf == NULL)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static int cmd_code(struct ctl *x, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"lang", required_argument, NULL, 'l'},  {"file", required_argument, NULL, 'f'},
+        {"timeout", required_argument, NULL, 't'}, {"grace", required_argument, NULL, 'g'},
+        {"cwd", required_argument, NULL, 'c'},   {"env", required_argument, NULL, 'e'},
+        {"id", required_argument, NULL, 'i'},    {"stdin", no_argument, NULL, 'I'},
+        {"detach", no_argument, NULL, 'd'},      {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    struct exec_opts e;
+    memset(&e, 0, sizeof e);
+    e.env = calloc((size_t)argc, sizeof *e.env);
+    if (e.env == NULL) {
+        errmsg("%s", strerror(ENOMEM));
+        return EXIT_FAIL;
+    }
+    const char *file = NULL;
+    char *code = NULL;
+    int ret = EXIT_USAGE;
+    int ch;
+    optind = 0;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":l:f:e:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'l': e.lang = optarg; break;
+        case 'f': file = optarg; break;
+        case 't':
+            if (parse_ms("code", "--timeout", optarg, &e.timeout_ms) != 0)
+                goto out;
+            e.has_timeout = true;
+            break;
+        case 'g':
+            if (parse_ms("code", "--grace", optarg, &e.grace_ms) != 0)
+                goto out;
+            e.has_grace = true;
+            break;
+        case 'c': e.cwd = optarg; break;
+        case 'e':
+            if (strchr(optarg, '=') == NULL || optarg[0] == '=') {
+                ret = usage_error("code", "-e needs K=V with a non-empty K, not '%s'", optarg);
+                goto out;
+            }
+            e.env[e.nenv++] = optarg;
+            break;
+        case 'i':
+            if (!valid_run_id(optarg)) {
+                ret = usage_error("code", "'%s' is not a run id (1-64 of A-Z a-z 0-9 . _ : -)",
+                                  optarg);
+                goto out;
+            }
+            e.id = optarg;
+            break;
+        case 'I': e.feed = true; break;
+        case 'd': e.detach = true; break;
+        case 'j': e.json = true; break;
+        case 'h': ret = print_usage(usage_code); goto out;
+        default: ret = option_error("code", ch, argv); goto out;
+        }
+    }
+    if (e.lang == NULL) {
+        ret = usage_error("code", "missing --lang LANG");
+        goto out;
+    }
+    int nargs = argc - optind;
+    if ((file != NULL) == (nargs == 1) || nargs > 1) {
+        ret = usage_error("code", "give the snippet as one CODE argument, -f FILE or -");
+        goto out;
+    }
+    bool from_stdin = file == NULL && strcmp(argv[optind], "-") == 0;
+    if (from_stdin && e.feed) {
+        ret = usage_error("code", "--stdin cannot be used when the snippet comes from stdin");
+        goto out;
+    }
+    if (file != NULL || from_stdin) {
+        int fd = from_stdin ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            errmsg("%s: %s", file, strerror(errno));
+            ret = EXIT_FAIL;
+            goto out;
+        }
+        /* The agent refuses what is over its max_code; this only bounds boxctl's memory. */
+        int r = read_all(fd, CAPTURE_MAX, &code, &e.code_len);
+        if (!from_stdin)
+            close(fd);
+        if (r < 0) {
+            errmsg("%s: %s", from_stdin ? "stdin" : file, strerror(-r));
+            ret = EXIT_FAIL;
+            goto out;
+        }
+        e.code = code;
+    } else {
+        e.code = argv[optind];
+        e.code_len = strlen(e.code);
+    }
+    ret = exec_run(x, &e);
+out:
+    free(code);
     free(e.env);
     return ret;
 }
@@ -2262,7 +2457,8 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"exec", cmd_exec, usage_exec},       {"attach", cmd_attach, usage_attach},
+    {"exec", cmd_exec, usage_exec},       {"code", cmd_code, usage_code},
+    {"attach", cmd_attach, usage_attach},
     {"wait", cmd_wait, usage_wait},       {"logs", cmd_logs, usage_logs},
     {"cancel", cmd_cancel, usage_cancel}, {"signal", cmd_signal, usage_signal},
     {"stdin", cmd_stdin, usage_stdin},    {"list", cmd_list, usage_list},

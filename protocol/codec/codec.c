@@ -409,14 +409,19 @@ void msg_array_close(struct msg_out *o, size_t at, uint32_t n)
     patch32(o, at, 0xdd, n);
 }
 
-void msg_data(struct msg_out *o, const char *s, size_t n)
+void msg_data_known(struct msg_out *o, const char *s, size_t n, bool utf8)
 {
-    if (utf8_valid((const uint8_t *)s, n)) {
+    if (utf8) {
         msg_strn(o, s, n);
         return;
     }
     if (msgpack_pack_bin(&o->pk, n) != 0 || msgpack_pack_bin_body(&o->pk, s, n) != 0)
         o->failed = true;
+}
+
+void msg_data(struct msg_out *o, const char *s, size_t n)
+{
+    msg_data_known(o, s, n, utf8_valid((const uint8_t *)s, n));
 }
 
 void msg_kv_str(struct msg_out *o, const char *key, const char *s)

@@ -85,6 +85,8 @@ void msg_str(struct msg_out *o, const char *s);
 void msg_strn(struct msg_out *o, const char *s, size_t n);
 /* Packs as str when the bytes are valid UTF-8, else as bin: no byte is lost. */
 void msg_data(struct msg_out *o, const char *s, size_t n);
+/* The same, when the caller already knows whether the bytes are valid UTF-8. */
+void msg_data_known(struct msg_out *o, const char *s, size_t n, bool utf8);
 void msg_kv_str(struct msg_out *o, const char *key, const char *s);
 void msg_kv_i64(struct msg_out *o, const char *key, int64_t v);
 void msg_kv_u64(struct msg_out *o, const char *key, uint64_t v);

@@ -1,0 +1,96 @@
+/* Code runs: the language table, finding interpreters, and the snippet's private file
+ * (PROTOCOL.md 4.8).
+ *
+ * The table is data, not code. Its default is packaging/languages.conf, compiled into boxd; a box
+ * image overrides it with /etc/boxd/languages.conf and then the file named by the environment
+ * variable BOXD_LANGUAGES. Both are read once, by code_init, at the first request that needs the
+ * table (`code` or `info`); a bad line is logged and skipped, never fatal.
+ *
+ * Availability is decided "right now" at each request: the entry's program is searched in the
+ * PATH the run would have (stat and access, no process). Two things need a process, the
+ * `version=` command (for info) and the `probe=` command (for entries that need one): each runs
+ * synchronously, at most once per interpreter binary (cached by device, inode, size and mtime),
+ * with CODE_PROBE_MS per process and CODE_PROBE_BUDGET_MS per request. That bounds the time the
+ * event loop can stall; in practice it is the interpreters' own start-up (tens of ms), paid by the
+ * first `info`.
+ *
+ * Ownership: the table hangs off a->code, is made by code_init and freed by code_destroy (called
+ * at teardown). Entries returned by code_resolve stay valid until code_destroy. */
+#ifndef BOXD_CODE_H
+#define BOXD_CODE_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "agent.h"
+
+/* Largest snippet a `code` request may carry (limits.max_code); larger is `too_large`. */
+#define CODE_MAX_BYTES (256u * 1024u)
+/* Longest language name a request may give. */
+#define CODE_LANG_MAX 32u
+/* The override files. */
+#define CODE_SYSTEM_TABLE "/etc/boxd/languages.conf"
+#define CODE_TABLE_ENV "BOXD_LANGUAGES"
+/* Bounds on the version and probe commands (see above). */
+#define CODE_PROBE_MS 1000u
+#define CODE_PROBE_BUDGET_MS 2000u
+/* Per entry. */
+#define CODE_MAX_WORDS 32u
+#define CODE_MAX_ALIASES 8u
+#define CODE_MAX_ENV 8u
+
+struct msg_out;
+struct code_lang;
+struct identity;
+
+/* A language chosen for a request: the entry and the interpreter found for it. */
+struct code_choice {
+    const struct code_lang *lang;
+    char program[PATH_MAX]; /* absolute path of the interpreter */
+};
+
+/* The snippet written for a run, and the argv and environment that run it. */
+struct code_prep {
+    char *tmpdir;                       /* heap; owned here until handed to the run */
+    char *argv[CODE_MAX_WORDS + 1];     /* into strings (and choice->program) */
+    char *env[CODE_MAX_ENV + 1];        /* "K=V", borrowed from the table */
+    size_t n_env;
+    char desc[CODE_LANG_MAX + 64];      /* what `list` shows: "python: main.py" */
+    char *strings;
+};
+
+/* Loads the table into a->code if it is not loaded yet. Returns 0, or -ENOMEM (a->code stays
+ * NULL and the next request tries again). */
+int code_init(struct agent *a);
+/* Frees a->code (safe when it was never made). For the agent's teardown. */
+void code_destroy(struct agent *a);
+
+/* Finds the language a request names (a name or an alias, any case) and an interpreter for it in
+ * path (the run's PATH). Returns 0 and fills *out; -ENOENT when no such language exists or none
+ * of its programs is found here (the caller lists code_put_available). */
+int code_resolve(struct agent *a, const char *name, size_t len, const char *path,
+                 struct code_choice *out);
+
+/* Writes `available`: the names of the languages usable with path, as a msgpack array. */
+void code_put_available(struct msg_out *o, struct agent *a, const char *path);
+/* Writes info's `languages`: [{name, aliases, path, version}] for those usable now with the
+ * runs' default PATH. May run version commands (bounded, cached; see above). */
+void code_put_languages(struct msg_out *o, struct agent *a);
+/* The same names as one comma-separated string for messages, into buf. */
+void code_available_text(struct agent *a, const char *path, char *buf, size_t size);
+
+/* Makes the run's private directory (mkdtemp under /tmp, mode 0700, given to the runs' user id
+ * when it is not the agent's), writes the snippet in it (O_CREAT|O_EXCL|O_NOFOLLOW, 0600) and
+ * fills p with the argv. Returns 0, or a negative errno
+ * with nothing left behind. On success the caller hands p->tmpdir to the run (or removes it
+ * with code_dir_remove) and then calls code_prep_free. */
+int code_prepare(const struct code_choice *c, const struct identity *id, const char *code,
+                 size_t len, struct code_prep *p);
+void code_prep_free(struct code_prep *p);
+
+/* Removes dir and everything in it without following symlinks, to a bounded depth and entry
+ * count. Logs what it could not remove, with the run id. Never fails the caller. */
+void code_dir_remove(const char *dir, const char *run_id);
+
+#endif
