@@ -39,12 +39,12 @@ static void add_default(struct environ_build *b, char *kv)
         b->envp[b->n++] = kv;
 }
 
-void environ_finish(struct environ_build *b, const struct agent *a, const char *cwd)
+void environ_finish(struct environ_build *b, const struct identity *id, const char *cwd)
 {
     add_default(b, "PATH=" ENVIRON_PATH);
-    snprintf(b->home, sizeof b->home, "HOME=%s", a->ident.home);
-    snprintf(b->user, sizeof b->user, "USER=%s", a->ident.user);
-    snprintf(b->logname, sizeof b->logname, "LOGNAME=%s", a->ident.user);
+    snprintf(b->home, sizeof b->home, "HOME=%s", id->home);
+    snprintf(b->user, sizeof b->user, "USER=%s", id->user);
+    snprintf(b->logname, sizeof b->logname, "LOGNAME=%s", id->user);
     add_default(b, b->home);
     add_default(b, b->user);
     add_default(b, b->logname);
@@ -64,10 +64,10 @@ const char *environ_get(char *const *envp, const char *key)
     return NULL;
 }
 
-const char *environ_default_cwd(const struct agent *a)
+const char *environ_default_cwd(const struct identity *id)
 {
     struct stat st;
-    const char *home = a->ident.home;
+    const char *home = id->home;
     if (stat(home, &st) == 0 && S_ISDIR(st.st_mode))
         return home;
     return "/";

@@ -22,12 +22,13 @@ struct environ_build {
 void environ_begin(struct environ_build *b, char **envp, size_t cap);
 /* Sets "KEY=value" (borrowed; must outlive the spawn), replacing an earlier same KEY. */
 void environ_set(struct environ_build *b, char *kv, size_t keylen);
-/* Adds the base variables the request did not set, and the NULL. */
-void environ_finish(struct environ_build *b, const struct agent *a, const char *cwd);
+/* Adds the base variables the request did not set (HOME, USER, LOGNAME from id), and the
+ * NULL. */
+void environ_finish(struct environ_build *b, const struct identity *id, const char *cwd);
 /* The value of key in envp, or NULL. */
 const char *environ_get(char *const *envp, const char *key);
 /* The run user's HOME when it is a directory, else "/". */
-const char *environ_default_cwd(const struct agent *a);
+const char *environ_default_cwd(const struct identity *id);
 
 /* Resolves the run user (--user, else boxd's own) into a->ident. Returns 0 or -ENOENT. */
 int environ_init(struct agent *a);

@@ -54,7 +54,10 @@ static void usage(FILE *f)
             "runs:\n"
             "  --user NAME            run as this user (HOME, USER, groups from passwd);\n"
             "                         default: boxd's own user\n"
-            "  --seccomp PROFILE      default, strict or none (default: default)\n"
+            "  --seccomp PROFILE      default, strict or none (default: default); a request may\n"
+            "                         ask for a stricter one\n"
+            "  --allow-request-user   a request may name the user its run executes as\n"
+            "  --allow-seccomp-none   a request may ask for no seccomp filter\n"
             "  --run-nofile N         RLIMIT_NOFILE of runs (default 1048576)\n"
             "  --run-core N           RLIMIT_CORE of runs (default 0)\n"
             "  --run-memory-max N     memory.max of each run's cgroup (default: none)\n"
@@ -98,7 +101,7 @@ enum {
     OPT_CONN_QUEUE, OPT_GRACE, OPT_DRAIN, OPT_FLUSH, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
     OPT_VSOCK_CID, OPT_VSOCK_ANY, OPT_ALLOW_UID, OPT_SOCKET_MODE, OPT_SOCKET_OWNER,
     OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
-    OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL,
+    OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL, OPT_ALLOW_REQ_USER, OPT_ALLOW_SECCOMP_NONE,
 };
 
 static int parse_args(int argc, char **argv, struct agent *a)
@@ -130,6 +133,8 @@ static int parse_args(int argc, char **argv, struct agent *a)
         {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
         {"user", required_argument, NULL, OPT_USER},
         {"seccomp", required_argument, NULL, OPT_SECCOMP},
+        {"allow-request-user", no_argument, NULL, OPT_ALLOW_REQ_USER},
+        {"allow-seccomp-none", no_argument, NULL, OPT_ALLOW_SECCOMP_NONE},
         {"run-nofile", required_argument, NULL, OPT_RUN_NOFILE},
         {"run-core", required_argument, NULL, OPT_RUN_CORE},
         {"run-memory-max", required_argument, NULL, OPT_RUN_MEM},
@@ -257,6 +262,12 @@ static int parse_args(int argc, char **argv, struct agent *a)
         case OPT_SECCOMP:
             bad = strcmp(optarg, "default") && strcmp(optarg, "strict") && strcmp(optarg, "none");
             c->seccomp = optarg;
+            break;
+        case OPT_ALLOW_REQ_USER:
+            c->allow_request_user = true;
+            break;
+        case OPT_ALLOW_SECCOMP_NONE:
+            c->allow_seccomp_none = true;
             break;
         case OPT_RUN_NOFILE:
             bad = parse_u64(optarg, 16, 1u << 30, &v);

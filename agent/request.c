@@ -18,6 +18,7 @@
 #include "events.h"
 #include "log.h"
 #include "run.h"
+#include "sandbox.h"
 #include "signals.h"
 
 #define MAX_ARGV 4096u
@@ -298,7 +299,71 @@ struct run_opts {
     uint64_t timeout_ms, grace_ms;
     const msgpack_object *env, *cwd; /* NULL when absent or nil */
     uint64_t env_bytes;              /* the env's strings as K=V with NULs */
+    const struct identity *ident;    /* who it runs as: &a->ident, or &req_ident */
+    struct identity req_ident;       /* the request's `user`, when it named one */
+    int user_err;                    /* the named user does not exist: spawn_failed, stage user */
+    enum seccomp_profile seccomp;
 };
+
+/* The request's `user` and `seccomp`, against the policy (PROTOCOL.md 4.1). Returns 0, or -1
+ * when answered. */
+static int run_opts_sandbox(struct ctx *x, struct run_opts *o)
+{
+    struct agent *a = x->a;
+    o->ident = &a->ident;
+    o->seccomp = a->sandbox.dflt;
+    const char *u;
+    size_t ul;
+    int e = msg_get_str(x->m, "user", &u, &ul);
+    if (e == -EINVAL || (e == 0 && (ul == 0 || ul >= sizeof o->req_ident.user ||
+                                    memchr(u, '\0', ul) || memchr(u, ':', ul)))) {
+        error(x, "bad_request", NULL, "user must be a user name");
+        return -1;
+    }
+    if (e == 0 && !(strlen(a->ident.user) == ul && memcmp(a->ident.user, u, ul) == 0)) {
+        if (!a->cfg.allow_request_user) {
+            error(x, "denied", NULL, "runs execute as %s; this agent lets no request choose",
+                  a->ident.user);
+            return -1;
+        }
+        char name[sizeof o->req_ident.user];
+        memcpy(name, u, ul);
+        name[ul] = '\0';
+        int le = identity_lookup(name, &o->req_ident);
+        if (le == -ENOENT)
+            o->user_err = ENOENT; /* a run that failed at stage user, as the protocol says */
+        else if (le < 0) {
+            error(x, "internal", NULL, "looking up user: %s", strerror(-le));
+            return -1;
+        } else {
+            o->ident = &o->req_ident;
+        }
+    }
+    const char *sp;
+    size_t sl;
+    e = msg_get_str(x->m, "seccomp", &sp, &sl);
+    if (e == -EINVAL) {
+        error(x, "bad_request", NULL, "seccomp must be a string");
+        return -1;
+    }
+    if (e == 0) {
+        int p = sandbox_profile_parse(sp, sl);
+        if (p < 0) {
+            error(x, "bad_request", NULL, "seccomp must be \"none\", \"default\" or \"strict\"");
+            return -1;
+        }
+        /* A request may always ask for more protection, never for less than the agent's
+         * default, except `none` when the agent allows it. */
+        if ((enum seccomp_profile)p < a->sandbox.dflt &&
+            !(p == SECCOMP_NONE && a->cfg.allow_seccomp_none)) {
+            error(x, "denied", NULL, "seccomp profile %s is less strict than this agent allows",
+                  sandbox_profile_name((enum seccomp_profile)p));
+            return -1;
+        }
+        o->seccomp = (enum seccomp_profile)p;
+    }
+    return 0;
+}
 
 /* Step 1, before the request's own fields: shutting_down, the id, the flags and times, a retry
  * of an existing id (answered here: `started` with existing true), and max_subs. With
@@ -353,7 +418,7 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
         error(x, "limit", NULL, "this connection already follows %u runs", a->cfg.max_subs);
         return -1;
     }
-    return 0;
+    return run_opts_sandbox(x, o);
 }
 
 /* Step 2, after the request's own fields: env and cwd, checked completely, so that nothing
@@ -440,8 +505,8 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
             environ_set(&eb, at, kl);
             at += kl + vl + 2;
         }
-    const char *dir = cwd_s ? cwd_s : environ_default_cwd(a);
-    environ_finish(&eb, a, dir);
+    const char *dir = cwd_s ? cwd_s : environ_default_cwd(o->ident);
+    environ_finish(&eb, o->ident, dir);
 
     struct run_params p = {
         .id = o->id,
@@ -456,6 +521,10 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         .want_stdin = o->want_stdin,
         .desc = desc,
         .tmpdir = tmpdir,
+        .ident = o->ident,
+        .seccomp = o->seccomp,
+        .pre_err = o->user_err,
+        .pre_stage = o->user_err ? "user" : NULL,
     };
     struct run *r = NULL;
     int e = run_start(a, &p, &r);
@@ -629,7 +698,7 @@ static void do_code(struct ctx *x)
         unknown_lang(x, lang, lang_len, path);
     } else if (e < 0) {
         error(x, "internal", NULL, "out of memory");
-    } else if ((e = code_prepare(&choice, &x->a->ident, code, code_len, &prep)) < 0) {
+    } else if ((e = code_prepare(&choice, o.ident, code, code_len, &prep)) < 0) {
         /* /tmp missing, full or read-only: nothing was started and nothing is left. */
         error(x, "internal", NULL, "cannot write the snippet under /tmp: %s", strerror(-e));
     } else {

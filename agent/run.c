@@ -895,6 +895,11 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     if (r == NULL)
         return -ENOMEM;
     *out = r;
+    if (p->pre_err) {
+        /* Refused before any process (an unknown user): recorded like any spawn failure. */
+        run_spawn_failed(r, p->pre_stage, p->pre_err);
+        return 1;
+    }
 
     if (a->cg.enabled) {
         int e = cgroup_run_create(a, r->id, &r->cg);
@@ -925,8 +930,8 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .fd_err = pe[1],
         .cgroup_dir_fd = r->cg.dir_fd,
         .cgroup_procs_fd = r->cg.procs_fd,
-        .id = &a->ident,
-        .seccomp = &a->sandbox.prog[a->sandbox.dflt],
+        .id = p->ident ? p->ident : &a->ident,
+        .seccomp = &a->sandbox.prog[p->seccomp],
         .nofile = a->cfg.run_nofile,
         .core = a->cfg.run_core,
         .oom_adj = a->oom_adj,

@@ -109,7 +109,8 @@ struct sub {
     bool want_output; /* the end carries result/stdout/stderr */
 };
 
-/* Parameters of a new run; strings are borrowed for the duration of run_start. */
+/* Parameters of a new run; strings are borrowed for the duration of run_start. Every field
+ * is meant to be set (request.c's run_launch is the one caller): a zero seccomp is "none". */
 struct run_params {
     const char *id; /* NULL: generated */
     size_t id_len;
@@ -121,6 +122,10 @@ struct run_params {
     uint64_t timeout_ms;
     uint32_t grace_ms;
     bool want_stdin;
+    const struct identity *ident;  /* who it runs as (NULL: the agent's default) */
+    enum seccomp_profile seccomp;  /* its filter */
+    int pre_err;                   /* non-zero: do not start; record a spawn failure */
+    const char *pre_stage;         /* with pre_err: the stage it failed at */
     const char *desc; /* what list shows as cmd instead of the argv (code runs), or NULL */
     char *tmpdir;     /* heap, or NULL: a directory the run removes when it ends (code runs).
                        * run_start takes it when it returns 0 or 1; else the caller keeps it. */

@@ -982,3 +982,65 @@ def test_run_closes_its_fds(start_boxd):
     assert c.ping()["type"] == "pong"
     assert ok_run(c, "echo ok", output=True).end["result"] == "ok"
     assert wait_for(lambda: d.counts()[0] <= base_fds, T(3)), (d.counts(), base_fds)
+
+
+# ---- per-request user and seccomp (PROTOCOL.md 4.1) -----------------------------------------------
+
+def test_request_user_denied_without_policy(start_boxd):
+    c = start_boxd().client()
+    res = c.exec_run("id -u", user="nobody")
+    assert res.error is not None and res.error["code"] == "denied", res
+    assert res.started is None
+    # Naming the agent's own run user is no choice at all: allowed.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert ok_run(c, "id -u", user=me).stdout.strip() == str(os.geteuid()).encode()
+
+
+def test_request_user_with_policy(start_boxd):
+    c = start_boxd("--allow-request-user").client()
+    res = ok_run(c, 'id -u; id -g; echo "$HOME $USER"', user="nobody")
+    pw = pwd.getpwnam("nobody")
+    lines = res.stdout.decode().split("\n")
+    assert lines[0] == str(pw.pw_uid) and lines[1] == str(pw.pw_gid), lines
+    assert lines[2] == "%s nobody" % pw.pw_dir, lines
+    # The next run without `user` is back to the default (root here).
+    assert ok_run(c, "id -u").stdout.strip() == b"0"
+
+
+def test_request_unknown_user_is_spawn_failed(start_boxd):
+    c = start_boxd("--allow-request-user").client()
+    res = c.exec_run("true", user="no-such-user-boxd", id="nouser")
+    assert res.error is not None and res.error["code"] == "spawn_failed", res
+    assert res.error["stage"] == "user" and res.error["errno_name"] == "ENOENT", res.error
+    end = c.wait("nouser")
+    assert end["status"] == "failed" and end["reason"] == "spawn" and end["exit_code"] == 127, end
+
+
+def test_request_seccomp_stricter_allowed_weaker_denied(start_boxd):
+    c = start_boxd().client()
+    # default agent: a request may ask for strict...
+    res = c.exec_run("unshare -m true; echo rc=$?", seccomp="strict")
+    assert res.end["status"] == "completed" and b"rc=0" not in res.stdout, res
+    # ...and the same command without it is not filtered that way (root may unshare here).
+    res = c.exec_run("unshare -m true; echo rc=$?")
+    assert b"rc=0" in res.stdout, res
+    # ...but not for none.
+    res = c.exec_run("true", seccomp="none")
+    assert res.error is not None and res.error["code"] == "denied", res
+    res = c.exec_run("true", seccomp="bogus")
+    assert res.error is not None and res.error["code"] == "bad_request", res
+
+
+def test_request_seccomp_none_when_allowed(start_boxd):
+    c = start_boxd("--allow-seccomp-none").client()
+    res = ok_run(c, "grep '^Seccomp:' /proc/self/status", seccomp="none")
+    assert res.stdout.split()[-1] == b"0", res.stdout
+    res = ok_run(c, "grep '^Seccomp:' /proc/self/status")
+    assert res.stdout.split()[-1] == b"2", res.stdout
+
+
+def test_strict_agent_refuses_default_request(start_boxd):
+    c = start_boxd("--seccomp", "strict").client()
+    res = c.exec_run("true", seccomp="default")
+    assert res.error is not None and res.error["code"] == "denied", res
+    assert ok_run(c, "true", seccomp="strict").end["exit_code"] == 0
