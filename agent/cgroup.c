@@ -206,9 +206,16 @@ int cgroup_init(struct agent *a)
                  strerror(e ? -e : errno));
         return 0;
     }
-    /* Leave BASE for a leaf of our own: a cgroup with controllers for its children may hold
-     * no processes itself. The root of a hierarchy is exempt, so PID 1 of a VM stays put. */
-    if (!(at_root && a->pid1)) {
+    /* Leave BASE for a leaf of our own when BASE is where we are and has controllers to hand
+     * to the runs: a cgroup with controllers for its children may hold no processes itself.
+     * The root of a hierarchy is exempt (PID 1 of a VM stays put), and without controllers
+     * nothing needs the move - which is worth avoiding: a migration waits for an RCU grace
+     * period, milliseconds of start-up. */
+    bool in_base = !at_root || a->pid1;
+    char avail[512] = "";
+    read_at(base_fd, "cgroup.controllers", avail, sizeof avail);
+    bool want = strstr(avail, "memory") || strstr(avail, "pids") || strstr(avail, "cpu");
+    if (in_base && !at_root && want) {
         if ((mkdirat(base_fd, "agent", 0755) < 0 && errno != EEXIST)) {
             e = -errno;
         } else {

@@ -401,6 +401,7 @@ int main(int argc, char **argv)
     struct agent agent;
     struct agent *a = &agent;
     memset(a, 0, sizeof *a);
+    a->start_mono_ns = now_mono_ns();
     config_defaults(&a->cfg);
     int rc = parse_args(argc, argv, a);
     if (rc >= 0)
@@ -434,7 +435,6 @@ int main(int argc, char **argv)
         /* Not the box's init: adopt our runs' orphans so they are still reaped by us. */
         a->subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
     }
-    a->start_mono_ns = now_mono_ns();
     make_boot_id(a);
     if (agent_init(a) < 0) {
         fprintf(stderr, "boxd: start-up failed: %s\n", strerror(errno ? errno : ENOMEM));
@@ -475,7 +475,8 @@ int main(int argc, char **argv)
 
     /* From now on we must not die. */
     signals_reap(a);
-    log_info("boxd %s ready: pid %d, mode %s%s, boot %s", BOXD_VERSION, (int)a->pid,
+    log_info("boxd %s ready in %.1f ms: pid %d, mode %s%s, boot %s", BOXD_VERSION,
+             (double)(now_mono_ns() - a->start_mono_ns) / 1e6, (int)a->pid,
              init_mode_str(a->mode), a->subreaper ? " (subreaper)" : "", a->boot_id);
     init_notify_ready();
     uv_run(a->loop, UV_RUN_DEFAULT);
