@@ -703,6 +703,26 @@ void code_put_languages(struct msg_out *o, struct agent *a)
     msg_array_close(o, arr, lo.n);
 }
 
+struct warm {
+    struct agent *a;
+    uint64_t budget_end;
+};
+
+static void warm_lang(void *arg, struct code_lang *l, char *prog)
+{
+    struct warm *w = arg;
+    version_of(w->a, l, prog, w->budget_end);
+}
+
+void code_warm(struct agent *a)
+{
+    uint64_t t0 = now_mono_ns();
+    struct warm w = {a, t0 + (uint64_t)CODE_PROBE_BUDGET_MS * 1000000u};
+    each_available(a, ENVIRON_PATH, warm_lang, &w);
+    log_info("languages: table and interpreter versions ready in %llu ms",
+             (unsigned long long)((now_mono_ns() - t0) / 1000000u));
+}
+
 /* ---- The snippet's file ---------------------------------------------------------------------- */
 
 /* Copies w into out (when not NULL) with {file} and {dir} replaced. Returns the length. */

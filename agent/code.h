@@ -11,8 +11,10 @@
  * `version=` command (for info) and the `probe=` command (for entries that need one): each runs
  * synchronously, at most once per interpreter binary (cached by device, inode, size and mtime),
  * with CODE_PROBE_MS per process and CODE_PROBE_BUDGET_MS per request. That bounds the time the
- * event loop can stall; in practice it is the interpreters' own start-up (tens of ms), paid by the
- * first `info`.
+ * event loop can stall; in practice it is the interpreters' own start-up (tens of ms), paid once,
+ * just after start-up, by code_warm, so that requests find the cache warm. A request pays again
+ * only when an interpreter binary changed (installed or upgraded: the cache is keyed by its
+ * device, inode, size and mtime).
  *
  * Ownership: the table hangs off a->code, is made by code_init and freed by code_destroy (called
  * at teardown). Entries returned by code_resolve stay valid until code_destroy. */
@@ -63,6 +65,9 @@ struct code_prep {
 /* Loads the table into a->code if it is not loaded yet. Returns 0, or -ENOMEM (a->code stays
  * NULL and the next request tries again). */
 int code_init(struct agent *a);
+/* Loads the table and runs the probe and version commands of every interpreter found, so that
+ * the cache is warm before the first request (called once, just after the agent is ready). */
+void code_warm(struct agent *a);
 /* Frees a->code (safe when it was never made). For the agent's teardown. */
 void code_destroy(struct agent *a);
 

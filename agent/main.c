@@ -396,6 +396,13 @@ static void teardown(struct agent *a)
     code_destroy(a);
 }
 
+static void on_warm(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    if (!a->shutting_down)
+        code_warm(a);
+}
+
 int main(int argc, char **argv)
 {
     struct agent agent;
@@ -479,7 +486,13 @@ int main(int argc, char **argv)
              (double)(now_mono_ns() - a->start_mono_ns) / 1e6, (int)a->pid,
              init_mode_str(a->mode), a->subreaper ? " (subreaper)" : "", a->boot_id);
     init_notify_ready();
+    /* Just after ready, once: the language table and interpreter versions (code.h). */
+    uv_timer_t warm;
+    uv_timer_init(a->loop, &warm);
+    warm.data = a;
+    uv_timer_start(&warm, on_warm, 0, 0);
     uv_run(a->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&warm, NULL);
     if (!a->shutting_down)
         init_fatal(a, "the event loop stopped by itself");
 
