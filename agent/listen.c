@@ -200,7 +200,8 @@ bool listen_vsock_peer_allowed(const struct agent *a, unsigned cid)
 {
     if (a->cfg.vsock_any_cid)
         return true;
-    return cid == VMADDR_CID_HOST || cid == a->cfg.vsock_allow_cid;
+    /* vsock_allow_cid 0 means none: CID 0 is the hypervisor, never allowed by default. */
+    return cid == VMADDR_CID_HOST || (a->cfg.vsock_allow_cid != 0 && cid == a->cfg.vsock_allow_cid);
 }
 
 static int start_vsock(struct agent *a, const char *spec, const char *port_s)

@@ -1,0 +1,171 @@
+/* Unit tests of agent parts that are pure enough to test without a daemon: the vsock accept
+ * filter (no vsock connection can be made on the development machine), the hello token check,
+ * and the retained log's rules (retention, what a follower is owed, cursors).
+ * Linked with the agent's own sources (all but main.c). */
+#include <linux/vm_sockets.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../unit/unit.h"
+#include "agent.h"
+#include "auth.h"
+#include "codec.h"
+#include "listen.h"
+#include "runlog.h"
+
+static void test_vsock_filter_host_only_by_default(void)
+{
+    struct agent a;
+    memset(&a, 0, sizeof a);
+    config_defaults(&a.cfg);
+    CHECK(listen_vsock_peer_allowed(&a, VMADDR_CID_HOST));
+    CHECK(!listen_vsock_peer_allowed(&a, VMADDR_CID_LOCAL)); /* another process in the guest */
+    CHECK(!listen_vsock_peer_allowed(&a, 0));                /* the hypervisor */
+    CHECK(!listen_vsock_peer_allowed(&a, 3));                /* another guest */
+    CHECK(!listen_vsock_peer_allowed(&a, 0xffffffffu));
+}
+
+static void test_vsock_filter_allow_cid_and_any(void)
+{
+    struct agent a;
+    memset(&a, 0, sizeof a);
+    config_defaults(&a.cfg);
+    a.cfg.vsock_allow_cid = 7;
+    CHECK(listen_vsock_peer_allowed(&a, 7));
+    CHECK(listen_vsock_peer_allowed(&a, VMADDR_CID_HOST));
+    CHECK(!listen_vsock_peer_allowed(&a, 8));
+    a.cfg.vsock_any_cid = true;
+    CHECK(listen_vsock_peer_allowed(&a, 8));
+    CHECK(listen_vsock_peer_allowed(&a, VMADDR_CID_LOCAL));
+}
+
+/* Builds a parsed {type: hello, token: T} (token omitted when t is NULL) and checks it. */
+static int hello_with(struct agent *a, const char *t, size_t n)
+{
+    struct msg_out o;
+    CHECK(msg_out_init(&o, 64) == 0);
+    msg_map_open(&o);
+    msg_kv_str(&o, "type", "hello");
+    if (t) {
+        msg_key(&o, "token");
+        msg_strn(&o, t, n);
+    }
+    msg_map_close(&o);
+    CHECK(msg_out_finish(&o) == 0);
+    size_t len;
+    char *buf = msg_out_steal(&o, &len);
+    msgpack_zone z;
+    CHECK(msgpack_zone_init(&z, 256));
+    msgpack_object m;
+    CHECK(msg_parse((const uint8_t *)buf + BOX_FRAME_HDR, len - BOX_FRAME_HDR, &z, &m) == 0);
+    int r = auth_check_hello(a, &m);
+    msgpack_zone_destroy(&z);
+    free(buf);
+    return r;
+}
+
+static void test_token_check(void)
+{
+    struct agent a;
+    memset(&a, 0, sizeof a);
+    /* No token configured: anything passes. */
+    CHECK_EQ(hello_with(&a, NULL, 0), 0);
+    CHECK_EQ(hello_with(&a, "x", 1), 0);
+    strcpy(a.auth.token, "s3cret-token");
+    a.auth.token_len = strlen(a.auth.token);
+    CHECK_EQ(hello_with(&a, "s3cret-token", 12), 0);
+    CHECK(hello_with(&a, NULL, 0) < 0);
+    CHECK(hello_with(&a, "", 0) < 0);
+    CHECK(hello_with(&a, "s3cret-toke", 11) < 0);           /* a prefix */
+    CHECK(hello_with(&a, "s3cret-tokenX", 13) < 0);         /* longer */
+    CHECK(hello_with(&a, "S3cret-token", 12) < 0);          /* first byte */
+    CHECK(hello_with(&a, "s3cret-tokeN", 12) < 0);          /* last byte */
+    CHECK(hello_with(&a, "s3cret-token\0", 13) < 0);        /* a NUL appended */
+}
+
+static void append_n(struct runlog *l, int n, uint32_t len)
+{
+    char buf[4096];
+    memset(buf, 'a', sizeof buf);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(runlog_append(l, (uint64_t)i, 1 + i % 2, buf, len), 0);
+}
+
+static void test_runlog_retention_counts_what_it_drops(void)
+{
+    struct runlog l;
+    runlog_init(&l, 16384);
+    append_n(&l, 2000, 100);
+    CHECK_U64(l.next_seq, 2000);
+    CHECK(l.bytes <= l.cap);
+    CHECK(l.first_seq > 0);
+    CHECK_U64(l.dropped_records, l.first_seq);
+    CHECK_U64(l.dropped_bytes, l.first_seq * 100);
+    /* What is retained is contiguous up to next_seq. */
+    struct rl_cursor c;
+    struct rl_rec r;
+    runlog_seek(&l, 0, &c);
+    uint64_t want = l.first_seq;
+    while (runlog_next(&l, &c, &r)) {
+        CHECK_U64(r.seq, want);
+        CHECK_EQ(r.len, 100);
+        CHECK_EQ(r.stream, 1 + (int)(r.seq % 2));
+        want++;
+    }
+    CHECK_U64(want, 2000);
+    runlog_destroy(&l);
+}
+
+static void test_runlog_never_drops_what_a_follower_is_owed(void)
+{
+    struct runlog l;
+    runlog_init(&l, 16384);
+    l.protect_seq = 10; /* a follower has been sent 0..9 */
+    append_n(&l, 2000, 100);
+    CHECK(l.first_seq <= 10);
+    CHECK(l.bytes > l.cap); /* over the cap rather than losing owed records */
+    l.protect_seq = UINT64_MAX;
+    append_n(&l, 200, 100); /* the follower caught up: retention works again */
+    CHECK(l.bytes <= l.cap);
+    CHECK(l.first_seq > 10);
+    runlog_destroy(&l);
+}
+
+static void test_runlog_seek_and_cost(void)
+{
+    struct runlog l;
+    runlog_init(&l, 1u << 20);
+    append_n(&l, 100, 10);
+    struct rl_cursor c;
+    struct rl_rec r;
+    runlog_seek(&l, 42, &c);
+    CHECK(runlog_next(&l, &c, &r));
+    CHECK_U64(r.seq, 42);
+    CHECK_U64(r.cost, 42u * (10u + RL_REC_COST));
+    CHECK_U64(l.end_cost, 100u * (10u + RL_REC_COST));
+    runlog_seek(&l, 1000, &c); /* past the end: nothing */
+    CHECK(!runlog_next(&l, &c, &r));
+    /* UTF-8 validity is decided at append. */
+    CHECK_EQ(runlog_append(&l, 0, 1, "\xff\xfe", 2), 0);
+    CHECK_EQ(runlog_append(&l, 0, 1, "h\xc3\xa9", 3), 0);
+    runlog_seek(&l, 100, &c);
+    CHECK(runlog_next(&l, &c, &r) && !r.utf8);
+    CHECK(runlog_next(&l, &c, &r) && r.utf8);
+    runlog_shrink(&l);
+    CHECK(l.bytes > 0);
+    runlog_destroy(&l);
+}
+
+static const struct unit_test tests[] = {
+    UNIT_TEST(test_vsock_filter_host_only_by_default),
+    UNIT_TEST(test_vsock_filter_allow_cid_and_any),
+    UNIT_TEST(test_token_check),
+    UNIT_TEST(test_runlog_retention_counts_what_it_drops),
+    UNIT_TEST(test_runlog_never_drops_what_a_follower_is_owed),
+    UNIT_TEST(test_runlog_seek_and_cost),
+};
+
+int main(int argc, char **argv)
+{
+    return unit_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
+}
