@@ -1,6 +1,10 @@
 #include "signals.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -58,12 +62,56 @@ void signals_reap(struct agent *a)
 
 /* ---- Shutdown ------------------------------------------------------------------------------- */
 
+/* PF_KTHREAD in /proc/PID/stat's flags (include/linux/sched.h). */
+#define PF_KTHREAD_FLAG 0x00200000u
+
+/* True while a process other than boxd lives in its PID namespace. kill(-1, 0) cannot say: in
+ * the initial namespace (a VM) it counts kernel threads, which never go. So /proc is read, and
+ * kernel threads (PF_KTHREAD) and zombies (reaped by us in a moment) are not counted. */
+static bool others_left(void)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return !(kill(-1, 0) < 0 && errno == ESRCH);
+    bool found = false;
+    struct dirent *de;
+    pid_t me = getpid();
+    while (!found && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        pid_t pid = (pid_t)strtol(de->d_name, NULL, 10);
+        if (pid == me)
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        /* pid (comm) state ppid pgrp session tty_nr tpgid flags ... */
+        const char *rp = strrchr(buf, ')');
+        char state;
+        unsigned flags;
+        if (rp == NULL || sscanf(rp + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2)
+            continue;
+        if ((flags & PF_KTHREAD_FLAG) || state == 'Z' || state == 'X')
+            continue;
+        found = true;
+    }
+    closedir(d);
+    return found;
+}
+
 static bool all_done(struct agent *a)
 {
     if (a->n_live > 0)
         return false;
-    /* As PID 1, every process of the box must be gone too: kill(-1, 0) finds none. */
-    if (a->pid1 && !(kill(-1, 0) < 0 && errno == ESRCH))
+    /* As PID 1, every process of the box must be gone too. */
+    if (a->pid1 && others_left())
         return false;
     struct list *pos;
     for (pos = a->conns.next; pos != &a->conns; pos = pos->next) {

@@ -3,9 +3,11 @@
 # cgroup namespaces, on an overlay of the cached Debian rootfs. See packaging/README.md.
 #
 #   nsbox.sh [--name NAME] [--root DIR] [--lower DIR] [--boxd BIN] [--boxctl BIN]
-#            [--socket PATH] [--timeout SECONDS] [--no-mounts] [-- BOXD_ARGS...]
+#            [--socket PATH] [--timeout SECONDS] [--no-mounts] [--net] [-- BOXD_ARGS...]
 #       Starts box NAME (default "box") and prints, once boxd accepts connections, the host path
 #       of its socket: /run/boxd-boxes/NAME/root/run/boxd.sock.
+#       --net: the box also gets a network namespace of its own (only a loopback device, down
+#       until boxd brings it up; its sysfs is then its own superblock, not the host's).
 #   nsbox.sh --stop NAME [--grace SECONDS]
 #       SIGTERM to the box's PID 1, then (after the grace, default 5 s) cgroup.kill; waits until
 #       the box's cgroup is empty, removes it and the box's state directory.
@@ -148,6 +150,7 @@ SOCKET=/run/boxd.sock
 TIMEOUT=10
 GRACE=5
 MOUNTS=1
+NETNS=
 STOP=
 while [ $# -gt 0 ]; do
     case $1 in
@@ -160,6 +163,7 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
     --grace) GRACE=${2:?}; shift 2 ;;
     --no-mounts) MOUNTS=0; shift ;;
+    --net) NETNS=--net; shift ;;
     --stop) STOP=${2:?}; shift 2 ;;
     -h | --help) usage ;;
     --) shift; break ;;
@@ -252,7 +256,7 @@ exec chroot "$target" /sbin/boxd "$@"
 # runner killing its group must not reach it). The first sh enters the box's cgroup before
 # unshare, so unshare, the box's PID 1 and everything it starts are in it.
 setsid sh -c 'if [ -n "$1" ]; then echo $$ >"$1/cgroup.procs"; fi; shift; exec "$@"' sh "$CG" \
-    unshare --pid --fork --mount --uts --ipc --cgroup --propagation private \
+    unshare --pid --fork --mount --uts --ipc --cgroup $NETNS --propagation private \
     sh -c "$INNER" inner "$MODE" "$LOWER" "$STATE" "$TARGET" "$MOUNTS" "$NAME" \
     "$BOXD_BIN" "$BOXCTL_BIN" "$HERE/install-boxd.sh" \
     --listen "unix:$SOCKET" "$@" \

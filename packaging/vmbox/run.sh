@@ -155,7 +155,8 @@ fi
 t0=$(now_ms)
 "$@" -serial "file:$STATE/console.log" -pidfile "$STATE/qemu.pid" -daemonize ||
     die "QEMU did not start"
-while ! grep -q 'ready: pid 1' "$STATE/console.log" 2>/dev/null; do
+# boxd's line: "boxd VERSION ready[ in N ms]: pid 1, mode vm, ..." (older builds lack "in N ms").
+while ! grep -Eq ' ready( in [0-9.]+ ms)?: pid 1,' "$STATE/console.log" 2>/dev/null; do
     if ! qemu_pid "$STATE" >/dev/null; then
         log "box $NAME: QEMU exited before boxd was ready; console:"
         tail -n 30 "$STATE/console.log" | sed 's/^/  | /' >&2

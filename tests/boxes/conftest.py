@@ -8,6 +8,7 @@ cgroup2, no built boxd).
 Environment: BOXD_BIN (default <repo>/build/boxd), BOXD_ROOTFS, BOXD_BOXES_DIR (see packaging/).
 """
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -56,14 +57,15 @@ def rootfs():
     return p.stdout.decode().strip()
 
 
-@pytest.fixture
-def box(rootfs):
-    """A fresh namespace box, stopped at teardown. Teardown checks that nothing of it is left:
-    no cgroup, no state directory, and the host's mount table exactly as before."""
+@contextlib.contextmanager
+def started_box(extra_args=(), boxd_args=()):
+    """A namespace box (nsbox.sh EXTRA_ARGS -- BOXD_ARGS), stopped when the block ends. The stop
+    checks that nothing of it is left: no cgroup, no state directory, and the host's mount table
+    exactly as before."""
     before = minibox.mount_table()
     name = "t%d-%d" % (os.getpid(), next(_names))
     try:
-        b = minibox.NsBox(name, boxd_bin=BOXD_BIN)
+        b = minibox.NsBox(name, extra_args=extra_args, boxd_args=boxd_args, boxd_bin=BOXD_BIN)
     except RuntimeError as e:
         msg = str(e)
         # A sanitizer build links libraries the Debian rootfs does not have.
@@ -79,6 +81,13 @@ def box(rootfs):
             assert not os.path.exists(b.cgroup), "box cgroup left behind"
         assert not os.path.lexists(b.state), "box state directory left behind"
         assert minibox.mount_table() == before, "the host's mount table changed"
+
+
+@pytest.fixture
+def box(rootfs):
+    """A fresh namespace box, stopped at teardown (see started_box)."""
+    with started_box() as b:
+        yield b
 
 
 @pytest.fixture

@@ -33,6 +33,9 @@ class Client:
         self.sock.connect(path)
         self._buf = b""
         self._req = itertools.count(1)
+        # Events read while looking for something else, oldest first: next_event looks here
+        # before it reads the socket, so nothing is lost when several runs are followed.
+        self.backlog = []
 
     def close(self):
         self.sock.close()
@@ -47,30 +50,69 @@ class Client:
         body = msgpack.packb(msg, use_bin_type=True)
         self.sock.sendall(struct.pack(">I", len(body)) + body)
 
-    def _exact(self, n):
+    def _fill(self, n):
         while len(self._buf) < n:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise ProtocolError("connection closed by boxd")
             self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
 
     def recv(self):
-        (n,) = struct.unpack(">I", self._exact(4))
-        msg = msgpack.unpackb(self._exact(n), raw=False)
+        # Nothing is consumed until the whole frame is there: a read that times out half way
+        # leaves the stream in step for the next call.
+        self._fill(4)
+        (n,) = struct.unpack(">I", self._buf[:4])
+        self._fill(4 + n)
+        body, self._buf = self._buf[4:4 + n], self._buf[4 + n:]
+        msg = msgpack.unpackb(body, raw=False)
         if not isinstance(msg, dict) or "type" not in msg:
             raise ProtocolError("not a message: %r" % (msg,))
         return msg
+
+    def next_event(self, pred, timeout=None):
+        """The first event (from the backlog, then the socket) for which pred is true; the
+        others are kept in the backlog. timeout: seconds (the socket's own timeout if None)."""
+        for i, ev in enumerate(self.backlog):
+            if pred(ev):
+                return self.backlog.pop(i)
+        old = self.sock.gettimeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout("no matching event within %.1f s" % timeout)
+                    self.sock.settimeout(left)
+                ev = self.recv()
+                if pred(ev):
+                    return ev
+                self.backlog.append(ev)
+        finally:
+            self.sock.settimeout(old)
 
     def request(self, msg):
         """Sends msg with a fresh req and returns the reply carrying that req."""
         req = next(self._req)
         self.send(dict(msg, req=req))
-        while True:
-            reply = self.recv()
-            if reply.get("req") == req:
-                return reply
+        return self.next_event(lambda ev: ev.get("req") == req)
+
+    def start(self, cmd=None, **fields):
+        """Starts a run (cmd, or argv=[...] in fields) and returns its `started` reply (an
+        `error` reply raises). With follow (the default) its events then arrive on this
+        connection: wait_end collects them."""
+        msg = dict({"type": "exec"}, **fields)
+        if cmd is not None:
+            msg["cmd"] = cmd
+        rep = self.request(msg)
+        if rep["type"] != "started":
+            raise ProtocolError("exec %r: %r" % (cmd or fields.get("argv"), rep))
+        return rep
+
+    def wait_end(self, run_id, timeout=None):
+        """The `end` event of a run this connection follows."""
+        return self.next_event(lambda ev: ev["type"] == "end" and ev.get("id") == run_id,
+                               timeout)
 
     def hello(self):
         reply = self.request({"type": "hello", "version": 1, "client": "tests/boxes"})
@@ -78,17 +120,18 @@ class Client:
             raise ProtocolError("hello answered with %r" % (reply,))
         return reply
 
-    def run(self, cmd, **fields):
-        """Runs cmd (a shell expression) and returns its `end` event, with the output it streamed
-        collected in `streamed` ({1: bytes, 2: bytes})."""
+    def run(self, cmd=None, **fields):
+        """Runs cmd (a shell expression; or argv=[...] in fields) and returns its `end` event,
+        with the output it streamed collected in `streamed` ({1: bytes, 2: bytes})."""
         req = next(self._req)
-        self.send(dict({"type": "exec", "req": req, "cmd": cmd, "output": True}, **fields))
+        msg = dict({"type": "exec", "req": req, "output": True}, **fields)
+        if cmd is not None:
+            msg["cmd"] = cmd
+        self.send(msg)
         streamed = {1: b"", 2: b""}
         started = None
         while True:
-            ev = self.recv()
-            if ev.get("req") != req:
-                continue
+            ev = self.next_event(lambda e: e.get("req") == req)
             t = ev["type"]
             if t == "error":
                 raise ProtocolError("exec %r: %r" % (cmd, ev))
@@ -118,6 +161,28 @@ def ok(end):
         "run failed: status %s exit %s stderr %r" % (end["status"], end["exit_code"],
                                                      text(end.get("stderr"))))
     return text(end.get("result"))
+
+
+def proc_state(pid):
+    """The state letter of a host pid (R, S, T, Z...), or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+        return s[s.rindex(")") + 2]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def cgroup_state(path):
+    """None when the cgroup directory is gone, else (populated, [pids])."""
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            populated = "populated 1" in f.read().splitlines()
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            pids = [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return None
+    return populated, pids
 
 
 def cgroup_root():
@@ -176,6 +241,27 @@ class NsBox:
             except FileNotFoundError:
                 pass
         return pids
+
+    def processes(self):
+        """[(pid, state, argv)] of every process in the box's cgroup tree, as the host sees
+        them (processes that exit while this looks are left out)."""
+        out = []
+        for pid in self.cgroup_pids():
+            st = proc_state(pid)
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if st is not None:
+                out.append((pid, st, argv))
+        return out
+
+    def host_cgroup(self, inside):
+        """The host's path of a cgroup the box names INSIDE (a path under its /sys/fs/cgroup,
+        the root of its cgroup namespace)."""
+        assert inside == "/sys/fs/cgroup" or inside.startswith("/sys/fs/cgroup/"), inside
+        return self.cgroup + inside[len("/sys/fs/cgroup"):]
 
     def console(self):
         try:
