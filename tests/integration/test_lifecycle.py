@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import BOXD_BIN, T, marker, procs_with_env, wait_for, zombie_children
+from conftest import BOXD_BIN, T, marker, new_workdir, procs_with_env, wait_for, zombie_children
 
 
 def need_bin():
@@ -183,3 +183,48 @@ def test_bad_options_fail_fast(tmp_path):
                            stdin=subprocess.DEVNULL)
         assert p.returncode != 0, argv
         assert p.stderr.strip(), argv
+
+
+# ---- readiness and the fallback without cgroups (issue 3) -----------------------------------------
+
+def test_ready_is_sent_to_notify_socket(start_boxd):
+    import socket as _socket
+    path = os.path.join(new_workdir(), "notify.sock")
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(T(5))
+    try:
+        d = start_boxd(env={"NOTIFY_SOCKET": path})
+        msg = s.recv(4096).decode()
+        assert "READY=1" in msg.split("\n"), msg
+        # Ready means serving: a ping is answered.
+        assert d.client().ping()["type"] == "pong"
+    finally:
+        s.close()
+
+
+def test_tree_kill_without_cgroups(start_boxd):
+    """Where cgroup v2 cannot be written, cancel still kills the tree: the process group plus a
+    /proc walk (what escaped with setsid is found by its ancestry while the shell lives)."""
+    import conftest
+    wrapper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boxd-nocgroup.sh")
+    if not os.access("/usr/bin/unshare", os.X_OK) or not conftest.cgroup2_available():
+        pytest.skip("needs unshare and a cgroup2 mount to make read-only")
+    real = conftest.BOXD_BIN
+    conftest.BOXD_BIN = wrapper
+    try:
+        d = start_boxd(env={"BOXD_REAL_BIN": real})
+    finally:
+        conftest.BOXD_BIN = real
+    c = d.client()
+    assert c.info()["kill_mechanism"] == "pgroup"
+    tag = marker()
+    res = c.exec_start(cmd="setsid sleep 1001 & (sleep 1002 &); sleep 1003",
+                       env={"BOXD_TREE": tag}, id="tree")
+    assert wait_for(lambda: len(procs_with_env("BOXD_TREE", tag)) >= 4, T(5)), \
+        procs_with_env("BOXD_TREE", tag)
+    c.cancel("tree")
+    end = c.collect(res, timeout=T(10)).end
+    assert end["status"] == "cancelled", end
+    assert wait_for(lambda: not procs_with_env("BOXD_TREE", tag), T(2)), \
+        procs_with_env("BOXD_TREE", tag)
