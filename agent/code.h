@@ -35,8 +35,8 @@
 #define CODE_SYSTEM_TABLE "/etc/boxd/languages.conf"
 #define CODE_TABLE_ENV "BOXD_LANGUAGES"
 /* Bounds on the version and probe commands (see above). */
-#define CODE_PROBE_MS 1000u
-#define CODE_PROBE_BUDGET_MS 2000u
+#define CODE_PROBE_MS 400u
+#define CODE_PROBE_BUDGET_MS 800u
 /* Per entry. */
 #define CODE_MAX_WORDS 32u
 #define CODE_MAX_ALIASES 8u
