@@ -22,12 +22,15 @@ done
 [ -n "$sock" ] || { echo "boxd-tmpfs.sh: no --listen unix:PATH" >&2; exit 2; }
 dir=$(dirname "$sock")
 case "$dir" in /tmp/?*) ;; *) echo "boxd-tmpfs.sh: $dir is not under /tmp" >&2; exit 2 ;; esac
+# The binary is opened before the tmpfs goes over /tmp (a checkout may itself live under /tmp,
+# as CI's clean clone can) and exec'd through its descriptor.
 exec unshare --mount --propagation private sh -euc '
+    exec 8<"$BOXD_LOAD_REAL_BIN"
     cd "$1"
     mount -t tmpfs -o "size=$2,mode=1777" boxd-load-tmp /tmp
     mkdir -p "$1"
     mount --no-canonicalize --bind . "$1"
     cd /
     shift 2
-    exec "$BOXD_LOAD_REAL_BIN" "$@"
+    exec /proc/self/fd/8 "$@"
 ' boxd-tmpfs "$dir" "$BOXD_LOAD_TMPFS_SIZE" "$@"
