@@ -13,6 +13,7 @@
 
 #include "agent.h"
 #include "log.h"
+#include "procfs.h"
 
 /* Reads a small file at dirfd/name into buf (NUL-terminated). Returns bytes or -errno. */
 static ssize_t read_at(int dirfd, const char *name, char *buf, size_t size)
@@ -427,23 +428,10 @@ int proc_tree_signal(pid_t pid, pid_t pgid, int sig)
     while (ps && (de = readdir(d)) != NULL) {
         if (de->d_name[0] < '1' || de->d_name[0] > '9')
             continue;
-        char path[300], buf[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        struct proc_stat st;
+        if (!proc_stat_read(de->d_name, &st))
             continue;
-        ssize_t len = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (len <= 0)
-            continue;
-        buf[len] = '\0';
-        /* pid (comm) state ppid pgrp session: comm may hold spaces and parens. */
-        char *rp = strrchr(buf, ')');
-        struct pinfo p;
-        char state;
-        if (rp == NULL || sscanf(rp + 1, " %c %d %d %d", &state, &p.ppid, &p.pgid, &p.sid) != 4)
-            continue;
-        p.pid = (pid_t)strtol(de->d_name, NULL, 10);
+        struct pinfo p = {.pid = st.pid, .ppid = st.ppid, .pgid = st.pgid, .sid = st.sid};
         if (n == cap) {
             struct pinfo *np = realloc(ps, 2 * cap * sizeof *ps);
             if (np == NULL)

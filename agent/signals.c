@@ -15,6 +15,7 @@
 #include "conn.h"
 #include "listen.h"
 #include "log.h"
+#include "procfs.h"
 #include "run.h"
 
 static void fill_blocked(sigset_t *s)
@@ -62,9 +63,6 @@ void signals_reap(struct agent *a)
 
 /* ---- Shutdown ------------------------------------------------------------------------------- */
 
-/* PF_KTHREAD in /proc/PID/stat's flags (include/linux/sched.h). */
-#define PF_KTHREAD_FLAG 0x00200000u
-
 /* True while a process other than boxd lives in its PID namespace. kill(-1, 0) cannot say: in
  * the initial namespace (a VM) it counts kernel threads, which never go. So /proc is read, and
  * kernel threads (PF_KTHREAD) and zombies (reaped by us in a moment) are not counted. */
@@ -82,23 +80,10 @@ static bool others_left(void)
         pid_t pid = (pid_t)strtol(de->d_name, NULL, 10);
         if (pid == me)
             continue;
-        char path[300], buf[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        struct proc_stat st;
+        if (!proc_stat_read(de->d_name, &st))
             continue;
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        buf[n] = '\0';
-        /* pid (comm) state ppid pgrp session tty_nr tpgid flags ... */
-        const char *rp = strrchr(buf, ')');
-        char state;
-        unsigned flags;
-        if (rp == NULL || sscanf(rp + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2)
-            continue;
-        if ((flags & PF_KTHREAD_FLAG) || state == 'Z' || state == 'X')
+        if ((st.flags & PROC_PF_KTHREAD) || st.state == 'Z' || st.state == 'X')
             continue;
         found = true;
     }

@@ -1185,6 +1185,45 @@ static bool env_overridden(const struct exec_opts *e, size_t i)
     return false;
 }
 
+/* The options exec and code share. Returns 0, or the exit status of a usage error (printed). */
+static int run_option(const char *cmd, int ch, struct exec_opts *e)
+{
+    switch (ch) {
+    case 't':
+        if (parse_ms(cmd, "--timeout", optarg, &e->timeout_ms) != 0)
+            return EXIT_USAGE;
+        e->has_timeout = true;
+        return 0;
+    case 'g':
+        if (parse_ms(cmd, "--grace", optarg, &e->grace_ms) != 0)
+            return EXIT_USAGE;
+        e->has_grace = true;
+        return 0;
+    case 'c':
+        e->cwd = optarg;
+        return 0;
+    case 'e':
+        if (strchr(optarg, '=') == NULL || optarg[0] == '=')
+            return usage_error(cmd, "-e needs K=V with a non-empty K, not '%s'", optarg);
+        e->env[e->nenv++] = optarg;
+        return 0;
+    case 'i':
+        if (!valid_run_id(optarg))
+            return usage_error(cmd, "'%s' is not a run id (1-64 of A-Z a-z 0-9 . _ : -)", optarg);
+        e->id = optarg;
+        return 0;
+    case 'I':
+        e->feed = true;
+        return 0;
+    case 'd':
+        e->detach = true;
+        return 0;
+    default: /* 'j' */
+        e->json = true;
+        return 0;
+    }
+}
+
 static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
 {
     uint32_t nenv = 0;
@@ -1324,35 +1363,10 @@ static int cmd_exec(struct ctl *x, int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "+:e:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'a': e.use_argv = true; break;
-        case 't':
-            if (parse_ms("exec", "--timeout", optarg, &e.timeout_ms) != 0)
+        case 't': case 'g': case 'c': case 'e': case 'i': case 'I': case 'd': case 'j':
+            if ((ret = run_option("exec", ch, &e)) != 0)
                 goto out;
-            e.has_timeout = true;
             break;
-        case 'g':
-            if (parse_ms("exec", "--grace", optarg, &e.grace_ms) != 0)
-                goto out;
-            e.has_grace = true;
-            break;
-        case 'c': e.cwd = optarg; break;
-        case 'e':
-            if (strchr(optarg, '=') == NULL || optarg[0] == '=') {
-                ret = usage_error("exec", "-e needs K=V with a non-empty K, not '%s'", optarg);
-                goto out;
-            }
-            e.env[e.nenv++] = optarg;
-            break;
-        case 'i':
-            if (!valid_run_id(optarg)) {
-                ret = usage_error("exec", "'%s' is not a run id (1-64 of A-Z a-z 0-9 . _ : -)",
-                                  optarg);
-                goto out;
-            }
-            e.id = optarg;
-            break;
-        case 'I': e.feed = true; break;
-        case 'd': e.detach = true; break;
-        case 'j': e.json = true; break;
         case 'h': ret = print_usage(usage_exec); goto out;
         default: ret = option_error("exec", ch, argv); goto out;
         }
@@ -1585,35 +1599,10 @@ static int cmd_code(struct ctl *x, int argc, char **argv)
         switch (ch) {
         case 'l': e.lang = optarg; break;
         case 'f': file = optarg; break;
-        case 't':
-            if (parse_ms("code", "--timeout", optarg, &e.timeout_ms) != 0)
+        case 't': case 'g': case 'c': case 'e': case 'i': case 'I': case 'd': case 'j':
+            if ((ret = run_option("code", ch, &e)) != 0)
                 goto out;
-            e.has_timeout = true;
             break;
-        case 'g':
-            if (parse_ms("code", "--grace", optarg, &e.grace_ms) != 0)
-                goto out;
-            e.has_grace = true;
-            break;
-        case 'c': e.cwd = optarg; break;
-        case 'e':
-            if (strchr(optarg, '=') == NULL || optarg[0] == '=') {
-                ret = usage_error("code", "-e needs K=V with a non-empty K, not '%s'", optarg);
-                goto out;
-            }
-            e.env[e.nenv++] = optarg;
-            break;
-        case 'i':
-            if (!valid_run_id(optarg)) {
-                ret = usage_error("code", "'%s' is not a run id (1-64 of A-Z a-z 0-9 . _ : -)",
-                                  optarg);
-                goto out;
-            }
-            e.id = optarg;
-            break;
-        case 'I': e.feed = true; break;
-        case 'd': e.detach = true; break;
-        case 'j': e.json = true; break;
         case 'h': ret = print_usage(usage_code); goto out;
         default: ret = option_error("code", ch, argv); goto out;
         }
