@@ -89,6 +89,7 @@ struct agent {
     uint32_t n_lingering; /* ended runs whose background processes still live */
     uint64_t sig_nondefault; /* signals whose disposition is not SIG_DFL (bit n-1 for n) */
     uint64_t next_run_no;
+    uint64_t log_held; /* memory held by the logs of the runs in `runs` (runlog.total) */
     uint64_t started_total;
     uint64_t reaped;     /* processes reaped that were not a run's main process */
 

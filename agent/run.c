@@ -237,6 +237,9 @@ static void run_destroy(struct run *r)
     if (r->in_pid_table)
         pid_take(a, r->pid);
     list_del(&r->link);
+    /* Out of the total with the run (its memory goes a little later, with its handles). */
+    a->log_held -= r->log.bytes;
+    r->log.total = NULL;
     if (list_linked(&r->fin_link)) {
         list_del(&r->fin_link);
         a->n_finished--;
@@ -252,16 +255,6 @@ static void run_destroy(struct run *r)
     uv_close((uv_handle_t *)&r->drain_timer, on_handle_closed);
 }
 
-/* Memory held by the logs of every run. */
-static uint64_t logs_total(struct agent *a)
-{
-    uint64_t total = 0;
-    struct list *pos;
-    for (pos = a->runs.next; pos != &a->runs; pos = pos->next)
-        total += container_of(pos, struct run, link)->log.bytes;
-    return total;
-}
-
 /* Keeps at most max_finished finished runs, and the logs of all runs within log_total: the
  * oldest finished runs go first. A run that is still followed, or whose background processes
  * still live, is skipped: it is forgotten later. */
@@ -270,16 +263,14 @@ static void runs_evict(struct agent *a)
     struct list *pos, *tmp;
     if (a->tearing_down)
         return; /* runs_destroy is walking the list and forgets every run anyway */
-    uint64_t total = logs_total(a);
     list_for_each_safe(pos, tmp, &a->finished)
     {
-        if (a->n_finished <= a->cfg.max_finished && total <= a->cfg.log_total)
+        if (a->n_finished <= a->cfg.max_finished && a->log_held <= a->cfg.log_total)
             break;
         struct run *r = container_of(pos, struct run, fin_link);
         if (!list_empty(&r->subs) || r->lingering)
             continue;
         log_debug("run %s: forgotten", r->id);
-        total -= r->log.bytes;
         run_destroy(r);
     }
 }
@@ -854,6 +845,7 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     list_init(&r->subs);
     list_init(&r->fin_link);
     runlog_init(&r->log, a->cfg.log_bytes);
+    r->log.total = &a->log_held;
     r->grace_ms = p->grace_ms;
     r->timeout_ms = p->timeout_ms;
     r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = -1;

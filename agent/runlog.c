@@ -25,6 +25,13 @@ struct rl_chunk {
     char buf[];
 };
 
+static void account(struct runlog *l, int64_t delta)
+{
+    l->bytes += (uint64_t)delta;
+    if (l->total)
+        *l->total += (uint64_t)delta;
+}
+
 void runlog_init(struct runlog *l, uint64_t cap)
 {
     memset(l, 0, sizeof *l);
@@ -41,7 +48,7 @@ void runlog_destroy(struct runlog *l)
         c = next;
     }
     l->head = l->tail = NULL;
-    l->bytes = 0;
+    account(l, -(int64_t)l->bytes);
 }
 
 static void drop_head(struct runlog *l)
@@ -54,7 +61,7 @@ static void drop_head(struct runlog *l)
     l->dropped_bytes += c->data_bytes;
     l->first_seq = c->first_seq + c->n;
     l->first_cost = c->first_cost + c->data_bytes + (uint64_t)c->n * RL_REC_COST;
-    l->bytes -= sizeof *c + c->cap;
+    account(l, -(int64_t)(sizeof *c + c->cap));
     free(c);
 }
 
@@ -87,7 +94,7 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
         else
             l->head = c;
         l->tail = t = c;
-        l->bytes += sizeof *c + cap;
+        account(l, (int64_t)(sizeof *c + cap));
         /* Keep within the cap, always keeping the chunk just made, and never dropping what a
          * follower is still owed (flow control keeps that part small). */
         while (l->bytes > l->cap && l->head != t &&
@@ -170,7 +177,7 @@ void runlog_shrink(struct runlog *l)
     struct rl_chunk *n = realloc(t, sizeof *t + t->used);
     if (n == NULL)
         return; /* keeping the slack is harmless */
-    l->bytes -= n->cap - n->used;
+    account(l, -(int64_t)(n->cap - n->used));
     n->cap = n->used;
     if (prev)
         prev->next = n;

@@ -20,6 +20,7 @@ struct runlog {
     uint64_t end_cost;   /* cost of everything ever appended */
     uint64_t protect_seq; /* records from this seq on are owed to a follower: never dropped */
     uint64_t bytes;     /* memory held by chunks */
+    uint64_t *total;    /* NULL, or a sum over many logs that bytes is added to */
     uint64_t cap;       /* bytes kept at most (at least one chunk is always kept) */
     uint64_t dropped_records, dropped_bytes;
 };
