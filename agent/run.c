@@ -923,7 +923,6 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .cgroup_dir_fd = r->cg.dir_fd,
         .cgroup_procs_fd = r->cg.procs_fd,
         .id = p->ident ? p->ident : &a->ident,
-        .seccomp = &a->sandbox.prog[p->seccomp],
         .nofile = a->cfg.run_nofile,
         .core = a->cfg.run_core,
         .oom_adj = a->oom_adj,
@@ -931,6 +930,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .stack = a->spawn_stack,
         .stack_size = a->spawn_stack_size,
     };
+    sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &sr.via);
     const char *stage = NULL;
     pid_t failed_pid = 0;
     pid_t pid = spawn_process(&sr, &stage, &failed_pid);

@@ -14,6 +14,7 @@
 
 #include "agent.h"
 #include "log.h"
+#include "spawn.h"
 
 const char *sandbox_profile_name(enum seccomp_profile p)
 {
@@ -68,25 +69,38 @@ static int deny_arg(scmp_filter_ctx ctx, const char *name, unsigned arg, uint32_
     return seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, &cmp);
 }
 
-static int build(struct agent *a, enum seccomp_profile p, struct sock_fprog *out)
+/* Every id through which boxd can be signalled or traced: its pid, and its spawner thread's tid
+ * (a fatal signal to any thread kills the process; a tracer of any thread owns its memory). */
+static int add_guards(scmp_filter_ctx ctx, uint32_t id)
 {
-    out->filter = NULL;
-    out->len = 0;
-    if (p == SECCOMP_NONE)
-        return 0;
-    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-    if (ctx == NULL)
-        return -ENOMEM;
+    int e = 0;
+    for (size_t i = 0; e == 0 && i < sizeof deny_pid_arg0 / sizeof deny_pid_arg0[0]; i++)
+        e = deny_arg(ctx, deny_pid_arg0[i], 0, id);
+    if (e == 0)
+        e = deny_arg(ctx, "ptrace", 1, id);
+    /* fcntl(fd, F_SETOWN, id): I/O on fd would then signal boxd. */
+    if (e == 0) {
+        struct scmp_arg_cmp cmp[2] = {{1, SCMP_CMP_EQ, F_SETOWN, 0},
+                                      {2, SCMP_CMP_MASKED_EQ, 0xffffffffu, id}};
+        e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(fcntl), 2, cmp);
+    }
+    return e;
+}
+
+/* The default profile's rules. */
+static int add_default(struct agent *a, scmp_filter_ctx ctx)
+{
     int e = 0;
     uint32_t me = (uint32_t)a->pid;
     for (size_t i = 0; e == 0 && i < sizeof deny_default / sizeof deny_default[0]; i++)
         e = deny(ctx, deny_default[i]);
-    for (size_t i = 0; e == 0 && i < sizeof deny_pid_arg0 / sizeof deny_pid_arg0[0]; i++)
-        e = deny_arg(ctx, deny_pid_arg0[i], 0, me);
+    if (e == 0)
+        e = add_guards(ctx, me);
+    if (e == 0 && a->sandbox.spawner_tid > 0 && a->sandbox.spawner_tid != a->pid)
+        e = add_guards(ctx, (uint32_t)a->sandbox.spawner_tid);
+    /* The process group: boxd leads its own (a thread's tid leads none). */
     if (e == 0)
         e = deny_arg(ctx, "kill", 0, (uint32_t)-(int32_t)me);
-    if (e == 0)
-        e = deny_arg(ctx, "ptrace", 1, me);
     if (e == 0 && !a->pid1)
         e = deny_arg(ctx, "kill", 0, (uint32_t)-1);
     /* pidfd_send_signal takes an fd (of a pidfd, or of an open /proc/PID directory): its target
@@ -94,32 +108,48 @@ static int build(struct agent *a, enum seccomp_profile p, struct sock_fprog *out
      * target is checked above. */
     if (e == 0)
         e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(pidfd_send_signal), 0);
-    /* fcntl(fd, F_SETOWN, boxd): I/O on fd would then signal boxd. */
+    return e;
+}
+
+/* What strict adds to default. */
+static int add_strict(scmp_filter_ctx ctx)
+{
+    int e = 0;
+    for (size_t i = 0; e == 0 && i < sizeof deny_strict / sizeof deny_strict[0]; i++)
+        e = deny(ctx, deny_strict[i]);
+    static const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+                                     CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP;
     if (e == 0) {
-        struct scmp_arg_cmp cmp[2] = {{1, SCMP_CMP_EQ, F_SETOWN, 0},
-                                      {2, SCMP_CMP_MASKED_EQ, 0xffffffffu, me}};
-        e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(fcntl), 2, cmp);
-    }
-    if (p == SECCOMP_STRICT) {
-        for (size_t i = 0; e == 0 && i < sizeof deny_strict / sizeof deny_strict[0]; i++)
-            e = deny(ctx, deny_strict[i]);
-        static const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
-                                         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET |
-                                         CLONE_NEWCGROUP;
-        if (e == 0) {
-            struct scmp_arg_cmp cmp = {0, SCMP_CMP_MASKED_EQ, ns_flags, 0};
-            /* Any namespace bit set: deny. Expressed as one rule per bit. */
-            for (unsigned bit = 0; e == 0 && bit < 32; bit++) {
-                if (!(ns_flags & (1u << bit)))
-                    continue;
-                cmp.datum_a = 1u << bit;
-                cmp.datum_b = 1u << bit;
-                e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, &cmp);
-            }
+        struct scmp_arg_cmp cmp = {0, SCMP_CMP_MASKED_EQ, ns_flags, 0};
+        /* Any namespace bit set: deny. Expressed as one rule per bit. */
+        for (unsigned bit = 0; e == 0 && bit < 32; bit++) {
+            if (!(ns_flags & (1u << bit)))
+                continue;
+            cmp.datum_a = 1u << bit;
+            cmp.datum_b = 1u << bit;
+            e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, &cmp);
         }
-        if (e == 0)
-            e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
     }
+    if (e == 0)
+        e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    return e;
+}
+
+/* Compiles the default rules (when base) and the strict ones (when strict) into out. */
+static int build(struct agent *a, bool base, bool strict, struct sock_fprog *out)
+{
+    out->filter = NULL;
+    out->len = 0;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (ctx == NULL)
+        return -ENOMEM;
+    /* A binary tree of system call numbers instead of a chain: fewer instructions on every
+     * call a run makes, and a shorter allow-cache emulation when a filter is loaded. */
+    int e = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
+    if (e == 0 && base)
+        e = add_default(a, ctx);
+    if (e == 0 && strict)
+        e = add_strict(ctx);
     int fd = -1;
     if (e == 0) {
         fd = memfd_create("boxd-seccomp", MFD_CLOEXEC);
@@ -148,30 +178,88 @@ static int build(struct agent *a, enum seccomp_profile p, struct sock_fprog *out
     return 0;
 }
 
+static void free_all(struct sandbox *sb)
+{
+    for (int i = 0; i < SECCOMP_N; i++) {
+        free(sb->prog[i].filter);
+        sb->prog[i].filter = NULL;
+        sb->prog[i].len = 0;
+    }
+    free(sb->strict_extra.filter);
+    sb->strict_extra.filter = NULL;
+    sb->strict_extra.len = 0;
+}
+
+static int build_all(struct agent *a)
+{
+    struct sandbox *sb = &a->sandbox;
+    int e = build(a, true, false, &sb->prog[SECCOMP_DEFAULT]);
+    if (e == 0)
+        e = build(a, true, true, &sb->prog[SECCOMP_STRICT]);
+    if (e == 0)
+        e = build(a, false, true, &sb->strict_extra);
+    if (e < 0)
+        log_err("seccomp: building the profiles: %s", strerror(-e));
+    return e;
+}
+
 int sandbox_init(struct agent *a)
 {
     struct sandbox *sb = &a->sandbox;
     int p = sandbox_profile_parse(a->cfg.seccomp, strlen(a->cfg.seccomp));
     sb->dflt = p < 0 ? SECCOMP_DEFAULT : (enum seccomp_profile)p;
-    for (int i = 0; i < SECCOMP_N; i++) {
-        int e = build(a, (enum seccomp_profile)i, &sb->prog[i]);
-        if (e < 0) {
-            log_err("seccomp: building profile %s: %s", sandbox_profile_name((enum seccomp_profile)i),
-                    strerror(-e));
-            return e;
-        }
+    /* The spawner thread first: the filters guard its tid too. */
+    int e = 0;
+    struct spawner *sp = spawner_create(&sb->spawner_tid, &e);
+    if (sp == NULL)
+        log_warn("seccomp: no spawner thread (%s): each run loads its filter", strerror(-e));
+    e = build_all(a);
+    if (e < 0) {
+        spawner_stop(sp);
+        return e;
     }
-    log_info("seccomp: runs use profile %s (%u instructions)", sandbox_profile_name(sb->dflt),
-             sb->prog[sb->dflt].len);
+    /* The spawner thread carries the default filter; strict runs start from it too and load
+     * only strict_extra. Without it (no thread, or the filter would not load on one), each
+     * child loads its whole profile: slower, not weaker. */
+    if (sp && (e = spawner_arm(sp, &sb->prog[SECCOMP_DEFAULT])) < 0) {
+        log_warn("seccomp: the spawner thread cannot load the filter (%s): each run loads its "
+                 "own", strerror(-e));
+        sp = NULL;
+        /* Its tid is free now, for any process to get: guard boxd's pid alone. */
+        sb->spawner_tid = 0;
+        free_all(sb);
+        if ((e = build_all(a)) < 0)
+            return e;
+    }
+    sb->spawner = sp;
+    log_info("seccomp: runs use profile %s (%u instructions)%s", sandbox_profile_name(sb->dflt),
+             sb->prog[sb->dflt].len,
+             sb->spawner && sb->dflt != SECCOMP_NONE ? ", inherited from the spawner thread" : "");
     return 0;
+}
+
+void sandbox_spawn_opts(const struct agent *a, enum seccomp_profile p, const struct sock_fprog **load,
+                        struct spawner **via)
+{
+    const struct sandbox *sb = &a->sandbox;
+    *via = NULL;
+    *load = NULL;
+    if (p == SECCOMP_NONE)
+        return;
+    if (sb->spawner) {
+        *via = sb->spawner;
+        *load = p == SECCOMP_STRICT ? &sb->strict_extra : NULL;
+    } else {
+        *load = &sb->prog[p];
+    }
 }
 
 void sandbox_destroy(struct agent *a)
 {
-    for (int i = 0; i < SECCOMP_N; i++) {
-        free(a->sandbox.prog[i].filter);
-        a->sandbox.prog[i].filter = NULL;
-    }
+    /* The thread first: it holds a pointer to prog[SECCOMP_DEFAULT]. */
+    spawner_stop(a->sandbox.spawner);
+    a->sandbox.spawner = NULL;
+    free_all(&a->sandbox);
 }
 
 /* passwd and group are read from the files themselves, not through NSS: the box's users live

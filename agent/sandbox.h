@@ -13,7 +13,8 @@
  *            clock_adjtime, adjtimex (the box's clock), syslog (the kernel log), uselib,
  *            lookup_dcookie, vhangup; and every signal or trace aimed at boxd: kill, tkill,
  *            tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_open, ptrace, process_vm_readv,
- *            process_vm_writev, prlimit64 and fcntl(F_SETOWN) with boxd's pid (and kill with
+ *            process_vm_writev, prlimit64 and fcntl(F_SETOWN) with boxd's pid or the tid of
+ *            its spawner thread (spawn.h), which is boxd just as much (and kill with
  *            -boxd_pid; kill with -1 too when boxd is not PID 1, since -1 would then reach it);
  *            pidfd_send_signal answers ENOSYS (its target is an fd, which a filter cannot
  *            check; callers fall back to kill). This guards boxd against mistakes and ordinary
@@ -34,18 +35,28 @@
 #include <sys/types.h>
 
 struct agent;
+struct spawner;
 
 enum seccomp_profile { SECCOMP_NONE, SECCOMP_DEFAULT, SECCOMP_STRICT, SECCOMP_N };
 
 struct sandbox {
-    struct sock_fprog prog[SECCOMP_N]; /* .filter NULL for none */
+    struct sock_fprog prog[SECCOMP_N]; /* each whole profile; .filter NULL for none */
+    struct sock_fprog strict_extra;    /* strict's rules alone, loaded over default */
+    struct spawner *spawner;           /* a thread filtered with default (spawn.h), or NULL */
+    pid_t spawner_tid;                 /* its tid, guarded by the filters like boxd's pid */
     enum seccomp_profile dflt;
 };
 
-/* Compiles the profiles. Returns 0 or a negative errno (start-up fails: a sandbox that cannot
- * build its filters must not run code unfiltered). */
+/* Compiles the profiles and starts the spawner thread. Returns 0 or a negative errno (start-up
+ * fails: a sandbox that cannot build its filters must not run code unfiltered). Without a
+ * spawner thread runs still get their filters, each loading its own. */
 int sandbox_init(struct agent *a);
 void sandbox_destroy(struct agent *a);
+
+/* How a run under profile p is started: from which spawner thread (*via, NULL for boxd's own
+ * thread) and which filter the child loads itself (*load, NULL for none). */
+void sandbox_spawn_opts(const struct agent *a, enum seccomp_profile p, const struct sock_fprog **load,
+                        struct spawner **via);
 
 /* Parses "none" / "default" / "strict"; -1 if unknown. */
 int sandbox_profile_parse(const char *name, size_t len);

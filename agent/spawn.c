@@ -7,9 +7,11 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -202,7 +204,7 @@ uint64_t spawn_signals_changed(void)
     return mask;
 }
 
-pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
+static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
 {
 #ifdef BOXD_FUZZ
     /* The connection fuzzer drives every request, exec included: it must never start one. */
@@ -273,5 +275,167 @@ pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *fail
         *failed_pid = pid;
         return -out.err;
     }
+    return pid;
+}
+
+/* ---- Spawner threads ----------------------------------------------------------------------- */
+
+struct spawner {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t job_cv, done_cv;
+    const struct sock_fprog *filter;
+    pid_t tid;
+    int state; /* STARTING, ARMING (tid known, waiting for its filter), SERVING, or a negative
+                  errno: the filter could not be loaded */
+    bool stop;
+    /* The job: set by the caller, cleared by the thread with the result filled in. */
+    const struct spawn_req *req;
+    pid_t pid, failed_pid;
+    const char *stage;
+};
+
+static int load_filter(const struct sock_fprog *f)
+{
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, f) == 0)
+        return 0;
+    /* Without CAP_SYS_ADMIN the kernel requires no_new_privs, as in the child. It is per
+     * thread too, and children inherit it, as they would have set it themselves. */
+    if (errno != EACCES || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, f) < 0)
+        return -errno;
+    return 0;
+}
+
+enum { STARTING, ARMING, SERVING };
+
+static void *spawner_main(void *p)
+{
+    struct spawner *s = p;
+    pthread_mutex_lock(&s->mu);
+    s->tid = (pid_t)syscall(SYS_gettid);
+    s->state = ARMING;
+    pthread_cond_broadcast(&s->done_cv);
+    while (s->filter == NULL && !s->stop)
+        pthread_cond_wait(&s->job_cv, &s->mu);
+    int e = -ECANCELED;
+    if (!s->stop) {
+        /* Only this thread is filtered (no SECCOMP_FILTER_FLAG_TSYNC): boxd's other threads
+         * keep the calls the filter denies (reboot, kill of boxd's own pid, ...). */
+        e = load_filter(s->filter);
+    }
+    s->state = e < 0 ? e : SERVING;
+    pthread_cond_broadcast(&s->done_cv);
+    while (e == 0) {
+        while (s->req == NULL && !s->stop)
+            pthread_cond_wait(&s->job_cv, &s->mu);
+        if (s->stop)
+            break;
+        const struct spawn_req *req = s->req;
+        pthread_mutex_unlock(&s->mu);
+        const char *stage = NULL;
+        pid_t failed = 0;
+        pid_t pid = spawn_here(req, &stage, &failed);
+        pthread_mutex_lock(&s->mu);
+        s->pid = pid;
+        s->stage = stage;
+        s->failed_pid = failed;
+        s->req = NULL;
+        pthread_cond_signal(&s->done_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+static void spawner_free(struct spawner *s)
+{
+    pthread_cond_destroy(&s->job_cv);
+    pthread_cond_destroy(&s->done_cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+struct spawner *spawner_create(pid_t *tid, int *err)
+{
+    struct spawner *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->job_cv, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+    /* The thread inherits the caller's signal mask; make sure it is everything, so that no
+     * signal is ever delivered to it (boxd reads its signals through a signalfd). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    /* It only waits and clones: a small stack (the children run on spawn_req's stack). */
+    pthread_attr_setstacksize(&attr, SPAWNER_THREAD_STACK);
+    int e = pthread_create(&s->thread, &attr, spawner_main, s);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e != 0) {
+        *err = -e;
+        spawner_free(s);
+        return NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (s->state == STARTING)
+        pthread_cond_wait(&s->done_cv, &s->mu);
+    *tid = s->tid;
+    pthread_mutex_unlock(&s->mu);
+    *err = 0;
+    return s;
+}
+
+int spawner_arm(struct spawner *s, const struct sock_fprog *filter)
+{
+    pthread_mutex_lock(&s->mu);
+    s->filter = filter;
+    pthread_cond_signal(&s->job_cv);
+    while (s->state == ARMING)
+        pthread_cond_wait(&s->done_cv, &s->mu);
+    int e = s->state;
+    pthread_mutex_unlock(&s->mu);
+    if (e < 0) {
+        /* The thread has returned already. */
+        pthread_join(s->thread, NULL);
+        spawner_free(s);
+        return e;
+    }
+    return 0;
+}
+
+void spawner_stop(struct spawner *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->job_cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    spawner_free(s);
+}
+
+pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
+{
+    struct spawner *s = req->via;
+    if (s == NULL)
+        return spawn_here(req, stage, failed_pid);
+    /* Synchronous, like spawn_here: the caller waits for the result as it would for the
+     * vfork. Only one caller (the event loop's thread) ever uses a spawner. */
+    pthread_mutex_lock(&s->mu);
+    s->req = req;
+    pthread_cond_signal(&s->job_cv);
+    while (s->req != NULL)
+        pthread_cond_wait(&s->done_cv, &s->mu);
+    pid_t pid = s->pid;
+    *stage = s->stage;
+    *failed_pid = s->failed_pid;
+    pthread_mutex_unlock(&s->mu);
     return pid;
 }

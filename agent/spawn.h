@@ -43,13 +43,37 @@ struct spawn_req {
     int cgroup_dir_fd;         /* the run's cgroup directory (clone3 CLONE_INTO_CGROUP), or -1 */
     int cgroup_procs_fd;       /* its cgroup.procs, for the fallback write, or -1 */
     const struct identity *id; /* switch to it when id->change */
-    const struct sock_fprog *seccomp; /* NULL or empty: no filter */
+    const struct sock_fprog *seccomp; /* loaded by the child; NULL or empty: none */
+    struct spawner *via;       /* start the child from this spawner thread, or NULL: here */
     uint64_t nofile, core;     /* rlimits (nofile 0: unchanged) */
     const char *oom_adj;       /* written to /proc/self/oom_score_adj, or NULL */
     uint64_t sig_reset;        /* signals (bit n-1 for n) whose disposition the child resets */
     char *stack;
     size_t stack_size;
 };
+
+/* A spawner is a thread that carries a seccomp filter, so that the children it starts inherit
+ * the filter instead of each loading its own: seccomp(SECCOMP_SET_MODE_FILTER) costs about
+ * 100 us (the kernel JITs the program, then, with interrupts off, runs it for every system call
+ * number of both x86 ABIs to fill its allow-cache), and the filter is freed again at every exit.
+ * Filters belong to threads: boxd's main thread stays unfiltered. A child inherits the filter
+ * of the thread that cloned it, and is still boxd's child for wait(2).
+ *
+ * The thread is boxd too - a fatal signal to its tid kills the process, a ptrace of it reaches
+ * boxd's memory - so the filter must guard its tid as well as boxd's pid, and the tid is known
+ * only once the thread runs. Hence two steps:
+ *   spawner_create  starts the thread, unfiltered and idle, and gives its tid (or NULL, *err);
+ *   spawner_arm     loads filter on it (setting no_new_privs first when boxd lacks
+ *                   CAP_SYS_ADMIN, as a child would). On failure (negative errno) the thread
+ *                   is gone and s freed.
+ * spawn_process hands a request with .via set to the thread and waits for the result: it is as
+ * synchronous as a vfork in the caller, and costs two futex wake-ups. spawner_stop joins it
+ * (armed or not). */
+#define SPAWNER_THREAD_STACK (256 * 1024)
+struct spawner;
+struct spawner *spawner_create(pid_t *tid, int *err);
+int spawner_arm(struct spawner *s, const struct sock_fprog *filter);
+void spawner_stop(struct spawner *s);
 
 /* The signals whose disposition is not SIG_DFL now (call once at start-up, after the agent
  * has set its own). */

@@ -228,3 +228,37 @@ def test_tree_kill_without_cgroups(start_boxd):
     assert end["status"] == "cancelled", end
     assert wait_for(lambda: not procs_with_env("BOXD_TREE", tag), T(2)), \
         procs_with_env("BOXD_TREE", tag)
+
+
+# ---- how runs are started: the spawner thread and the cgroup made ahead (issue 6) -------------
+
+def thread_seccomp(pid):
+    """{tid: Seccomp mode} for every thread of pid."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    out[int(tid)] = int(line.split()[1])
+    return out
+
+
+@pytest.mark.parametrize("profile", ["default", "strict", "none"])
+def test_spawner_thread_is_filtered_and_boxd_is_not(start_boxd, profile):
+    """Runs inherit the default filter from a spawner thread; boxd's own thread must stay
+    unfiltered (as PID 1 it needs reboot(2), which the filter denies)."""
+    d = start_boxd("--seccomp", profile)
+    c = d.client()
+    modes = thread_seccomp(d.pid)
+    assert modes[d.pid] == 0, modes
+    others = [m for t, m in modes.items() if t != d.pid]
+    assert others == [2], modes
+    # The filter is the run's whatever thread started it, and the run still gets its profile.
+    res = c.exec_run("grep -E '^Seccomp(_filters)?:' /proc/self/status", timeout=T(10))
+    st = dict(l.split(":\t") for l in res.stdout.decode().splitlines())
+    want = {"none": ("0", "0"), "default": ("2", "1"), "strict": ("2", "2")}[profile]
+    assert (st["Seccomp"], st["Seccomp_filters"]) == want, st
+    # Many runs later, still exactly these threads.
+    for _ in range(20):
+        assert c.exec_run("true", timeout=T(10)).end["status"] == "completed"
+    assert thread_seccomp(d.pid) == modes
