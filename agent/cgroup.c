@@ -179,6 +179,7 @@ int cgroup_init(struct agent *a)
     struct cgroups *cg = &a->cg;
     cg->runs_fd = -1;
     cg->base_fd = -1;
+    cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = -1;
     char mnt[PATH_MAX], root[PATH_MAX] = "", own[PATH_MAX];
     if (find_mount(mnt, sizeof mnt, root, sizeof root) < 0 || own_cgroup(own, sizeof own) < 0) {
         log_info("cgroup2 not found: runs are killed by process group and /proc walk");
@@ -267,6 +268,8 @@ int cgroup_init(struct agent *a)
 
 void cgroup_destroy(struct agent *a)
 {
+    if (a->cg.spare.dir_fd >= 0)
+        cgroup_run_remove(a, a->cg.spare_id, &a->cg.spare);
     if (a->cg.runs_fd >= 0)
         close(a->cg.runs_fd);
     a->cg.runs_fd = -1;
@@ -281,7 +284,29 @@ void cgroup_destroy(struct agent *a)
     a->cg.base = NULL;
 }
 
+static int run_create(struct agent *a, const char *id, struct run_cgroup *rc);
+
 int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc)
+{
+    struct cgroups *cg = &a->cg;
+    if (cg->spare.dir_fd >= 0 && strcmp(cg->spare_id, id) == 0) {
+        *rc = cg->spare;
+        cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = -1;
+        return 0;
+    }
+    return run_create(a, id, rc);
+}
+
+void cgroup_spare_make(struct agent *a, const char *id)
+{
+    struct cgroups *cg = &a->cg;
+    if (!cg->enabled || cg->spare.dir_fd >= 0 || strlen(id) >= sizeof cg->spare_id)
+        return;
+    if (run_create(a, id, &cg->spare) == 0)
+        snprintf(cg->spare_id, sizeof cg->spare_id, "%s", id);
+}
+
+static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
 {
     rc->dir_fd = rc->procs_fd = rc->events_fd = -1;
     if (!a->cg.enabled)

@@ -19,6 +19,12 @@
 
 struct agent;
 
+struct run_cgroup {
+    int dir_fd;    /* BASE/runs/<id>, or -1 */
+    int procs_fd;  /* its cgroup.procs, open for the child to write "0" into */
+    int events_fd; /* its cgroup.events, polled (POLLPRI) for "populated 0" */
+};
+
 struct cgroups {
     bool enabled;
     char *base;       /* BASE, absolute path */
@@ -26,21 +32,23 @@ struct cgroups {
     int runs_fd;      /* BASE/<runs_name>, O_DIRECTORY */
     char runs_name[32]; /* "runs" as PID 1, "runs-<pid>" as a daemon */
     bool memory, pids, cpu; /* controllers enabled for runs */
+    /* A cgroup made ahead of time, with its limits written, for the run that will have the
+     * id spare_id (the next generated one): mkdir is off the path of the run's start. */
+    struct run_cgroup spare;
+    char spare_id[72];
 };
 
-struct run_cgroup {
-    int dir_fd;    /* BASE/runs/<id>, or -1 */
-    int procs_fd;  /* its cgroup.procs, open for the child to write "0" into */
-    int events_fd; /* its cgroup.events, polled (POLLPRI) for "populated 0" */
-};
 
 /* Finds the hierarchy and prepares BASE. Returns 0 (enabled, or disabled with the reason
  * logged) - the agent works either way. */
 int cgroup_init(struct agent *a);
 void cgroup_destroy(struct agent *a);
 
-/* Makes the run's cgroup. Returns 0 or a negative errno (rc->dir_fd stays -1). */
+/* Makes the run's cgroup (or takes the spare, when it was made for this id). Returns 0 or a
+ * negative errno (rc->dir_fd stays -1). */
 int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc);
+/* Makes the spare for id, when there is none. */
+void cgroup_spare_make(struct agent *a, const char *id);
 /* True while any process is in the run's cgroup. */
 bool cgroup_run_populated(const struct run_cgroup *rc);
 /* Sends sig to every member (reading cgroup.procs). Returns the number signalled. */

@@ -460,6 +460,7 @@ int main(int argc, char **argv)
         return 1;
     }
     cgroup_init(a);
+    runs_spare(a);
     a->loop = uv_default_loop();
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");

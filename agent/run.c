@@ -567,6 +567,7 @@ static void run_finish(struct run *r)
     list_add_tail(&a->finished, &r->fin_link);
     a->n_finished++;
     bool populated = r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg);
+    bool release = false;
     if (r->out[0].open || r->out[1].open || populated) {
         /* A background process lives on. Keep draining the pipes (discarding) so it never
          * blocks or gets SIGPIPE; reading resumes even if a follower had paused it. */
@@ -576,13 +577,19 @@ static void run_finish(struct run *r)
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
     } else {
-        cg_release(r);
+        release = true;
     }
     runlog_shrink(&r->log);
+    run_notify(r);
+    /* After the end event has gone out: none of this is the client's to wait for. (r is still
+     * valid: a run forgotten meanwhile is freed in a later close callback, and cg_release is
+     * idempotent.) */
     log_info("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
              (unsigned long long)((r->end_mono - r->start_mono) / 1000000u));
-    run_notify(r);
+    if (release)
+        cg_release(r);
     runs_evict(a);
+    runs_spare(a);
 }
 
 /* The run ends when its main process has exited, its output is drained (EOF, or the drain
@@ -801,6 +808,27 @@ static int make_pipe(int fds[2])
     return 0;
 }
 
+/* The id the next run without a client's id gets: generated ids never collide with a
+ * client's, so any taken one is skipped (next_run_no moves past it). */
+static void next_id(struct agent *a, char *id, size_t size)
+{
+    for (;;) {
+        snprintf(id, size, "r%llu", (unsigned long long)a->next_run_no);
+        if (run_find(a, id, strlen(id)) == NULL)
+            return;
+        a->next_run_no++;
+    }
+}
+
+void runs_spare(struct agent *a)
+{
+    char id[BOXD_ID_MAX + 1];
+    if (!a->cg.enabled || a->cg.spare.dir_fd >= 0 || a->shutting_down)
+        return;
+    next_id(a, id, sizeof id);
+    cgroup_spare_make(a, id);
+}
+
 static struct run *run_alloc(struct agent *a, const struct run_params *p)
 {
     struct run *r = calloc(1, sizeof *r);
@@ -811,10 +839,8 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
         memcpy(r->id, p->id, p->id_len);
         r->id[p->id_len] = '\0';
     } else {
-        /* Generated ids never collide with a client's: skip any taken one. */
-        do
-            snprintf(r->id, sizeof r->id, "r%llu", (unsigned long long)a->next_run_no++);
-        while (run_find(a, r->id, strlen(r->id)));
+        next_id(a, r->id, sizeof r->id);
+        a->next_run_no++;
     }
     /* What list shows: the shell expression, or the argv as NUL-separated strings; both
      * capped at DESC_MAX bytes (the last string cut short if need be). */

@@ -132,6 +132,8 @@ struct run_params {
 };
 
 void runs_init(struct agent *a);
+/* Makes the cgroup of the next run with a generated id ahead of time (cgroup.h: spare). */
+void runs_spare(struct agent *a);
 void runs_destroy(struct agent *a);
 
 struct run *run_find(struct agent *a, const char *id, size_t len);

@@ -262,3 +262,48 @@ def test_spawner_thread_is_filtered_and_boxd_is_not(start_boxd, profile):
     for _ in range(20):
         assert c.exec_run("true", timeout=T(10)).end["status"] == "completed"
     assert thread_seccomp(d.pid) == modes
+
+
+def run_cgroup(c, **kw):
+    res = c.exec_run("cat /proc/self/cgroup", timeout=T(10), **kw)
+    assert res.end["status"] == "completed", res
+    line = [l for l in res.stdout.decode().splitlines() if l.startswith("0::")][0]
+    return res, line[3:]
+
+
+def test_cgroup_made_ahead_is_the_runs_own(start_boxd):
+    """The cgroup of the next generated id is made ahead of time; a run gets it only when its
+    id is that one (a client may choose it, too), and every run is in BASE/runs-PID/ID."""
+    import conftest
+    if not conftest.cgroup2_available():
+        pytest.skip("needs cgroup v2")
+    d = start_boxd()
+    c = d.client()
+    info = c.info()
+    assert info["kill_mechanism"] == "cgroup", info
+    runs_dir = os.path.join(info["cgroup"], "runs-%d" % d.pid)
+    res, cg = run_cgroup(c)
+    n = int(res.id[1:])
+    assert cg.endswith("/runs-%d/%s" % (d.pid, res.id)), (cg, res.id)
+    # Between runs, only the one made ahead is there, for the next id.
+    spare = "r%d" % (n + 1)
+    assert wait_for(lambda: sorted(e for e in os.listdir(runs_dir)
+                                   if os.path.isdir(os.path.join(runs_dir, e))) == [spare], T(2))
+    base = d.counts()
+    # A client's id that is not the spare's: a cgroup of its own; the spare stays.
+    res, cg = run_cgroup(c, id="mine")
+    assert cg.endswith("/runs-%d/mine" % d.pid), cg
+    # A client's id that is the spare's: it takes it; generated ids go past it.
+    res, cg = run_cgroup(c, id=spare)
+    assert cg.endswith("/runs-%d/%s" % (d.pid, spare)), cg
+    res, cg = run_cgroup(c)
+    assert res.id == "r%d" % (n + 2), res.id
+    assert cg.endswith("/runs-%d/%s" % (d.pid, res.id)), cg
+    # Nothing left but the next spare; descriptors as before.
+    assert wait_for(lambda: sorted(e for e in os.listdir(runs_dir)
+                                   if os.path.isdir(os.path.join(runs_dir, e))) ==
+                    ["r%d" % (n + 3)], T(2)), os.listdir(runs_dir)
+    assert wait_for(lambda: d.counts()[0] == base[0], T(2)), (d.counts(), base)
+    # Stopping removes it with the rest.
+    assert d.terminate(timeout=T(5)) == 0
+    assert not os.path.exists(runs_dir)
