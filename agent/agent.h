@@ -81,6 +81,8 @@ struct agent {
     /* Runs: all of them in start order; finished ones also on a FIFO for eviction. */
     struct list runs;
     struct list finished;
+    struct list starting;   /* runs whose spawn the spawner thread has not finished */
+    uv_async_t spawn_async; /* the spawner's notification (runs_spawns_done) */
     struct run **by_id;  /* hash buckets, chained through run->id_next */
     struct run **by_pid; /* chained through run->pid_next */
     unsigned n_buckets;

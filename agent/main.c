@@ -379,6 +379,9 @@ static void teardown(struct agent *a)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &a->conns) conn_close(container_of(pos, struct conn, link));
     listen_close_all(a);
+    /* No spawn may be under way while the runs go: the spawner thread stops first. */
+    runs_spawner_halt(a);
+    uv_close((uv_handle_t *)&a->spawn_async, NULL);
     runs_destroy(a);
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
@@ -394,6 +397,17 @@ static void teardown(struct agent *a)
     sandbox_destroy(a);
     cgroup_destroy(a);
     code_destroy(a);
+}
+
+static void on_spawns_done(uv_async_t *h)
+{
+    runs_spawns_done(h->data);
+}
+
+/* On the spawner thread. */
+static void notify_loop(void *arg)
+{
+    uv_async_send(arg);
 }
 
 static void on_warm(uv_timer_t *t)
@@ -462,6 +476,11 @@ int main(int argc, char **argv)
     cgroup_init(a);
     runs_spare(a);
     a->loop = uv_default_loop();
+    /* The spawner thread's "spawns done": uv_async_send is its one thread-safe call. */
+    uv_async_init(a->loop, &a->spawn_async, on_spawns_done);
+    a->spawn_async.data = a;
+    if (a->sandbox.spawner)
+        spawner_set_notify(a->sandbox.spawner, notify_loop, &a->spawn_async);
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");
         return 1;

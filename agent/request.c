@@ -277,6 +277,24 @@ static void spawn_failed(struct ctx *x, const struct run *r)
     reply(x, &o);
 }
 
+void request_run_started(struct agent *a, struct run *r, uint64_t conn_no,
+                         const struct reqtag *req, bool follow, bool want_output)
+{
+    struct conn *c = conn_find(a, conn_no);
+    if (c == NULL)
+        return; /* gone, and its reservation with it */
+    struct ctx x = {.c = c, .a = a, .m = NULL, .req = *req};
+    if (follow)
+        c->n_subs--; /* the reservation run_launch made */
+    if (r->spawn_stage) {
+        spawn_failed(&x, r);
+        return;
+    }
+    started(&x, r, false);
+    if (follow)
+        sub_new(r, c, req, 0, false, want_output);
+}
+
 /* Copies a msgpack str into a NUL-terminated string at *at, refusing embedded NULs. */
 static int take_str(const msgpack_object *o, char **at, char **out)
 {
@@ -525,21 +543,26 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         .seccomp = o->seccomp,
         .pre_err = o->user_err,
         .pre_stage = o->user_err ? "user" : NULL,
+        .conn_no = x->c->no,
+        .req = &x->req,
+        .follow = o->follow,
+        .want_output = o->want_output,
     };
     struct run *r = NULL;
+    /* The follow is counted against max_subs from now, though it begins once the run has
+     * started (request_run_started). */
+    if (o->follow)
+        x->c->n_subs++;
     int e = run_start(a, &p, &r);
-    if (e >= 0)
-        tmpdir = NULL; /* the run has it */
-    if (e == -EAGAIN) {
-        error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
-    } else if (e < 0) {
-        error(x, "internal", NULL, "out of memory");
-    } else if (e == 1) {
-        spawn_failed(x, r);
+    if (e >= 0) {
+        tmpdir = NULL; /* the run has it; the reply is request_run_started's */
     } else {
-        started(x, r, false);
         if (o->follow)
-            sub_new(r, x->c, &x->req, 0, false, o->want_output);
+            x->c->n_subs--;
+        if (e == -EAGAIN)
+            error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
+        else
+            error(x, "internal", NULL, "out of memory");
     }
 out:
     if (tmpdir) {

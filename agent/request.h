@@ -3,6 +3,7 @@
 #ifndef BOXD_REQUEST_H
 #define BOXD_REQUEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,5 +16,13 @@ void request_frame(struct conn *c, const uint8_t *body, size_t len);
 struct msg_out;
 struct agent;
 void request_put_limits(struct msg_out *o, const struct agent *a);
+
+/* The reply to an exec or code request once its run has started (`started`, then the
+ * connection follows the run with follow) or failed to (`spawn_failed`): called by run.c,
+ * perhaps after the request. Nothing is sent if connection conn_no is gone. */
+struct run;
+struct reqtag;
+void request_run_started(struct agent *a, struct run *r, uint64_t conn_no,
+                         const struct reqtag *req, bool follow, bool want_output);
 
 #endif

@@ -14,6 +14,7 @@
 #include "conn.h"
 #include "events.h"
 #include "log.h"
+#include "request.h"
 #include "spawn.h"
 
 #define DESC_MAX 256u
@@ -48,6 +49,7 @@ static unsigned hash_pid(pid_t pid, unsigned buckets)
 void runs_init(struct agent *a)
 {
     list_init(&a->runs);
+    list_init(&a->starting);
     list_init(&a->finished);
     a->next_run_no = 1;
 }
@@ -639,6 +641,8 @@ static void on_cg_event(uv_poll_t *h, int status, int events)
  * group and what a /proc walk finds of its tree. */
 static void kill_tree(struct run *r, int sig)
 {
+    if (r->state == RUN_STARTING || r->pid <= 0)
+        return; /* nothing yet; and pid 0 would mean boxd's own process group */
     if (r->cg.dir_fd >= 0) {
         if (sig == SIGKILL)
             cgroup_run_kill(&r->cg);
@@ -673,8 +677,21 @@ static void on_kill_timer(uv_timer_t *t)
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru)
 {
     struct run *r = pid_take(a, pid);
-    if (r == NULL)
+    if (r == NULL) {
+        /* Maybe a run whose spawn is not yet done: the kernel stored the child's pid in its
+         * job before the child ran. Kept until run_spawned. */
+        struct list *pos;
+        for (pos = a->starting.next; pos != &a->starting; pos = pos->next) {
+            struct run *sr = container_of(pos, struct run, start_link);
+            if (spawn_job_pid(sr->job) == pid) {
+                sr->early_exit = true;
+                sr->early_status = wstatus;
+                sr->early_ru = *ru;
+                return true;
+            }
+        }
         return false;
+    }
     r->exited = true;
     r->wstatus = wstatus;
     r->ru = *ru;
@@ -694,6 +711,12 @@ bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *r
 
 bool run_cancel(struct run *r, uint32_t grace_ms)
 {
+    if (r->state == RUN_STARTING) {
+        /* No process to signal yet: run_spawned cancels it once there is. */
+        r->cancel_requested = true;
+        r->cancel_grace = grace_ms;
+        return true;
+    }
     if (r->state == RUN_ENDED) {
         /* Nothing is signalled by pid (it may be reused). What still runs in the run's
          * cgroup - background processes that outlived it - is killed: cgroup members cannot
@@ -723,6 +746,12 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
 
 int run_signal(struct run *r, int sig)
 {
+    if (r->state == RUN_STARTING) {
+        /* Delivered by run_spawned, once the process group exists. */
+        if (sig > 0 && sig <= 64)
+            r->pending_sigs |= 1ull << (sig - 1);
+        return 0;
+    }
     if (r->state != RUN_RUNNING)
         return -ESRCH;
     if (kill(-r->pid, sig) < 0)
@@ -766,7 +795,7 @@ static void on_stdin_written(uv_write_t *w, int status)
 int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
                     void *arg)
 {
-    if (!r->in.open || r->in.eof_pending || r->state != RUN_RUNNING)
+    if (!r->in.open || r->in.eof_pending || (r->state != RUN_RUNNING && r->state != RUN_STARTING))
         return -EPIPE;
     if (len == 0) {
         if (eof) {
@@ -875,6 +904,8 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     r->grace_ms = p->grace_ms;
     r->timeout_ms = p->timeout_ms;
     r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = -1;
+    r->child_fd[0] = r->child_fd[1] = r->child_fd[2] = -1;
+    list_init(&r->start_link);
     for (int i = 0; i < 2; i++) {
         r->out[i].run = r;
         r->out[i].fd = -1;
@@ -895,6 +926,16 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     return r;
 }
 
+/* The requester's reply (`started` or `spawn_failed`), once: request.c knows how. */
+static void starter_reply(struct run *r)
+{
+    if (!r->starter.set)
+        return;
+    r->starter.set = false;
+    request_run_started(r->a, r, r->starter.conn_no, &r->starter.req, r->starter.follow,
+                        r->starter.want_output);
+}
+
 /* Records a run that could not start: ended at once, status failed, reason spawn. */
 static void run_spawn_failed(struct run *r, const char *stage, int err)
 {
@@ -902,7 +943,105 @@ static void run_spawn_failed(struct run *r, const char *stage, int err)
     r->spawn_err = err;
     r->wstatus = 0;
     log_info("run %s: spawn failed at %s: %s", r->id, stage, strerror(err));
+    starter_reply(r);
     run_finish(r);
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* The spawn is over (here, or on the spawner thread): the run is running, or has failed. */
+static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t failed_pid)
+{
+    struct agent *a = r->a;
+    for (int i = 0; i < 3; i++)
+        close_fd(&r->child_fd[i]);
+    if (pid < 0) {
+        close_fd(&r->out[0].fd);
+        close_fd(&r->out[1].fd);
+        stdin_close(r);
+        r->pid = failed_pid;
+        run_spawn_failed(r, stage, (int)-pid);
+        return;
+    }
+    r->pid = pid;
+    r->state = RUN_RUNNING;
+    pid_insert(r);
+    if (r->cg.dir_fd >= 0) {
+        uv_poll_init(a->loop, &r->cg_poll, r->cg.events_fd);
+        r->cg_poll.data = r;
+        r->cg_polling = true;
+        r->handles_open++;
+        uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
+    }
+    for (int i = 0; i < 2; i++) {
+        struct run_pipe *rp = &r->out[i];
+        fcntl(rp->fd, F_SETFL, fcntl(rp->fd, F_GETFL) | O_NONBLOCK);
+        uv_poll_init(a->loop, &rp->poll, rp->fd);
+        rp->poll.data = rp;
+        rp->open = true;
+        r->handles_open++;
+        pipe_poll_set(rp, true);
+    }
+    if (r->timeout_ms)
+        uv_timer_start(&r->kill_timer, on_kill_timer, r->timeout_ms, 0);
+    log_debug("run %s: started pid %d: %s", r->id, (int)pid, r->desc);
+    starter_reply(r);
+    /* What was asked while it was starting. */
+    for (int sig = 1; sig <= 64; sig++)
+        if (r->pending_sigs & (1ull << (sig - 1)))
+            kill(-r->pid, sig);
+    r->pending_sigs = 0;
+    if (r->cancel_requested && r->kill_stage == 0)
+        run_cancel(r, r->cancel_grace);
+    if (r->early_exit) {
+        /* The reaper had it already (spawn_job_pid). */
+        log_debug("run %s: reaped before its spawn was done", r->id);
+        r->early_exit = false;
+        run_on_exit(a, r->pid, r->early_status, &r->early_ru);
+    }
+}
+
+static void job_done(struct spawn_job *j)
+{
+    struct run *r = j->owner;
+    list_del(&r->start_link);
+    r->job = NULL;
+    pid_t pid = j->pid, failed = j->failed_pid;
+    const char *stage = j->stage;
+    spawn_job_free(j);
+    run_spawned(r, pid, stage, failed);
+}
+
+void runs_spawns_done(struct agent *a)
+{
+    struct spawner *s = a->sandbox.spawner;
+    if (s == NULL)
+        return;
+    for (struct spawn_job *j = spawner_take_done(s), *next; j; j = next) {
+        next = j->next;
+        job_done(j);
+    }
+}
+
+void runs_spawner_halt(struct agent *a)
+{
+    struct spawner *s = a->sandbox.spawner;
+    if (s == NULL)
+        return;
+    struct spawn_job *pending = spawner_halt(s);
+    runs_spawns_done(a);
+    /* Never begun: they fail as a spawn that could not fork. */
+    for (struct spawn_job *j = pending, *next; j; j = next) {
+        next = j->next;
+        j->pid = -ECANCELED;
+        j->stage = "fork";
+        job_done(j);
+    }
 }
 
 int run_start(struct agent *a, const struct run_params *p, struct run **out)
@@ -913,10 +1052,17 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     if (r == NULL)
         return -ENOMEM;
     *out = r;
+    if (p->req) {
+        r->starter.set = true;
+        r->starter.conn_no = p->conn_no;
+        r->starter.req = *p->req;
+        r->starter.follow = p->follow;
+        r->starter.want_output = p->want_output;
+    }
     if (p->pre_err) {
         /* Refused before any process (an unknown user): recorded like any spawn failure. */
         run_spawn_failed(r, p->pre_stage, p->pre_err);
-        return 1;
+        return 0;
     }
 
     if (a->cg.enabled) {
@@ -935,7 +1081,29 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
                 close(pe[i]);
         }
         run_spawn_failed(r, "pipe", -err);
-        return 1;
+        return 0;
+    }
+    /* The parent's ends are the run's from now on; the child's stay open until it has
+     * started (run_spawned). */
+    r->out[0].fd = po[0];
+    r->out[1].fd = pe[0];
+    r->child_fd[0] = po[1];
+    r->child_fd[1] = pe[1];
+    r->child_fd[2] = pi[0];
+    if (p->want_stdin) {
+        /* Ready before the process is: what is written while it starts waits in the pipe. */
+        uv_pipe_init(a->loop, &r->in.h, 0);
+        r->in.h.data = r;
+        if (uv_pipe_open(&r->in.h, pi[1]) == 0) {
+            r->in.open = true;
+        } else {
+            close(pi[1]);
+        }
+        r->handles_open++;
+        if (!r->in.open) {
+            r->in.open = true;
+            stdin_close(r);
+        }
     }
 
     struct spawn_req sr = {
@@ -956,61 +1124,23 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .stack = a->spawn_stack,
         .stack_size = a->spawn_stack_size,
     };
-    sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &sr.via);
+    struct spawner *via;
+    sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
+    if (via) {
+        /* On the spawner thread; the loop goes on meanwhile (runs_spawns_done). */
+        r->job = spawn_job_new(&sr, r);
+        if (r->job == NULL) {
+            run_spawned(r, -ENOMEM, "fork", 0);
+            return 0;
+        }
+        list_add_tail(&a->starting, &r->start_link);
+        spawner_submit(via, r->job);
+        return 0;
+    }
     const char *stage = NULL;
     pid_t failed_pid = 0;
     pid_t pid = spawn_process(&sr, &stage, &failed_pid);
-    close(po[1]);
-    close(pe[1]);
-    if (p->want_stdin)
-        close(pi[0]);
-    if (pid < 0) {
-        close(po[0]);
-        close(pe[0]);
-        if (p->want_stdin)
-            close(pi[1]);
-        r->pid = failed_pid;
-        run_spawn_failed(r, stage, (int)-pid);
-        return 1;
-    }
-    r->pid = pid;
-    pid_insert(r);
-    if (r->cg.dir_fd >= 0) {
-        uv_poll_init(a->loop, &r->cg_poll, r->cg.events_fd);
-        r->cg_poll.data = r;
-        r->cg_polling = true;
-        r->handles_open++;
-        uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
-    }
-
-    int fds[2] = {po[0], pe[0]};
-    for (int i = 0; i < 2; i++) {
-        struct run_pipe *rp = &r->out[i];
-        rp->fd = fds[i];
-        fcntl(rp->fd, F_SETFL, fcntl(rp->fd, F_GETFL) | O_NONBLOCK);
-        uv_poll_init(a->loop, &rp->poll, rp->fd);
-        rp->poll.data = rp;
-        rp->open = true;
-        r->handles_open++;
-        pipe_poll_set(rp, true);
-    }
-    if (p->want_stdin) {
-        uv_pipe_init(a->loop, &r->in.h, 0);
-        r->in.h.data = r;
-        if (uv_pipe_open(&r->in.h, pi[1]) == 0) {
-            r->in.open = true;
-        } else {
-            close(pi[1]);
-        }
-        r->handles_open++;
-        if (!r->in.open) {
-            r->in.open = true;
-            stdin_close(r);
-        }
-    }
-    if (p->timeout_ms)
-        uv_timer_start(&r->kill_timer, on_kill_timer, p->timeout_ms, 0);
-    log_debug("run %s: started pid %d: %s", r->id, (int)pid, r->desc);
+    run_spawned(r, pid, stage, failed_pid);
     return 0;
 }
 

@@ -26,7 +26,8 @@ struct reqtag {
     char buf[80];
 };
 
-enum run_state { RUN_RUNNING, RUN_DRAINING, RUN_ENDED };
+/* STARTING: queued to, or being started by, the spawner thread (pid 0 until it is done). */
+enum run_state { RUN_STARTING, RUN_RUNNING, RUN_DRAINING, RUN_ENDED };
 
 enum run_reason {
     REASON_EXIT, REASON_SIGNAL, REASON_TIMEOUT, REASON_CANCEL, REASON_SPAWN, REASON_OOM
@@ -90,6 +91,22 @@ struct run {
 
     struct run_pipe out[2];
     struct stdin_pipe in;
+    int child_fd[3];        /* the child's ends of the pipes (or -1), until it has started */
+
+    /* While STARTING. */
+    struct spawn_job *job;  /* on the spawner (spawn.h), or NULL: started in the loop */
+    struct list start_link; /* a->starting */
+    struct {
+        bool set;           /* the reply is still owed */
+        uint64_t conn_no;   /* conn_find: the connection may be gone by then */
+        struct reqtag req;
+        bool follow, want_output;
+    } starter;              /* who asked, for `started` or `spawn_failed` */
+    bool early_exit;        /* the reaper had the child before the spawn was done */
+    int early_status;
+    struct rusage early_ru;
+    uint64_t pending_sigs;  /* `signal`s to deliver once started (bit n-1 for n) */
+    uint32_t cancel_grace;  /* with cancel_requested: `cancel` while starting */
     char *tmpdir; /* a code run's private directory (code.h), removed when the run ends */
 
     struct runlog log;
@@ -112,6 +129,11 @@ struct sub {
 /* Parameters of a new run; strings are borrowed for the duration of run_start. Every field
  * is meant to be set (request.c's run_launch is the one caller): a zero seccomp is "none". */
 struct run_params {
+    /* Who asked: once the run has started or failed to, request_run_started answers there
+     * (req NULL: nobody). */
+    uint64_t conn_no;
+    const struct reqtag *req;
+    bool follow, want_output;
     const char *id; /* NULL: generated */
     size_t id_len;
     char **argv;    /* NULL-terminated, owned by the caller */
@@ -138,20 +160,29 @@ void runs_destroy(struct agent *a);
 
 struct run *run_find(struct agent *a, const char *id, size_t len);
 
-/* Starts a run. Returns 0 and *out on success; on a spawn failure returns -ESPAWN-like errors:
- *   -EAGAIN  max_runs reached (nothing created)
- *   -ENOMEM  (nothing created)
- *   1        the run was created but could not be started: it is recorded as ended (reason
- *            spawn) and *out points at it. */
+/* Starts a run. Returns 0 and *out when the run exists: started, being started by the spawner
+ * thread (RUN_STARTING), or already failed to start (ended, reason spawn). In each case the
+ * requester's reply is request_run_started's, called once the outcome is known - during this
+ * call or from runs_spawns_done. Else, with nothing created:
+ *   -EAGAIN  max_runs reached
+ *   -ENOMEM */
 int run_start(struct agent *a, const struct run_params *p, struct run **out);
+/* The loop's side of the spawner: finishes the runs whose spawns are done (called when the
+ * spawner notifies). */
+void runs_spawns_done(struct agent *a);
+/* At teardown, before runs_destroy: stops the spawner after its current spawn, finishes that
+ * run, and fails those never begun. */
+void runs_spawner_halt(struct agent *a);
 
 /* Reaper hook: the main process of some run (or an orphan) changed state. Returns true if pid
  * belonged to a run. */
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru);
 
-/* Cancel (TERM + CONT now, KILL after grace_ms). Returns false if the run has ended. */
+/* Cancel (TERM + CONT now, KILL after grace_ms; while it is starting: once it has started).
+ * Returns false if the run has ended. */
 bool run_cancel(struct run *r, uint32_t grace_ms);
-/* Sends sig to the run's process group. -ESRCH if the run has ended. */
+/* Sends sig to the run's process group (while it is starting: once it has started). -ESRCH if
+ * the run has ended. */
 int run_signal(struct run *r, int sig);
 
 /* stdin. Returns 0 (the write is queued; cb reports its completion), 1 (nothing to write: done

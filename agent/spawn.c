@@ -236,6 +236,10 @@ static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *
         struct boxd_clone_args ca;
         memset(&ca, 0, sizeof ca);
         ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+        if (req->ptid) {
+            ca.flags |= CLONE_PARENT_SETTID;
+            ca.parent_tid = (uint64_t)(uintptr_t)req->ptid;
+        }
         ca.exit_signal = SIGCHLD;
         ca.stack = (uint64_t)(uintptr_t)req->stack;
         ca.stack_size = (uint64_t)(top - req->stack);
@@ -256,7 +260,8 @@ static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *
     }
 #endif
     if (pid < 0) {
-        pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &arg);
+        int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (req->ptid ? CLONE_PARENT_SETTID : 0);
+        pid = clone(child_main, top, flags, &arg, req->ptid);
         clone_err = errno;
     }
     sigprocmask(SIG_SETMASK, &old, NULL);
@@ -278,21 +283,102 @@ static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *
     return pid;
 }
 
+/* ---- Jobs --------------------------------------------------------------------------------- */
+
+static size_t strv_size(char *const *v, size_t *n)
+{
+    size_t bytes = 0;
+    *n = 0;
+    for (; v && v[*n]; (*n)++)
+        bytes += strlen(v[*n]) + 1;
+    return bytes;
+}
+
+static char **strv_copy(char *const *v, size_t n, char ***slots, char **at)
+{
+    if (v == NULL)
+        return NULL;
+    char **out = *slots;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(v[i]) + 1;
+        memcpy(*at, v[i], len);
+        out[i] = *at;
+        *at += len;
+    }
+    out[n] = NULL;
+    *slots += n + 1;
+    return out;
+}
+
+static const char *str_copy(const char *s, char **at)
+{
+    if (s == NULL)
+        return NULL;
+    size_t len = strlen(s) + 1;
+    memcpy(*at, s, len);
+    const char *out = *at;
+    *at += len;
+    return out;
+}
+
+struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
+{
+    size_t nargv, nenv;
+    size_t bytes = strv_size(req->argv, &nargv) + strv_size(req->envp, &nenv);
+    bytes += (req->search_path ? strlen(req->search_path) + 1 : 0) +
+             (req->cwd ? strlen(req->cwd) + 1 : 0);
+    size_t slots = (nargv + 1) + (nenv + 1);
+    struct spawn_job *j = malloc(sizeof *j + slots * sizeof(char *) + bytes);
+    if (j == NULL)
+        return NULL;
+    memset(j, 0, sizeof *j);
+    char **slot = (char **)(j + 1);
+    char *at = (char *)(slot + slots);
+    j->req = *req;
+    j->req.argv = strv_copy(req->argv, nargv, &slot, &at);
+    j->req.envp = strv_copy(req->envp, nenv, &slot, &at);
+    j->req.search_path = str_copy(req->search_path, &at);
+    j->req.cwd = str_copy(req->cwd, &at);
+    if (req->id) {
+        j->id = *req->id;
+        j->req.id = &j->id;
+    }
+    j->req.ptid = &j->ptid;
+    j->req.stack = NULL; /* the spawner's */
+    j->owner = owner;
+    j->pid = -ECANCELED;
+    j->stage = "fork";
+    return j;
+}
+
+void spawn_job_free(struct spawn_job *j)
+{
+    free(j);
+}
+
+pid_t spawn_job_pid(const struct spawn_job *j)
+{
+    /* Stored by the kernel in the spawner thread's clone, before the child first ran; read
+     * here after wait(2) has returned that child, which orders the two. */
+    return __atomic_load_n(&j->ptid, __ATOMIC_ACQUIRE);
+}
+
 /* ---- Spawner threads ----------------------------------------------------------------------- */
 
 struct spawner {
     pthread_t thread;
     pthread_mutex_t mu;
-    pthread_cond_t job_cv, done_cv;
+    pthread_cond_t job_cv, state_cv;
     const struct sock_fprog *filter;
     pid_t tid;
     int state; /* STARTING, ARMING (tid known, waiting for its filter), SERVING, or a negative
                   errno: the filter could not be loaded */
-    bool stop;
-    /* The job: set by the caller, cleared by the thread with the result filled in. */
-    const struct spawn_req *req;
-    pid_t pid, failed_pid;
-    const char *stage;
+    bool stop, joined;
+    struct spawn_job *pending, **pending_tail; /* not begun, oldest first */
+    struct spawn_job *done, **done_tail;       /* started or failed, oldest first */
+    void (*notify)(void *);
+    void *notify_arg;
+    char *stack; /* the children's, one at a time */
 };
 
 static int load_filter(const struct sock_fprog *f)
@@ -315,7 +401,7 @@ static void *spawner_main(void *p)
     pthread_mutex_lock(&s->mu);
     s->tid = (pid_t)syscall(SYS_gettid);
     s->state = ARMING;
-    pthread_cond_broadcast(&s->done_cv);
+    pthread_cond_broadcast(&s->state_cv);
     while (s->filter == NULL && !s->stop)
         pthread_cond_wait(&s->job_cv, &s->mu);
     int e = -ECANCELED;
@@ -325,23 +411,34 @@ static void *spawner_main(void *p)
         e = load_filter(s->filter);
     }
     s->state = e < 0 ? e : SERVING;
-    pthread_cond_broadcast(&s->done_cv);
+    pthread_cond_broadcast(&s->state_cv);
     while (e == 0) {
-        while (s->req == NULL && !s->stop)
+        while (s->pending == NULL && !s->stop)
             pthread_cond_wait(&s->job_cv, &s->mu);
         if (s->stop)
             break;
-        const struct spawn_req *req = s->req;
+        struct spawn_job *j = s->pending;
+        s->pending = j->next;
+        if (s->pending == NULL)
+            s->pending_tail = &s->pending;
         pthread_mutex_unlock(&s->mu);
-        const char *stage = NULL;
-        pid_t failed = 0;
-        pid_t pid = spawn_here(req, &stage, &failed);
+
+        j->req.stack = s->stack;
+        j->req.stack_size = SPAWNER_CHILD_STACK;
+        j->stage = NULL;
+        j->failed_pid = 0;
+        j->pid = spawn_here(&j->req, &j->stage, &j->failed_pid);
+
         pthread_mutex_lock(&s->mu);
-        s->pid = pid;
-        s->stage = stage;
-        s->failed_pid = failed;
-        s->req = NULL;
-        pthread_cond_signal(&s->done_cv);
+        j->next = NULL;
+        *s->done_tail = j;
+        s->done_tail = &j->next;
+        void (*notify)(void *) = s->notify;
+        void *arg = s->notify_arg;
+        pthread_mutex_unlock(&s->mu);
+        if (notify)
+            notify(arg);
+        pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -350,21 +447,25 @@ static void *spawner_main(void *p)
 static void spawner_free(struct spawner *s)
 {
     pthread_cond_destroy(&s->job_cv);
-    pthread_cond_destroy(&s->done_cv);
+    pthread_cond_destroy(&s->state_cv);
     pthread_mutex_destroy(&s->mu);
+    free(s->stack);
     free(s);
 }
 
 struct spawner *spawner_create(pid_t *tid, int *err)
 {
     struct spawner *s = calloc(1, sizeof *s);
-    if (s == NULL) {
+    if (s == NULL || (s->stack = malloc(SPAWNER_CHILD_STACK)) == NULL) {
+        free(s);
         *err = -ENOMEM;
         return NULL;
     }
+    s->pending_tail = &s->pending;
+    s->done_tail = &s->done;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->job_cv, NULL);
-    pthread_cond_init(&s->done_cv, NULL);
+    pthread_cond_init(&s->state_cv, NULL);
     /* The thread inherits the caller's signal mask; make sure it is everything, so that no
      * signal is ever delivered to it (boxd reads its signals through a signalfd). */
     sigset_t all, old;
@@ -372,7 +473,7 @@ struct spawner *spawner_create(pid_t *tid, int *err)
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    /* It only waits and clones: a small stack (the children run on spawn_req's stack). */
+    /* It only waits and clones: a small stack (the children run on s->stack). */
     pthread_attr_setstacksize(&attr, SPAWNER_THREAD_STACK);
     int e = pthread_create(&s->thread, &attr, spawner_main, s);
     pthread_attr_destroy(&attr);
@@ -384,7 +485,7 @@ struct spawner *spawner_create(pid_t *tid, int *err)
     }
     pthread_mutex_lock(&s->mu);
     while (s->state == STARTING)
-        pthread_cond_wait(&s->done_cv, &s->mu);
+        pthread_cond_wait(&s->state_cv, &s->mu);
     *tid = s->tid;
     pthread_mutex_unlock(&s->mu);
     *err = 0;
@@ -397,7 +498,7 @@ int spawner_arm(struct spawner *s, const struct sock_fprog *filter)
     s->filter = filter;
     pthread_cond_signal(&s->job_cv);
     while (s->state == ARMING)
-        pthread_cond_wait(&s->done_cv, &s->mu);
+        pthread_cond_wait(&s->state_cv, &s->mu);
     int e = s->state;
     pthread_mutex_unlock(&s->mu);
     if (e < 0) {
@@ -409,33 +510,66 @@ int spawner_arm(struct spawner *s, const struct sock_fprog *filter)
     return 0;
 }
 
-void spawner_stop(struct spawner *s)
+void spawner_set_notify(struct spawner *s, void (*notify)(void *), void *arg)
 {
-    if (s == NULL)
-        return;
+    pthread_mutex_lock(&s->mu);
+    s->notify = notify;
+    s->notify_arg = arg;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void spawner_submit(struct spawner *s, struct spawn_job *j)
+{
+    j->next = NULL;
+    pthread_mutex_lock(&s->mu);
+    *s->pending_tail = j;
+    s->pending_tail = &j->next;
+    pthread_cond_signal(&s->job_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+struct spawn_job *spawner_take_done(struct spawner *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct spawn_job *j = s->done;
+    s->done = NULL;
+    s->done_tail = &s->done;
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
+struct spawn_job *spawner_halt(struct spawner *s)
+{
     pthread_mutex_lock(&s->mu);
     s->stop = true;
     pthread_cond_signal(&s->job_cv);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    if (!s->joined) {
+        pthread_join(s->thread, NULL);
+        s->joined = true;
+    }
+    struct spawn_job *j = s->pending;
+    s->pending = NULL;
+    s->pending_tail = &s->pending;
+    return j;
+}
+
+void spawner_stop(struct spawner *s)
+{
+    if (s == NULL)
+        return;
+    for (struct spawn_job *j = spawner_halt(s), *next; j; j = next) {
+        next = j->next;
+        spawn_job_free(j);
+    }
+    for (struct spawn_job *j = spawner_take_done(s), *next; j; j = next) {
+        next = j->next;
+        spawn_job_free(j);
+    }
     spawner_free(s);
 }
 
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
 {
-    struct spawner *s = req->via;
-    if (s == NULL)
-        return spawn_here(req, stage, failed_pid);
-    /* Synchronous, like spawn_here: the caller waits for the result as it would for the
-     * vfork. Only one caller (the event loop's thread) ever uses a spawner. */
-    pthread_mutex_lock(&s->mu);
-    s->req = req;
-    pthread_cond_signal(&s->job_cv);
-    while (s->req != NULL)
-        pthread_cond_wait(&s->done_cv, &s->mu);
-    pid_t pid = s->pid;
-    *stage = s->stage;
-    *failed_pid = s->failed_pid;
-    pthread_mutex_unlock(&s->mu);
-    return pid;
+    return spawn_here(req, stage, failed_pid);
 }

@@ -28,6 +28,7 @@
 #define BOXD_SPAWN_H
 
 #include <linux/filter.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -44,7 +45,8 @@ struct spawn_req {
     int cgroup_procs_fd;       /* its cgroup.procs, for the fallback write, or -1 */
     const struct identity *id; /* switch to it when id->change */
     const struct sock_fprog *seccomp; /* loaded by the child; NULL or empty: none */
-    struct spawner *via;       /* start the child from this spawner thread, or NULL: here */
+    pid_t *ptid;               /* or NULL: the kernel stores the child's pid here before the
+                                  child runs (CLONE_PARENT_SETTID) */
     uint64_t nofile, core;     /* rlimits (nofile 0: unchanged) */
     const char *oom_adj;       /* written to /proc/self/oom_score_adj, or NULL */
     uint64_t sig_reset;        /* signals (bit n-1 for n) whose disposition the child resets */
@@ -52,12 +54,14 @@ struct spawn_req {
     size_t stack_size;
 };
 
-/* A spawner is a thread that carries a seccomp filter, so that the children it starts inherit
- * the filter instead of each loading its own: seccomp(SECCOMP_SET_MODE_FILTER) costs about
- * 100 us (the kernel JITs the program, then, with interrupts off, runs it for every system call
- * number of both x86 ABIs to fill its allow-cache), and the filter is freed again at every exit.
- * Filters belong to threads: boxd's main thread stays unfiltered. A child inherits the filter
- * of the thread that cloned it, and is still boxd's child for wait(2).
+/* A spawner is a thread that starts runs, so that the event loop goes on while each child is
+ * in its vfork window (the parent of a CLONE_VFORK child is suspended until the child execs),
+ * and that carries a seccomp filter, so that the children it starts inherit the filter instead
+ * of each loading its own: seccomp(SECCOMP_SET_MODE_FILTER) costs about 100 us (the kernel
+ * JITs the program, then, with interrupts off, runs it for every system call number of both
+ * x86 ABIs to fill its allow-cache), and the filter is freed again at every exit. Filters
+ * belong to threads: boxd's main thread stays unfiltered. A child inherits the filter of the
+ * thread that cloned it, and is still boxd's child for wait(2).
  *
  * The thread is boxd too - a fatal signal to its tid kills the process, a ptrace of it reaches
  * boxd's memory - so the filter must guard its tid as well as boxd's pid, and the tid is known
@@ -66,20 +70,52 @@ struct spawn_req {
  *   spawner_arm     loads filter on it (setting no_new_privs first when boxd lacks
  *                   CAP_SYS_ADMIN, as a child would). On failure (negative errno) the thread
  *                   is gone and s freed.
- * spawn_process hands a request with .via set to the thread and waits for the result: it is as
- * synchronous as a vfork in the caller, and costs two futex wake-ups. spawner_stop joins it
- * (armed or not). */
+ *
+ * Jobs: the loop's thread submits a job (spawn_job_new copies the request, so nothing it
+ * points to need outlive the call); the spawner starts them one at a time, in order, on its
+ * own child stack, moves each to its done list and calls notify (from its own thread: it must
+ * be thread-safe, e.g. uv_async_send). The loop takes the done jobs and frees them.
+
+ *
+ * A child can exit, and be reaped by the loop's wait(-1), before its job is done: the job's
+ * ptid holds its pid from before the child first runs, for the reaper to match it. */
 #define SPAWNER_THREAD_STACK (256 * 1024)
+#define SPAWNER_CHILD_STACK (64 * 1024)
+
+struct spawn_job {
+    struct spawn_job *next;
+    struct spawn_req req;  /* the copy: its pointers point into this job */
+    struct identity id;
+    pid_t ptid;            /* the child's pid, stored by the kernel (read with spawn_job_pid) */
+    /* The result, as spawn_process returns it. */
+    pid_t pid, failed_pid;
+    const char *stage;
+    void *owner;           /* the caller's */
+};
+
+struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner);
+void spawn_job_free(struct spawn_job *j);
+/* The child's pid once the kernel has made it, else 0. */
+pid_t spawn_job_pid(const struct spawn_job *j);
+
 struct spawner;
 struct spawner *spawner_create(pid_t *tid, int *err);
 int spawner_arm(struct spawner *s, const struct sock_fprog *filter);
+void spawner_set_notify(struct spawner *s, void (*notify)(void *), void *arg);
+void spawner_submit(struct spawner *s, struct spawn_job *j);
+/* Takes the done jobs, oldest first, as a list through ->next (NULL if none). */
+struct spawn_job *spawner_take_done(struct spawner *s);
+/* Stops the thread after the job it is starting (if any) and joins it. Returns the jobs it
+ * had not begun, oldest first; spawner_take_done still gives the done ones. Idempotent. */
+struct spawn_job *spawner_halt(struct spawner *s);
+/* Halts it (jobs not begun are dropped: halt first to keep them) and frees it. */
 void spawner_stop(struct spawner *s);
 
 /* The signals whose disposition is not SIG_DFL now (call once at start-up, after the agent
  * has set its own). */
 uint64_t spawn_signals_changed(void);
 
-/* Starts the process. Returns the pid (> 0) on success. On failure returns a negative errno and
+/* Starts the process here, the caller suspended meanwhile. Returns the pid (> 0) on success. On failure returns a negative errno and
  * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "seccomp", "user", "chdir", "exec"); if a child was
  * created it has already been reaped, and its pid is stored in *failed_pid (else 0). */
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid);
