@@ -179,7 +179,7 @@ int cgroup_init(struct agent *a)
     struct cgroups *cg = &a->cg;
     cg->runs_fd = -1;
     cg->base_fd = -1;
-    cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = -1;
+    cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = cg->spare.cpu_fd = -1;
     char mnt[PATH_MAX], root[PATH_MAX] = "", own[PATH_MAX];
     if (find_mount(mnt, sizeof mnt, root, sizeof root) < 0 || own_cgroup(own, sizeof own) < 0) {
         log_info("cgroup2 not found: runs are killed by process group and /proc walk");
@@ -291,7 +291,7 @@ int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc)
     struct cgroups *cg = &a->cg;
     if (cg->spare.dir_fd >= 0 && strcmp(cg->spare_id, id) == 0) {
         *rc = cg->spare;
-        cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = -1;
+        cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = cg->spare.cpu_fd = -1;
         return 0;
     }
     return run_create(a, id, rc);
@@ -308,7 +308,7 @@ void cgroup_spare_make(struct agent *a, const char *id)
 
 static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
 {
-    rc->dir_fd = rc->procs_fd = rc->events_fd = -1;
+    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
     if (!a->cg.enabled)
         return -ENOTSUP;
     if (mkdirat(a->cg.runs_fd, id, 0755) < 0) {
@@ -329,6 +329,8 @@ static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
         rc->procs_fd = openat(rc->dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
     if (rc->dir_fd >= 0)
         rc->events_fd = openat(rc->dir_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
+    if (rc->dir_fd >= 0)
+        rc->cpu_fd = openat(rc->dir_fd, "cpu.stat", O_RDONLY | O_CLOEXEC); /* -1 is fine */
     if (rc->dir_fd < 0 || rc->procs_fd < 0 || rc->events_fd < 0) {
         int e = -errno;
         cgroup_run_remove(a, id, rc);
@@ -407,7 +409,12 @@ void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct
     if (rc->dir_fd < 0)
         return;
     char buf[1024];
-    if (read_at(rc->dir_fd, "cpu.stat", buf, sizeof buf) > 0) {
+    ssize_t n = -1;
+    if (rc->cpu_fd >= 0 && (n = pread(rc->cpu_fd, buf, sizeof buf - 1, 0)) >= 0)
+        buf[n] = '\0';
+    else
+        n = read_at(rc->dir_fd, "cpu.stat", buf, sizeof buf);
+    if (n > 0) {
         u->user_us = field(buf, "user_usec");
         u->sys_us = field(buf, "system_usec");
         u->have_cpu = true;
@@ -428,12 +435,14 @@ void cgroup_run_remove(struct agent *a, const char *id, struct run_cgroup *rc)
         close(rc->procs_fd);
     if (rc->events_fd >= 0)
         close(rc->events_fd);
+    if (rc->cpu_fd >= 0)
+        close(rc->cpu_fd);
     if (rc->dir_fd >= 0) {
         close(rc->dir_fd);
         if (unlinkat(a->cg.runs_fd, id, AT_REMOVEDIR) < 0 && errno != ENOENT)
             log_warn("run %s: rmdir of its cgroup: %s", id, strerror(errno));
     }
-    rc->dir_fd = rc->procs_fd = rc->events_fd = -1;
+    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
 }
 
 /* ---- Fallback without cgroups ------------------------------------------------------------- */

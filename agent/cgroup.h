@@ -23,6 +23,7 @@ struct run_cgroup {
     int dir_fd;    /* BASE/runs/<id>, or -1 */
     int procs_fd;  /* its cgroup.procs, open for the child to write "0" into */
     int events_fd; /* its cgroup.events, polled (POLLPRI) for "populated 0" */
+    int cpu_fd;    /* its cpu.stat (or -1), read when the run ends */
 };
 
 struct cgroups {

@@ -493,7 +493,9 @@ int main(int argc, char **argv)
         }
 
     a->sig_nondefault = spawn_signals_changed();
-    /* A run holds five descriptors: let max_runs fit (the soft limit up to the hard one). */
+    /* A run holds up to seven descriptors (two or three pipe ends; its cgroup directory,
+     * cgroup.procs, cgroup.events, cpu.stat): let max_runs fit (the soft limit up to the hard
+     * one). */
     struct rlimit nof;
     if (getrlimit(RLIMIT_NOFILE, &nof) == 0 && nof.rlim_cur < nof.rlim_max) {
         nof.rlim_cur = nof.rlim_max;

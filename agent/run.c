@@ -24,6 +24,7 @@
 #define DRAIN_READ_MAX (4u * 1024u * 1024u)
 
 static void run_finish(struct run *r);
+static void cg_watch(struct run *r);
 static void tmpdir_remove(struct run *r);
 static void run_notify(struct run *r);
 static void on_flush_timer(uv_timer_t *t);
@@ -575,6 +576,7 @@ static void run_finish(struct run *r)
          * blocks or gets SIGPIPE; reading resumes even if a follower had paused it. */
         r->lingering = true;
         a->n_lingering++;
+        cg_watch(r); /* for when the last of them is gone (linger_check) */
         r->paused = false;
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
@@ -637,6 +639,21 @@ static void on_cg_event(uv_poll_t *h, int status, int events)
     linger_check(r);
 }
 
+/* Watches the run's cgroup.events for "populated 0". Only a run being killed (its end waits for
+ * the cgroup to empty) or lingering (ended, with background processes) needs it: a run that
+ * just exits never pays for the watch. A change after the last read of cgroup.events (every
+ * caller reads it afterwards) wakes the poll, so nothing is missed. */
+static void cg_watch(struct run *r)
+{
+    if (r->cg.dir_fd < 0 || r->cg_polling || r->freeing)
+        return;
+    uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
+    r->cg_poll.data = r;
+    r->cg_polling = true;
+    r->handles_open++;
+    uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
+}
+
 /* Sends sig to every process of the run: the cgroup's members, or without one the process
  * group and what a /proc walk finds of its tree. */
 static void kill_tree(struct run *r, int sig)
@@ -644,6 +661,7 @@ static void kill_tree(struct run *r, int sig)
     if (r->state == RUN_STARTING || r->pid <= 0)
         return; /* nothing yet; and pid 0 would mean boxd's own process group */
     if (r->cg.dir_fd >= 0) {
+        cg_watch(r); /* the end waits for it to be empty */
         if (sig == SIGKILL)
             cgroup_run_kill(&r->cg);
         else
@@ -903,7 +921,7 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     r->log.total = &a->log_held;
     r->grace_ms = p->grace_ms;
     r->timeout_ms = p->timeout_ms;
-    r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = -1;
+    r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = r->cg.cpu_fd = -1;
     r->child_fd[0] = r->child_fd[1] = r->child_fd[2] = -1;
     list_init(&r->start_link);
     for (int i = 0; i < 2; i++) {
@@ -971,17 +989,9 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
     r->pid = pid;
     r->state = RUN_RUNNING;
     pid_insert(r);
-    if (r->cg.dir_fd >= 0) {
-        uv_poll_init(a->loop, &r->cg_poll, r->cg.events_fd);
-        r->cg_poll.data = r;
-        r->cg_polling = true;
-        r->handles_open++;
-        uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
-    }
     for (int i = 0; i < 2; i++) {
         struct run_pipe *rp = &r->out[i];
-        fcntl(rp->fd, F_SETFL, fcntl(rp->fd, F_GETFL) | O_NONBLOCK);
-        uv_poll_init(a->loop, &rp->poll, rp->fd);
+        uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
         rp->poll.data = rp;
         rp->open = true;
         r->handles_open++;
