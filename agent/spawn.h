@@ -1,9 +1,10 @@
 /* Starting a run's process: the only code that runs in a child before exec.
  *
  * The child is made with clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP) - or clone(CLONE_VM |
- * CLONE_VFORK) where that is not available - as glibc's posix_spawn does: it shares
- * the agent's memory and the agent is suspended until the child execs or exits, so starting a
- * process costs no page-table copy however large the agent grows. The price is discipline: the
+ * CLONE_VFORK) where that is not available - as glibc's posix_spawn does: it shares the agent's
+ * memory and the calling thread (the spawner thread, below) is suspended until the child execs
+ * or exits, so starting a process costs no page-table copy however large the agent grows. The
+ * price is discipline: the
  * child may only make system calls (through thin libc wrappers) and write to its own stack and to
  * the shared `struct spawn_child_err`, which is how exec failures come back with their stage and
  * errno (no pipe round trip needed: the parent resumes only after the child is done).
@@ -16,9 +17,11 @@
  *   3. fds 0-2 from the request, then every other fd closed (close_range);
  *   4. resource limits (RLIMIT_NOFILE, RLIMIT_CORE) and oom_score_adj (boxd's is -1000; the
  *      run's is higher, so memory pressure kills the run, never the agent);
- *   5. the seccomp filter, loaded while still privileged (so no PR_SET_NO_NEW_PRIVS is needed
- *      and setuid programs such as sudo keep working; a boxd that is not root sets
- *      no_new_privs, as the kernel then requires);
+ *   5. the seccomp filter: the default profile is inherited from the spawner thread; what
+ *      the child loads itself (strict's own rules, or a whole profile when there is no
+ *      spawner) is loaded while still privileged (so no PR_SET_NO_NEW_PRIVS is needed and
+ *      setuid programs such as sudo keep working; a boxd that is not root sets no_new_privs,
+ *      as the kernel then requires);
  *   6. the run's identity: setgroups, setresgid, setresuid (raw system calls: glibc's
  *      wrappers would try to broadcast to the threads of a process whose memory we share);
  *   7. chdir(cwd), as the run's user, so permissions apply;
@@ -75,7 +78,6 @@ struct spawn_req {
  * points to need outlive the call); the spawner starts them one at a time, in order, on its
  * own child stack, moves each to its done list and calls notify (from its own thread: it must
  * be thread-safe, e.g. uv_async_send). The loop takes the done jobs and frees them.
-
  *
  * A child can exit, and be reaped by the loop's wait(-1), before its job is done: the job's
  * ptid holds its pid from before the child first runs, for the reaper to match it. */
@@ -115,9 +117,11 @@ void spawner_stop(struct spawner *s);
  * has set its own). */
 uint64_t spawn_signals_changed(void);
 
-/* Starts the process here, the caller suspended meanwhile. Returns the pid (> 0) on success. On failure returns a negative errno and
- * sets *stage to where it failed ("fork", "cgroup", "setsid", "stdio", "seccomp", "user", "chdir", "exec"); if a child was
- * created it has already been reaped, and its pid is stored in *failed_pid (else 0). */
+/* Starts the process from the calling thread, which is suspended meanwhile (runs under seccomp
+ * none, the interpreter probes; a spawner runs its jobs with it). Returns the pid (> 0) on
+ * success. On failure returns a negative errno and sets *stage to where it failed ("fork",
+ * "cgroup", "setsid", "stdio", "seccomp", "user", "chdir", "exec"); if a child was created it
+ * has already been reaped, and its pid is stored in *failed_pid (else 0). */
 pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid);
 
 #endif
