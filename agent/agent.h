@@ -82,6 +82,7 @@ struct agent {
     struct list runs;
     struct list finished;
     struct list starting;   /* runs whose spawn the spawner thread has not finished */
+    uint32_t n_starting;
     uv_async_t spawn_async; /* the spawner's notification (runs_spawns_done) */
     struct run **by_id;  /* hash buckets, chained through run->id_next */
     struct run **by_pid; /* chained through run->pid_next */

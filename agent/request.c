@@ -222,6 +222,8 @@ static void do_info(struct ctx *x)
     msg_kv_bool(&o, "subreaper", a->subreaper);
     msg_kv_u64(&o, "uptime_ms", (now_mono_ns() - a->start_mono_ns) / 1000000u);
     msg_kv_u64(&o, "runs_live", a->n_live);
+    msg_kv_u64(&o, "runs_starting", a->n_starting);
+    msg_kv_bool(&o, "spawner", a->sandbox.spawner != NULL);
     msg_kv_u64(&o, "runs_finished", a->n_finished);
     msg_kv_u64(&o, "conns", a->n_conns);
     msg_kv_u64(&o, "reaped", a->reaped);

@@ -1020,6 +1020,7 @@ static void job_done(struct spawn_job *j)
 {
     struct run *r = j->owner;
     list_del(&r->start_link);
+    r->a->n_starting--;
     r->job = NULL;
     pid_t pid = j->pid, failed = j->failed_pid;
     const char *stage = j->stage;
@@ -1144,6 +1145,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
             return 0;
         }
         list_add_tail(&a->starting, &r->start_link);
+        a->n_starting++;
         spawner_submit(via, r->job);
         return 0;
     }

@@ -107,10 +107,12 @@ def test_info(boxd, client):
     assert r["pid"] == boxd.pid
     assert r["pid1"] is False  # the tests never run it as PID 1
     assert isinstance(r["subreaper"], bool)
-    for k in ("uptime_ms", "runs_live", "runs_finished", "conns", "reaped", "started_total"):
+    for k in ("uptime_ms", "runs_live", "runs_starting", "runs_finished", "conns", "reaped",
+              "started_total"):
         assert isinstance(r[k], int) and r[k] >= 0, (k, r)
+    assert isinstance(r["spawner"], bool)
     assert r["conns"] >= 1
-    assert r["runs_live"] == 0 and r["started_total"] == 0
+    assert r["runs_live"] == 0 and r["started_total"] == 0 and r["runs_starting"] == 0
     assert r["limits"] == client.hello_reply["limits"]
     time.sleep(0.2)
     assert client.info()["uptime_ms"] >= r["uptime_ms"] + 150

@@ -26,13 +26,17 @@ def list_entry(c, req, run_id):
 
 def test_list_shows_a_starting_run_with_pid_0(client):
     c = client
+    assert c.info()["spawner"] is True
     send_together(c, {"type": "exec", "req": 1, "id": "s1", "cmd": "echo hi", "output": True},
-                  {"type": "list", "req": 2})
+                  {"type": "list", "req": 2}, {"type": "info", "req": 3})
     e = list_entry(c, 2, "s1")
     assert e["state"] == "running" and e["pid"] == 0, e
+    info = c.recv_req(3, timeout=T(10))
+    assert info["runs_starting"] == 1 and info["runs_live"] == 1, info
     res = c.collect(1, timeout=T(10))
     assert res.started["pid"] > 0, res
     assert res.end["status"] == "completed" and res.end["result"] == "hi", res.end
+    assert c.info()["runs_starting"] == 0
 
 
 def test_cancel_while_starting(client):
