@@ -87,6 +87,12 @@ void msg_strn(struct msg_out *o, const char *s, size_t n);
 void msg_data(struct msg_out *o, const char *s, size_t n);
 /* The same, when the caller already knows whether the bytes are valid UTF-8. */
 void msg_data_known(struct msg_out *o, const char *s, size_t n, bool utf8);
+/* One output record as an `output` event's `lines` holds it (PROTOCOL.md): the array
+ * [seq, ts_ns, stream, data], data as msg_data_known packs it. The same bytes as msg_array(4),
+ * three msg_u64 and msg_data_known, written with one capacity check instead of six packer
+ * calls: streaming packs one per line. */
+void msg_line(struct msg_out *o, uint64_t seq, uint64_t ts_ns, uint64_t stream, const char *data,
+              size_t n, bool utf8);
 void msg_kv_str(struct msg_out *o, const char *key, const char *s);
 void msg_kv_i64(struct msg_out *o, const char *key, int64_t v);
 void msg_kv_u64(struct msg_out *o, const char *key, uint64_t v);

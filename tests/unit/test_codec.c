@@ -1119,8 +1119,8 @@ static void test_utf8_lone_continuation(void)
     }
 }
 
-/* Long buffers, so that the eight-bytes-at-a-time ASCII path meets every kind of byte at every
- * offset within and across its 8-byte words. */
+/* Long buffers, so that the 32- and 8-bytes-at-a-time ASCII paths meet every kind of byte at
+ * every offset within and across their words. */
 static void test_utf8_long_mixed(void)
 {
     uint8_t buf[80];
@@ -1613,6 +1613,80 @@ static void test_out_open_close(void)
 }
 
 /* Misnested counted maps are caught: the frame is refused instead of sent malformed. */
+/* msg_line writes the bytes the packer calls it stands for would, at every width boundary of
+ * every field, for str and bin, into buffers that start too small (it grows them). */
+static void test_out_line_same_bytes(void)
+{
+    static const uint64_t nums[] = {0,          1,           0x7f,        0x80,
+                                    0xff,       0x100,       0xffff,      0x10000,
+                                    0xffffffffu, 0x100000000ull, 1793000000123456789ull, UINT64_MAX};
+    static const size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536, 70000};
+    size_t nn = sizeof nums / sizeof nums[0];
+    char *data = malloc(70000);
+    CHECK(data != NULL);
+    for (size_t i = 0; i < 70000; i++)
+        data[i] = (char)('a' + i % 26);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (size_t k = 0; k < nn; k++)
+            for (int utf8 = 0; utf8 <= 1; utf8++) {
+                uint64_t seq = nums[k], ts = nums[(k + 3) % nn], stream = nums[(k + 7) % nn];
+                struct msg_out a, b;
+                CHECK_EQ(msg_out_init(&a, 0), 0);
+                CHECK_EQ(msg_out_init(&b, 0), 0);
+                for (int rep = 0; rep < 2; rep++) {
+                    msg_array(&a, 4);
+                    msg_u64(&a, seq);
+                    msg_u64(&a, ts);
+                    msg_u64(&a, stream);
+                    msg_data_known(&a, data, lens[li], utf8);
+                    msg_line(&b, seq, ts, stream, data, lens[li], utf8);
+                }
+                CHECK(!a.failed && !b.failed);
+                CHECK_EQ(msg_out_size(&a), msg_out_size(&b));
+                /* From after the frame header, which is filled in only by msg_out_finish. */
+                if (msg_out_size(&a) == msg_out_size(&b) &&
+                    memcmp(a.sb.data + BOX_FRAME_HDR, b.sb.data + BOX_FRAME_HDR,
+                           msg_out_size(&a) - BOX_FRAME_HDR) != 0)
+                    UNIT_FAIL("msg_line differs: seq %llu ts %llu stream %llu len %zu utf8 %d",
+                              (unsigned long long)seq, (unsigned long long)ts,
+                              (unsigned long long)stream, lens[li], utf8);
+                msg_out_destroy(&a);
+                msg_out_destroy(&b);
+            }
+    free(data);
+
+    /* A line in an event parses back as the record it was. */
+    struct msg_out o;
+    CHECK_EQ(msg_out_init(&o, 0), 0);
+    msg_map_open(&o);
+    msg_key(&o, "lines");
+    size_t arr = msg_array_open(&o);
+    msg_line(&o, 7, 1793000000123456789ull, 2, "oops\n", 5, true);
+    msg_line(&o, 8, 1793000000123456790ull, 1, "\xff\n", 2, false);
+    msg_array_close(&o, arr, 2);
+    msg_map_close(&o);
+    struct parsed ps;
+    uint8_t *frame;
+    size_t len;
+    finish_and_parse(&o, &ps, &frame, &len);
+    CHECK_EQ(ps.r, 0);
+    const msgpack_object *lines = msg_get(&ps.obj, "lines");
+    CHECK(lines && lines->type == MSGPACK_OBJECT_ARRAY && lines->via.array.size == 2);
+    if (lines && lines->type == MSGPACK_OBJECT_ARRAY && lines->via.array.size == 2) {
+        const msgpack_object *l0 = lines->via.array.ptr[0].via.array.ptr;
+        const msgpack_object *l1 = lines->via.array.ptr[1].via.array.ptr;
+        CHECK_EQ(l0[0].via.u64, 7);
+        CHECK_EQ(l0[1].via.u64, 1793000000123456789ull);
+        CHECK_EQ(l0[2].via.u64, 2);
+        CHECK(l0[3].type == MSGPACK_OBJECT_STR && l0[3].via.str.size == 5 &&
+              memcmp(l0[3].via.str.ptr, "oops\n", 5) == 0);
+        CHECK(l1[3].type == MSGPACK_OBJECT_BIN && l1[3].via.bin.size == 2 &&
+              (uint8_t)l1[3].via.bin.ptr[0] == 0xff);
+    }
+    parsed_destroy(&ps);
+    free(frame);
+}
+
 static void test_out_open_close_errors(void)
 {
     struct msg_out o;
@@ -1697,6 +1771,7 @@ static const struct unit_test tests[] = {
     UNIT_TEST(test_out_errors),
     UNIT_TEST(test_out_open_close),
     UNIT_TEST(test_out_open_close_errors),
+    UNIT_TEST(test_out_line_same_bytes),
 };
 
 int main(int argc, char **argv)
