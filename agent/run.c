@@ -1219,22 +1219,22 @@ static int send_output(struct sub *s, uint64_t budget)
     msg_key(&o, "lines");
     size_t arr = msg_array_open(&o);
     uint32_t n = 0;
-    struct rl_cursor c;
+    struct rl_cursor c = s->cur;
     struct rl_rec rec;
-    runlog_seek(&r->log, s->next_seq, &c);
+    if (!runlog_valid(&r->log, &c, s->next_seq))
+        runlog_seek(&r->log, s->next_seq, &c);
+    struct rl_cursor at = c;
     while (runlog_next(&r->log, &c, &rec)) {
         /* Records are <= max_line, which is well under max_event: one always fits. */
         if (n > 0 && msg_out_size(&o) + rec.len + 32 > limit)
             break;
-        msg_array(&o, 4);
-        msg_u64(&o, rec.seq);
-        msg_u64(&o, rec.ts_ns);
-        msg_i64(&o, rec.stream);
-        msg_data_known(&o, rec.data, rec.len, rec.utf8);
+        msg_line(&o, rec.seq, rec.ts_ns, (uint64_t)rec.stream, rec.data, rec.len, rec.utf8);
         n++;
+        at = c;
         s->next_seq = rec.seq + 1;
         s->next_cost = rec.cost + rec.len + RL_REC_COST;
     }
+    s->cur = at; /* positioned at next_seq: the next event goes on from here */
     msg_array_close(&o, arr, n);
     ev_close(&o);
     return conn_send(s->conn, &o);

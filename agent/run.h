@@ -122,6 +122,7 @@ struct sub {
     struct conn *conn;
     struct reqtag req;
     uint64_t next_seq, next_cost;
+    struct rl_cursor cur; /* where next_seq is in the log, while the log's gen allows */
     bool end_only;    /* wait: send only the end */
     bool want_output; /* the end carries result/stdout/stderr */
 };

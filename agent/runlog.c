@@ -48,6 +48,7 @@ void runlog_destroy(struct runlog *l)
         c = next;
     }
     l->head = l->tail = NULL;
+    l->gen++;
     account(l, -(int64_t)l->bytes);
 }
 
@@ -122,6 +123,8 @@ void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c)
         k = k->next;
     c->chunk = k;
     c->pos = 0;
+    c->gen = l->gen;
+    c->chunk_seq = k ? k->first_seq : 0;
     if (k == NULL || seq < k->first_seq) {
         c->seq = l->first_seq;
         c->cost = l->first_cost;
@@ -142,13 +145,16 @@ bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r)
 {
     (void)l;
     const struct rl_chunk *k = c->chunk;
-    while (k && c->pos >= k->used) {
-        k = k->next;
-        c->chunk = k;
-        c->pos = 0;
-    }
     if (k == NULL)
         return false;
+    while (c->pos >= k->used) {
+        if (k->next == NULL)
+            return false; /* stays at the end of the last chunk */
+        k = k->next;
+        c->chunk = k;
+        c->chunk_seq = k->first_seq;
+        c->pos = 0;
+    }
     struct rl_hdr h;
     memcpy(&h, k->buf + c->pos, sizeof h);
     r->seq = c->seq;
@@ -179,6 +185,7 @@ void runlog_shrink(struct runlog *l)
         return; /* keeping the slack is harmless */
     account(l, -(int64_t)(n->cap - n->used));
     n->cap = n->used;
+    l->gen++;
     if (prev)
         prev->next = n;
     else

@@ -23,6 +23,7 @@ struct runlog {
     uint64_t *total;    /* NULL, or a sum over many logs that bytes is added to */
     uint64_t cap;       /* bytes kept at most (at least one chunk is always kept) */
     uint64_t dropped_records, dropped_bytes;
+    uint64_t gen; /* changes when chunks move or all go (shrink, destroy): older cursors are stale */
 };
 
 /* A record's cost is its data length plus RL_REC_COST: about the memory it takes, so flow
@@ -37,11 +38,15 @@ struct rl_rec {
     uint32_t len;
 };
 
-/* A read position. Valid until the next runlog_append (which may drop chunks). */
+/* A read position. It stays valid across appends as long as its chunk is retained (retention
+ * drops from the head, so: its chunk's first seq is not before the log's) and the log's gen is
+ * the one it was taken at; a cursor at the end then reads the records appended since. */
 struct rl_cursor {
     const struct rl_chunk *chunk;
     uint32_t pos; /* byte position inside the chunk */
     uint64_t seq, cost;
+    uint64_t chunk_seq; /* the chunk's first seq */
+    uint64_t gen;
 };
 
 void runlog_init(struct runlog *l, uint64_t cap);
@@ -51,10 +56,18 @@ void runlog_destroy(struct runlog *l);
  * Past the cap the oldest chunks are dropped, except those holding records >= protect_seq. */
 int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data, uint32_t len);
 
-/* Positions c at the first retained record with seq >= seq. */
+/* Positions c at the first retained record with seq >= seq. Walks the chunk list and one
+ * chunk: a reader that goes on from where it stopped keeps its cursor instead (runlog_valid). */
 void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c);
 
-/* Reads the record at c and advances. Returns false at the end of the log. */
+/* c is still valid for l and positioned at seq. */
+static inline bool runlog_valid(const struct runlog *l, const struct rl_cursor *c, uint64_t seq)
+{
+    return c->chunk != NULL && c->gen == l->gen && c->chunk_seq >= l->first_seq && c->seq == seq;
+}
+
+/* Reads the record at c and advances. Returns false at the end of the log, where c stays: a
+ * later call reads what was appended meanwhile. */
 bool runlog_next(const struct runlog *l, struct rl_cursor *c, struct rl_rec *r);
 
 /* Releases slack in the last chunk (for a run that will write no more). */
