@@ -11,9 +11,13 @@
 #   BENCH_GAP_ITERS=100         exec latency iterations after an idle gap (bench_exec)
 #   BENCH_GAP_MS=50             that gap
 #   BENCH_SSH_ITERS=200         ssh iterations, when sshd and keys are set up
+#   BENCH_SSH_HOST=localhost    where ssh goes (user@localhost). sshd runs the command through
+#                               that user's login shell, and bash then reads ~/.bashrc: give
+#                               a user with Debian's default dotfiles, or ssh pays for them
 #   BENCH_CONC_LEVELS=1,8,64    concurrent clients (bench_conc)
 #   BENCH_CONC_MS=3000          duration of each concurrency measurement
 #   BENCH_STREAM_BYTES=1073741824  bytes streamed (bench_stream)
+#   BENCH_STREAM_ROUNDS=3       alternating rounds of baseline and boxd; medians reported
 #   BENCH_CODE_ITERS=200        code runs per language (bench_code; python and node)
 #   BENCH_LIVE_RUNS=1000        live runs for the RSS measurement (bench_rss)
 #   BENCH_SEQ_RUNS=100000       sequential runs for the RSS measurement
@@ -33,12 +37,13 @@ elif [ $# -gt 0 ]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
     exit 2
 fi
-: "${BENCH_ITERS:=2000}" "${BENCH_SSH_ITERS:=200}" "${BENCH_CONC_LEVELS:=1,8,64}"
+: "${BENCH_ITERS:=2000}" "${BENCH_SSH_ITERS:=200}" "${BENCH_SSH_HOST:=localhost}" "${BENCH_CONC_LEVELS:=1,8,64}"
 : "${BENCH_GAP_ITERS:=100}" "${BENCH_GAP_MS:=50}"
 : "${BENCH_CONC_MS:=3000}" "${BENCH_STREAM_BYTES:=1073741824}" "${BENCH_LIVE_RUNS:=1000}"
 : "${BENCH_SEQ_RUNS:=100000}" "${BENCH_START_N:=20}" "${BENCH_ONLY:=exec conc stream code rss}"
 : "${BENCH_CODE_ITERS:=200}"
 export BENCH_ITERS BENCH_GAP_ITERS BENCH_GAP_MS BENCH_SSH_ITERS BENCH_CONC_LEVELS BENCH_CONC_MS BENCH_STREAM_BYTES
+export BENCH_STREAM_ROUNDS=${BENCH_STREAM_ROUNDS:-3}
 export BENCH_LIVE_RUNS BENCH_SEQ_RUNS BENCH_START_N BENCH_CODE_ITERS
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -99,7 +104,7 @@ stop_boxd() {
 cleanup() {
     stop_boxd
     if [ -n "$SSH_CTL" ]; then
-        ssh -S "$SSH_CTL" -O exit localhost >/dev/null 2>&1 || true
+        ssh -S "$SSH_CTL" -O exit "$BENCH_SSH_HOST" >/dev/null 2>&1 || true
     fi
     rm -rf "$TMP"
 }
@@ -127,12 +132,12 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1; then
     export BENCH_SSH_NOTE="no sshd"
 elif timeout 15 ssh -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=accept-new \
     -o UserKnownHostsFile="$TMP/known_hosts" -o ControlMaster=yes \
-    -o ControlPath="$TMP/ssh-cm" -o ControlPersist=600 -fN localhost >/dev/null 2>&1; then
+    -o ControlPath="$TMP/ssh-cm" -o ControlPersist=600 -fN "$BENCH_SSH_HOST" >/dev/null 2>&1; then
     SSH_CTL=$TMP/ssh-cm
     BENCH_SSH_BIN=$(command -v ssh)
-    export BENCH_SSH_CONTROL=$SSH_CTL BENCH_SSH_BIN
+    export BENCH_SSH_CONTROL=$SSH_CTL BENCH_SSH_BIN BENCH_SSH_HOST
 else
-    export BENCH_SSH_NOTE="ssh localhost failed"
+    export BENCH_SSH_NOTE="ssh $BENCH_SSH_HOST failed"
 fi
 
 # ---- Benchmarks -----------------------------------------------------------------------------
