@@ -165,7 +165,8 @@ bench conc "$BIN/bench_conc" "$SOCK"
 bench stream "$BIN/bench_stream" "$SOCK"
 bench code "$BIN/bench_code" "$SOCK"
 # The shared boxd keeps finished runs with their logs (up to --max-finished, each up to
-# --log-bytes), so after the stream benchmark this includes that run's retained log.
+# --log-bytes), so after the stream benchmark this includes its runs' retained logs (one per
+# round, 8 MiB each by default).
 case " $BENCH_ONLY " in
 *" exec "* | *" conc "* | *" stream "*)
     SHARED_END=$(rss_of "$BOXD_PID")
