@@ -179,7 +179,7 @@ int cgroup_init(struct agent *a)
     struct cgroups *cg = &a->cg;
     cg->runs_fd = -1;
     cg->base_fd = -1;
-    cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = cg->spare.cpu_fd = -1;
+    cg->n_pool = 0;
     char mnt[PATH_MAX], root[PATH_MAX] = "", own[PATH_MAX];
     if (find_mount(mnt, sizeof mnt, root, sizeof root) < 0 || own_cgroup(own, sizeof own) < 0) {
         log_info("cgroup2 not found: runs are killed by process group and /proc walk");
@@ -266,10 +266,33 @@ int cgroup_init(struct agent *a)
     return 0;
 }
 
+static void rc_reset(struct run_cgroup *rc)
+{
+    memset(rc, 0, sizeof *rc);
+    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
+}
+
+/* Closes the fds and removes the directory (which fails, harmlessly, while dying members
+ * remain: the next boxd with this BASE removes it). */
+static void rc_remove(struct agent *a, struct run_cgroup *rc)
+{
+    if (rc->procs_fd >= 0)
+        close(rc->procs_fd);
+    if (rc->events_fd >= 0)
+        close(rc->events_fd);
+    if (rc->cpu_fd >= 0)
+        close(rc->cpu_fd);
+    if (rc->dir_fd >= 0)
+        close(rc->dir_fd);
+    if (rc->name[0] && unlinkat(a->cg.runs_fd, rc->name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+        log_warn("cgroup %s: rmdir: %s", rc->name, strerror(errno));
+    rc_reset(rc);
+}
+
 void cgroup_destroy(struct agent *a)
 {
-    if (a->cg.spare.dir_fd >= 0)
-        cgroup_run_remove(a, a->cg.spare_id, &a->cg.spare);
+    while (a->cg.n_pool > 0)
+        rc_remove(a, &a->cg.pool[--a->cg.n_pool]);
     if (a->cg.runs_fd >= 0)
         close(a->cg.runs_fd);
     a->cg.runs_fd = -1;
@@ -284,47 +307,10 @@ void cgroup_destroy(struct agent *a)
     a->cg.base = NULL;
 }
 
-static int run_create(struct agent *a, const char *id, struct run_cgroup *rc);
-
-int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc)
+/* Opens the fds of the cgroup named rc->name. On failure it is removed and rc reset. */
+static int rc_open(struct agent *a, struct run_cgroup *rc)
 {
-    struct cgroups *cg = &a->cg;
-    if (cg->spare.dir_fd >= 0 && strcmp(cg->spare_id, id) == 0) {
-        *rc = cg->spare;
-        cg->spare.dir_fd = cg->spare.procs_fd = cg->spare.events_fd = cg->spare.cpu_fd = -1;
-        return 0;
-    }
-    return run_create(a, id, rc);
-}
-
-void cgroup_spare_make(struct agent *a, const char *id)
-{
-    struct cgroups *cg = &a->cg;
-    if (!cg->enabled || cg->spare.dir_fd >= 0 || strlen(id) >= sizeof cg->spare_id)
-        return;
-    if (run_create(a, id, &cg->spare) == 0)
-        snprintf(cg->spare_id, sizeof cg->spare_id, "%s", id);
-}
-
-static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
-{
-    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
-    if (!a->cg.enabled)
-        return -ENOTSUP;
-    if (mkdirat(a->cg.runs_fd, id, 0755) < 0) {
-        int e = errno;
-        if (e != EEXIST)
-            return -e;
-        /* A stale one (an evicted run of the same id whose processes are still dying): */
-        int fd = openat(a->cg.runs_fd, id, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            write_at(fd, "cgroup.kill", "1");
-            close(fd);
-        }
-        if (unlinkat(a->cg.runs_fd, id, AT_REMOVEDIR) < 0 || mkdirat(a->cg.runs_fd, id, 0755) < 0)
-            return -e;
-    }
-    rc->dir_fd = openat(a->cg.runs_fd, id, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    rc->dir_fd = openat(a->cg.runs_fd, rc->name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
     if (rc->dir_fd >= 0)
         rc->procs_fd = openat(rc->dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
     if (rc->dir_fd >= 0)
@@ -333,9 +319,47 @@ static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
         rc->cpu_fd = openat(rc->dir_fd, "cpu.stat", O_RDONLY | O_CLOEXEC); /* -1 is fine */
     if (rc->dir_fd < 0 || rc->procs_fd < 0 || rc->events_fd < 0) {
         int e = -errno;
-        cgroup_run_remove(a, id, rc);
+        rc_remove(a, rc);
         return e;
     }
+    return 0;
+}
+
+/* Closes the fds, keeping the directory (a pooled cgroup below the top one). */
+static void rc_close(struct run_cgroup *rc)
+{
+    int *fds[] = {&rc->procs_fd, &rc->events_fd, &rc->cpu_fd, &rc->dir_fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+}
+
+/* Makes BASE/runs/cN with its fds open and its limits written. */
+static int rc_make(struct agent *a, struct run_cgroup *rc)
+{
+    rc_reset(rc);
+    if (!a->cg.enabled)
+        return -ENOTSUP;
+    snprintf(rc->name, sizeof rc->name, "c%llu", (unsigned long long)a->cg.next_no++);
+    const char *name = rc->name;
+    if (mkdirat(a->cg.runs_fd, name, 0755) < 0) {
+        int e = errno;
+        if (e != EEXIST)
+            return -e;
+        /* Not ours (runs-<pid> is made fresh by each boxd): kill what is in it, start again. */
+        int fd = openat(a->cg.runs_fd, name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            write_at(fd, "cgroup.kill", "1");
+            close(fd);
+        }
+        if (unlinkat(a->cg.runs_fd, name, AT_REMOVEDIR) < 0 || mkdirat(a->cg.runs_fd, name, 0755) < 0)
+            return -e;
+    }
+    int e = rc_open(a, rc);
+    if (e < 0)
+        return e;
     /* Limits, where the controllers are there; no swap, so a memory hog meets the OOM killer
      * (and is reported `oom`) instead of thrashing the box. */
     char num[32];
@@ -349,6 +373,75 @@ static int run_create(struct agent *a, const char *id, struct run_cgroup *rc)
         write_at(rc->dir_fd, "pids.max", num);
     }
     return 0;
+}
+
+int cgroup_run_create(struct agent *a, struct run_cgroup *rc)
+{
+    struct cgroups *cg = &a->cg;
+    while (cg->n_pool > 0) {
+        *rc = cg->pool[--cg->n_pool];
+        if (rc->dir_fd >= 0 || rc_open(a, rc) == 0)
+            return 0;
+    }
+    return rc_make(a, rc);
+}
+
+void cgroup_pool_fill(struct agent *a)
+{
+    struct cgroups *cg = &a->cg;
+    if (!cg->enabled || cg->n_pool > 0)
+        return;
+    if (rc_make(a, &cg->pool[0]) == 0)
+        cg->n_pool = 1;
+}
+
+static uint64_t field(const char *buf, const char *key);
+
+/* The cgroup's counters as they are now. */
+static void read_counters(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u)
+{
+    memset(u, 0, sizeof *u);
+    if (rc->dir_fd < 0)
+        return;
+    char buf[1024];
+    ssize_t n = -1;
+    if (rc->cpu_fd >= 0 && (n = pread(rc->cpu_fd, buf, sizeof buf - 1, 0)) >= 0)
+        buf[n] = '\0';
+    else
+        n = read_at(rc->dir_fd, "cpu.stat", buf, sizeof buf);
+    if (n > 0) {
+        u->user_us = field(buf, "user_usec");
+        u->sys_us = field(buf, "system_usec");
+        u->have_cpu = true;
+    }
+    if (a->cg.memory && read_at(rc->dir_fd, "memory.events", buf, sizeof buf) > 0)
+        u->oom_kills = field(buf, "oom_kill");
+}
+
+void cgroup_run_release(struct agent *a, struct run_cgroup *rc, bool reusable)
+{
+    if (rc->dir_fd < 0)
+        return;
+    struct cgroups *cg = &a->cg;
+    if (cgroup_run_populated(rc)) {
+        cgroup_run_kill(rc);
+        reusable = false;
+    }
+    if (!reusable || cg->n_pool >= CGROUP_POOL_MAX || a->shutting_down) {
+        rc_remove(a, rc);
+        return;
+    }
+    struct run_usage now;
+    read_counters(a, rc, &now);
+    rc->base_user_us = now.user_us;
+    rc->base_sys_us = now.sys_us;
+    rc->base_oom_kills = now.oom_kills;
+    /* Only the top one keeps its fds (as many as one cgroup made ahead): a burst of runs
+     * leaves directories behind, not descriptors. */
+    if (cg->n_pool > 0)
+        rc_close(&cg->pool[cg->n_pool - 1]);
+    cg->pool[cg->n_pool++] = *rc;
+    rc_reset(rc);
 }
 
 bool cgroup_run_populated(const struct run_cgroup *rc)
@@ -403,46 +496,17 @@ static uint64_t field(const char *buf, const char *key)
     return 0;
 }
 
-void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u)
+static uint64_t minus(uint64_t now, uint64_t base)
 {
-    memset(u, 0, sizeof *u);
-    if (rc->dir_fd < 0)
-        return;
-    char buf[1024];
-    ssize_t n = -1;
-    if (rc->cpu_fd >= 0 && (n = pread(rc->cpu_fd, buf, sizeof buf - 1, 0)) >= 0)
-        buf[n] = '\0';
-    else
-        n = read_at(rc->dir_fd, "cpu.stat", buf, sizeof buf);
-    if (n > 0) {
-        u->user_us = field(buf, "user_usec");
-        u->sys_us = field(buf, "system_usec");
-        u->have_cpu = true;
-    }
-    if (!a->cg.memory)
-        return; /* no such files: do not pay two failed opens a run */
-    if (read_at(rc->dir_fd, "memory.peak", buf, sizeof buf) > 0) {
-        u->mem_peak = strtoull(buf, NULL, 10);
-        u->have_mem = true;
-    }
-    if (read_at(rc->dir_fd, "memory.events", buf, sizeof buf) > 0)
-        u->oom_kills = field(buf, "oom_kill");
+    return now > base ? now - base : 0;
 }
 
-void cgroup_run_remove(struct agent *a, const char *id, struct run_cgroup *rc)
+void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u)
 {
-    if (rc->procs_fd >= 0)
-        close(rc->procs_fd);
-    if (rc->events_fd >= 0)
-        close(rc->events_fd);
-    if (rc->cpu_fd >= 0)
-        close(rc->cpu_fd);
-    if (rc->dir_fd >= 0) {
-        close(rc->dir_fd);
-        if (unlinkat(a->cg.runs_fd, id, AT_REMOVEDIR) < 0 && errno != ENOENT)
-            log_warn("run %s: rmdir of its cgroup: %s", id, strerror(errno));
-    }
-    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
+    read_counters(a, rc, u);
+    u->user_us = minus(u->user_us, rc->base_user_us);
+    u->sys_us = minus(u->sys_us, rc->base_sys_us);
+    u->oom_kills = minus(u->oom_kills, rc->base_oom_kills);
 }
 
 /* ---- Fallback without cgroups ------------------------------------------------------------- */

@@ -2,9 +2,16 @@
  *
  * Layout, under the cgroup boxd finds itself in (BASE):
  *   BASE/agent       boxd itself (moved there so BASE may have children with controllers)
- *   BASE/runs/<id>   one per run, entered by the child before exec (no window: the child writes
- *                    "0" into the run's cgroup.procs while it is still boxd's code); a daemon
- *                    (not PID 1) uses BASE/runs-<pid>, as two may share BASE
+ *   BASE/runs/cN     one per live run, entered as the child is made (clone3 CLONE_INTO_CGROUP, or
+ *                    the child writes "0" into cgroup.procs while it is still boxd's code); a
+ *                    daemon (not PID 1) uses BASE/runs-<pid>, as two may share BASE
+ *
+ * A run's cgroup is reused: once the run has ended and the cgroup is empty, it goes back to a
+ * small pool and a later run takes it. A cgroup new to its first process costs that spawn
+ * 45-60 us more than one that has had processes before, and its removal costs the kernel
+ * deferred work besides (README, Benchmarks). What a run used is the difference between the
+ * cgroup's counters at its end and at its start. A cgroup whose processes had to be killed,
+ * or that was watched (a killed or lingering run), is removed instead, never reused.
  * When boxd is in the root of the hierarchy and is not PID 1 (a daemon on a development host),
  * BASE is ROOT/boxd instead, so nothing of the host's is reorganized.
  *
@@ -20,11 +27,17 @@
 struct agent;
 
 struct run_cgroup {
-    int dir_fd;    /* BASE/runs/<id>, or -1 */
+    int dir_fd;    /* BASE/runs/<name>, or -1 */
     int procs_fd;  /* its cgroup.procs, open for the child to write "0" into */
     int events_fd; /* its cgroup.events, polled (POLLPRI) for "populated 0" */
     int cpu_fd;    /* its cpu.stat (or -1), read when the run ends */
+    char name[24]; /* "cN" */
+    /* The counters as the earlier runs in it left them: this run's use is above these. */
+    uint64_t base_user_us, base_sys_us, base_oom_kills;
 };
+
+/* Empty cgroups kept for later runs, at most. */
+#define CGROUP_POOL_MAX 8
 
 struct cgroups {
     bool enabled;
@@ -33,10 +46,11 @@ struct cgroups {
     int runs_fd;      /* BASE/<runs_name>, O_DIRECTORY */
     char runs_name[32]; /* "runs" as PID 1, "runs-<pid>" as a daemon */
     bool memory, pids, cpu; /* controllers enabled for runs */
-    /* A cgroup made ahead of time, with its limits written, for the run that will have the
-     * id spare_id (the next generated one): mkdir is off the path of the run's start. */
-    struct run_cgroup spare;
-    char spare_id[72];
+    /* Empty cgroups with their limits written, for the next runs: the last one back is
+     * taken first. */
+    struct run_cgroup pool[CGROUP_POOL_MAX];
+    unsigned n_pool;
+    uint64_t next_no; /* the N of the next cgroup made */
 };
 
 
@@ -45,11 +59,15 @@ struct cgroups {
 int cgroup_init(struct agent *a);
 void cgroup_destroy(struct agent *a);
 
-/* Makes the run's cgroup (or takes the spare, when it was made for this id). Returns 0 or a
- * negative errno (rc->dir_fd stays -1). */
-int cgroup_run_create(struct agent *a, const char *id, struct run_cgroup *rc);
-/* Makes the spare for id, when there is none. */
-void cgroup_spare_make(struct agent *a, const char *id);
+/* Gives the run a cgroup: one from the pool, else a new one. Returns 0 or a negative errno
+ * (rc->dir_fd stays -1). */
+int cgroup_run_create(struct agent *a, struct run_cgroup *rc);
+/* Makes one ahead when the pool is empty, so the next run's start has no mkdir on its path. */
+void cgroup_pool_fill(struct agent *a);
+/* The run is done with its cgroup. Empty and reusable: its counters become the next run's
+ * base and it goes to the pool (or, the pool full, is removed). reusable false, or still
+ * populated: members are killed and it is removed. rc is reset either way. */
+void cgroup_run_release(struct agent *a, struct run_cgroup *rc, bool reusable);
 /* True while any process is in the run's cgroup. */
 bool cgroup_run_populated(const struct run_cgroup *rc);
 /* Sends sig to every member (reading cgroup.procs). Returns the number signalled. */
@@ -57,16 +75,13 @@ int cgroup_run_signal(const struct run_cgroup *rc, int sig);
 /* cgroup.kill: every member dies, forks racing the kill too. Returns 0 or a negative errno. */
 int cgroup_run_kill(const struct run_cgroup *rc);
 
+/* What the run used: the cgroup's counters now, less its base. */
 struct run_usage {
     uint64_t user_us, sys_us;
-    uint64_t mem_peak; /* bytes, 0 when unknown */
     uint64_t oom_kills;
-    bool have_cpu, have_mem;
+    bool have_cpu;
 };
 void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u);
-
-/* Closes the fds and removes the directory (it must be empty). */
-void cgroup_run_remove(struct agent *a, const char *id, struct run_cgroup *rc);
 
 /* The process-group fallback: TERM/KILL to the group and to every descendant of pid found by
  * walking /proc (what escaped with setsid still has its ancestry until reparented). Returns the

@@ -1033,6 +1033,8 @@ static void do_list(struct ctx *x)
         msg_kv_u64(&o, "next_seq", r->log.next_seq);
         msg_kv_u64(&o, "late_bytes", r->late_bytes);
         msg_kv_bool(&o, "lingering", r->lingering);
+        if (r->cg.dir_fd >= 0)
+            msg_kv_str(&o, "cgroup", r->cg.name);
         msg_map_close(&o);
         n++;
     }

@@ -214,9 +214,10 @@ static void cg_poll_closed(uv_handle_t *h)
     run_maybe_free(r);
 }
 
-/* Stops watching the run's cgroup and removes it. If processes remain (the agent is stopping,
- * or a run is forgotten while its background processes live), they are killed first: a run
- * never leaves a cgroup, or a process, that nobody can find again. */
+/* Stops watching the run's cgroup and gives it back: to the pool for a later run when it is
+ * empty and the run ended without killing or lingering, else removed. If processes remain
+ * (the agent is stopping, or a run is forgotten while its background processes live), they
+ * are killed first: a run never leaves a cgroup, or a process, that nobody can find again. */
 static void cg_release(struct run *r)
 {
     if (r->cg.dir_fd < 0)
@@ -225,11 +226,7 @@ static void cg_release(struct run *r)
         r->cg_polling = false;
         uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
     }
-    if (cgroup_run_populated(&r->cg)) {
-        cgroup_run_kill(&r->cg);
-        /* rmdir fails while dying members remain; the next boxd with this BASE removes it. */
-    }
-    cgroup_run_remove(r->a, r->id, &r->cg);
+    cgroup_run_release(r->a, &r->cg, !r->cg_watched && r->kill_stage == 0);
 }
 
 /* Forgets r: unlinks it and closes its handles; memory goes in the last close callback. */
@@ -650,6 +647,7 @@ static void cg_watch(struct run *r)
     uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
     r->cg_poll.data = r;
     r->cg_polling = true;
+    r->cg_watched = true;
     r->handles_open++;
     uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
 }
@@ -869,11 +867,8 @@ static void next_id(struct agent *a, char *id, size_t size)
 
 void runs_spare(struct agent *a)
 {
-    char id[BOXD_ID_MAX + 1];
-    if (!a->cg.enabled || a->cg.spare.dir_fd >= 0 || a->shutting_down)
-        return;
-    next_id(a, id, sizeof id);
-    cgroup_spare_make(a, id);
+    if (!a->shutting_down)
+        cgroup_pool_fill(a);
 }
 
 static struct run *run_alloc(struct agent *a, const struct run_params *p)
@@ -1077,7 +1072,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     }
 
     if (a->cg.enabled) {
-        int e = cgroup_run_create(a, r->id, &r->cg);
+        int e = cgroup_run_create(a, &r->cg);
         if (e < 0)
             log_warn("run %s: no cgroup (%s): process group only", r->id, strerror(-e));
     }

@@ -85,6 +85,7 @@ struct run {
     struct run_cgroup cg;   /* dir_fd -1 when the run has none (fallback: process group) */
     uv_poll_t cg_poll;      /* cgroup.events, for "populated 0" */
     bool cg_polling;
+    bool cg_watched; /* it was polled once: removed at the end, not reused */
     struct run_usage usage; /* read when the run ends */
     unsigned handles_open;
     bool freeing;
@@ -155,7 +156,7 @@ struct run_params {
 };
 
 void runs_init(struct agent *a);
-/* Makes the cgroup of the next run with a generated id ahead of time (cgroup.h: spare). */
+/* Makes a cgroup ahead of time when none is ready for the next run (cgroup.h: pool). */
 void runs_spare(struct agent *a);
 void runs_destroy(struct agent *a);
 

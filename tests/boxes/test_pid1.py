@@ -48,10 +48,13 @@ def c(sbox):
 
 
 def run_cgroup(box, client, run_id):
-    """The host's path of a run's cgroup: info.cgroup (as the box names it) + /runs/ID."""
+    """The host's path of a live run's cgroup: info.cgroup (as the box names it) + /runs/ + the
+    name `list` gives it."""
     info = client.request({"type": "info"})
     assert info["kill_mechanism"] == "cgroup", info
-    return box.host_cgroup(info["cgroup"] + "/runs/" + run_id)
+    runs = [r for r in client.request({"type": "list"})["runs"] if r["id"] == run_id]
+    assert runs and "cgroup" in runs[0], runs
+    return box.host_cgroup(info["cgroup"] + "/runs/" + runs[0]["cgroup"])
 
 
 def box_sleeps(box, numbers):

@@ -341,20 +341,30 @@ def test_vm_fork_bomb_is_held_by_pids_max(vclient):
                             timeout_ms=3000, grace_ms=500)
     rid = started["id"]
     t0 = time.monotonic()
+    # Its cgroup, as `list` names it; pids.events counts from the cgroup's earlier runs too
+    # (cgroups are reused), so the bomb must raise its `max` above what it was at the start.
+    cg = [r for r in vclient.request({"type": "list"})["runs"] if r["id"] == rid][0]["cgroup"]
+
+    def max_events():
+        ev = vclient.run("cat /sys/fs/cgroup/runs/%s/pids.events 2>/dev/null || true" % cg)
+        res = text(ev.get("result"))
+        return int(res.split()[1]) if res.startswith("max ") else 0
+
+    before = max_events()
     pings, hit_max = [], False
     while time.monotonic() - t0 < 2.5:
         t = time.monotonic()
         assert vclient.request({"type": "ping"})["type"] == "pong"
         pings.append(time.monotonic() - t)
-        ev = vclient.run("cat /sys/fs/cgroup/runs/%s/pids.events 2>/dev/null || true" % rid)
-        if text(ev.get("result")).startswith("max ") and text(ev["result"]).split()[1] != "0":
+        if max_events() > before:
             hit_max = True
         time.sleep(0.05)
     end = vclient.wait_end(rid, 15)
     assert hit_max, "the bomb never reached pids.max"
     assert max(pings) < 1.0, pings
     assert (end["status"], end["reason"]) == ("failed", "timeout"), end
-    assert ok(vclient.run("ls /sys/fs/cgroup/runs")).split().count(rid) == 0
+    # Killed, so removed rather than kept for a later run.
+    assert ok(vclient.run("ls /sys/fs/cgroup/runs")).split().count(cg) == 0
     out = ok(vclient.run("ps -e -o args="))
     assert not [l for l in out.splitlines() if l.startswith(("sh -c (f()", "sleep 1000"))], out
 

@@ -271,9 +271,11 @@ def run_cgroup(c, **kw):
     return res, line[3:]
 
 
-def test_cgroup_made_ahead_is_the_runs_own(start_boxd):
-    """The cgroup of the next generated id is made ahead of time; a run gets it only when its
-    id is that one (a client may choose it, too), and every run is in BASE/runs-PID/ID."""
+def test_cgroups_made_ahead_and_reused_only_when_clean(start_boxd):
+    """A cgroup is made before the first run. A run that ended with its cgroup empty gives it
+    back for the next run, whose CPU counts only its own; live runs never share one; a
+    killed or lingering run's cgroup is removed, not reused; the pool of empty ones is
+    bounded; stopping removes them all."""
     import conftest
     if not conftest.cgroup2_available():
         pytest.skip("needs cgroup v2")
@@ -282,28 +284,60 @@ def test_cgroup_made_ahead_is_the_runs_own(start_boxd):
     info = c.info()
     assert info["kill_mechanism"] == "cgroup", info
     runs_dir = os.path.join(info["cgroup"], "runs-%d" % d.pid)
-    res, cg = run_cgroup(c)
-    n = int(res.id[1:])
-    assert cg.endswith("/runs-%d/%s" % (d.pid, res.id)), (cg, res.id)
-    # Between runs, only the one made ahead is there, for the next id.
-    spare = "r%d" % (n + 1)
-    assert wait_for(lambda: sorted(e for e in os.listdir(runs_dir)
-                                   if os.path.isdir(os.path.join(runs_dir, e))) == [spare], T(2))
+
+    def dirs():
+        return sorted(e for e in os.listdir(runs_dir) if os.path.isdir(os.path.join(runs_dir, e)))
+
+    # Made ahead, before any run.
+    assert wait_for(lambda: len(dirs()) == 1, T(2)), dirs()
+    ahead = dirs()[0]
+    # Runs one after another: all in that one.
+    for _ in range(3):
+        res, cg = run_cgroup(c)
+        assert cg.endswith("/runs-%d/%s" % (d.pid, ahead)), (cg, ahead)
+    assert dirs() == [ahead]
     base = d.counts()
-    # A client's id that is not the spare's: a cgroup of its own; the spare stays.
-    res, cg = run_cgroup(c, id="mine")
-    assert cg.endswith("/runs-%d/mine" % d.pid), cg
-    # A client's id that is the spare's: it takes it; generated ids go past it.
-    res, cg = run_cgroup(c, id=spare)
-    assert cg.endswith("/runs-%d/%s" % (d.pid, spare)), cg
+
+    # CPU is per run: a busy run, then `true` in the same cgroup, which must not inherit it.
+    busy = c.exec_run("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done", timeout=T(60))
+    assert busy.end["status"] == "completed", busy
+    assert busy.end["cpu_user_us"] + busy.end["cpu_sys_us"] >= 100000, busy.end
     res, cg = run_cgroup(c)
-    assert res.id == "r%d" % (n + 2), res.id
-    assert cg.endswith("/runs-%d/%s" % (d.pid, res.id)), cg
-    # Nothing left but the next spare; descriptors as before.
-    assert wait_for(lambda: sorted(e for e in os.listdir(runs_dir)
-                                   if os.path.isdir(os.path.join(runs_dir, e))) ==
-                    ["r%d" % (n + 3)], T(2)), os.listdir(runs_dir)
-    assert wait_for(lambda: d.counts()[0] == base[0], T(2)), (d.counts(), base)
-    # Stopping removes it with the rest.
+    assert cg.endswith("/" + ahead), cg
+    assert res.end["cpu_user_us"] + res.end["cpu_sys_us"] < 50000, res.end
+
+    # Live runs: a cgroup each, named in `list`.
+    reqs = [c.exec_start("sleep 1") for _ in range(3)]
+    ids = [c.collect(r, timeout=T(10), until_end=False).id for r in reqs]
+    names = {r["id"]: r.get("cgroup") for r in c.list()["runs"] if r["id"] in ids}
+    assert len(set(names.values())) == 3 and None not in names.values(), names
+    for r in reqs:
+        assert c.collect(r, timeout=T(10), first=None).end["status"] == "completed"
+
+    # Killed: its cgroup goes.
+    req = c.exec_start("sleep 30", timeout_ms=200)
+    rid = c.collect(req, timeout=T(10), until_end=False).id
+    killed = [r.get("cgroup") for r in c.list()["runs"] if r["id"] == rid][0]
+    assert killed is not None
+    end = c.collect(req, timeout=T(10), first=None).end
+    assert end["reason"] == "timeout", end
+    assert wait_for(lambda: killed not in dirs(), T(2)), (killed, dirs())
+    res, cg = run_cgroup(c)
+    assert not cg.endswith("/" + killed), (cg, killed)
+
+    # Lingering: its cgroup goes once the background process is gone.
+    req = c.exec_start("sleep 0.5 >/dev/null 2>&1 & echo bg")
+    rid = c.collect(req, timeout=T(10), until_end=False).id
+    lingered = [r.get("cgroup") for r in c.list()["runs"] if r["id"] == rid][0]
+    assert c.collect(req, timeout=T(10), first=None).end["status"] == "completed"
+    assert wait_for(lambda: lingered not in dirs(), T(5)), (lingered, dirs())
+
+    # A burst of 12 leaves at most 8 empty ones behind.
+    reqs = [c.exec_start("sleep 0.5") for _ in range(12)]
+    for r in reqs:
+        assert c.collect(r, timeout=T(10)).end["status"] == "completed"
+    assert wait_for(lambda: 1 <= len(dirs()) <= 8, T(2)), dirs()
+    assert wait_for(lambda: d.counts()[0] <= base[0], T(2)), (d.counts(), base)
+    # Stopping removes them with the rest.
     assert d.terminate(timeout=T(5)) == 0
     assert not os.path.exists(runs_dir)

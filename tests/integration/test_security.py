@@ -913,11 +913,18 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     info = c2.info()
     runs_dir = os.path.join(info["cgroup"], "runs-%d" % d.pid) if "cgroup" in info else None
 
-    def run_cgroup_empty(run_id):
+    def cgroup_of(run_id):
+        """The run's cgroup, as `list` names it while the run holds one."""
+        lst = [r for r in c2.list()["runs"] if r["id"] == run_id]
+        assert lst, run_id
+        assert (runs_dir is None) == ("cgroup" not in lst[0]), lst
+        return lst[0].get("cgroup")
+
+    def run_cgroup_empty(name):
         if runs_dir is None:
             return True
         try:
-            with open(os.path.join(runs_dir, run_id, "cgroup.procs")) as f:
+            with open(os.path.join(runs_dir, name, "cgroup.procs")) as f:
                 return f.read().strip() == ""
         except FileNotFoundError:
             return True
@@ -928,6 +935,7 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     started = c.collect(req, timeout=T(10), until_end=False)
     assert started.started is not None, started
     run_id = started.id
+    cg_name = cgroup_of(run_id)
     time.sleep(0.3)
     peak = pids_current(cg)
     lats = ping_latencies(c2, 50, interval=0.02)
@@ -944,7 +952,7 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     assert p99(lats) < T(0.1), sorted(lats)[-5:]
     assert end["status"] == "failed" and end["reason"] == "timeout", end
     # Nothing of it is left (the end comes once the run's cgroup is empty).
-    assert run_cgroup_empty(run_id)
+    assert run_cgroup_empty(cg_name)
     # boxd alone: its threads (the loop's and the spawner's) are tasks of the pids cgroup.
     alone = d.counts()[2]
     assert wait_for(lambda: pids_current(cg) == alone, T(5)), pids_current(cg)
@@ -958,11 +966,12 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     assert wait_for(lambda: pids_current(cg) >= 200, T(5)), pids_current(cg)
     lst = [r for r in c2.list()["runs"] if r["id"] == res.id]
     assert lst and lst[0]["lingering"] is True, lst
+    cg_name = cgroup_of(res.id)
     lats2 = ping_latencies(c2, 20, interval=0.01)
     r = c2.cancel(res.id)
     assert r["type"] == "ok" and r["ended"] is True, r
     assert wait_for(lambda: pids_current(cg) == alone, T(5)), pids_current(cg)
-    assert wait_for(lambda: run_cgroup_empty(res.id), T(5))
+    assert wait_for(lambda: run_cgroup_empty(cg_name), T(5))
     assert wait_for(lambda: c2.info()["runs_live"] == 0, T(5))
     print("lingering fork bomb: ping p99 %.1f ms" % (p99(lats2) * 1e3))
     assert p99(lats2) < T(0.1), sorted(lats2)[-5:]
