@@ -272,18 +272,22 @@ static void rc_reset(struct run_cgroup *rc)
     rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
 }
 
+/* Closes the fds, keeping the directory (a pooled cgroup below the top one). */
+static void rc_close(struct run_cgroup *rc)
+{
+    int *fds[] = {&rc->procs_fd, &rc->events_fd, &rc->cpu_fd, &rc->dir_fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+}
+
 /* Closes the fds and removes the directory (which fails, harmlessly, while dying members
  * remain: the next boxd with this BASE removes it). */
 static void rc_remove(struct agent *a, struct run_cgroup *rc)
 {
-    if (rc->procs_fd >= 0)
-        close(rc->procs_fd);
-    if (rc->events_fd >= 0)
-        close(rc->events_fd);
-    if (rc->cpu_fd >= 0)
-        close(rc->cpu_fd);
-    if (rc->dir_fd >= 0)
-        close(rc->dir_fd);
+    rc_close(rc);
     if (rc->name[0] && unlinkat(a->cg.runs_fd, rc->name, AT_REMOVEDIR) < 0 && errno != ENOENT)
         log_warn("cgroup %s: rmdir: %s", rc->name, strerror(errno));
     rc_reset(rc);
@@ -323,17 +327,6 @@ static int rc_open(struct agent *a, struct run_cgroup *rc)
         return e;
     }
     return 0;
-}
-
-/* Closes the fds, keeping the directory (a pooled cgroup below the top one). */
-static void rc_close(struct run_cgroup *rc)
-{
-    int *fds[] = {&rc->procs_fd, &rc->events_fd, &rc->cpu_fd, &rc->dir_fd};
-    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
-        if (*fds[i] >= 0) {
-            close(*fds[i]);
-            *fds[i] = -1;
-        }
 }
 
 /* Makes BASE/runs/cN with its fds open and its limits written. */

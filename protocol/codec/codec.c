@@ -466,8 +466,8 @@ static inline size_t put_uint(uint8_t *p, uint64_t v)
         memcpy(p + 1, &be, 8);
         return 9;
     }
-    unsigned n = v <= 0xff ? 1 : v <= 0xffff ? 2 : v <= 0xffffffffu ? 4 : 8;
-    p[0] = n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf;
+    unsigned n = v <= 0xff ? 1 : v <= 0xffff ? 2 : 4;
+    p[0] = n == 1 ? 0xcc : n == 2 ? 0xcd : 0xce;
     for (unsigned i = 0; i < n; i++)
         p[1 + i] = (uint8_t)(v >> (8 * (n - 1 - i)));
     return 1 + n;
