@@ -1,7 +1,7 @@
 """Fixtures for the boxd integration tests.
 
-Each daemon a test starts is fenced in a fresh cgroup v2 directory (when
-/sys/fs/cgroup/unified is a cgroup2 mount), so whatever it or its runs leave behind is killed at
+Each daemon a test starts is fenced in a fresh cgroup v2 directory (under the host's cgroup2
+mount: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a pure cgroup2 one), so whatever it or its runs leave behind is killed at
 teardown with cgroup.kill. Without cgroup v2 the daemon gets its own session and its process
 group is killed instead.
 
@@ -31,7 +31,22 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(REPO, "build", "boxd"))
 BOXCTL_BIN = os.environ.get("BOXCTL_BIN", os.path.join(REPO, "build", "boxctl"))
 SLOW = float(os.environ.get("BOXD_TEST_SLOW", "1"))
-CGROOT = "/sys/fs/cgroup/unified"
+
+
+def _find_cgroup2():
+    """The host's cgroup2 mount: /sys/fs/cgroup/unified (hybrid) or /sys/fs/cgroup (pure v2)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = {p[1]: p[2] for p in (line.split() for line in f) if len(p) >= 3}
+    except OSError:
+        return None
+    for d in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if mounts.get(d) == "cgroup2":
+            return d
+    return None
+
+
+CGROOT = _find_cgroup2() or "/sys/fs/cgroup/unified"
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
                      "ERROR: ThreadSanitizer", "WARNING: ThreadSanitizer")
@@ -43,15 +58,7 @@ def T(seconds):
 
 
 def cgroup2_available():
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] == CGROOT and parts[2] == "cgroup2":
-                    return os.access(os.path.join(CGROOT, "cgroup.procs"), os.W_OK)
-    except OSError:
-        pass
-    return False
+    return _find_cgroup2() is not None and os.access(os.path.join(CGROOT, "cgroup.procs"), os.W_OK)
 
 
 # ---- /proc helpers ------------------------------------------------------------------------------

@@ -92,8 +92,10 @@ def test_orphan_reaped(boxd, client):
 
 def test_100_orphans_random_exit(boxd, client):
     before = client.info()["reaped"]
+    # Each sleep lasts 0.1-0.5 s, far longer than the subshell that forks it: a `sleep 0.0` could
+    # exit first and be reaped by that subshell, not orphaned to boxd (1 run in 7 failed so).
     res = client.exec_run(argv=["bash", "-c",
-                                "for i in $(seq 100); do (sleep 0.$((RANDOM % 5)) &); done"],
+                                "for i in $(seq 100); do (sleep 0.$((RANDOM % 5 + 1)) &); done"],
                           timeout=T(20))
     assert res.end["exit_code"] == 0
     time.sleep(2)
