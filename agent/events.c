@@ -47,7 +47,9 @@ const char *errno_name(int err)
 }
 
 /* Appends the bytes of one stream from the retained log, with at most one final '\n' dropped
- * when trim is set. Returns false if the cap cut it short. */
+ * when trim is set. Over cap, the stream's last cap bytes are kept (a failed run's last words,
+ * on stderr, are what its caller needs), starting at a UTF-8 character boundary so that text stays
+ * a str. Returns false if the cap or retention cut it short. */
 static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_t cap, bool trim)
 {
     /* Two passes: measure, then copy into the msgpack body directly. */
@@ -59,9 +61,10 @@ static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_
     while (runlog_next(&r->log, &c, &rec))
         if (rec.stream == stream)
             total += rec.len;
-    size_t n = total;
+    size_t n = total, skip = 0;
     if (n > cap) {
         n = cap;
+        skip = total - cap;
         truncated = true;
     }
     /* Decide on str vs bin over the whole value; gather into a temporary buffer. */
@@ -75,13 +78,28 @@ static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_
     while (at < n && runlog_next(&r->log, &c, &rec)) {
         if (rec.stream != stream)
             continue;
-        size_t take = rec.len < n - at ? rec.len : n - at;
-        memcpy(tmp + at, rec.data, take);
+        const char *data = rec.data;
+        size_t len = rec.len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        data += skip;
+        len -= skip;
+        skip = 0;
+        size_t take = len < n - at ? len : n - at;
+        memcpy(tmp + at, data, take);
         at += take;
     }
-    if (trim && at > 0 && tmp[at - 1] == '\n')
+    size_t from = 0;
+    if (total > cap) {
+        /* A cut inside a multi-byte character: drop its continuation bytes (at most 3). */
+        while (from < at && from < 3 && ((unsigned char)tmp[from] & 0xC0) == 0x80)
+            from++;
+    }
+    if (trim && at > from && tmp[at - 1] == '\n')
         at--;
-    msg_data(o, tmp ? tmp : "", at);
+    msg_data(o, tmp ? tmp + from : "", at - from);
     free(tmp);
     return !truncated;
 }

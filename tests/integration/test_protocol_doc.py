@@ -673,16 +673,29 @@ def test_req_bounds(boxd_shared):
 
 # ---- behaviour the document now states explicitly -----------------------------------------------
 
-def test_capped_output_keeps_the_beginning(start_boxd):
-    """4.3: end.stdout/stderr keep the first max_event / 4 bytes of each stream."""
+def test_capped_output_keeps_the_end(start_boxd):
+    """4.3: end.stdout/stderr keep the last max_event / 4 bytes of each stream."""
     d = start_boxd("--max-event", "65536", "--max-line", "1024")
     c = d.client()
-    res = c.exec_run(cmd="for i in $(seq 1 4000); do echo line$i; done >&2; exit 1")
+    res = c.exec_run(cmd="for i in $(seq 1 4000); do echo line$i; done >&2; echo LAST WORDS >&2; exit 1")
     cap = 65536 // 4
     err = boxd_client.as_bytes(res.end["stderr"])
     assert res.end["output_truncated"] is True
-    assert len(err) == cap and res.stderr.startswith(err), (len(err), err[-40:])
-    assert boxd_client.as_bytes(res.end["result"]) == err[:-1] if err.endswith(b"\n") else err
+    assert len(err) == cap and res.stderr.endswith(err), (len(err), err[:40])
+    assert err.endswith(b"LAST WORDS\n")
+    assert boxd_client.as_bytes(res.end["result"]) == err[:-1]
+
+
+def test_capped_output_starts_at_a_character(start_boxd):
+    """4.3: a cut inside a multi-byte character drops its continuation bytes: the value stays str."""
+    d = start_boxd("--max-event", "65536", "--max-line", "1024")
+    c = d.client()
+    # 3-byte characters, so the cut lands inside one for two of every three offsets.
+    res = c.exec_run(cmd="/usr/bin/python3 -c \"import sys; sys.stdout.write('\u20ac' * 6001 + 'x')\"", output=True)
+    out = res.end["stdout"]
+    assert isinstance(out, str), type(out)
+    assert out.endswith("\u20acx") and 65536 // 4 - 3 <= len(out.encode()) <= 65536 // 4
+    assert res.end["output_truncated"] is True
 
 
 def test_logs_max_bytes_counts_encoded_lines(shared_client):
