@@ -280,6 +280,7 @@ static void virtio_check(struct listener *l)
             snprintf(who, sizeof who, "virtio %s", l->path);
             l->conn = conn_from_fd(l->a, fd, who);
             if (l->conn) {
+                conn_keep(l->conn);
                 l->conn->on_free = on_virtio_session_end;
                 l->conn->on_free_arg = l;
                 log_info("listen %s: host connected", l->spec);
