@@ -27,6 +27,8 @@ void config_defaults(struct config *c)
     c->stdin_bytes = 1u << 20;
     c->max_subs = 1024;
     c->conn_queue = 4u << 20;
+    c->queue_total = 64u << 20;
+    c->hello_timeout_ms = 5000;
     c->grace_ms = 2000;
     c->drain_ms = 100;
     c->flush_ms = 20;
@@ -41,6 +43,7 @@ void config_defaults(struct config *c)
 int agent_init(struct agent *a)
 {
     list_init(&a->conns);
+    list_init(&a->prehello);
     list_init(&a->listeners);
     runs_init(a);
     a->devnull_fd = -1;

@@ -33,6 +33,8 @@ struct config {
     uint32_t stdin_bytes;   /* stdin bytes queued per run */
     uint32_t max_subs;      /* runs one connection may follow at once */
     uint64_t conn_queue;    /* unsent bytes per connection before reading requests pauses */
+    uint64_t queue_total;   /* unsent bytes over all connections before reading pauses */
+    uint32_t hello_timeout_ms; /* a connection that has not passed hello by then is closed */
     uint32_t grace_ms;      /* TERM -> KILL grace for cancel and timeout */
     uint32_t drain_ms;      /* wait for pipe EOF after the main process exits */
     uint32_t flush_ms;      /* idle time before a partial line is sent */
@@ -98,6 +100,12 @@ struct agent {
 
     struct list conns;
     uint32_t n_conns;
+    uint32_t n_closing;    /* conns closing, not yet freed (they hold no slot any more) */
+    struct list prehello;  /* conns that have not passed hello, oldest first (conn.pre_link) */
+    uint32_t n_prehello;
+    uv_timer_t hello_timer; /* the hello deadline of the oldest of them */
+    uint64_t queued_total; /* conn.queued over all connections */
+    bool queue_full;       /* queued_total reached queue_total: no conn is read or pumped */
     uint64_t next_conn_no;
     struct list listeners;
     struct code_table *code; /* the language table (code.h): made on first use, code_destroy */

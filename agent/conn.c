@@ -20,6 +20,14 @@ struct wreq {
     char *buf;
 };
 
+static void prehello_leave(struct conn *c)
+{
+    if (list_linked(&c->pre_link)) {
+        list_del(&c->pre_link);
+        c->a->n_prehello--;
+    }
+}
+
 static void conn_free(struct conn *c)
 {
     struct agent *a = c->a;
@@ -28,7 +36,11 @@ static void conn_free(struct conn *c)
     list_for_each_safe(pos, tmp, &c->subs) sub_free(container_of(pos, struct sub, conn_link));
     list_del(&c->link);
     a->n_conns--;
+    if (c->closing && !c->detached)
+        a->n_closing--;
+    prehello_leave(c);
     free(c->frame);
+    free(c->pend);
     log_debug("conn %llu: closed", (unsigned long long)c->no);
     void (*on_free)(void *) = c->on_free;
     void *arg = c->on_free_arg;
@@ -47,8 +59,11 @@ void conn_close(struct conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    /* A closing conn holds no slot: the accept check counts only the others. */
+    prehello_leave(c);
     if (c->detached)
         return; /* freed by conn_detached_free */
+    c->a->n_closing++;
     /* Pending writes are cancelled by uv_close (their callbacks run with UV_ECANCELED before
      * on_closed), so no buffer is leaked. */
     uv_close((uv_handle_t *)&c->h, on_closed);
@@ -71,8 +86,26 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     struct conn *c = h->data;
-    /* One shared buffer: every read is consumed before the next is made. */
-    *buf = uv_buf_init(c->a->read_buf, (unsigned)c->a->read_buf_size);
+    /* One shared buffer: every read is consumed (or what is left of it kept in c->pend)
+     * before the next is made. Before hello, a read takes at most one pre-hello frame, so what
+     * such a conn can leave unparsed is that small. */
+    size_t n = c->a->read_buf_size;
+    if (!c->hello && n > AUTH_PRE_FRAME + BOX_FRAME_HDR)
+        n = AUTH_PRE_FRAME + BOX_FRAME_HDR;
+    *buf = uv_buf_init(c->a->read_buf, (unsigned)n);
+}
+
+static uint64_t queue_bound(const struct conn *c)
+{
+    return c->hello ? c->a->cfg.conn_queue : CONN_PRE_QUEUE;
+}
+
+/* True while c may parse another request: its own queue is under its bound and the agent's
+ * total is under queue_total. Checked before every frame, so one read of many small requests
+ * cannot queue more than one request's replies past the bound. */
+static bool may_parse(const struct conn *c)
+{
+    return c->queued < queue_bound(c) && !c->a->queue_full;
 }
 
 
@@ -87,13 +120,25 @@ static void reading_set(struct conn *c, bool on)
         uv_read_stop((uv_stream_t *)&c->h);
 }
 
+static void resume(struct conn *c);
+static void resume_all(struct agent *a);
+
 static void on_written(uv_write_t *w, int status)
 {
     struct wreq *wr = container_of(w, struct wreq, w);
     struct conn *c = wr->c;
+    struct agent *a = c->a;
     c->queued -= wr->cost;
+    a->queued_total -= wr->cost;
     free(wr->buf);
     free(wr);
+    /* The agent-wide cap: resumed with some hysteresis, so that a full agent does not walk
+     * every conn on each completed write. Also when c is closing: its cancelled writes may be
+     * what drains the total. */
+    if (a->queue_full && a->queued_total < a->cfg.queue_total - a->cfg.queue_total / 4) {
+        a->queue_full = false;
+        resume_all(a);
+    }
     if (c->closing)
         return;
     if (status < 0) {
@@ -107,8 +152,7 @@ static void on_written(uv_write_t *w, int status)
     }
     if (c->queued < CONN_LOW_WATER)
         conn_pump(c);
-    if (c->queued < c->a->cfg.conn_queue && !c->close_after_flush)
-        reading_set(c, true);
+    resume(c);
 }
 
 int conn_send(struct conn *c, struct msg_out *o)
@@ -147,8 +191,15 @@ int conn_send(struct conn *c, struct msg_out *o)
         return -EPIPE;
     }
     c->queued += wr->cost;
-    /* Flow control for requests: a client that sends faster than it reads stops being read. */
-    if (c->queued >= c->a->cfg.conn_queue)
+    c->a->queued_total += wr->cost;
+    if (c->a->queued_total >= c->a->cfg.queue_total && !c->a->queue_full) {
+        c->a->queue_full = true;
+        log_warn("connections: %llu bytes of replies queued (queue_total), reading paused",
+                 (unsigned long long)c->a->queued_total);
+    }
+    /* Flow control for requests: a client that sends faster than it reads stops being read
+     * (and what it sent is parsed no further: consume checks before each frame). */
+    if (!may_parse(c))
         reading_set(c, false);
     return 0;
 }
@@ -167,7 +218,8 @@ void conn_pump(struct conn *c)
     if (c->pumping)
         return; /* re-entered through a sub's run (flow control); the outer loop goes on */
     c->pumping = true;
-    while (!c->closing && !list_empty(&c->ready) && c->queued < CONN_LOW_WATER) {
+    while (!c->closing && !list_empty(&c->ready) && c->queued < CONN_LOW_WATER &&
+           !c->a->queue_full) {
         struct sub *s = container_of(c->ready.next, struct sub, ready_link);
         list_del(&s->ready_link);
         int more = sub_pump(s, CONN_LOW_WATER - c->queued + 64u * 1024u);
@@ -208,6 +260,34 @@ static void frame_done(struct conn *c)
     c->hdr_have = 0;
     request_frame(c, body, len);
     free(body);
+    /* Before hello, one frame decides: hello passed, or the error it got is the last. */
+    if (!c->hello)
+        conn_close_after_flush(c);
+}
+
+/* Keeps the n bytes not parsed yet, and stops reading until the queue drains (resume). */
+static void stash(struct conn *c, const uint8_t *p, size_t n)
+{
+    reading_set(c, false);
+    if (n == 0)
+        return;
+    /* c->pend is empty here (resume takes it before parsing it), unless a detached conn was
+     * fed while over its bound: then the bytes are appended. */
+    if (c->pend_len > SIZE_MAX - n) {
+        send_error_close(c, "internal", "out of memory");
+        return;
+    }
+    uint8_t *b = malloc(c->pend_len + n);
+    if (b == NULL) {
+        send_error_close(c, "internal", "out of memory");
+        return;
+    }
+    if (c->pend_len)
+        memcpy(b, c->pend, c->pend_len);
+    memcpy(b + c->pend_len, p, n);
+    free(c->pend);
+    c->pend = b;
+    c->pend_len += n;
 }
 
 /* Consumes bytes from the socket. A frame's header is checked against max_frame before its
@@ -216,6 +296,10 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
 {
     struct agent *a = c->a;
     while (n > 0 && !c->closing && !c->close_after_flush) {
+        if (!may_parse(c)) {
+            stash(c, p, n);
+            return;
+        }
         if (c->frame == NULL) {
             size_t take = BOX_FRAME_HDR - c->hdr_have;
             if (take > n)
@@ -245,6 +329,8 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
                 struct msg_out o;
                 if (ev_error(&o, NULL, "bad_request", NULL, "empty frame") == 0)
                     conn_send(c, &o);
+                if (!c->hello)
+                    conn_close_after_flush(c);
                 continue;
             }
             c->frame = malloc(len);
@@ -280,6 +366,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     consume(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+/* Parses what was kept while the queue was full, then reads again, as far as the bounds allow. */
+static void resume(struct conn *c)
+{
+    while (!c->closing && !c->close_after_flush && c->pend_len > 0 && may_parse(c)) {
+        uint8_t *b = c->pend;
+        size_t n = c->pend_len;
+        c->pend = NULL;
+        c->pend_len = 0;
+        consume(c, b, n); /* stops before a frame again (and keeps the rest) if need be */
+        free(b);
+    }
+    if (!c->closing && !c->close_after_flush && c->pend_len == 0 && may_parse(c))
+        reading_set(c, true);
+}
+
+static void resume_all(struct agent *a)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->conns)
+    {
+        struct conn *c = container_of(pos, struct conn, link);
+        if (c->closing || c->detached)
+            continue;
+        resume(c);
+        if (!a->queue_full)
+            conn_pump(c);
+    }
 }
 
 static struct conn *conn_new(struct agent *a);
@@ -319,24 +434,118 @@ static struct conn *conn_new(struct agent *a)
     c->no = ++a->next_conn_no;
     list_init(&c->subs);
     list_init(&c->ready);
+    list_init(&c->pre_link);
     c->h.data = c;
     list_add_tail(&a->conns, &c->link);
     a->n_conns++;
     return c;
 }
 
-/* Starts serving c, or refuses it when over max_conns. Returns false if refused. */
+uint32_t conn_prehello_max(const struct agent *a)
+{
+    uint32_t reserve = a->cfg.max_conns / 4 < CONN_AUTH_RESERVE ? a->cfg.max_conns / 4
+                                                                 : CONN_AUTH_RESERVE;
+    return a->cfg.max_conns - reserve;
+}
+
+/* ---- The hello deadline --------------------------------------------------------------------
+ * Every conn that has not passed hello is on a->prehello in accept order, so the oldest is at
+ * the head: one timer, armed for the head's deadline, serves them all. */
+
+static void arm_hello_timer(struct agent *a);
+
+static void on_hello_timer(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    uint64_t now = uv_now(a->loop);
+    unsigned closed = 0;
+    while (!list_empty(&a->prehello)) {
+        struct conn *c = container_of(a->prehello.next, struct conn, pre_link);
+        if (c->accepted_ms + a->cfg.hello_timeout_ms > now)
+            break;
+        log_debug("conn %llu (%s): no hello within %u ms, closing", (unsigned long long)c->no,
+                  c->peer, a->cfg.hello_timeout_ms);
+        conn_close(c); /* leaves a->prehello */
+        closed++;
+    }
+    if (closed)
+        log_info("connections: closed %u that did not pass hello within %u ms", closed,
+                 a->cfg.hello_timeout_ms);
+    arm_hello_timer(a);
+}
+
+static void arm_hello_timer(struct agent *a)
+{
+    if (a->cfg.hello_timeout_ms == 0 || list_empty(&a->prehello) ||
+        uv_is_active((uv_handle_t *)&a->hello_timer))
+        return;
+    struct conn *c = container_of(a->prehello.next, struct conn, pre_link);
+    uint64_t now = uv_now(a->loop), due = c->accepted_ms + a->cfg.hello_timeout_ms;
+    /* At least 50 ms apart: a stream of connections costs a sweep now and then, not one timer
+     * run (and log line) per connection. */
+    uint64_t wait = due > now ? due - now : 0;
+    if (wait < 50)
+        wait = 50;
+    int e = uv_timer_start(&a->hello_timer, on_hello_timer, wait, 0);
+    if (e < 0)
+        log_err("connections: hello timer: %s", uv_strerror(e));
+}
+
+void conns_init(struct agent *a)
+{
+    /* uv_timer_init cannot fail on a live loop (it only fills in the handle). */
+    uv_timer_init(a->loop, &a->hello_timer);
+    a->hello_timer.data = a;
+}
+
+void conns_close(struct agent *a)
+{
+    if (a->hello_timer.data != NULL && !uv_is_closing((uv_handle_t *)&a->hello_timer))
+        uv_close((uv_handle_t *)&a->hello_timer, NULL);
+}
+
+void conn_hello_passed(struct conn *c)
+{
+    c->hello = true;
+    prehello_leave(c);
+}
+
+void conn_keep(struct conn *c)
+{
+    prehello_leave(c);
+}
+
+/* Starts serving c, or refuses it. c holds a slot from now on; when that is one too many
+ * (max_conns), or one too many for conns before hello (conn_prehello_max), the oldest conn
+ * that has not passed hello is closed to make room. Conns past hello are never closed for
+ * room: when they hold every slot, c is refused. Returns false if refused. */
 static bool conn_begin(struct conn *c)
 {
     struct agent *a = c->a;
-    if (a->n_conns > a->cfg.max_conns) {
-        log_warn("conn %llu: refused, %u connections already", (unsigned long long)c->no,
-                 a->cfg.max_conns);
+    while (a->n_conns - a->n_closing > a->cfg.max_conns ||
+           a->n_prehello + 1 > conn_prehello_max(a)) {
+        if (list_empty(&a->prehello)) {
+            log_warn("conn %llu: refused, %u connections already", (unsigned long long)c->no,
+                     a->cfg.max_conns);
+            conn_close(c);
+            return false;
+        }
+        struct conn *old = container_of(a->prehello.next, struct conn, pre_link);
+        log_debug("conn %llu (%s): closed without hello to make room for conn %llu",
+                  (unsigned long long)old->no, old->peer, (unsigned long long)c->no);
+        conn_close(old);
+    }
+    c->accepted_ms = uv_now(a->loop);
+    list_add_tail(&a->prehello, &c->pre_link);
+    a->n_prehello++;
+    arm_hello_timer(a);
+    int e = uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
+    if (e < 0) {
+        log_warn("conn %llu: read: %s", (unsigned long long)c->no, uv_strerror(e));
         conn_close(c);
         return false;
     }
     c->reading = true;
-    uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
     log_debug("conn %llu: accepted (%s)", (unsigned long long)c->no, c->peer);
     return true;
 }

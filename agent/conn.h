@@ -32,6 +32,14 @@ struct conn {
     uint8_t *frame; /* body being received, allocated once its length passed the check */
     uint32_t frame_len, frame_have;
     bool discarding; /* skipping the rest of a frame that was refused */
+    /* Bytes read but not parsed yet: parsing stops before a frame while the reply queue is
+     * over its bound, and the rest of that read waits here (at most one read's worth, since
+     * reading stops too) until the queue drains. */
+    uint8_t *pend;
+    size_t pend_len;
+
+    struct list pre_link; /* on a->prehello until hello passes (or the conn closes) */
+    uint64_t accepted_ms; /* uv_now at accept, for the hello deadline */
 
     uint64_t queued; /* memory held by replies handed to uv_write and not yet written */
     struct list subs;  /* struct sub.conn_link */
@@ -81,5 +89,28 @@ void conn_detached_free(struct conn *c);
 
 /* Bytes a connection may have queued before output pumping stops. */
 #define CONN_LOW_WATER (256u * 1024u)
+/* The reply queue bound of a connection that has not passed hello (it gets one reply, hello or
+ * an error, and is closed after an error). */
+#define CONN_PRE_QUEUE (4u * 1024u)
+/* Slots of max_conns that connections which have not passed hello may never take (at most a
+ * quarter of max_conns): the rest is theirs, and when it is full the oldest of them is closed
+ * to admit a new connection, so a client with the token always gets in. */
+#define CONN_AUTH_RESERVE 8u
+
+/* Connections that have not passed hello may hold at most this many slots. */
+uint32_t conn_prehello_max(const struct agent *a);
+
+/* The agent-wide part: the hello deadline timer. conns_init needs a->loop; conns_close closes
+ * the timer (with the other handles, at teardown). */
+void conns_init(struct agent *a);
+void conns_close(struct agent *a);
+
+/* hello passed on c: it leaves the pre-hello accounting (no deadline, never evicted) and gets
+ * the full conn_queue. */
+void conn_hello_passed(struct conn *c);
+
+/* c is the one session of its transport (a virtio port, which has no accept and so no flood):
+ * it has no hello deadline and is never closed to make room. It must still pass hello. */
+void conn_keep(struct conn *c);
 
 #endif

@@ -288,6 +288,10 @@ void init_fatal(struct agent *a, const char *why)
     log_err("fatal: %s", why);
     sync();
     if (a->mode == MODE_VM) {
+        /* PID 1 must not exit (the kernel would panic): power off, cleanly, as init_final. */
+        log_err("fatal: unmounting and powering off");
+        unmount_all();
+        sync();
         reboot(RB_POWER_OFF);
         for (;;)
             pause();

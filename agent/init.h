@@ -33,8 +33,8 @@ void init_notify_ready(void);
  * not return). container and daemon: sync and return (main exits). */
 void init_final(struct agent *a, enum final_action act);
 
-/* The path that cannot recover (the loop itself failed): sync, then power off (vm) or exit
- * non-zero (container, daemon). Never returns. */
+/* The path that cannot recover (start-up failed, or the loop itself did): log, sync, then
+ * unmount and power off (vm) or exit non-zero (container, daemon). Never returns. */
 void init_fatal(struct agent *a, const char *why) __attribute__((noreturn));
 
 #endif

@@ -6,10 +6,12 @@
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
@@ -24,6 +26,8 @@ struct listener {
     enum listener_kind kind;
     char *spec;
     char *path;         /* unix: the socket path */
+    dev_t dev;          /* unix: the socket file we made (unlinked at the end only if it */
+    ino_t ino;          /* is still the one at path) */
     uv_pipe_t pipe;     /* unix */
     int fd;             /* vsock: listening socket; virtio: the port */
     uv_poll_t poll;     /* vsock: accept readiness */
@@ -71,6 +75,14 @@ static void listener_fail(struct listener *l)
 
 static void unix_accept(struct listener *l);
 
+/* Removes the socket file, if it still is ours (not another's that replaced it since). */
+static void unlink_ours(const struct listener *l)
+{
+    struct stat st;
+    if (lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+        unlink(l->path);
+}
+
 static void on_retry_accept(uv_timer_t *t)
 {
     unix_accept(t->data);
@@ -97,67 +109,262 @@ static void on_unix_connection(uv_stream_t *server, int status)
     unix_accept(l);
 }
 
-/* The socket's directory must not be swappable under us: owned by root or by boxd's user, and
- * not writable by others unless sticky (then only its owner can replace our entry). */
-static int check_dir(const char *path)
+/* The socket path must not be swappable under us, nor its name takeable before us. Walked from
+ * / (or the working directory, for a relative path) one component at a time with openat and
+ * O_NOFOLLOW, so what is checked is what is used:
+ *   - a symbolic link anywhere in the path is refused (whoever can write the directory it is in
+ *     could point it elsewhere; give the real path instead);
+ *   - every directory must be owned by root or by boxd's user;
+ *   - no directory may be writable by group or others, except one with the sticky bit (like
+ *     /tmp) that is not the socket's own: there only an entry's owner can rename or remove it,
+ *     and the next component is checked to be root's or ours;
+ *   - the socket's own directory may not be writable by anyone else at all, sticky or not: in a
+ *     sticky directory a local user could bind the name first and receive the control plane's
+ *     hello.
+ * Returns an O_PATH fd of the socket's directory (the caller closes it), or a negative errno
+ * with what was wrong written to why. */
+static int check_path(const char *path, char *why, size_t why_size)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
+    char buf[PATH_MAX], shown[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return -ENAMETOOLONG;
+    int fd;
+    if (buf[0] == '/') {
+        fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        snprintf(shown, sizeof shown, "/");
+    } else {
+        /* Relative: the working directory is checked the same way, as the socket's own. */
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) == NULL)
+            return -errno;
+        char probe[PATH_MAX + 2];
+        snprintf(probe, sizeof probe, "%s/x", strcmp(cwd, "/") == 0 ? "" : cwd);
+        fd = check_path(probe, why, why_size);
+        if (fd < 0)
+            return fd;
+        snprintf(shown, sizeof shown, "%s", cwd);
+    }
+    /* The directory part: every component before the last '/'. */
+    char *last = strrchr(buf, '/');
+    char *p = buf[0] == '/' ? buf + 1 : buf;
+    char *end = last ? last : buf;
+    *end = '\0';
+    for (;;) {
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+        bool own = p >= end; /* no component left: this is the socket's own directory */
+        if (st.st_uid != 0 && st.st_uid != geteuid()) {
+            snprintf(why, why_size, "%s is owned by uid %u", shown, (unsigned)st.st_uid);
+            close(fd);
+            return -EPERM;
+        }
+        if ((st.st_mode & 0022) && (own || !(st.st_mode & S_ISVTX))) {
+            snprintf(why, why_size, "%s is writable by %s (mode %04o%s)", shown,
+                     st.st_mode & 0002 ? "others" : "its group", (unsigned)(st.st_mode & 07777),
+                     st.st_mode & S_ISVTX ? "; sticky, but the socket's own directory" : "");
+            close(fd);
+            return -EPERM;
+        }
+        if (own)
+            return fd;
+        char *name = p;
+        char *slash = strchr(p, '/');
+        if (slash)
+            *slash = '\0';
+        p = slash ? slash + 1 : end;
+        if (name[0] == '\0' || strcmp(name, ".") == 0)
+            continue; /* "//" or "/./": the same directory */
+        size_t sl = strlen(shown), nl = strlen(name);
+        if (sl + 1 + nl >= sizeof shown) {
+            close(fd);
+            return -ENAMETOOLONG;
+        }
+        if (sl > 1)
+            shown[sl++] = '/';
+        memcpy(shown + sl, name, nl + 1);
+        struct stat lst;
+        if (fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode)) {
+            snprintf(why, why_size, "%s is a symbolic link (give the path without links)",
+                     shown);
+            close(fd);
+            return -ELOOP;
+        }
+        /* O_NOFOLLOW: a link put there since the fstatat fails here rather than being used. */
+        int nfd = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = -errno;
+        close(fd);
+        if (nfd < 0) {
+            snprintf(why, why_size, "%s: %s", shown, strerror(-e));
+            return e;
+        }
+        fd = nfd;
+    }
+}
+
+/* What answers on a unix socket path: 1 a live listener (*pid its pid, 0 if unknown), 0
+ * nothing there (*stale: a socket file that no one listens on), or a negative errno for
+ * something that is not a socket. Never blocks: a listener with a full backlog is live. */
+static int probe_unix(const char *path, bool *stale, pid_t *pid)
+{
+    *stale = false;
+    *pid = 0;
     struct stat st;
-    if (stat(dir, &st) < 0)
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -EEXIST;
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0)
         return -errno;
-    if (st.st_uid != 0 && st.st_uid != geteuid())
-        return -EPERM;
-    if ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))
-        return -EPERM;
-    return 0;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int r = connect(s, (struct sockaddr *)&sa, sizeof sa);
+    int e = r < 0 ? errno : 0;
+    int live = 0;
+    if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
+        live = 1;
+        struct ucred cr;
+        socklen_t len = sizeof cr;
+        if (r == 0 && getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
+            *pid = cr.pid;
+    } else if (e == ECONNREFUSED) {
+        *stale = true;
+    } else if (e != ENOENT) {
+        live = -e;
+    }
+    close(s);
+    return live;
 }
 
 static int start_unix(struct agent *a, const char *spec, const char *path)
 {
-    int de = check_dir(path);
-    if (de < 0) {
-        log_err("listen %s: the socket's directory %s", spec,
-                de == -EPERM ? "must be owned by root (or boxd's user) and not writable by others"
-                             : strerror(-de));
-        return de;
+    char why[PATH_MAX + 128] = "";
+    struct sockaddr_un sa;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        log_err("listen %s: the path is longer than %zu bytes", spec, sizeof sa.sun_path - 1);
+        return -ENAMETOOLONG;
+    }
+    int dfd = check_path(path, why, sizeof why);
+    if (dfd < 0) {
+        log_err("listen %s: the socket's directories must be owned by root (or boxd's user) and "
+                "not writable by others, without symbolic links: %s",
+                spec, why[0] ? why : strerror(-dfd));
+        return dfd;
+    }
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
+    /* Someone already serving there keeps the path: refuse to start (a second boxd used to
+     * take the socket silently, leaving the first unreachable). */
+    bool stale;
+    pid_t pid;
+    int live = probe_unix(path, &stale, &pid);
+    if (live != 0) {
+        if (live > 0 && pid > 0)
+            log_err("listen %s: another boxd is serving %s (pid %d); stop it first or choose "
+                    "another --listen", spec, path, (int)pid);
+        else if (live > 0)
+            log_err("listen %s: another boxd is serving %s; stop it first or choose another "
+                    "--listen", spec, path);
+        else
+            log_err("listen %s: %s", spec,
+                    live == -EEXIST ? "the path exists and is not a socket" : strerror(-live));
+        close(dfd);
+        return live > 0 ? -EADDRINUSE : live;
+    }
+    /* Bound under a private name in the same directory, made ready (mode, owner, listening),
+     * and only then moved into place: the path never names a half-made socket, and no one else
+     * can bind the name (only root and we can write the directory). */
+    char tmp[sizeof sa.sun_path], tmpname[64];
+    uint64_t rnd = now_mono_ns() ^ ((uint64_t)getpid() << 32);
+    snprintf(tmpname, sizeof tmpname, ".boxd-%d-%08llx", (int)getpid(),
+             (unsigned long long)(rnd & 0xffffffffu));
+    if (dirlen + strlen(tmpname) < sizeof tmp)
+        snprintf(tmp, sizeof tmp, "%.*s%s", (int)dirlen, path, tmpname);
+    else /* a long path: through the checked directory's fd */
+        snprintf(tmp, sizeof tmp, "/proc/self/fd/%d/%s", dfd, tmpname);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int e = fd < 0 ? -errno : 0;
+    bool bound = false;
+    if (e == 0) {
+        memset(&sa, 0, sizeof sa);
+        sa.sun_family = AF_UNIX;
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", tmp);
+        /* Created 0600, so there is no moment when others could connect; then the configured
+         * mode and owner (never world-writable: checked with the options). */
+        mode_t old = umask(0177);
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            e = -errno;
+        umask(old);
+        bound = e == 0;
+    }
+    if (e == 0 && (a->cfg.socket_uid >= 0 || a->cfg.socket_gid >= 0) &&
+        fchownat(dfd, tmpname, (uid_t)a->cfg.socket_uid, (gid_t)a->cfg.socket_gid,
+                 AT_SYMLINK_NOFOLLOW) < 0)
+        e = -errno;
+    if (e == 0 && a->cfg.socket_mode != 0600 && fchmodat(dfd, tmpname, (mode_t)a->cfg.socket_mode, 0) < 0)
+        e = -errno;
+    if (e == 0 && listen(fd, 512) < 0)
+        e = -errno;
+    struct stat st;
+    if (e == 0 && fstatat(dfd, tmpname, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        e = -errno;
+    if (e == 0 && stale) {
+        /* A socket no one listens on (a boxd that died): replaced. */
+        if (unlinkat(dfd, base, 0) < 0 && errno != ENOENT)
+            e = -errno;
+    }
+    if (e == 0 && renameat2(dfd, tmpname, dfd, base, RENAME_NOREPLACE) < 0) {
+        e = -errno;
+        if (e == -EINVAL && linkat(dfd, tmpname, dfd, base, 0) == 0) /* no RENAME_NOREPLACE here */
+            e = 0;
+        if (e == -EEXIST) {
+            /* Another boxd placed its socket since the probe. */
+            log_err("listen %s: another boxd is serving %s; stop it first or choose another "
+                    "--listen", spec, path);
+            e = -EADDRINUSE;
+        }
+    }
+    if (bound)
+        unlinkat(dfd, tmpname, 0); /* ENOENT once renamed */
+    if (e < 0) {
+        if (e != -EADDRINUSE)
+            log_err("listen %s: %s", spec, strerror(-e));
+        if (fd >= 0)
+            close(fd);
+        close(dfd);
+        return e;
     }
     struct listener *l = listener_new(a, L_UNIX, spec);
     if (l == NULL || (l->path = strdup(path)) == NULL) {
         if (l)
             listener_fail(l);
+        unlinkat(dfd, base, 0);
+        close(fd);
+        close(dfd);
         return -ENOMEM;
     }
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
     uv_pipe_init(a->loop, &l->pipe, 0);
     l->pipe.data = l;
     l->handles++;
-    /* A socket left by an earlier boxd would make bind fail: remove it, but only a socket of
-     * ours. */
-    struct stat st;
-    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_uid == 0 || st.st_uid == geteuid()))
-        unlink(path);
-    /* Created 0600, so there is no moment when others could connect; then the configured
-     * mode and owner (never world-writable: checked with the options). */
-    mode_t old = umask(0177);
-    int e = uv_pipe_bind(&l->pipe, path);
-    umask(old);
-    if (e == 0 && (a->cfg.socket_uid >= 0 || a->cfg.socket_gid >= 0) &&
-        chown(path, (uid_t)a->cfg.socket_uid, (gid_t)a->cfg.socket_gid) < 0)
-        e = -errno;
-    if (e == 0 && a->cfg.socket_mode != 0600 && chmod(path, (mode_t)a->cfg.socket_mode) < 0)
-        e = -errno;
+    e = uv_pipe_open(&l->pipe, fd);
     if (e == 0)
         e = uv_listen((uv_stream_t *)&l->pipe, 512, on_unix_connection);
+    close(dfd);
     if (e < 0) {
         log_err("listen %s: %s", spec, uv_strerror(e));
-        uv_close((uv_handle_t *)&l->pipe, on_listener_closed);
+        unlink_ours(l);
+        uv_close((uv_handle_t *)&l->pipe, on_listener_closed); /* closes fd */
         listener_fail(l);
         return e;
     }
@@ -280,6 +487,7 @@ static void virtio_check(struct listener *l)
             snprintf(who, sizeof who, "virtio %s", l->path);
             l->conn = conn_from_fd(l->a, fd, who);
             if (l->conn) {
+                conn_keep(l->conn);
                 l->conn->on_free = on_virtio_session_end;
                 l->conn->on_free_arg = l;
                 log_info("listen %s: host connected", l->spec);
@@ -391,7 +599,7 @@ void listen_close_all(struct agent *a)
         }
         switch (l->kind) {
         case L_UNIX:
-            unlink(l->path);
+            unlink_ours(l);
             uv_close((uv_handle_t *)&l->pipe, on_listener_closed);
             break;
         case L_VSOCK:

@@ -74,7 +74,14 @@ static void usage(FILE *f)
             "                         runs are forgotten (default 268435456)\n"
             "  --stdin-bytes N        stdin queued per run (default 1048576)\n"
             "  --max-subs N           runs one connection may follow (default 1024)\n"
-            "  --conn-queue N         unsent bytes per connection before reading pauses (default 4194304)\n"
+            "  --conn-queue N         unsent bytes per connection before reading its requests\n"
+            "                         pauses (default 4194304; 4096 before hello)\n"
+            "  --queue-total N        unsent bytes over all connections before reading any\n"
+            "                         pauses (default 67108864)\n"
+            "  --hello-timeout-ms N   a connection that has not passed hello by then is closed\n"
+            "                         (default 5000; 0: no deadline). Connections before hello\n"
+            "                         may hold max-conns minus 8 slots (a quarter when fewer);\n"
+            "                         when full, the oldest of them is closed to admit a new one\n"
             "  --grace-ms N           TERM to KILL grace for cancel, timeout, shutdown (default 2000)\n"
             "  --drain-ms N           wait for output after a run's process exits (default 100)\n"
             "  --flush-ms N           send a partial line after this long (default 20)\n"
@@ -102,6 +109,7 @@ enum {
     OPT_VSOCK_CID, OPT_VSOCK_ANY, OPT_ALLOW_UID, OPT_SOCKET_MODE, OPT_SOCKET_OWNER,
     OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
     OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL, OPT_ALLOW_REQ_USER, OPT_ALLOW_SECCOMP_NONE,
+    OPT_QUEUE_TOTAL, OPT_HELLO_TIMEOUT,
 };
 
 static int parse_args(int argc, char **argv, struct agent *a)
@@ -120,6 +128,8 @@ static int parse_args(int argc, char **argv, struct agent *a)
         {"stdin-bytes", required_argument, NULL, OPT_STDIN_BYTES},
         {"max-subs", required_argument, NULL, OPT_MAX_SUBS},
         {"conn-queue", required_argument, NULL, OPT_CONN_QUEUE},
+        {"queue-total", required_argument, NULL, OPT_QUEUE_TOTAL},
+        {"hello-timeout-ms", required_argument, NULL, OPT_HELLO_TIMEOUT},
         {"grace-ms", required_argument, NULL, OPT_GRACE},
         {"drain-ms", required_argument, NULL, OPT_DRAIN},
         {"flush-ms", required_argument, NULL, OPT_FLUSH},
@@ -200,6 +210,14 @@ static int parse_args(int argc, char **argv, struct agent *a)
         case OPT_CONN_QUEUE:
             bad = parse_u64(optarg, 64u * 1024u, 1ull << 32, &v);
             c->conn_queue = v;
+            break;
+        case OPT_QUEUE_TOTAL:
+            bad = parse_u64(optarg, 1u << 20, 1ull << 40, &v);
+            c->queue_total = v;
+            break;
+        case OPT_HELLO_TIMEOUT:
+            bad = parse_u64(optarg, 0, 3600u * 1000u, &v);
+            c->hello_timeout_ms = (uint32_t)v;
             break;
         case OPT_GRACE:
             bad = parse_u64(optarg, 0, 3600u * 1000u, &v);
@@ -378,6 +396,7 @@ static void teardown(struct agent *a)
 {
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &a->conns) conn_close(container_of(pos, struct conn, link));
+    conns_close(a);
     listen_close_all(a);
     /* No spawn may be under way while the runs go: the spawner thread stops first. */
     runs_spawner_halt(a);
@@ -417,6 +436,15 @@ static void on_warm(uv_timer_t *t)
         code_warm(a);
 }
 
+/* A start-up failure. As a VM's init, returning from main would panic the kernel: the fatal
+ * path logs, then powers off cleanly. Elsewhere main returns rc. */
+static int startup_failed(struct agent *a, int rc)
+{
+    if (a->mode == MODE_VM)
+        init_fatal(a, "start-up failed (see above)");
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct agent agent;
@@ -425,14 +453,22 @@ int main(int argc, char **argv)
     a->start_mono_ns = now_mono_ns();
     config_defaults(&a->cfg);
     int rc = parse_args(argc, argv, a);
-    if (rc >= 0)
+    if (rc >= 0) {
+        /* Even --help: PID 1 must not return. Only init_setup can tell a VM's init. */
+        if (getpid() == 1) {
+            init_setup(a);
+            return startup_failed(a, rc);
+        }
         return rc;
+    }
 
     /* Block signals first: every later thread and child inherits the mask (children reset it),
      * and no SIGCHLD can be lost between here and the signalfd. */
     if (signals_block() < 0) {
         perror("boxd: sigprocmask");
-        return 1;
+        if (getpid() == 1)
+            init_setup(a);
+        return startup_failed(a, 1);
     }
     ensure_stdio();
     a->pid = getpid();
@@ -450,7 +486,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "boxd: token file %s: %s\n", a->cfg.token_file,
                 ae == -EPERM ? "must be a regular file readable only by its owner"
                              : strerror(-ae));
-        return 1;
+        return startup_failed(a, 1);
     }
     if (!a->pid1) {
         /* Not the box's init: adopt our runs' orphans so they are still reaped by us. */
@@ -459,19 +495,19 @@ int main(int argc, char **argv)
     make_boot_id(a);
     if (agent_init(a) < 0) {
         fprintf(stderr, "boxd: start-up failed: %s\n", strerror(errno ? errno : ENOMEM));
-        return 1;
+        return startup_failed(a, 1);
     }
     if (environ_init(a) < 0) {
         fprintf(stderr, "boxd: --user %s: no such user\n", a->cfg.run_user);
         agent_release(a);
-        return 1;
+        return startup_failed(a, 1);
     }
     snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
     if (sandbox_init(a) < 0) {
         fprintf(stderr, "boxd: cannot build the seccomp filters\n");
         sandbox_destroy(a);
         agent_release(a);
-        return 1;
+        return startup_failed(a, 1);
     }
     cgroup_init(a);
     runs_spare(a);
@@ -481,15 +517,16 @@ int main(int argc, char **argv)
     a->spawn_async.data = a;
     if (a->sandbox.spawner)
         spawner_set_notify(a->sandbox.spawner, notify_loop, &a->spawn_async);
+    conns_init(a);
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");
-        return 1;
+        return startup_failed(a, 1);
     }
     for (unsigned i = 0; i < a->cfg.n_listen; i++)
         if (listen_start(a, a->cfg.listen[i]) < 0) {
             /* Start-up failed: release everything so a sanitizer sees a clean exit. */
             teardown(a);
-            return 1;
+            return startup_failed(a, 1);
         }
 
     a->sig_nondefault = spawn_signals_changed();

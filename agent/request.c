@@ -143,6 +143,9 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, "log_total", c->log_total);
     msg_kv_u64(o, "stdin_bytes", c->stdin_bytes);
     msg_kv_u64(o, "max_subs", c->max_subs);
+    msg_kv_u64(o, "conn_queue", c->conn_queue);
+    msg_kv_u64(o, "queue_total", c->queue_total);
+    msg_kv_u64(o, "hello_timeout_ms", c->hello_timeout_ms);
     msg_kv_u64(o, "grace_ms", c->grace_ms);
     msg_kv_u64(o, "drain_ms", c->drain_ms);
     msg_kv_u64(o, "flush_ms", c->flush_ms);
@@ -184,7 +187,7 @@ static void do_hello(struct ctx *x)
         conn_close_after_flush(x->c);
         return;
     }
-    x->c->hello = true;
+    conn_hello_passed(x->c);
     struct msg_out o;
     if (ev_begin(&o, "hello", &x->req) < 0)
         return;

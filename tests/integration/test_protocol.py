@@ -74,16 +74,21 @@ def test_bad_version(boxd, version):
     r = c.request("hello", req="v", version=version)
     assert_error(r, "bad_version", req="v")
     assert r["versions"] == [1]
-    # The connection stays usable and a correct hello then works.
+    # Before hello the first error is the last (PROTOCOL.md 3): reconnect with a listed one.
+    assert c.wait_closed(5)
+    c = boxd.client(hello=False)
     assert c.hello()["type"] == "hello"
     assert c.ping()["type"] == "pong"
 
 
 def test_need_hello(boxd):
+    # Each on its own connection: before hello, the first error closes it.
+    for req, typ, fields in ((1, "ping", {}), (2, "exec", {"cmd": "touch /tmp/should-not-run"}),
+                             (3, "list", {})):
+        c = boxd.client(hello=False)
+        assert_error(c.request(typ, req=req, **fields), "need_hello", req=req)
+        assert c.wait_closed(5)
     c = boxd.client(hello=False)
-    assert_error(c.request("ping", req=1), "need_hello", req=1)
-    assert_error(c.request("exec", req=2, cmd="touch /tmp/should-not-run"), "need_hello", req=2)
-    assert_error(c.request("list", req=3), "need_hello", req=3)
     assert c.hello()["type"] == "hello"
     assert c.ping()["type"] == "pong"
 
@@ -270,7 +275,8 @@ def test_malformed_does_not_need_hello_state(boxd):
     c = boxd.client(hello=False)
     c.raw_send(frame(b"\xc1"))
     assert_error(c.recv(), "bad_request")
-    assert c.hello()["type"] == "hello"
+    assert c.wait_closed(5)  # the first error before hello is the last
+    assert boxd.client(hello=False).hello()["type"] == "hello"
 
 
 def nested(levels):
