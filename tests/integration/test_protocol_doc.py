@@ -25,10 +25,6 @@ from conftest import REPO, T
 DOC = os.path.join(REPO, "protocol", "PROTOCOL.md")
 AGENT_DIR = os.path.join(REPO, "agent")
 
-# Fields documented as always present that parallel work on issue 11 adds to the agent
-# (conn_queue and queue_total in hello.limits). Until that work is merged an agent may lack them;
-# anything else missing fails.
-PENDING = {"limits.conn_queue", "limits.queue_total"}
 # Documented optional fields that only some boxes produce (cgroup v2 present or not).
 ENV_DEPENDENT = {"cgroup", "controllers", "controllers[]", "runs[].cgroup"}
 
@@ -167,7 +163,6 @@ class Checker:
         self.seen_fields = {}  # (kind, name) -> set of paths seen
         self.seen_types = set()
         self.seen_codes = set()
-        self.pending_missing = set()
 
     def _walk(self, kind, name, schema, prefix, value, seen):
         if isinstance(value, dict):
@@ -186,9 +181,6 @@ class Checker:
                 if parent != prefix or "[" in leaf or leaf == "*":
                     continue
                 if leaf not in value:
-                    if f in PENDING:
-                        self.pending_missing.add(f)
-                        continue
                     self.problems.append("%s %s: documented field %r (%s) is missing: %r"
                                          % (kind, name, f, d["presence"], value))
         elif isinstance(value, list):
@@ -589,11 +581,9 @@ def test_every_message_matches_its_schema(start_boxd, tmp_path):
             continue
         got = ck.seen_fields.get((kind, name), set())
         for f in fields:
-            if f not in got and f not in PENDING and f not in ENV_DEPENDENT:
+            if f not in got and f not in ENV_DEPENDENT:
                 unseen.append("%s.%s" % (name, f))
     assert not unseen, "documented but never sent: %s" % unseen
-    if ck.pending_missing:
-        print("not yet sent by this agent (parallel work): %s" % sorted(ck.pending_missing))
 
 
 def _send(c, msg):
