@@ -88,7 +88,9 @@ filtered = out["kill_0_boxd"] == "EPERM"
 def owner_forms():
     forms = [("setown_pid", "fcntl", F_SETOWN, boxd), ("setown_pgrp", "fcntl", F_SETOWN, -pgrp),
              ("setown_ex_pid", "ex", F_OWNER_PID, boxd), ("setown_ex_pgrp", "ex", F_OWNER_PGRP, pgrp),
-             ("fiosetown_pid", "ioctl", FIOSETOWN, boxd), ("siocspgrp_pgrp", "ioctl", SIOCSPGRP, -pgrp)]
+             ("fiosetown_pid", "ioctl", FIOSETOWN, boxd), ("siocspgrp_pgrp", "ioctl", SIOCSPGRP, -pgrp),
+             # F_SETOWN with the upper half of the register set: the kernel reads 32 bits
+             ("setown_pid_high_bits", "raw", F_SETOWN | (1 << 32), boxd)]
     for t in tids:
         forms += [("setown_tid_%d" % t, "fcntl", F_SETOWN, t),
                   ("setown_ex_tid_%d" % t, "ex", F_OWNER_TID, t),
@@ -97,6 +99,8 @@ def owner_forms():
 def set_owner(kind, fd, how, who):
     if kind == "fcntl":
         return libc.fcntl(fd, how, who)
+    if kind == "raw":
+        return libc.syscall(L(72), L(fd), L(how), L(who))            # fcntl
     if kind == "ex":
         ex = OwnerEx(how, who)
         return libc.fcntl(fd, F_SETOWN_EX, ctypes.byref(ex))
@@ -199,7 +203,7 @@ def test_fd_owner_and_scheduling_guards(start_boxd, args):
     assert out["filtered"], out
     guarded = owner_keys(out) + [k for k in out if not k.startswith("self") and k != "filtered"
                                  and k not in owner_keys(out) and k != "kill_0_boxd"]
-    assert len(owner_keys(out)) == 6 + 3 * len(tids), out
+    assert len(owner_keys(out)) == 7 + 3 * len(tids), out
     bad = {k: out[k] for k in guarded if out[k] != "EPERM"}
     assert bad == {}, bad
     # Legitimate uses go on working: an fd owned by the run itself delivers its signal; nice,
