@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +23,10 @@
 #define READS_PER_WAKEUP 4
 /* At the end of the drain window, read at most this much per pipe before ending the run. */
 #define DRAIN_READ_MAX (4u * 1024u * 1024u)
+/* Without a cgroup, a lingering run stops counting against max_runs this long after its end:
+ * what holds its pipes may be out of boxd's reach (an fd in flight in a unix socket, a process
+ * nothing links to the run), and a slot must never be held forever. */
+#define LINGER_SLOT_MS 10000u
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
@@ -31,6 +36,8 @@ static void on_flush_timer(uv_timer_t *t);
 static void run_maybe_free(struct run *r);
 static void cg_release(struct run *r);
 static void runs_evict(struct agent *a);
+static void on_kill_timer(uv_timer_t *t);
+static void bg_signal(struct run *r, int sig);
 
 /* ---- Tables ------------------------------------------------------------------------------- */
 
@@ -446,7 +453,10 @@ static void linger_check(struct run *r)
     if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
         return;
     r->lingering = false;
-    r->a->n_lingering--;
+    if (!r->slot_released)
+        r->a->n_lingering--;
+    uv_timer_stop(&r->kill_timer); /* nothing left for its deadline to kill */
+    uv_timer_stop(&r->drain_timer);
     log_debug("run %s: background processes gone (%llu late bytes)", r->id,
               (unsigned long long)r->late_bytes);
     cg_release(r);
@@ -539,6 +549,20 @@ static void tmpdir_remove(struct run *r)
     r->tmpdir = NULL;
 }
 
+/* Without a cgroup, LINGER_SLOT_MS after the end of a run that still lingers: it stays listed
+ * (lingering, and `cancel` still kills what holds its pipes) but counts against max_runs no
+ * more. */
+static void on_linger_slot(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    if (r->state != RUN_ENDED || !r->lingering || r->slot_released)
+        return;
+    r->slot_released = true;
+    r->a->n_lingering--;
+    log_info("run %s: still lingering %u ms after its end, without a cgroup: no longer counted "
+             "against max_runs", r->id, LINGER_SLOT_MS);
+}
+
 static void run_finish(struct run *r)
 {
     struct agent *a = r->a;
@@ -559,7 +583,6 @@ static void run_finish(struct run *r)
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
     tmpdir_remove(r);
-    uv_timer_stop(&r->kill_timer);
     uv_timer_stop(&r->flush_timer);
     uv_timer_stop(&r->drain_timer);
     stdin_close(r);
@@ -577,7 +600,11 @@ static void run_finish(struct run *r)
         r->paused = false;
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
+        /* The kill timer goes on: at the deadline what lingers is killed (on_kill_timer). */
+        if (r->cg.dir_fd < 0)
+            uv_timer_start(&r->drain_timer, on_linger_slot, LINGER_SLOT_MS, 0);
     } else {
+        uv_timer_stop(&r->kill_timer);
         release = true;
     }
     runlog_shrink(&r->log);
@@ -669,13 +696,68 @@ static void kill_tree(struct run *r, int sig)
     /* The group id is the main pid. While the main process is unreaped that pid cannot be
      * reused; after, only the drain window remains, and the walk checks ancestry. */
     proc_tree_signal(r->pid, r->pid, sig);
+    bg_signal(r, sig); /* what left the group and was reparented, but holds the run's pipes */
+}
+
+/* Without a cgroup: the processes holding the run's output pipes (cgroup.h). */
+static int pipe_holders_signal(struct run *r, int sig)
+{
+    ino_t inos[2];
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (r->out[i].open && fstat(r->out[i].fd, &st) == 0)
+            inos[n++] = st.st_ino;
+    }
+    return n > 0 ? proc_pipe_holders_signal(inos, n, sig) : 0;
+}
+
+/* Signals what a run left behind, also after its end: the cgroup's members, or without one the
+ * processes that hold its pipes - for SIGKILL again while a pass finds any, as one may fork
+ * between the scan and the kill (a few passes at most). */
+static void bg_signal(struct run *r, int sig)
+{
+    if (r->cg.dir_fd >= 0) {
+        cg_watch(r);
+        if (sig == SIGKILL)
+            cgroup_run_kill(&r->cg);
+        else
+            cgroup_run_signal(&r->cg, sig);
+        return;
+    }
+    for (int pass = 0; pass < 4; pass++)
+        if (pipe_holders_signal(r, sig) == 0 || sig != SIGKILL)
+            break;
+}
+
+/* The deadline of a run that has ended but still lingers (4.4): what it left behind is killed
+ * like a live run's tree, TERM and CONT, then KILL after the grace. The end already sent stays
+ * as it was (it reported the main process); list shows background_killed "timeout". */
+static void linger_kill(struct run *r)
+{
+    if (r->kill_stage == 0) {
+        if (r->bg_killed == NULL)
+            r->bg_killed = "timeout";
+        log_info("run %s: timeout after %llu ms: killing what it left behind", r->id,
+                 (unsigned long long)r->timeout_ms);
+        bg_signal(r, SIGTERM);
+        bg_signal(r, SIGCONT);
+        r->kill_stage = 1;
+        uv_timer_start(&r->kill_timer, on_kill_timer, r->grace_ms, 0);
+    } else if (r->kill_stage == 1) {
+        bg_signal(r, SIGKILL);
+        r->kill_stage = 2;
+    }
 }
 
 static void on_kill_timer(uv_timer_t *t)
 {
     struct run *r = t->data;
-    if (r->state == RUN_ENDED)
+    if (r->state == RUN_ENDED) {
+        if (r->lingering)
+            linger_kill(r);
         return;
+    }
     if (r->kill_stage == 0) {
         /* The timeout passed. */
         r->timed_out = true;
@@ -737,9 +819,12 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
         /* Nothing is signalled by pid (it may be reused). What still runs in the run's
          * cgroup - background processes that outlived it - is killed: cgroup members cannot
          * be someone else's. */
-        if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg)) {
+        if (r->lingering && (r->cg.dir_fd < 0 || cgroup_run_populated(&r->cg))) {
             log_info("run %s: killing what remains of it", r->id);
-            cgroup_run_kill(&r->cg);
+            if (r->bg_killed == NULL)
+                r->bg_killed = "cancel";
+            uv_timer_stop(&r->kill_timer); /* its deadline has nothing more to do */
+            bg_signal(r, SIGKILL);
         }
         return false;
     }

@@ -260,3 +260,183 @@ def test_scheduling_tools_on_the_run_itself(start_boxd):
         assert res.end["status"] == "failed", (cmd, res)
         assert b"not permitted" in res.stderr, (cmd, res)
     assert sched_state(d.pid)[0] == 0
+
+
+# ---- 10. timeouts and the whole tree --------------------------------------------------------------
+
+# Escapees whose main process exits at once, leaving the run `completed` and lingering. Each
+# carries the test's marker in its environment; one ignores SIGTERM (inherited across exec), so
+# only the KILL after the grace ends it.
+ESCAPEES = {
+    "setsid": "setsid sleep 1000 & exit 0",
+    "double_fork": "(setsid sh -c 'exec sleep 1000' &); exit 0",
+    "double_fork_ignores_term": "(setsid sh -c 'trap \"\" TERM; exec sleep 1000' &); exit 0",
+    # Holds none of the run's fds: only a cgroup can find it.
+    "double_fork_quiet": "(setsid sh -c 'exec sleep 1000' </dev/null >/dev/null 2>&1 &); exit 0",
+}
+DEADLINE_MS, GRACE_MS = 1000, 300
+
+
+def nocgroup_boxd(start_boxd, *args):
+    import conftest
+    if not os.access("/usr/bin/unshare", os.X_OK) or not cgroup2_available():
+        pytest.skip("needs unshare and a cgroup2 mount to make read-only")
+    real = conftest.BOXD_BIN
+    conftest.BOXD_BIN = NOCGROUP
+    try:
+        d = start_boxd(*args, env={"BOXD_REAL_BIN": real})
+    finally:
+        conftest.BOXD_BIN = real
+    assert d.client().info()["kill_mechanism"] == "pgroup"
+    return d
+
+
+def listed(c, run_id):
+    runs = [r for r in c.list()["runs"] if r["id"] == run_id]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def start_escapee(c, cmd, tag, **kw):
+    """Runs cmd; returns (end, start time) once it has ended and its escapee is running."""
+    from conftest import procs_with_env
+    t0 = time.monotonic()
+    res = c.exec_run(cmd, timeout=T(20), env={"BOXD_SECTO": tag}, **kw)
+    assert res.end is not None and res.end["status"] == "completed", res
+    assert res.end["reason"] == "exit", res.end
+    assert wait_for(lambda: procs_with_env("BOXD_SECTO", tag), T(3)), "no escapee"
+    return res, t0
+
+
+def escapees(tag):
+    from conftest import procs_with_env
+    return procs_with_env("BOXD_SECTO", tag)
+
+
+def kill_escapees(tag):
+    import signal
+    for p in escapees(tag):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def check_killed_at_deadline(c, res, t0, tag):
+    # Alive, listed lingering, until the deadline...
+    assert listed(c, res.id)["lingering"] is True, listed(c, res.id)
+    # ...then gone within the grace (and some scheduling slack), and listed so.
+    gone = wait_for(lambda: not escapees(tag), T(8))
+    took = time.monotonic() - t0
+    assert gone, "escapee %s survived the deadline" % escapees(tag)
+    print("escapee gone %.0f ms after the run started (deadline %d ms, grace %d ms)"
+          % (took * 1e3, DEADLINE_MS, GRACE_MS))
+    assert took >= DEADLINE_MS / 1e3 * 0.9, took
+    assert wait_for(lambda: listed(c, res.id)["lingering"] is False, T(3)), listed(c, res.id)
+    entry = listed(c, res.id)
+    assert entry["background_killed"] == "timeout", entry
+    # The end that was sent is the run's and stays as it was.
+    assert entry["status"] == "completed" and entry["reason"] == "exit", entry
+    end = c.wait(res.id, timeout=T(5))
+    assert end["status"] == "completed" and end["reason"] == "exit", end
+
+
+@pytest.mark.parametrize("kind", sorted(ESCAPEES))
+def test_timeout_kills_what_lingers_with_cgroup(start_boxd, kind):
+    if not cgroup2_available():
+        pytest.skip("needs cgroup v2")
+    d = start_boxd()
+    c = d.client()
+    assert c.info()["kill_mechanism"] == "cgroup"
+    tag = "m" + os.urandom(8).hex()
+    try:
+        res, t0 = start_escapee(c, ESCAPEES[kind], tag, timeout_ms=DEADLINE_MS,
+                                grace_ms=GRACE_MS)
+        check_killed_at_deadline(c, res, t0, tag)
+        assert c.info()["runs_live"] == 0
+    finally:
+        kill_escapees(tag)
+
+
+def test_lingering_without_timeout_is_left_alone_with_cgroup(start_boxd):
+    """No timeout: what lingers is the user's (a server started in the background), until a
+    cancel."""
+    if not cgroup2_available():
+        pytest.skip("needs cgroup v2")
+    d = start_boxd()
+    c = d.client()
+    tag = "m" + os.urandom(8).hex()
+    try:
+        res, _ = start_escapee(c, ESCAPEES["double_fork"], tag)
+        time.sleep(1.5)
+        assert escapees(tag) and listed(c, res.id)["lingering"] is True
+        assert "background_killed" not in listed(c, res.id)
+        assert c.cancel(res.id)["ended"] is True
+        assert wait_for(lambda: not escapees(tag), T(5)), escapees(tag)
+        assert wait_for(lambda: listed(c, res.id)["lingering"] is False, T(3))
+        assert listed(c, res.id)["background_killed"] == "cancel"
+    finally:
+        kill_escapees(tag)
+
+
+@pytest.mark.parametrize("kind", ["setsid", "double_fork", "double_fork_ignores_term"])
+def test_timeout_kills_what_holds_the_pipes_without_cgroup(start_boxd, kind):
+    """Without a cgroup an escapee reparented to boxd is found by the run's pipes it holds."""
+    d = nocgroup_boxd(start_boxd)
+    c = d.client()
+    tag = "m" + os.urandom(8).hex()
+    try:
+        res, t0 = start_escapee(c, ESCAPEES[kind], tag, timeout_ms=DEADLINE_MS,
+                                grace_ms=GRACE_MS)
+        check_killed_at_deadline(c, res, t0, tag)
+    finally:
+        kill_escapees(tag)
+
+
+def test_quiet_escapee_without_cgroup_is_documented_out_of_reach(start_boxd):
+    """PROTOCOL 4.4: without a cgroup, a double-fork escapee that holds none of the run's fds
+    has nothing linking it to the run: it survives the deadline, and the run neither lingers
+    nor holds a slot."""
+    d = nocgroup_boxd(start_boxd, "--max-runs", "1")
+    c = d.client()
+    tag = "m" + os.urandom(8).hex()
+    try:
+        res, _ = start_escapee(c, ESCAPEES["double_fork_quiet"], tag, timeout_ms=500,
+                               grace_ms=100)
+        assert listed(c, res.id)["lingering"] is False
+        assert c.exec_run("true", timeout=T(10)).end["status"] == "completed"
+        time.sleep(1.0)
+        assert escapees(tag), "documented as out of reach, yet gone"
+    finally:
+        kill_escapees(tag)
+
+
+def test_lingering_slot_released_without_cgroup(start_boxd):
+    """Without a cgroup, a lingering run counts against max_runs for at most 10 s after its end;
+    it stays listed, lingering, and a cancel still kills what holds its pipes."""
+    d = nocgroup_boxd(start_boxd, "--max-runs", "1")
+    c = d.client()
+    tag = "m" + os.urandom(8).hex()
+    try:
+        res, _ = start_escapee(c, ESCAPEES["double_fork"], tag)
+        t_end = time.monotonic()
+        r = c.exec_run("true", timeout=T(10))
+        assert r.error is not None and r.error["code"] == "limit", r
+        assert "slot_released" not in listed(c, res.id)
+
+        def next_run_starts():
+            r = c.exec_run("true", timeout=T(10))
+            return r.error is None and r.end["status"] == "completed"
+        assert wait_for(next_run_starts, T(15), interval=0.5), "the slot is still held"
+        took = time.monotonic() - t_end
+        print("slot released %.1f s after the lingering run's end" % took)
+        assert 9.0 <= took <= T(14), took
+        entry = listed(c, res.id)
+        assert entry["lingering"] is True and entry["slot_released"] is True, entry
+        assert escapees(tag)
+        assert c.cancel(res.id)["ended"] is True
+        assert wait_for(lambda: not escapees(tag), T(5)), escapees(tag)
+        assert wait_for(lambda: listed(c, res.id)["lingering"] is False, T(3))
+        assert listed(c, res.id)["background_killed"] == "cancel"
+    finally:
+        kill_escapees(tag)
