@@ -450,7 +450,7 @@ static void linger_check(struct run *r)
         return;
     if (r->out[0].open || r->out[1].open)
         return;
-    if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+    if (r->cg_polling && cgroup_run_populated(&r->cg))
         return;
     r->lingering = false;
     if (!r->slot_released)
@@ -529,10 +529,13 @@ static void pipe_poll_set(struct run_pipe *p, bool on)
     if (!p->open || p->polling == on)
         return;
     p->polling = on;
-    if (on)
-        uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
-    else
-        uv_poll_stop(&p->poll);
+    int e = on ? uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable)
+               : uv_poll_stop(&p->poll);
+    if (e < 0) {
+        log_err("run %s: %s reading its pipe: %s", p->run->id, on ? "starting" : "stopping",
+                uv_strerror(e));
+        p->polling = !on;
+    }
 }
 
 /* ---- Ending --------------------------------------------------------------------------------- */
@@ -590,6 +593,10 @@ static void run_finish(struct run *r)
     list_add_tail(&a->finished, &r->fin_link);
     a->n_finished++;
     bool populated = r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg);
+    if (populated) {
+        cg_watch(r);
+        populated = r->cg_polling; /* unwatched, it is released (and its members killed) */
+    }
     bool release = false;
     if (r->out[0].open || r->out[1].open || populated) {
         /* A background process lives on. Keep draining the pipes (discarding) so it never
@@ -629,7 +636,7 @@ static void run_check_end(struct run *r)
         return;
     if ((r->out[0].open || r->out[1].open) && !r->drain_expired)
         return;
-    if (r->kill_stage > 0 && r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+    if (r->kill_stage > 0 && r->cg_polling && cgroup_run_populated(&r->cg))
         return; /* cgroup.events will tell us */
     run_finish(r);
 }
@@ -671,12 +678,23 @@ static void cg_watch(struct run *r)
 {
     if (r->cg.dir_fd < 0 || r->cg_polling || r->freeing)
         return;
-    uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
+    r->cg_watched = true; /* watched or not, it is not handed on */
+    int e = uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
+    if (e < 0) {
+        /* Nothing would say when it empties: nothing waits for that (run_check_end,
+         * linger_check and run_finish look at the cgroup only while it is watched), and
+         * what is left in it is killed when it is released. */
+        log_err("run %s: cannot watch its cgroup (%s)", r->id, uv_strerror(e));
+        return;
+    }
     r->cg_poll.data = r;
-    r->cg_polling = true;
-    r->cg_watched = true;
     r->handles_open++;
-    uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
+    if ((e = uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event)) < 0) {
+        log_err("run %s: cannot watch its cgroup (%s)", r->id, uv_strerror(e));
+        uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
+        return;
+    }
+    r->cg_polling = true;
 }
 
 /* Sends sig to every process of the run: the cgroup's members, or without one the process
@@ -1071,7 +1089,17 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
     pid_insert(r);
     for (int i = 0; i < 2; i++) {
         struct run_pipe *rp = &r->out[i];
-        uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
+        int e = uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
+        if (e < 0) {
+            /* Not watchable (epoll out of memory or watches): the handle is not initialized
+             * and must never be closed. Closing our end is what is left: the run's writes
+             * to it fail with EPIPE rather than block forever, and the stream counts as at
+             * its end. */
+            log_err("run %s: cannot watch its %s pipe (%s): closed", r->id,
+                    i ? "stderr" : "stdout", uv_strerror(e));
+            close_fd(&rp->fd);
+            continue;
+        }
         rp->poll.data = rp;
         rp->open = true;
         r->handles_open++;

@@ -440,3 +440,60 @@ def test_lingering_slot_released_without_cgroup(start_boxd):
         assert listed(c, res.id)["background_killed"] == "cancel"
     finally:
         kill_escapees(tag)
+
+
+# ---- uv_* return codes: a run pipe that cannot be watched -----------------------------------------
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+/* FIONBIO refused on every pipe (FIFO): libuv's uv_poll_init makes the fd non-blocking that
+ * way first, so it fails for a run's output pipes. Sockets and other fds are untouched. */
+int ioctl(int fd, unsigned long req, ...)
+{
+    static int (*real)(int, unsigned long, ...);
+    struct stat st;
+    va_list ap;
+    va_start(ap, req);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    if (!real)
+        real = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
+    if (req == FIONBIO && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return real(fd, req, arg);
+}
+"""
+
+
+def test_unwatchable_run_pipe_is_closed_not_used(start_boxd, tmp_path):
+    """A failed uv_poll_init on a run's pipe left it marked open, and the uninitialized handle
+    was later started and closed. Now the pipe is closed: the run's writes fail, it ends, and
+    boxd goes on."""
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the ioctl shim")
+    src = tmp_path / "shim.c"
+    src.write_text(SHIM)
+    so = str(tmp_path / "shim.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", so, str(src), "-ldl"], check=True,
+                   timeout=60)
+    if "libasan" in subprocess.run(["ldd", os.environ.get("BOXD_BIN", "build/boxd")],
+                                   stdout=subprocess.PIPE, timeout=10).stdout.decode():
+        pytest.skip("LD_PRELOAD shim under ASan")
+    d = start_boxd(env={"LD_PRELOAD": so})
+    c = d.client()
+    for _ in range(3):
+        res = c.exec_run("echo out; echo err >&2; exit 3", timeout=T(10))
+        assert res.end is not None, res
+        assert res.end["status"] == "failed", res.end
+        assert res.stdout == b"" and res.stderr == b"", res
+    assert d.alive() and c.ping()["type"] == "pong"
+    assert "cannot watch its stdout pipe" in d.stderr_text(), d.stderr_text()
