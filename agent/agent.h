@@ -91,7 +91,8 @@ struct agent {
     unsigned n_buckets;
     uint32_t n_live;     /* running or draining: count against max_runs */
     uint32_t n_finished;
-    uint32_t n_lingering; /* ended runs whose background processes still live */
+    uint32_t n_lingering; /* ended runs whose background processes still live, counted
+                           * against max_runs (run.c: without a cgroup, for a bounded time) */
     uint64_t sig_nondefault; /* signals whose disposition is not SIG_DFL (bit n-1 for n) */
     uint64_t next_run_no;
     uint64_t log_held; /* memory held by the logs of the runs in `runs` (runlog.total) */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -562,5 +563,84 @@ int proc_tree_signal(pid_t pid, pid_t pgid, int sig)
         free(in);
     }
     free(ps);
+    return count;
+}
+
+/* The number of fd links one scan reads at most: a box has few processes, but the scan runs on
+ * the loop, so it is bounded whatever the box holds. */
+#define HOLDERS_SCAN_MAX 200000
+
+/* True if process pid (its /proc directory open as dir_fd) has an fd on one of the pipes. */
+static bool holds_pipe(int dir_fd, const ino_t *inos, int n, unsigned *budget)
+{
+    int fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_dir < 0)
+        return false;
+    DIR *d = fdopendir(fd_dir);
+    if (d == NULL) {
+        close(fd_dir);
+        return false;
+    }
+    bool found = false;
+    struct dirent *de;
+    while (!found && *budget > 0 && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] < '0' || de->d_name[0] > '9')
+            continue;
+        (*budget)--;
+        char link[64];
+        ssize_t len = readlinkat(dirfd(d), de->d_name, link, sizeof link - 1);
+        if (len <= 0)
+            continue;
+        link[len] = '\0';
+        unsigned long long ino;
+        if (sscanf(link, "pipe:[%llu]", &ino) != 1)
+            continue;
+        for (int i = 0; i < n; i++)
+            if ((ino_t)ino == inos[i])
+                found = true;
+    }
+    closedir(d);
+    return found;
+}
+
+int proc_pipe_holders_signal(const ino_t *inos, int n, int sig)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL || n <= 0) {
+        if (d)
+            closedir(d);
+        return 0;
+    }
+    pid_t self = getpid();
+    unsigned budget = HOLDERS_SCAN_MAX;
+    int count = 0;
+    struct dirent *de;
+    while (budget > 0 && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end != '\0' || pid <= 1 || pid == self)
+            continue;
+        int dir_fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+            continue;
+        /* The pid may be reused between the scan and the signal: a pidfd pins the process,
+         * and the check is made again through it before anything is sent. */
+        if (holds_pipe(dir_fd, inos, n, &budget)) {
+            int pfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+            if (pfd >= 0) {
+                if (holds_pipe(dir_fd, inos, n, &budget) &&
+                    syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0) == 0)
+                    count++;
+                close(pfd);
+            }
+        }
+        close(dir_fd);
+    }
+    closedir(d);
+    if (budget == 0)
+        log_warn("proc: stopped looking for the holders of a run's pipes after %u fds",
+                 HOLDERS_SCAN_MAX);
     return count;
 }

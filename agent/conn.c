@@ -114,10 +114,13 @@ static void reading_set(struct conn *c, bool on)
     if (c->closing || c->reading == on || c->detached)
         return;
     c->reading = on;
-    if (on)
-        uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
-    else
-        uv_read_stop((uv_stream_t *)&c->h);
+    int e = on ? uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read)
+               : uv_read_stop((uv_stream_t *)&c->h);
+    if (e < 0) {
+        log_warn("conn %llu: %s reading: %s", (unsigned long long)c->no,
+                 on ? "starting" : "stopping", uv_strerror(e));
+        conn_close(c);
+    }
 }
 
 static void resume(struct conn *c);
@@ -565,8 +568,7 @@ int conn_accept(struct agent *a, uv_stream_t *server)
     int fd = -1;
     uid_t uid = (uid_t)-1;
     pid_t pid = 0;
-    uv_fileno((uv_handle_t *)&c->h, &fd);
-    if (auth_check_peer(a, fd, &uid, &pid) < 0) {
+    if (uv_fileno((uv_handle_t *)&c->h, &fd) < 0 || auth_check_peer(a, fd, &uid, &pid) < 0) {
         log_warn("conn %llu: refused unix peer uid %d pid %d (not allowed)",
                  (unsigned long long)c->no, (int)uid, (int)pid);
         conn_close(c);

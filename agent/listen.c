@@ -441,10 +441,19 @@ static int start_vsock(struct agent *a, const char *spec, const char *port_s)
         listener_fail(l);
         return e;
     }
-    uv_poll_init(a->loop, &l->poll, l->fd);
+    if ((e = uv_poll_init(a->loop, &l->poll, l->fd)) < 0) {
+        log_err("listen %s: %s", spec, uv_strerror(e));
+        listener_fail(l);
+        return e;
+    }
     l->poll.data = l;
     l->handles++;
-    uv_poll_start(&l->poll, UV_READABLE, on_vsock_readable);
+    if ((e = uv_poll_start(&l->poll, UV_READABLE, on_vsock_readable)) < 0) {
+        log_err("listen %s: %s", spec, uv_strerror(e));
+        uv_close((uv_handle_t *)&l->poll, on_listener_closed);
+        listener_fail(l);
+        return e;
+    }
     list_add_tail(&a->listeners, &l->link);
     log_info("listening on %s", spec);
     return 0;

@@ -1036,6 +1036,10 @@ static void do_list(struct ctx *x)
         msg_kv_u64(&o, "next_seq", r->log.next_seq);
         msg_kv_u64(&o, "late_bytes", r->late_bytes);
         msg_kv_bool(&o, "lingering", r->lingering);
+        if (r->bg_killed)
+            msg_kv_str(&o, "background_killed", r->bg_killed);
+        if (r->slot_released)
+            msg_kv_bool(&o, "slot_released", true);
         if (r->cg.dir_fd >= 0)
             msg_kv_str(&o, "cgroup", r->cg.name);
         msg_map_close(&o);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +23,10 @@
 #define READS_PER_WAKEUP 4
 /* At the end of the drain window, read at most this much per pipe before ending the run. */
 #define DRAIN_READ_MAX (4u * 1024u * 1024u)
+/* Without a cgroup, a lingering run stops counting against max_runs this long after its end:
+ * what holds its pipes may be out of boxd's reach (an fd in flight in a unix socket, a process
+ * nothing links to the run), and a slot must never be held forever. */
+#define LINGER_SLOT_MS 10000u
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
@@ -31,6 +36,8 @@ static void on_flush_timer(uv_timer_t *t);
 static void run_maybe_free(struct run *r);
 static void cg_release(struct run *r);
 static void runs_evict(struct agent *a);
+static void on_kill_timer(uv_timer_t *t);
+static void bg_signal(struct run *r, int sig);
 
 /* ---- Tables ------------------------------------------------------------------------------- */
 
@@ -443,10 +450,13 @@ static void linger_check(struct run *r)
         return;
     if (r->out[0].open || r->out[1].open)
         return;
-    if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+    if (r->cg_polling && cgroup_run_populated(&r->cg))
         return;
     r->lingering = false;
-    r->a->n_lingering--;
+    if (!r->slot_released)
+        r->a->n_lingering--;
+    uv_timer_stop(&r->kill_timer); /* nothing left for its deadline to kill */
+    uv_timer_stop(&r->drain_timer);
     log_debug("run %s: background processes gone (%llu late bytes)", r->id,
               (unsigned long long)r->late_bytes);
     cg_release(r);
@@ -519,10 +529,13 @@ static void pipe_poll_set(struct run_pipe *p, bool on)
     if (!p->open || p->polling == on)
         return;
     p->polling = on;
-    if (on)
-        uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
-    else
-        uv_poll_stop(&p->poll);
+    int e = on ? uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable)
+               : uv_poll_stop(&p->poll);
+    if (e < 0) {
+        log_err("run %s: %s reading its pipe: %s", p->run->id, on ? "starting" : "stopping",
+                uv_strerror(e));
+        p->polling = !on;
+    }
 }
 
 /* ---- Ending --------------------------------------------------------------------------------- */
@@ -537,6 +550,20 @@ static void tmpdir_remove(struct run *r)
     code_dir_remove(r->tmpdir, r->id);
     free(r->tmpdir);
     r->tmpdir = NULL;
+}
+
+/* Without a cgroup, LINGER_SLOT_MS after the end of a run that still lingers: it stays listed
+ * (lingering, and `cancel` still kills what holds its pipes) but counts against max_runs no
+ * more. */
+static void on_linger_slot(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    if (r->state != RUN_ENDED || !r->lingering || r->slot_released)
+        return;
+    r->slot_released = true;
+    r->a->n_lingering--;
+    log_info("run %s: still lingering %u ms after its end, without a cgroup: no longer counted "
+             "against max_runs", r->id, LINGER_SLOT_MS);
 }
 
 static void run_finish(struct run *r)
@@ -559,7 +586,6 @@ static void run_finish(struct run *r)
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
     tmpdir_remove(r);
-    uv_timer_stop(&r->kill_timer);
     uv_timer_stop(&r->flush_timer);
     uv_timer_stop(&r->drain_timer);
     stdin_close(r);
@@ -567,6 +593,10 @@ static void run_finish(struct run *r)
     list_add_tail(&a->finished, &r->fin_link);
     a->n_finished++;
     bool populated = r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg);
+    if (populated) {
+        cg_watch(r);
+        populated = r->cg_polling; /* unwatched, it is released (and its members killed) */
+    }
     bool release = false;
     if (r->out[0].open || r->out[1].open || populated) {
         /* A background process lives on. Keep draining the pipes (discarding) so it never
@@ -577,7 +607,11 @@ static void run_finish(struct run *r)
         r->paused = false;
         for (int i = 0; i < 2; i++)
             pipe_poll_set(&r->out[i], true);
+        /* The kill timer goes on: at the deadline what lingers is killed (on_kill_timer). */
+        if (r->cg.dir_fd < 0)
+            uv_timer_start(&r->drain_timer, on_linger_slot, LINGER_SLOT_MS, 0);
     } else {
+        uv_timer_stop(&r->kill_timer);
         release = true;
     }
     runlog_shrink(&r->log);
@@ -602,7 +636,7 @@ static void run_check_end(struct run *r)
         return;
     if ((r->out[0].open || r->out[1].open) && !r->drain_expired)
         return;
-    if (r->kill_stage > 0 && r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg))
+    if (r->kill_stage > 0 && r->cg_polling && cgroup_run_populated(&r->cg))
         return; /* cgroup.events will tell us */
     run_finish(r);
 }
@@ -644,12 +678,23 @@ static void cg_watch(struct run *r)
 {
     if (r->cg.dir_fd < 0 || r->cg_polling || r->freeing)
         return;
-    uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
+    r->cg_watched = true; /* watched or not, it is not handed on */
+    int e = uv_poll_init(r->a->loop, &r->cg_poll, r->cg.events_fd);
+    if (e < 0) {
+        /* Nothing would say when it empties: nothing waits for that (run_check_end,
+         * linger_check and run_finish look at the cgroup only while it is watched), and
+         * what is left in it is killed when it is released. */
+        log_err("run %s: cannot watch its cgroup (%s)", r->id, uv_strerror(e));
+        return;
+    }
     r->cg_poll.data = r;
-    r->cg_polling = true;
-    r->cg_watched = true;
     r->handles_open++;
-    uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event);
+    if ((e = uv_poll_start(&r->cg_poll, UV_PRIORITIZED, on_cg_event)) < 0) {
+        log_err("run %s: cannot watch its cgroup (%s)", r->id, uv_strerror(e));
+        uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
+        return;
+    }
+    r->cg_polling = true;
 }
 
 /* Sends sig to every process of the run: the cgroup's members, or without one the process
@@ -669,13 +714,68 @@ static void kill_tree(struct run *r, int sig)
     /* The group id is the main pid. While the main process is unreaped that pid cannot be
      * reused; after, only the drain window remains, and the walk checks ancestry. */
     proc_tree_signal(r->pid, r->pid, sig);
+    bg_signal(r, sig); /* what left the group and was reparented, but holds the run's pipes */
+}
+
+/* Without a cgroup: the processes holding the run's output pipes (cgroup.h). */
+static int pipe_holders_signal(struct run *r, int sig)
+{
+    ino_t inos[2];
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (r->out[i].open && fstat(r->out[i].fd, &st) == 0)
+            inos[n++] = st.st_ino;
+    }
+    return n > 0 ? proc_pipe_holders_signal(inos, n, sig) : 0;
+}
+
+/* Signals what a run left behind, also after its end: the cgroup's members, or without one the
+ * processes that hold its pipes - for SIGKILL again while a pass finds any, as one may fork
+ * between the scan and the kill (a few passes at most). */
+static void bg_signal(struct run *r, int sig)
+{
+    if (r->cg.dir_fd >= 0) {
+        cg_watch(r);
+        if (sig == SIGKILL)
+            cgroup_run_kill(&r->cg);
+        else
+            cgroup_run_signal(&r->cg, sig);
+        return;
+    }
+    for (int pass = 0; pass < 4; pass++)
+        if (pipe_holders_signal(r, sig) == 0 || sig != SIGKILL)
+            break;
+}
+
+/* The deadline of a run that has ended but still lingers (4.4): what it left behind is killed
+ * like a live run's tree, TERM and CONT, then KILL after the grace. The end already sent stays
+ * as it was (it reported the main process); list shows background_killed "timeout". */
+static void linger_kill(struct run *r)
+{
+    if (r->kill_stage == 0) {
+        if (r->bg_killed == NULL)
+            r->bg_killed = "timeout";
+        log_info("run %s: timeout after %llu ms: killing what it left behind", r->id,
+                 (unsigned long long)r->timeout_ms);
+        bg_signal(r, SIGTERM);
+        bg_signal(r, SIGCONT);
+        r->kill_stage = 1;
+        uv_timer_start(&r->kill_timer, on_kill_timer, r->grace_ms, 0);
+    } else if (r->kill_stage == 1) {
+        bg_signal(r, SIGKILL);
+        r->kill_stage = 2;
+    }
 }
 
 static void on_kill_timer(uv_timer_t *t)
 {
     struct run *r = t->data;
-    if (r->state == RUN_ENDED)
+    if (r->state == RUN_ENDED) {
+        if (r->lingering)
+            linger_kill(r);
         return;
+    }
     if (r->kill_stage == 0) {
         /* The timeout passed. */
         r->timed_out = true;
@@ -737,9 +837,12 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
         /* Nothing is signalled by pid (it may be reused). What still runs in the run's
          * cgroup - background processes that outlived it - is killed: cgroup members cannot
          * be someone else's. */
-        if (r->cg.dir_fd >= 0 && cgroup_run_populated(&r->cg)) {
+        if (r->lingering && (r->cg.dir_fd < 0 || cgroup_run_populated(&r->cg))) {
             log_info("run %s: killing what remains of it", r->id);
-            cgroup_run_kill(&r->cg);
+            if (r->bg_killed == NULL)
+                r->bg_killed = "cancel";
+            uv_timer_stop(&r->kill_timer); /* its deadline has nothing more to do */
+            bg_signal(r, SIGKILL);
         }
         return false;
     }
@@ -986,7 +1089,17 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
     pid_insert(r);
     for (int i = 0; i < 2; i++) {
         struct run_pipe *rp = &r->out[i];
-        uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
+        int e = uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
+        if (e < 0) {
+            /* Not watchable (epoll out of memory or watches): the handle is not initialized
+             * and must never be closed. Closing our end is what is left: the run's writes
+             * to it fail with EPIPE rather than block forever, and the stream counts as at
+             * its end. */
+            log_err("run %s: cannot watch its %s pipe (%s): closed", r->id,
+                    i ? "stderr" : "stdout", uv_strerror(e));
+            close_fd(&rp->fd);
+            continue;
+        }
         rp->poll.data = rp;
         rp->open = true;
         r->handles_open++;

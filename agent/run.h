@@ -114,6 +114,8 @@ struct run {
     bool paused;    /* pipe reading stopped for a follower that is behind */
     bool lingering; /* ended, but a process still holds the pipes */
     uint64_t late_bytes;
+    const char *bg_killed; /* "timeout" or "cancel": what it left behind was killed after its end */
+    bool slot_released;    /* lingering without a cgroup past LINGER_SLOT_MS: not counted */
 };
 
 /* A connection following a run (attach, exec with follow, or wait). */

@@ -3,13 +3,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/ioprio.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -31,6 +34,10 @@ int sandbox_profile_parse(const char *name, size_t len)
     return -1;
 }
 
+/* The profiles' rules are tables, and agent/sandbox.h's list of them is made from these tables
+ * (sandbox_describe; tests/agent/test_sandbox_doc.c fails when the header says otherwise). */
+
+/* Denied whatever their arguments. */
 static const char *const deny_default[] = {
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
     "swapon", "swapoff", "acct", "open_by_handle_at", "add_key", "request_key", "keyctl", "bpf",
@@ -44,11 +51,89 @@ static const char *const deny_strict[] = {
     "personality", "fsopen", "fsmount", "move_mount", "open_tree",
 };
 
-/* Calls whose first argument is a pid, denied when it is boxd's. */
-static const char *const deny_pid_arg0[] = {
-    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
-    "process_vm_readv", "process_vm_writev", "prlimit64",
+/* What a guard compares an argument with. */
+enum target {
+    T_ID,       /* boxd's pid, and its spawner thread's tid (spawn.h): a signal to either is fatal
+                 * to boxd, a tracer of either owns its memory */
+    T_PGRP,     /* boxd's process group (and its pid, the group it leads when it leads one) */
+    T_NEG_PGRP, /* the same negated: how kill(2) and F_SETOWN name a process group */
+    T_UID,      /* 0 and boxd's uid: the *_USER forms reach every process of the uid (0 there
+                 * means the caller's own uid, which is boxd's for a run as boxd's user) */
+    T_ALL,      /* -1, every process: only when boxd is not PID 1 (the kernel spares PID 1) */
+    T_ANY,      /* the form is denied whatever it names: its target cannot be checked */
+    T_NS_FLAGS, /* any CLONE_NEW* bit set */
 };
+
+/* One guarded form of a call: denied (with err) when argument arg matches target, and, when
+ * sel_name is set, argument sel_arg (the form: F_SETOWN, PRIO_PGRP...) is sel. Arguments are
+ * compared in their low 32 bits: pids, uids, fcntl and ioctl commands and the `which` of
+ * setpriority are 32-bit, and the kernel ignores the upper half of the register (which a
+ * caller may fill to slip past a 64-bit comparison). */
+struct guard {
+    const char *call;
+    int sel_arg;
+    uint32_t sel;
+    const char *sel_name;
+    int arg; /* -1 with T_ANY */
+    enum target target;
+    int err;
+};
+
+#define NOSEL -1, 0, NULL
+#define SEL(n, v) n, (uint32_t)(v), #v
+
+static const struct guard guard_default[] = {
+    /* Signals and traces aimed at boxd. */
+    {"kill", NOSEL, 0, T_ID, EPERM},
+    {"kill", NOSEL, 0, T_NEG_PGRP, EPERM},
+    {"kill", NOSEL, 0, T_ALL, EPERM},
+    {"tkill", NOSEL, 0, T_ID, EPERM},
+    {"tgkill", NOSEL, 0, T_ID, EPERM},
+    {"rt_sigqueueinfo", NOSEL, 0, T_ID, EPERM},
+    {"rt_tgsigqueueinfo", NOSEL, 0, T_ID, EPERM},
+    {"pidfd_open", NOSEL, 0, T_ID, EPERM},
+    {"ptrace", NOSEL, 1, T_ID, EPERM},
+    {"process_vm_readv", NOSEL, 0, T_ID, EPERM},
+    {"process_vm_writev", NOSEL, 0, T_ID, EPERM},
+    {"prlimit64", NOSEL, 0, T_ID, EPERM},
+    /* pidfd_send_signal takes an fd (of a pidfd, or of an open /proc/PID directory): its target
+     * cannot be checked here, so it is answered ENOSYS, and callers fall back to kill(2). */
+    {"pidfd_send_signal", NOSEL, -1, T_ANY, ENOSYS},
+    /* An fd's owner gets its SIGIO, or the F_SETSIG signal - SIGKILL if the caller likes - on
+     * I/O with O_ASYNC set, and the kernel's only check (sigio_perm) passes for a root caller.
+     * So no fd may be owned by boxd: F_SETOWN is checked; F_SETOWN_EX and the socket ioctls
+     * FIOSETOWN and SIOCSPGRP take a pointer, which a filter cannot read, so they are denied
+     * outright (F_SETOWN to the caller's own pid does what they do, but for one thread). */
+    {"fcntl", SEL(1, F_SETOWN), 2, T_ID, EPERM},
+    {"fcntl", SEL(1, F_SETOWN), 2, T_NEG_PGRP, EPERM},
+    {"fcntl", SEL(1, F_SETOWN_EX), -1, T_ANY, EPERM},
+    {"ioctl", SEL(1, FIOSETOWN), -1, T_ANY, EPERM},
+    {"ioctl", SEL(1, SIOCSPGRP), -1, T_ANY, EPERM},
+    /* Scheduling: boxd niced to 19, pinned to a busy CPU, made SCHED_IDLE or idle-class I/O
+     * would starve every run and the control plane. who 0 names the caller: allowed. */
+    {"setpriority", SEL(0, PRIO_PROCESS), 1, T_ID, EPERM},
+    {"setpriority", SEL(0, PRIO_PGRP), 1, T_PGRP, EPERM},
+    {"setpriority", SEL(0, PRIO_USER), 1, T_UID, EPERM},
+    {"ioprio_set", SEL(0, IOPRIO_WHO_PROCESS), 1, T_ID, EPERM},
+    {"ioprio_set", SEL(0, IOPRIO_WHO_PGRP), 1, T_PGRP, EPERM},
+    {"ioprio_set", SEL(0, IOPRIO_WHO_USER), 1, T_UID, EPERM},
+    {"sched_setaffinity", NOSEL, 0, T_ID, EPERM},
+    {"sched_setscheduler", NOSEL, 0, T_ID, EPERM},
+    {"sched_setparam", NOSEL, 0, T_ID, EPERM},
+    {"sched_setattr", NOSEL, 0, T_ID, EPERM},
+    {"migrate_pages", NOSEL, 0, T_ID, EPERM},
+    {"move_pages", NOSEL, 0, T_ID, EPERM},
+};
+
+static const struct guard guard_strict[] = {
+    /* Namespaces: clone with any CLONE_NEW* flag; clone3 keeps its flags behind a pointer, so
+     * it answers ENOSYS and libc falls back to clone, whose flags can be checked. */
+    {"clone", NOSEL, 0, T_NS_FLAGS, EPERM},
+    {"clone3", NOSEL, -1, T_ANY, ENOSYS},
+};
+
+#undef NOSEL
+#undef SEL
 
 static int deny(scmp_filter_ctx ctx, const char *name)
 {
@@ -58,81 +143,187 @@ static int deny(scmp_filter_ctx ctx, const char *name)
     return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
 }
 
-/* pid_t arguments are 32-bit: compare the low half only (the upper half of the register is
- * not defined by the ABI). */
-static int deny_arg(scmp_filter_ctx ctx, const char *name, unsigned arg, uint32_t value)
+/* The values target stands for in this boxd; returns how many (at most 2). */
+static size_t target_values(const struct agent *a, enum target t, uint32_t v[2])
 {
-    int nr = seccomp_syscall_resolve_name(name);
-    if (nr == __NR_SCMP_ERROR)
-        return 0;
-    struct scmp_arg_cmp cmp = {arg, SCMP_CMP_MASKED_EQ, 0xffffffffu, value};
-    return seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, &cmp);
+    size_t n = 0;
+    pid_t pg = getpgrp();
+    switch (t) {
+    case T_ID:
+        v[n++] = (uint32_t)a->pid;
+        if (a->sandbox.spawner_tid > 0 && a->sandbox.spawner_tid != a->pid)
+            v[n++] = (uint32_t)a->sandbox.spawner_tid;
+        break;
+    case T_PGRP:
+    case T_NEG_PGRP:
+        v[n++] = (uint32_t)a->pid;
+        if (pg > 0 && pg != a->pid)
+            v[n++] = (uint32_t)pg;
+        if (t == T_NEG_PGRP)
+            for (size_t i = 0; i < n; i++)
+                v[i] = (uint32_t)-(int32_t)v[i];
+        break;
+    case T_UID:
+        v[n++] = 0;
+        if (geteuid() != 0)
+            v[n++] = (uint32_t)geteuid();
+        break;
+    case T_ALL:
+        if (!a->pid1)
+            v[n++] = (uint32_t)-1;
+        break;
+    case T_ANY:
+    case T_NS_FLAGS:
+        break;
+    }
+    return n;
 }
 
-/* Every id through which boxd can be signalled or traced: its pid, and its spawner thread's tid
- * (a fatal signal to any thread kills the process; a tracer of any thread owns its memory). */
-static int add_guards(scmp_filter_ctx ctx, uint32_t id)
+static int add_guard(const struct agent *a, scmp_filter_ctx ctx, const struct guard *g)
 {
+    int nr = seccomp_syscall_resolve_name(g->call);
+    if (nr == __NR_SCMP_ERROR)
+        return 0;
+    struct scmp_arg_cmp cmp[2];
+    unsigned n = 0;
+    if (g->sel_name)
+        cmp[n++] = (struct scmp_arg_cmp){(unsigned)g->sel_arg, SCMP_CMP_MASKED_EQ, 0xffffffffu,
+                                         g->sel};
+    if (g->target == T_ANY)
+        return seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(g->err), nr, n, cmp);
+    if (g->target == T_NS_FLAGS) {
+        static const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
+                                         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET |
+                                         CLONE_NEWCGROUP;
+        /* Any namespace bit set: deny. Expressed as one rule per bit. */
+        int e = 0;
+        for (unsigned bit = 0; e == 0 && bit < 32; bit++) {
+            if (!(ns_flags & (1u << bit)))
+                continue;
+            cmp[n] = (struct scmp_arg_cmp){(unsigned)g->arg, SCMP_CMP_MASKED_EQ, 1u << bit,
+                                           1u << bit};
+            e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(g->err), nr, n + 1, cmp);
+        }
+        return e;
+    }
+    uint32_t v[2];
+    size_t nv = target_values(a, g->target, v);
     int e = 0;
-    for (size_t i = 0; e == 0 && i < sizeof deny_pid_arg0 / sizeof deny_pid_arg0[0]; i++)
-        e = deny_arg(ctx, deny_pid_arg0[i], 0, id);
-    if (e == 0)
-        e = deny_arg(ctx, "ptrace", 1, id);
-    /* fcntl(fd, F_SETOWN, id): I/O on fd would then signal boxd. */
-    if (e == 0) {
-        struct scmp_arg_cmp cmp[2] = {{1, SCMP_CMP_EQ, F_SETOWN, 0},
-                                      {2, SCMP_CMP_MASKED_EQ, 0xffffffffu, id}};
-        e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(fcntl), 2, cmp);
+    for (size_t i = 0; e == 0 && i < nv; i++) {
+        cmp[n] = (struct scmp_arg_cmp){(unsigned)g->arg, SCMP_CMP_MASKED_EQ, 0xffffffffu, v[i]};
+        e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(g->err), nr, n + 1, cmp);
     }
     return e;
 }
+
+#define N_OF(x) (sizeof(x) / sizeof(x)[0])
 
 /* The default profile's rules. */
 static int add_default(struct agent *a, scmp_filter_ctx ctx)
 {
     int e = 0;
-    uint32_t me = (uint32_t)a->pid;
-    for (size_t i = 0; e == 0 && i < sizeof deny_default / sizeof deny_default[0]; i++)
+    for (size_t i = 0; e == 0 && i < N_OF(deny_default); i++)
         e = deny(ctx, deny_default[i]);
-    if (e == 0)
-        e = add_guards(ctx, me);
-    if (e == 0 && a->sandbox.spawner_tid > 0 && a->sandbox.spawner_tid != a->pid)
-        e = add_guards(ctx, (uint32_t)a->sandbox.spawner_tid);
-    /* The process group: boxd leads its own (a thread's tid leads none). */
-    if (e == 0)
-        e = deny_arg(ctx, "kill", 0, (uint32_t)-(int32_t)me);
-    if (e == 0 && !a->pid1)
-        e = deny_arg(ctx, "kill", 0, (uint32_t)-1);
-    /* pidfd_send_signal takes an fd (of a pidfd, or of an open /proc/PID directory): its target
-     * cannot be checked here, so it is answered ENOSYS, and callers fall back to kill(2), whose
-     * target is checked above. */
-    if (e == 0)
-        e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(pidfd_send_signal), 0);
+    for (size_t i = 0; e == 0 && i < N_OF(guard_default); i++)
+        e = add_guard(a, ctx, &guard_default[i]);
     return e;
 }
 
 /* What strict adds to default. */
-static int add_strict(scmp_filter_ctx ctx)
+static int add_strict(struct agent *a, scmp_filter_ctx ctx)
 {
     int e = 0;
-    for (size_t i = 0; e == 0 && i < sizeof deny_strict / sizeof deny_strict[0]; i++)
+    for (size_t i = 0; e == 0 && i < N_OF(deny_strict); i++)
         e = deny(ctx, deny_strict[i]);
-    static const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
-                                     CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP;
-    if (e == 0) {
-        struct scmp_arg_cmp cmp = {0, SCMP_CMP_MASKED_EQ, ns_flags, 0};
-        /* Any namespace bit set: deny. Expressed as one rule per bit. */
-        for (unsigned bit = 0; e == 0 && bit < 32; bit++) {
-            if (!(ns_flags & (1u << bit)))
-                continue;
-            cmp.datum_a = 1u << bit;
-            cmp.datum_b = 1u << bit;
-            e = seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, &cmp);
-        }
-    }
-    if (e == 0)
-        e = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    for (size_t i = 0; e == 0 && i < N_OF(guard_strict); i++)
+        e = add_guard(a, ctx, &guard_strict[i]);
     return e;
+}
+
+/* ---- The rules as text (sandbox.h) ---------------------------------------------------------- */
+
+struct text {
+    char *buf;
+    size_t size, len;
+    size_t col; /* on the current line */
+    bool overflow;
+};
+
+static void put(struct text *t, const char *s)
+{
+    size_t n = strlen(s);
+    if (t->len + n + 1 > t->size) {
+        t->overflow = true;
+        return;
+    }
+    memcpy(t->buf + t->len, s, n + 1);
+    t->len += n;
+    const char *nl = strrchr(s, '\n');
+    t->col = nl ? strlen(nl + 1) : t->col + n;
+}
+
+/* One word of a list, wrapped to the header's 100 columns. */
+#define DOC_WIDTH 100
+#define DOC_INDENT " *     "
+static void word(struct text *t, const char *w)
+{
+    if (t->col > strlen(DOC_INDENT) && t->col + 1 + strlen(w) > DOC_WIDTH)
+        put(t, "\n" DOC_INDENT);
+    else if (t->col > strlen(DOC_INDENT))
+        put(t, " ");
+    put(t, w);
+}
+
+static const char *target_name(enum target t)
+{
+    static const char *const names[] = {"ID", "PGRP", "-PGRP", "UID", "-1", "", "CLONE_NEW*"};
+    return names[t];
+}
+
+static void guard_text(const struct guard *g, char *w, size_t size)
+{
+    int at = snprintf(w, size, "%s", g->call);
+    int last = g->sel_name && g->sel_arg > g->arg ? g->sel_arg : g->arg;
+    for (int i = 0; i <= last && at > 0 && (size_t)at < size; i++) {
+        const char *s = g->sel_name && i == g->sel_arg ? g->sel_name
+                        : i == g->arg                  ? target_name(g->target)
+                                                       : "_";
+        at += snprintf(w + at, size - (size_t)at, "%s%s%s", i ? "," : "(", s,
+                       i == last ? ")" : "");
+    }
+    if (g->err != EPERM && at > 0 && (size_t)at < size)
+        snprintf(w + at, size - (size_t)at, "=%s", g->err == ENOSYS ? "ENOSYS" : "?");
+}
+
+static void list_section(struct text *t, const char *title, const char *const *names, size_t nn,
+                         const struct guard *guards, size_t ng)
+{
+    put(t, " *   ");
+    put(t, title);
+    put(t, "\n" DOC_INDENT);
+    for (size_t i = 0; i < nn; i++)
+        word(t, names[i]);
+    for (size_t i = 0; i < ng; i++) {
+        char w[96];
+        guard_text(&guards[i], w, sizeof w);
+        word(t, w);
+    }
+    put(t, "\n");
+}
+
+int sandbox_describe(char *buf, size_t size)
+{
+    struct text t = {.buf = buf, .size = size};
+    if (size == 0)
+        return -ENOSPC;
+    buf[0] = '\0';
+    put(&t, " * <rules>\n");
+    list_section(&t, "default:", deny_default, N_OF(deny_default), guard_default,
+                 N_OF(guard_default));
+    list_section(&t, "strict, besides default's:", deny_strict, N_OF(deny_strict), guard_strict,
+                 N_OF(guard_strict));
+    put(&t, " * </rules>\n");
+    return t.overflow ? -ENOSPC : (int)t.len;
 }
 
 /* Compiles the default rules (when base) and the strict ones (when strict) into out. */
@@ -149,7 +340,7 @@ static int build(struct agent *a, bool base, bool strict, struct sock_fprog *out
     if (e == 0 && base)
         e = add_default(a, ctx);
     if (e == 0 && strict)
-        e = add_strict(ctx);
+        e = add_strict(a, ctx);
     int fd = -1;
     if (e == 0) {
         fd = memfd_create("boxd-seccomp", MFD_CLOEXEC);

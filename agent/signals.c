@@ -195,9 +195,15 @@ int signals_start(struct agent *a)
     a->sig_fd = signalfd(-1, &s, SFD_NONBLOCK | SFD_CLOEXEC);
     if (a->sig_fd < 0)
         return -errno;
-    uv_poll_init(a->loop, &a->sig_poll, a->sig_fd);
+    int e = uv_poll_init(a->loop, &a->sig_poll, a->sig_fd);
+    if (e < 0) {
+        close(a->sig_fd);
+        a->sig_fd = -1;
+        return e;
+    }
     a->sig_poll.data = a;
-    uv_poll_start(&a->sig_poll, UV_READABLE, on_signal);
+    if ((e = uv_poll_start(&a->sig_poll, UV_READABLE, on_signal)) < 0)
+        return e; /* start-up fails */
     uv_timer_init(a->loop, &a->shutdown_timer);
     a->shutdown_timer.data = a;
     return 0;
