@@ -772,10 +772,24 @@ int code_prepare(const struct code_choice *c, const struct identity *id, const c
     const struct code_lang *l = c->lang;
     memset(p, 0, sizeof *p);
     char dir[] = TMPDIR_TEMPLATE;
-    /* mkdtemp makes the directory 0700, owned by the agent's user. When runs execute as another
-     * user (--user), the directory and the file are given to that user, through the fds just
-     * opened (nothing is looked up by path again), so the snippet can read its file and write
-     * beside it, and nobody else can do either. */
+    /* The snippet must be what runs, even when other runs of the same user are hostile (they
+     * share its uid and gid, so nothing the run itself may change is safe). Hence the
+     * directory and the file belong to the agent, not to the run's user, and only their group
+     * is the run's:
+     *   dir   agent:run-gid 0750  the run can search and list it, but neither it nor any
+     *                             other run can add, rename, replace or remove anything in it
+     *                             (no write permission: not even a module beside the file,
+     *                             which python would import from sys.path[0]); /tmp is
+     *                             sticky and the directory is the agent's, so it cannot be
+     *                             renamed or removed either;
+     *   file  agent:run-gid 0440  readable, not writable, and its mode cannot be changed by
+     *                             anyone but the agent.
+     * Every step goes through fds: mkdtemp makes the directory 0700 (nobody else can enter it
+     * yet), it is opened O_DIRECTORY|O_NOFOLLOW, the file is created in it O_EXCL|O_NOFOLLOW,
+     * written through its fd, and only then are the group and modes set (fchown, fchmod), so
+     * there is no moment when another user could reach the file or the directory while they
+     * are writable. No fsync: the interpreter reads the page cache, and a sync would stall
+     * the loop on a slow disk for nothing. */
     if (mkdtemp(dir) == NULL)
         return -errno;
     int e = 0;
@@ -784,16 +798,19 @@ int code_prepare(const struct code_choice *c, const struct identity *id, const c
         e = -errno;
         goto fail;
     }
-    int fd = openat(dfd, l->file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = openat(dfd, l->file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
     if (fd < 0) {
         e = -errno;
         close(dfd);
         goto fail;
     }
-    if (id && id->change && (fchown(dfd, id->uid, id->gid) < 0 || fchown(fd, id->uid, id->gid) < 0))
+    e = write_all(fd, code, len);
+    gid_t gid = id && id->change ? id->gid : (gid_t)-1;
+    if (e == 0 && gid != (gid_t)-1 &&
+        (fchown(fd, (uid_t)-1, gid) < 0 || fchown(dfd, (uid_t)-1, gid) < 0))
         e = -errno;
-    if (e == 0)
-        e = write_all(fd, code, len);
+    if (e == 0 && (fchmod(fd, CODE_FILE_MODE) < 0 || fchmod(dfd, CODE_DIR_MODE) < 0))
+        e = -errno;
     if (close(fd) < 0 && e == 0)
         e = -errno;
     close(dfd);

@@ -85,11 +85,16 @@ void code_put_languages(struct msg_out *o, struct agent *a);
 /* The same names as one comma-separated string for messages, into buf. */
 void code_available_text(struct agent *a, const char *path, char *buf, size_t size);
 
-/* Makes the run's private directory (mkdtemp under /tmp, mode 0700, given to the runs' user id
- * when it is not the agent's), writes the snippet in it (O_CREAT|O_EXCL|O_NOFOLLOW, 0600) and
- * fills p with the argv. Returns 0, or a negative errno
- * with nothing left behind. On success the caller hands p->tmpdir to the run (or removes it
- * with code_dir_remove) and then calls code_prep_free. */
+/* Modes of the snippet's directory and file (both the agent's, group the run's: code.c). */
+#define CODE_DIR_MODE 0750
+#define CODE_FILE_MODE 0440
+
+/* Makes the run's private directory (mkdtemp under /tmp: the agent's, group the run's gid,
+ * mode CODE_DIR_MODE), writes the snippet in it (O_CREAT|O_EXCL|O_NOFOLLOW, the agent's, group
+ * the run's gid, mode CODE_FILE_MODE) and fills p with the argv. The run can read its snippet
+ * but neither it nor any other run can change, replace or add to it. Returns 0, or a negative
+ * errno with nothing left behind. On success the caller hands p->tmpdir to the run (or removes
+ * it with code_dir_remove) and then calls code_prep_free. */
 int code_prepare(const struct code_choice *c, const struct identity *id, const char *code,
                  size_t len, struct code_prep *p);
 void code_prep_free(struct code_prep *p);
