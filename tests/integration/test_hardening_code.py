@@ -180,3 +180,117 @@ def test_snippet_dir_removed_as_run_user(user_boxd):
     d = os.path.dirname(end["result"])
     assert d.startswith("/tmp/boxd-code-")
     assert wait_for(lambda: not os.path.exists(d), T(5))
+
+
+# ---- item 7: interpreter probes are guarded, asynchronous runs ----------------------------------
+
+def plant(d, name, body):
+    """Writes an executable shell script d/name (an "interpreter" a box user planted)."""
+    p = os.path.join(d, name)
+    with open(p, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(p, 0o755)
+    return p
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_probe_runs_guarded_and_its_daemon_dies(user_boxd):
+    c = user_boxd.client()
+    d = user_dir()
+    try:
+        # `ts` is node --experimental-strip-types where node accepts it: a probe. This node
+        # reports what it runs under, leaves a daemon behind, and says it cannot.
+        plant(d, "node",
+              'out=%s/probe.$$\n'
+              '{ grep "^Seccomp:" /proc/self/status; echo "cgroup $(grep ^0:: /proc/self/cgroup)"\n'
+              '  echo "oom $(cat /proc/self/oom_score_adj)"; echo "uid $(id -u)"; } > $out.t\n'
+              'setsid sleep 300 </dev/null >/dev/null 2>&1 &\n'
+              'echo "daemon $!" >> $out.t\n'
+              'mv $out.t $out\n'
+              'exit 1\n' % d)
+        r = code_run(c, "ts", "console.log(1)", env={"PATH": d + ":/usr/bin:/bin"})
+        assert r.error or r.end  # whatever ts resolves to without that node
+        reports = wait_for(lambda: glob.glob(os.path.join(d, "probe.*[0-9]")), T(5))
+        assert reports, "the planted node was never probed"
+        text = open(reports[0]).read()
+        info = dict((line.split(None, 1) + [""])[:2] for line in text.splitlines())
+        # What an ordinary run of this agent gets, for comparison.
+        ref = c.exec_run("cat /proc/self/oom_score_adj; id -u").end["result"].split()
+        with open("/proc/%d/cgroup" % user_boxd.pid) as f:
+            boxd_cgroup = [l for l in f.read().splitlines() if l.startswith("0::")][0]
+        with open("/proc/%d/oom_score_adj" % user_boxd.pid) as f:
+            boxd_oom = f.read().strip()
+        assert info["Seccomp:"].strip() == "2", info          # a seccomp filter
+        assert info["uid"] == ref[1] != "0", info               # the run user
+        assert info["oom"] == ref[0], (info, ref)               # the run's oom_score_adj
+        if ref[0] != boxd_oom:
+            assert info["oom"] != boxd_oom, info
+        if cgroup2_available():
+            assert info["cgroup"] != boxd_cgroup, (info, boxd_cgroup)  # a cgroup of its own
+        daemon = int(info["daemon"])
+        assert wait_for(lambda: not pid_alive(daemon), T(3)), "the probe's daemon survived"
+        assert not any(r["id"].startswith("probe") for r in c.list()["runs"])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ping_answers_while_a_probe_hangs(user_boxd):
+    a, b = user_boxd.client(), user_boxd.client()
+    d = user_dir()
+    try:
+        plant(d, "node", "echo $$ > %s/pid\nsleep 10\n" % d)
+        req = a.next_req()
+        a.send({"type": "code", "req": req, "lang": "ts", "code": "console.log(1)",
+                "output": True, "env": {"PATH": d + ":/usr/bin:/bin"}})
+        assert wait_for(lambda: os.path.exists(os.path.join(d, "pid")), T(5))
+        worst = 0.0
+        t_end = time.monotonic() + 0.6
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            b.ping(timeout=T(5))
+            worst = max(worst, time.monotonic() - t0)
+        res = a.collect(req, timeout=T(10))
+        assert res.error or res.end
+        assert worst < T(0.1), "ping took %.0f ms while a probe hung" % (worst * 1000)
+        pid = int(open(os.path.join(d, "pid")).read())
+        assert wait_for(lambda: not pid_alive(pid), T(3)), "the hung probe was not killed"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unknown_lang_is_bounded(start_boxd, tmp_path):
+    # Six alternatives of one language, each with a probe that hangs: the request is answered
+    # within the probe deadline of parallel probes, not six deadlines one after the other.
+    d = user_dir()
+    try:
+        plant(d, "slowint", "sleep 10\n")
+        table = tmp_path / "languages.conf"
+        table.write_text("".join("slow file=main.s probe=--check%d cmd=slowint {file}\n" % i
+                                 for i in range(6)))
+        daemon = start_boxd("--user", RUN_USER, env={"BOXD_LANGUAGES": str(table)})
+        c = daemon.client()
+        t0 = time.monotonic()
+        r = code_run(c, "slow", "x", env={"PATH": d + ":/usr/bin:/bin"})
+        took = time.monotonic() - t0
+        assert r.error and r.error["code"] == "unknown_lang", r
+        assert "slow" not in r.error["available"]
+        assert took < T(1.6), "unknown_lang took %.0f ms" % (took * 1000)
+        # Cached now: the next one is immediate.
+        t0 = time.monotonic()
+        r = code_run(c, "slow", "x", env={"PATH": d + ":/usr/bin:/bin"})
+        assert r.error["code"] == "unknown_lang" and time.monotonic() - t0 < T(0.3)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_info_versions_from_probe_runs(user_boxd):
+    # info still reports versions (found by probe runs, as the run user).
+    langs = {l["name"]: l for l in user_boxd.client().info()["languages"]}
+    assert langs["python"]["version"].startswith("Python 3")
