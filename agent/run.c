@@ -227,7 +227,9 @@ static void cg_release(struct run *r)
         r->cg_polling = false;
         uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
     }
-    cgroup_run_release(r->a, &r->cg, !r->cg_watched && r->kill_stage == 0);
+    /* An internal run's (a probe's: rare, and several at once at start-up) is removed rather
+     * than pooled, so the pool keeps the size the clients' runs give it. */
+    cgroup_run_release(r->a, &r->cg, !r->internal && !r->cg_watched && r->kill_stage == 0);
 }
 
 /* Forgets r: unlinks it and closes its handles; memory goes in the last close callback. */
@@ -570,6 +572,7 @@ static void internal_finish(struct run *r)
      * pipe (only possible without a cgroup) gets EOF or EPIPE as the pipes close, and
      * cg_release kills what is left in its cgroup. */
     run_destroy(r);
+    runs_spare(a);
 }
 
 static void run_finish(struct run *r)
@@ -749,9 +752,11 @@ bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *r
     r->wstatus = wstatus;
     r->ru = *ru;
     r->state = RUN_DRAINING;
-    if (r->internal && r->kill_stage < 2) {
+    if (r->internal && r->kill_stage < 2 &&
+        (r->cg.dir_fd < 0 || cgroup_run_populated(&r->cg))) {
         /* The agent's own run: nothing it started may outlive it (a daemon a probed
-         * interpreter left behind). Its end waits for the cgroup to empty. */
+         * interpreter left behind). Its end waits for the cgroup to empty. (An empty cgroup
+         * needs no kill.) */
         kill_tree(r, SIGKILL);
         r->kill_stage = 2;
     }
