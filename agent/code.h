@@ -8,13 +8,15 @@
  *
  * Availability is decided "right now" at each request: the entry's program is searched in the
  * PATH the run would have (stat and access, no process). Two things need a process, the
- * `version=` command (for info) and the `probe=` command (for entries that need one): each runs
- * synchronously, at most once per interpreter binary (cached by device, inode, size and mtime),
- * with CODE_PROBE_MS per process and CODE_PROBE_BUDGET_MS per request. That bounds the time the
- * event loop can stall; in practice it is the interpreters' own start-up (tens of ms), paid once,
- * just after start-up, by code_warm, so that requests find the cache warm. A request pays again
- * only when an interpreter binary changed (installed or upgraded: the cache is keyed by its
- * device, inode, size and mtime).
+ * `version=` command (for info) and the `probe=` command (for entries that need one). Each is
+ * an internal run (run.h): started through run_start like every run (the spawner thread,
+ * seccomp, a cgroup of its own, the runs' user, rlimits, oom_score_adj), never on the loop's
+ * thread, killed with its whole tree at CODE_PROBE_MS or when its main process exits, at most
+ * CODE_PROBES_MAX at once, at most once per interpreter binary (cached by device, inode, size
+ * and mtime, CODE_CACHE_MAX results). A request that needs a result not known yet gets
+ * -EINPROGRESS and is held (code_hold) until the probes end, at most CODE_HOLD_MS; then it is
+ * dispatched again (request_retry) and what is still unknown counts as failed. code_warm starts
+ * the default PATH's probes just after start-up, so that requests find the cache warm.
  *
  * Ownership: the table hangs off a->code, is made by code_init and freed by code_destroy (called
  * at teardown). Entries returned by code_resolve stay valid until code_destroy. */
@@ -24,6 +26,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "agent.h"
 
@@ -35,8 +38,14 @@
 #define CODE_SYSTEM_TABLE "/etc/boxd/languages.conf"
 #define CODE_TABLE_ENV "BOXD_LANGUAGES"
 /* Bounds on the version and probe commands (see above). */
-#define CODE_PROBE_MS 400u
-#define CODE_PROBE_BUDGET_MS 800u
+#define CODE_PROBE_MS 400u      /* one probe's deadline; then its tree is killed */
+#define CODE_PROBES_MAX 4u      /* probes running at once */
+#define CODE_CACHE_MAX 64u      /* results kept, and probes queued */
+#define CODE_HOLD_MS 1000u      /* the longest a request waits for probes */
+#define CODE_HELD_MAX 64u       /* requests waiting for probes (more: `limit`) */
+#define CODE_HELD_BYTES (8u * 1024u * 1024u) /* and their frames' bytes */
+/* Entries in the whole table. */
+#define CODE_MAX_LANGS 128u
 /* Per entry. */
 #define CODE_MAX_WORDS 32u
 #define CODE_MAX_ALIASES 8u
@@ -65,31 +74,57 @@ struct code_prep {
 /* Loads the table into a->code if it is not loaded yet. Returns 0, or -ENOMEM (a->code stays
  * NULL and the next request tries again). */
 int code_init(struct agent *a);
-/* Loads the table and runs the probe and version commands of every interpreter found, so that
- * the cache is warm before the first request (called once, just after the agent is ready). */
+/* Loads the table and starts the probe and version commands of every interpreter found in the
+ * default PATH, so that the cache is warm before the first request (called once, just after
+ * the agent is ready). Never waits for them. */
 void code_warm(struct agent *a);
-/* Frees a->code (safe when it was never made). For the agent's teardown. */
+/* Frees a->code (safe when it was never made), after the loop has closed its handles. For the
+ * agent's teardown. */
 void code_destroy(struct agent *a);
 
 /* Finds the language a request names (a name or an alias, any case) and an interpreter for it in
  * path (the run's PATH). Returns 0 and fills *out; -ENOENT when no such language exists or none
- * of its programs is found here (the caller lists code_put_available). */
-int code_resolve(struct agent *a, const char *name, size_t len, const char *path,
+ * of its programs is found here (the caller lists code_available); -ENOMEM; -EINPROGRESS when,
+ * with wait, the entry to use depends on a probe not done yet (it has been started: hold the
+ * request). Without wait, a probe not done counts as failed. */
+int code_resolve(struct agent *a, const char *name, size_t len, const char *path, bool wait,
                  struct code_choice *out);
 
-/* Writes `available`: the names of the languages usable with path, as a msgpack array. */
-void code_put_available(struct msg_out *o, struct agent *a, const char *path);
-/* Writes info's `languages`: [{name, aliases, path, version}] for those usable now with the
- * runs' default PATH. May run version commands (bounded, cached; see above). */
+/* The names of the languages usable with path (borrowed from the table). */
+struct code_names {
+    const char *list[CODE_MAX_LANGS];
+    unsigned n;
+};
+/* Fills ns. Returns 0, or -EINPROGRESS when, with wait, some language's probe is not done yet
+ * (started: hold the request). */
+int code_available(struct agent *a, const char *path, bool wait, struct code_names *ns);
+/* Writes them as a msgpack array (`available`). */
+void code_put_available(struct msg_out *o, const struct code_names *ns);
+/* The same names as one comma-separated string for messages, into buf ("none" for none). */
+void code_available_text(const struct code_names *ns, char *buf, size_t size);
+/* 0 when everything info's `languages` shows for the default PATH is known; -EINPROGRESS when,
+ * with wait, a probe or version command it needs is not done (started: hold the request). */
+int code_languages_ready(struct agent *a, bool wait);
+/* Writes info's `languages`: [{name, aliases, path, version, file}] for those usable now with
+ * the runs' default PATH, from what is known (a version not known yet is nil). */
 void code_put_languages(struct msg_out *o, struct agent *a);
-/* The same names as one comma-separated string for messages, into buf. */
-void code_available_text(struct agent *a, const char *path, char *buf, size_t size);
 
-/* Makes the run's private directory (mkdtemp under /tmp, mode 0700, given to the runs' user id
- * when it is not the agent's), writes the snippet in it (O_CREAT|O_EXCL|O_NOFOLLOW, 0600) and
- * fills p with the argv. Returns 0, or a negative errno
- * with nothing left behind. On success the caller hands p->tmpdir to the run (or removes it
- * with code_dir_remove) and then calls code_prep_free. */
+/* Holds a request (its frame body, copied) until the probes it needs end, or deadline_ns
+ * (CLOCK_MONOTONIC); then request_retry dispatches it again. Returns 0; -ENOBUFS when
+ * CODE_HELD_MAX requests or CODE_HELD_BYTES are held (answer `limit`); -ENOMEM. */
+int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
+              uint64_t deadline_ns);
+
+/* Modes of the snippet's directory and file (both the agent's, group the run's: code.c). */
+#define CODE_DIR_MODE 0750
+#define CODE_FILE_MODE 0440
+
+/* Makes the run's private directory (mkdtemp under /tmp: the agent's, group the run's gid,
+ * mode CODE_DIR_MODE), writes the snippet in it (O_CREAT|O_EXCL|O_NOFOLLOW, the agent's, group
+ * the run's gid, mode CODE_FILE_MODE) and fills p with the argv. The run can read its snippet
+ * but neither it nor any other run can change, replace or add to it. Returns 0, or a negative
+ * errno with nothing left behind. On success the caller hands p->tmpdir to the run (or removes
+ * it with code_dir_remove) and then calls code_prep_free. */
 int code_prepare(const struct code_choice *c, const struct identity *id, const char *code,
                  size_t len, struct code_prep *p);
 void code_prep_free(struct code_prep *p);

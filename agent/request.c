@@ -31,6 +31,9 @@ struct ctx {
     struct agent *a;
     const msgpack_object *m;
     struct reqtag req;
+    const uint8_t *body; /* the frame body, for hold */
+    size_t len;
+    uint64_t hold_deadline; /* a held request dispatched again: when it stops waiting; else 0 */
 };
 
 static void reply(struct ctx *x, struct msg_out *o)
@@ -69,6 +72,25 @@ static void ok(struct ctx *x, const char *id, int ended)
 }
 
 /* ---- Field helpers: each returns 0, or answers bad_request itself and returns -1. --------- */
+
+/* Whether this request may still wait for interpreter probes (code.h). */
+static bool may_wait(const struct ctx *x)
+{
+    return x->hold_deadline == 0 || now_mono_ns() < x->hold_deadline;
+}
+
+/* Holds the request until the probes it needs end (code_hold): it is dispatched again then,
+ * with the deadline of its first arrival. Answers `limit` when too many requests wait. */
+static void hold(struct ctx *x)
+{
+    uint64_t deadline = x->hold_deadline ? x->hold_deadline
+                                         : now_mono_ns() + (uint64_t)CODE_HOLD_MS * 1000000u;
+    int e = code_hold(x->a, x->c->no, x->body, x->len, deadline);
+    if (e == -ENOBUFS)
+        error(x, "limit", NULL, "%u requests are waiting for interpreter probes", CODE_HELD_MAX);
+    else if (e < 0)
+        error(x, "internal", NULL, "out of memory");
+}
 
 static int get_bool(struct ctx *x, const char *key, bool *v, bool dflt)
 {
@@ -216,6 +238,10 @@ static void do_ping(struct ctx *x)
 static void do_info(struct ctx *x)
 {
     struct agent *a = x->a;
+    if (code_init(a) == 0 && code_languages_ready(a, may_wait(x)) == -EINPROGRESS) {
+        hold(x); /* the versions are being found: answered once they are (or at the deadline) */
+        return;
+    }
     struct msg_out o;
     if (ev_begin(&o, "info", &x->req) < 0)
         return;
@@ -662,7 +688,8 @@ static char *request_path(const struct run_opts *o)
     return path;
 }
 
-/* `unknown_lang`, with the languages usable with path. */
+/* `unknown_lang`, with the languages usable with path (one walk of the table; held while a
+ * probe it needs runs). */
 static void unknown_lang(struct ctx *x, const char *lang, size_t len, const char *path)
 {
     char shown[CODE_LANG_MAX + 1], avail[160];
@@ -670,7 +697,12 @@ static void unknown_lang(struct ctx *x, const char *lang, size_t len, const char
     for (size_t i = 0; i < n; i++)
         shown[i] = isprint((unsigned char)lang[i]) ? lang[i] : '?';
     shown[n] = '\0';
-    code_available_text(x->a, path, avail, sizeof avail);
+    struct code_names ns;
+    if (code_available(x->a, path, may_wait(x), &ns) == -EINPROGRESS) {
+        hold(x);
+        return;
+    }
+    code_available_text(&ns, avail, sizeof avail);
     struct msg_out o;
     if (ev_begin(&o, "error", &x->req) < 0)
         return;
@@ -682,7 +714,7 @@ static void unknown_lang(struct ctx *x, const char *lang, size_t len, const char
     msg_kv_str(&o, "code", "unknown_lang");
     msg_kv_str(&o, "message", text);
     msg_key(&o, "available");
-    code_put_available(&o, x->a, path);
+    code_put_available(&o, &ns);
     ev_close(&o);
     reply(x, &o);
 }
@@ -721,8 +753,10 @@ static void do_code(struct ctx *x)
     struct code_prep prep;
     e = lang_len == 0 || lang_len > CODE_LANG_MAX
             ? -ENOENT
-            : code_resolve(x->a, lang, lang_len, path, &choice);
-    if (e == -ENOENT) {
+            : code_resolve(x->a, lang, lang_len, path, may_wait(x), &choice);
+    if (e == -EINPROGRESS) {
+        hold(x); /* an interpreter is being probed: dispatched again once it is */
+    } else if (e == -ENOENT) {
         unknown_lang(x, lang, lang_len, path);
     } else if (e < 0) {
         error(x, "internal", NULL, "out of memory");
@@ -1009,6 +1043,8 @@ static void do_list(struct ctx *x)
     struct list *pos;
     for (pos = a->runs.next; pos != &a->runs; pos = pos->next) {
         const struct run *r = container_of(pos, struct run, link);
+        if (r->internal)
+            continue; /* the agent's own (interpreter probes): not a client's run */
         if (msg_out_size(&o) + 1024 > a->cfg.max_event) {
             truncated = true;
             break;
@@ -1080,9 +1116,9 @@ static const struct {
     {"ping", do_ping},     {"shutdown", do_shutdown},
 };
 
-void request_frame(struct conn *c, const uint8_t *body, size_t len)
+static void dispatch(struct conn *c, const uint8_t *body, size_t len, uint64_t hold_deadline)
 {
-    struct ctx x = {.c = c, .a = c->a};
+    struct ctx x = {.c = c, .a = c->a, .body = body, .len = len, .hold_deadline = hold_deadline};
     msgpack_zone zone;
     if (!msgpack_zone_init(&zone, 1024)) {
         error(&x, "internal", NULL, "out of memory");
@@ -1140,4 +1176,18 @@ void request_frame(struct conn *c, const uint8_t *body, size_t len)
     error(&x, "unknown_type", NULL, "unknown request type '%s'", shown);
 out:
     msgpack_zone_destroy(&zone);
+}
+
+void request_frame(struct conn *c, const uint8_t *body, size_t len)
+{
+    dispatch(c, body, len, 0);
+}
+
+void request_retry(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
+                   uint64_t deadline_ns)
+{
+    struct conn *c = conn_find(a, conn_no);
+    if (c == NULL || c->closing)
+        return; /* gone: nobody to answer */
+    dispatch(c, body, len, deadline_ns);
 }

@@ -211,6 +211,7 @@ static void run_maybe_free(struct run *r)
     for (int i = 0; i < 2; i++)
         free(r->out[i].partial);
     free(r->desc);
+    free(r->capture);
     free(r);
 }
 
@@ -233,14 +234,17 @@ static void cg_release(struct run *r)
         r->cg_polling = false;
         uv_close((uv_handle_t *)&r->cg_poll, cg_poll_closed);
     }
-    cgroup_run_release(r->a, &r->cg, !r->cg_watched && r->kill_stage == 0);
+    /* An internal run's (a probe's: rare, and several at once at start-up) is removed rather
+     * than pooled, so the pool keeps the size the clients' runs give it. */
+    cgroup_run_release(r->a, &r->cg, !r->internal && !r->cg_watched && r->kill_stage == 0);
 }
 
 /* Forgets r: unlinks it and closes its handles; memory goes in the last close callback. */
 static void run_destroy(struct run *r)
 {
     struct agent *a = r->a;
-    id_remove(r);
+    if (!r->internal)
+        id_remove(r);
     if (r->in_pid_table)
         pid_take(a, r->pid);
     list_del(&r->link);
@@ -299,6 +303,14 @@ void runs_destroy(struct agent *a)
 
 static void emit(struct run *r, int stream, uint64_t ts, const char *d, size_t n)
 {
+    if (r->internal) {
+        /* Captured, not logged: the first capture_max bytes; the rest is discarded. */
+        size_t room = r->capture_max - r->capture_len;
+        size_t take = n < room ? n : room;
+        memcpy(r->capture + r->capture_len, d, take);
+        r->capture_len += (uint32_t)take;
+        return;
+    }
     if (runlog_append(&r->log, ts, stream, d, (uint32_t)n) < 0) {
         /* Out of memory: the bytes are counted as dropped rather than lost silently. */
         r->log.dropped_records++;
@@ -566,12 +578,40 @@ static void on_linger_slot(uv_timer_t *t)
              "against max_runs", r->id, LINGER_SLOT_MS);
 }
 
+/* An internal run's end (run_params): its caller learns the outcome, and the run goes. */
+static void internal_finish(struct run *r)
+{
+    struct agent *a = r->a;
+    r->state = RUN_ENDED;
+    r->ended_ns = now_real_ns();
+    r->end_mono = now_mono_ns();
+    uv_timer_stop(&r->kill_timer);
+    uv_timer_stop(&r->flush_timer);
+    uv_timer_stop(&r->drain_timer);
+    stdin_close(r);
+    log_debug("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
+              (unsigned long long)((r->end_mono - r->start_mono) / 1000000u));
+    void (*cb)(struct run *, void *) = r->on_end;
+    r->on_end = NULL;
+    if (cb && !a->tearing_down)
+        cb(r, r->end_arg);
+    /* Its tree was killed when the main process exited (run_on_exit); whatever still holds a
+     * pipe (only possible without a cgroup) gets EOF or EPIPE as the pipes close, and
+     * cg_release kills what is left in its cgroup. */
+    run_destroy(r);
+    runs_spare(a);
+}
+
 static void run_finish(struct run *r)
 {
     struct agent *a = r->a;
     uint64_t ts = now_real_ns();
     for (int i = 0; i < 2; i++)
         partial_flush(r, &r->out[i], ts);
+    if (r->internal) {
+        internal_finish(r);
+        return;
+    }
     if (r->cg.dir_fd >= 0) {
         /* The cgroup covers the whole tree, not only what the main process waited for. */
         cgroup_run_usage(a, &r->cg, &r->usage);
@@ -812,6 +852,14 @@ bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *r
     r->wstatus = wstatus;
     r->ru = *ru;
     r->state = RUN_DRAINING;
+    if (r->internal && r->kill_stage < 2 &&
+        (r->cg.dir_fd < 0 || cgroup_run_populated(&r->cg))) {
+        /* The agent's own run: nothing it started may outlive it (a daemon a probed
+         * interpreter left behind). Its end waits for the cgroup to empty. (An empty cgroup
+         * needs no kill.) */
+        kill_tree(r, SIGKILL);
+        r->kill_stage = 2;
+    }
     if (r->kill_stage == 1 && r->cg.dir_fd < 0) {
         /* Killing without a cgroup, and the leader is gone: what is left goes now, while the
          * tree can still be found, rather than after the grace period. (With a cgroup the
@@ -1012,6 +1060,11 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
         return NULL;
     }
     memcpy(r->desc, desc, at);
+    if (p->internal && (r->capture = malloc(p->capture ? p->capture : 1)) == NULL) {
+        free(r->desc);
+        free(r);
+        return NULL;
+    }
     r->is_argv = !p->is_shell && !p->desc;
     list_init(&r->subs);
     list_init(&r->fin_link);
@@ -1034,6 +1087,14 @@ static struct run *run_alloc(struct agent *a, const struct run_params *p)
     r->handles_open = 3;
     r->started_ns = now_real_ns();
     r->start_mono = now_mono_ns();
+    if (p->internal) {
+        r->capture_max = p->capture;
+        r->internal = true;
+        r->on_end = p->on_end;
+        r->end_arg = p->end_arg;
+        list_add_tail(&a->runs, &r->link); /* for shutdown's cancel and teardown */
+        return r;
+    }
     list_add_tail(&a->runs, &r->link);
     id_insert(r);
     a->n_live++;
@@ -1165,7 +1226,7 @@ void runs_spawner_halt(struct agent *a)
 
 int run_start(struct agent *a, const struct run_params *p, struct run **out)
 {
-    if ((uint64_t)a->n_live + a->n_lingering >= a->cfg.max_runs)
+    if (!p->internal && (uint64_t)a->n_live + a->n_lingering >= a->cfg.max_runs)
         return -EAGAIN;
     struct run *r = run_alloc(a, p);
     if (r == NULL)

@@ -110,6 +110,13 @@ struct run {
     uint32_t cancel_grace;  /* with cancel_requested: `cancel` while starting */
     char *tmpdir; /* a code run's private directory (code.h), removed when the run ends */
 
+    /* An internal run (run_params.internal): the agent's own, e.g. an interpreter probe. */
+    bool internal;
+    char *capture;           /* its output (stdout and stderr, in order), capture_max bytes */
+    uint32_t capture_len, capture_max;
+    void (*on_end)(struct run *r, void *arg);
+    void *end_arg;
+
     struct runlog log;
     bool paused;    /* pipe reading stopped for a follower that is behind */
     bool lingering; /* ended, but a process still holds the pipes */
@@ -155,6 +162,20 @@ struct run_params {
     const char *desc; /* what list shows as cmd instead of the argv (code runs), or NULL */
     char *tmpdir;     /* heap, or NULL: a directory the run removes when it ends (code runs).
                        * run_start takes it when it returns 0 or 1; else the caller keeps it. */
+    /* An internal run: one the agent starts for itself (an interpreter probe, code.c), through
+     * the same path as every run (spawner thread, seccomp, its own cgroup, the run user,
+     * rlimits, oom_score_adj), but not a client's: it is not in the id table (no request can
+     * find, list, attach to or signal it), does not count against max_runs, runs_live or
+     * started_total (its caller bounds how many run), keeps no log (the first `capture`
+     * bytes of its output, stdout and stderr interleaved, are kept instead), and when its
+     * main process exits its whole tree is killed at once (what it left behind never
+     * lingers). Once it has ended - exit, timeout, cancel, spawn failure - on_end is called
+     * (unless the agent is tearing down; perhaps during run_start itself, on a spawn failure)
+     * and the run is forgotten right after: on_end must not keep r. id (given) is for logs. */
+    bool internal;
+    uint32_t capture;
+    void (*on_end)(struct run *r, void *arg);
+    void *end_arg;
 };
 
 void runs_init(struct agent *a);

@@ -227,12 +227,26 @@ class Daemon:
                 try:
                     c = boxd_client.Client(self.sock, connect_timeout=1)
                     c.close()
+                    self._settle()
                     return
                 except OSError as e:
                     last = e
             time.sleep(0.01)
         raise RuntimeError("boxd did not accept on %s within 5 s (%r):\n%s"
                            % (self.sock, last, self.stderr_text()))
+
+    def _settle(self):
+        """Waits for the agent's start-up interpreter probes (asynchronous runs of its own: `info`
+        waits for them), so that a test measuring fds or cgroups from here sees none of theirs.
+        Best effort: a daemon that wants a token, or any other failure, is not waited for."""
+        try:
+            c = boxd_client.connect(self.sock, hello=True, connect_timeout=1)
+            try:
+                c.info()
+            finally:
+                c.close()
+        except Exception:
+            pass
 
     def stderr_text(self):
         if getattr(self, "stderr_saved", None) is not None:

@@ -231,7 +231,7 @@ def test_file_private(client):
             " oct(stat.S_IMODE(os.stat(os.path.dirname(__file__)).st_mode)),"
             " os.path.basename(__file__), os.path.dirname(__file__).startswith('/tmp/'))")
     end = code_run(client, "python", code).end
-    assert end["result"] == "0o600 0o700 main.py True"
+    assert end["result"] == "0o440 0o750 main.py True"
 
 
 def test_not_in_argv_as_code(client):
