@@ -26,7 +26,9 @@ DOC = os.path.join(REPO, "protocol", "PROTOCOL.md")
 AGENT_DIR = os.path.join(REPO, "agent")
 
 # Documented optional fields that only some boxes produce (cgroup v2 present or not).
-ENV_DEPENDENT = {"cgroup", "controllers", "controllers[]", "runs[].cgroup"}
+# and those that only a run's aftermath produces (4.4).
+ENV_DEPENDENT = {"cgroup", "controllers", "controllers[]", "runs[].cgroup",
+                 "runs[].background_killed", "runs[].slot_released"}
 
 
 # ---- the document --------------------------------------------------------------------------------
