@@ -1270,6 +1270,18 @@ void sub_free(struct sub *s)
         runs_evict(r->a);
 }
 
+struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from_seq,
+                        bool want_output)
+{
+    /* Out of the connection's ready list first, so the pump that sub_new starts skips it. */
+    if (list_linked(&old->ready_link))
+        list_del(&old->ready_link);
+    list_init(&old->ready_link);
+    struct sub *s = sub_new(old->run, old->conn, req, from_seq, false, want_output);
+    sub_free(old);
+    return s;
+}
+
 /* Sends one output event with records from s->next_seq, up to budget bytes. */
 static int send_output(struct sub *s, uint64_t budget)
 {
