@@ -2,11 +2,26 @@
 counts data; retention fields in attach and list; retried exec and max_subs; retrying a spawn
 that failed (PROTOCOL.md 4.1, 4.5, 4.7)."""
 
+import os
 import time
 
 from conftest import T, proc_status, wait_for
 
 MiB = 1 << 20
+# ASan's quarantine holds freed memory: RSS says nothing about boxd's bounds there.
+RSS_MEANINGFUL = os.environ.get("BOXD_SANITIZED") != "1"
+
+
+def assert_peak(d, base, total, what):
+    """boxd's peak RSS stayed under log_total plus a margin over its RSS at start."""
+    hwm = kb(d, "VmHWM")
+    margin = 8 * 1024  # kB: a chunk per live run, followers' queues, the heap's slack
+    print("%s: boxd peak RSS %d kB (at start %d kB, log_total %d kB)"
+          % (what, hwm, base, total // 1024))
+    if RSS_MEANINGFUL:
+        assert hwm < base + total // 1024 + margin, \
+            "%s: boxd peaked at %d kB with log_total %d kB (at start %d kB)" \
+            % (what, hwm, total // 1024, base)
 
 
 def kb(d, key):
@@ -56,12 +71,8 @@ def test_live_runs_logs_stay_within_log_total(start_boxd):
     # A run nobody follows never blocks, even with every log full.
     assert wait_for(all_done, T(60), interval=0.2), "unfollowed runs were held back"
     time.sleep(T(0.3))
-    rss, hwm = kb(d, "VmRSS"), kb(d, "VmHWM")
-    print("boxd RSS: base %d kB, after %d kB, peak %d kB (log_total %d kB)"
-          % (base, rss, hwm, total // 1024))
-    margin = 8 * 1024  # kB: one chunk per live run, the follower's queue, the heap's slack
-    assert hwm < base + total // 1024 + margin, \
-        "boxd peaked at %d kB with log_total %d kB (base %d kB)" % (hwm, total // 1024, base)
+    print("40 live runs printed 160 MB: boxd RSS now %d kB" % kb(d, "VmRSS"))
+    assert_peak(d, base, total, "40 live runs")
 
     # The drops are reported in list, logs and end.
     runs = {r["id"]: r for r in c.list()["runs"]}
@@ -91,7 +102,7 @@ def test_live_runs_logs_stay_within_log_total(start_boxd):
     assert len(res.records) == res.end["next_seq"]  # (lines, or pieces of them: 4.2)
     assert res.stdout == b"".join(b"%d\n" % i for i in range(1, nlines + 1))
     assert res.stderr == b"fin\n"
-    assert kb(d, "VmHWM") < base + total // 1024 + margin
+    assert_peak(d, base, total, "40 live runs and the follower")
 
 
 def test_followed_runs_under_full_logs_are_held_back_not_lost(start_boxd):
@@ -115,11 +126,8 @@ def test_followed_runs_under_full_logs_are_held_back_not_lost(start_boxd):
     assert res.end["status"] == "completed"
     seqs_once(res.records)
     assert res.stdout == b"".join(b"%d\n" % i for i in range(1, nlines + 1))
-    quick_s = time.monotonic() - t0
-    hwm = kb(d, "VmHWM")
-    print("boxd peak RSS %d kB with %d stalled followers (base %d kB); quick run %.2f s"
-          % (hwm, n, base, quick_s))
-    assert hwm < base + total // 1024 + 8 * 1024
+    print("quick run beside %d stalled followers: %.2f s" % (n, time.monotonic() - t0))
+    assert_peak(d, base, total, "%d stalled followers" % n)
     for fc, req in zip(conns, reqs):
         r = fc.collect(req, timeout=T(60))
         assert r.end["status"] == "completed" and r.gaps == []
@@ -157,11 +165,10 @@ def test_log_bytes_counts_data_and_memory_stays_bounded(start_boxd):
     assert c2.recv_req(req)["type"] == "started"
     w = c2.wait("nl", timeout=T(60))
     kept = size - w["dropped_bytes"]
-    hwm = kb(d2, "VmHWM")
-    print("1-byte lines: %d bytes kept; boxd peak %d kB (base %d kB)" % (kept, hwm, base))
+    print("1-byte lines: %d bytes of data kept" % kept)
     assert 0 < kept < log_bytes
     assert w["next_seq"] == size and w["dropped_records"] == size - kept
-    assert hwm < base + total // 1024 + 8 * 1024
+    assert_peak(d2, base, total, "1-byte lines")
 
 
 # ---- item 13 (b): retention fields in attach and list ---------------------------------------------
@@ -182,10 +189,9 @@ def test_retention_fields_in_attach_and_list(start_boxd):
     assert {k: p[k] for k in want} == want
     # A live run too.
     c.send({"type": "exec", "req": "live", "id": "live", "follow": False,
-            "cmd": "seq 1 100000; exec sleep 30"})
+            "cmd": "seq 1 100000; echo END; exec sleep 30"})
     c.recv_req("live")
-    assert wait_for(lambda: {r["id"]: r for r in c.list()["runs"]}["live"]["next_seq"] == 100000,
-                    T(10))
+    assert wait_for(lambda: (last_record(c, "live") or [0, 0, 0, ""])[3] == "END\n", T(10))
     run = {r["id"]: r for r in c.list()["runs"]}["live"]
     assert run["state"] == "running" and run["dropped_records"] == run["first_seq"] > 0
     a = c.attach("live", until_end=False).started
