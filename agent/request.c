@@ -71,6 +71,29 @@ static void ok(struct ctx *x, const char *id, int ended)
     reply(x, &o);
 }
 
+/* An `error` `limit`, with `limit` naming the limit: "max_runs", "max_subs", "stdin_bytes". */
+static void limit_error(struct ctx *x, const char *id, const char *which, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void limit_error(struct ctx *x, const char *id, const char *which, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    struct msg_out o;
+    if (ev_begin(&o, "error", &x->req) < 0)
+        return;
+    msg_kv_str(&o, "code", "limit");
+    msg_kv_str(&o, "message", text);
+    if (id)
+        msg_kv_str(&o, "id", id);
+    msg_kv_str(&o, "limit", which);
+    ev_close(&o);
+    reply(x, &o);
+}
+
 /* ---- Field helpers: each returns 0, or answers bad_request itself and returns -1. --------- */
 
 /* Whether this request may still wait for interpreter probes (code.h). */
@@ -87,7 +110,8 @@ static void hold(struct ctx *x)
                                          : now_mono_ns() + (uint64_t)CODE_HOLD_MS * 1000000u;
     int e = code_hold(x->a, x->c->no, x->body, x->len, deadline);
     if (e == -ENOBUFS)
-        error(x, "limit", NULL, "%u requests are waiting for interpreter probes", CODE_HELD_MAX);
+        limit_error(x, NULL, "code_waiting", "%u requests are waiting for interpreter probes",
+                    CODE_HELD_MAX);
     else if (e < 0)
         error(x, "internal", NULL, "out of memory");
 }
@@ -291,7 +315,7 @@ static void started(struct ctx *x, const struct run *r, bool existing)
     reply(x, &o);
 }
 
-static void spawn_failed(struct ctx *x, const struct run *r)
+static void spawn_failed(struct ctx *x, const struct run *r, bool existing)
 {
     struct msg_out o;
     if (ev_begin(&o, "error", &x->req) < 0)
@@ -304,9 +328,12 @@ static void spawn_failed(struct ctx *x, const struct run *r)
     msg_kv_i64(&o, "errno", r->spawn_err);
     msg_kv_str(&o, "errno_name", errno_name(r->spawn_err));
     msg_kv_str(&o, "stage", r->spawn_stage);
+    msg_kv_bool(&o, "existing", existing);
     ev_close(&o);
     reply(x, &o);
 }
+
+static struct sub *find_sub(struct conn *c, struct run *r);
 
 void request_run_started(struct agent *a, struct run *r, uint64_t conn_no,
                          const struct reqtag *req, bool follow, bool want_output)
@@ -318,11 +345,13 @@ void request_run_started(struct agent *a, struct run *r, uint64_t conn_no,
     if (follow)
         c->n_subs--; /* the reservation run_launch made */
     if (r->spawn_stage) {
-        spawn_failed(&x, r);
+        spawn_failed(&x, r, false);
         return;
     }
     started(&x, r, false);
-    if (follow)
+    /* A retry while it was starting may have subscribed this connection already (from seq 0,
+     * under the retry's req): that one stands, so no record comes twice. */
+    if (follow && find_sub(c, r) == NULL)
         sub_new(r, c, req, 0, false, want_output);
 }
 
@@ -456,15 +485,38 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
     if (o->id) {
         struct run *r = run_find(a, o->id, o->id_len);
         if (r) {
-            /* A retry: nothing is started; the caller sees the run it already has. */
+            /* A retry: nothing is started; the caller sees the run it already has. One that
+             * never started gets the same answer as the first time (and no end). */
+            if (r->spawn_stage) {
+                spawn_failed(x, r, true);
+                return -1;
+            }
+            struct sub *old = o->follow ? find_sub(x->c, r) : NULL;
+            if (old && old->req.len == x->req.len &&
+                memcmp(old->req.buf, x->req.buf, x->req.len) == 0) {
+                started(x, r, true); /* already followed under this req: it goes on as is */
+                return -1;
+            }
+            /* Else following again replaces the earlier subscription, as attach does: the
+             * retry's req gets the whole run from seq 0, each record once. */
+            if (o->follow && !old && x->c->n_subs >= a->cfg.max_subs) {
+                limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
+                            a->cfg.max_subs);
+                return -1;
+            }
             started(x, r, true);
-            if (o->follow && x->c->n_subs < a->cfg.max_subs)
-                sub_new(r, x->c, &x->req, 0, false, o->want_output);
+            if (!o->follow)
+                return -1;
+            struct sub *s = old ? sub_replace(old, &x->req, 0, o->want_output)
+                                : sub_new(r, x->c, &x->req, 0, false, o->want_output);
+            if (s == NULL)
+                error(x, "internal", r->id, "out of memory");
             return -1;
         }
     }
     if (o->follow && x->c->n_subs >= a->cfg.max_subs) {
-        error(x, "limit", NULL, "this connection already follows %u runs", a->cfg.max_subs);
+        limit_error(x, NULL, "max_subs", "this connection already follows %u runs",
+                    a->cfg.max_subs);
         return -1;
     }
     return run_opts_sandbox(x, o);
@@ -591,7 +643,7 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         if (o->follow)
             x->c->n_subs--;
         if (e == -EAGAIN)
-            error(x, "limit", NULL, "%u runs are live (max_runs)", a->cfg.max_runs);
+            limit_error(x, NULL, "max_runs", "%u runs are live (max_runs)", a->cfg.max_runs);
         else
             error(x, "internal", NULL, "out of memory");
     }
@@ -834,7 +886,8 @@ static void do_stdin(struct ctx *x)
     if (e == 1)
         ok(x, r->id, -1);
     else if (e == -ENOBUFS)
-        error(x, "limit", r->id, "more than %u bytes of stdin queued", x->a->cfg.stdin_bytes);
+        limit_error(x, r->id, "stdin_bytes", "more than %u bytes of stdin queued",
+                    x->a->cfg.stdin_bytes);
     else if (e == -EPIPE)
         error(x, "run_ended", r->id, "the run has no open stdin");
     else
@@ -914,6 +967,8 @@ static struct sub *find_sub(struct conn *c, struct run *r)
     return NULL;
 }
 
+static void put_retention(struct msg_out *o, const struct run *r);
+
 static void do_attach(struct ctx *x)
 {
     struct run *r = get_run(x);
@@ -924,23 +979,24 @@ static void do_attach(struct ctx *x)
     if (get_u64(x, "from_seq", &from, 0, UINT64_MAX) < 0 ||
         get_bool(x, "output", &want_output, false) < 0)
         return;
-    struct sub *old = find_sub(x->c, r);
-    if (old)
-        sub_free(old);
-    if (x->c->n_subs >= x->a->cfg.max_subs) {
-        error(x, "limit", r->id, "this connection already follows %u runs", x->a->cfg.max_subs);
+    struct sub *old = find_sub(x->c, r); /* attaching again replaces it (sub_replace) */
+    if (!old && x->c->n_subs >= x->a->cfg.max_subs) {
+        limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
+                    x->a->cfg.max_subs);
         return;
     }
     struct msg_out o;
     if (ev_begin(&o, "attached", &x->req) < 0)
         return;
     msg_kv_str(&o, "id", r->id);
-    msg_kv_u64(&o, "first_seq", r->log.first_seq);
+    put_retention(&o, r);
     msg_kv_u64(&o, "next_seq", r->log.next_seq);
     msg_kv_bool(&o, "ended", r->state == RUN_ENDED);
     ev_close(&o);
     reply(x, &o);
-    if (sub_new(r, x->c, &x->req, from, false, want_output) == NULL)
+    struct sub *s = old ? sub_replace(old, &x->req, from, want_output)
+                        : sub_new(r, x->c, &x->req, from, false, want_output);
+    if (s == NULL)
         error(x, "internal", r->id, "out of memory");
 }
 
@@ -964,7 +1020,8 @@ static void do_wait(struct ctx *x)
     if (get_bool(x, "output", &want_output, false) < 0)
         return;
     if (x->c->n_subs >= x->a->cfg.max_subs) {
-        error(x, "limit", r->id, "this connection already follows %u runs", x->a->cfg.max_subs);
+        limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
+                    x->a->cfg.max_subs);
         return;
     }
     if (sub_new(r, x->c, &x->req, 0, true, want_output) == NULL)
@@ -1070,6 +1127,7 @@ static void do_list(struct ctx *x)
         }
         msg_kv_u64(&o, "started_ns", r->started_ns);
         msg_kv_u64(&o, "next_seq", r->log.next_seq);
+        put_retention(&o, r);
         msg_kv_u64(&o, "late_bytes", r->late_bytes);
         msg_kv_bool(&o, "lingering", r->lingering);
         if (r->bg_killed)

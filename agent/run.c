@@ -27,6 +27,13 @@
  * what holds its pipes may be out of boxd's reach (an fd in flight in a unix socket, a process
  * nothing links to the run), and a slot must never be held forever. */
 #define LINGER_SLOT_MS 10000u
+/* While the logs of all runs are at log_total and nothing more can be dropped (log_full): a
+ * followed run is held back once its slowest follower is this far behind (in cost), and reads
+ * its pipes this much at a time, so what followers are owed grows by little past the bound. */
+#define FULL_LAG (64u * 1024u)
+#define FULL_READ 4096u
+/* A partial-line buffer larger than this is released once flushed: an idle run keeps none. */
+#define PARTIAL_KEEP 4096u
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
@@ -38,6 +45,7 @@ static void cg_release(struct run *r);
 static void runs_evict(struct agent *a);
 static void on_kill_timer(uv_timer_t *t);
 static void bg_signal(struct run *r, int sig);
+static void runs_log_trim(struct agent *a);
 
 /* ---- Tables ------------------------------------------------------------------------------- */
 
@@ -248,9 +256,16 @@ static void run_destroy(struct run *r)
     if (r->in_pid_table)
         pid_take(a, r->pid);
     list_del(&r->link);
-    /* Out of the total with the run (its memory goes a little later, with its handles). */
-    a->log_held -= r->log.bytes;
+    /* Out of the total with the run, and its memory with it: nothing reads a forgotten run's
+     * log (it has no follower), and its handles may take a loop iteration to close. */
+    runlog_destroy(&r->log);
     r->log.total = NULL;
+    for (int i = 0; i < 2; i++) {
+        a->log_held -= r->out[i].pcap;
+        free(r->out[i].partial);
+        r->out[i].partial = NULL;
+        r->out[i].plen = r->out[i].pcap = 0;
+    }
     if (list_linked(&r->fin_link)) {
         list_del(&r->fin_link);
         a->n_finished--;
@@ -286,6 +301,37 @@ static void runs_evict(struct agent *a)
     }
 }
 
+/* The logs of all runs are at log_total and nothing more can be dropped. */
+static bool log_full(const struct agent *a)
+{
+    return a->log_held > a->cfg.log_total;
+}
+
+/* Keeps the memory of all logs, live runs' included, within log_total (PROTOCOL 4.5): first the
+ * oldest finished runs are forgotten (runs_evict); then, while still over, the oldest chunk of
+ * the largest log that can lose one is dropped, counted as retention drops. The largest first,
+ * not the oldest: a run that floods loses its own history before a quiet run loses any, so one
+ * run cannot push the others' output out. What cannot go - the last chunk of each log, records
+ * owed to a follower - stays: run_flow then holds the followed runs back (log_full). Called
+ * whenever the total grew or a follower's progress made something droppable. */
+static void runs_log_trim(struct agent *a)
+{
+    if (a->tearing_down || !log_full(a))
+        return;
+    runs_evict(a);
+    while (log_full(a)) {
+        struct run *big = NULL;
+        struct list *pos;
+        for (pos = a->runs.next; pos != &a->runs; pos = pos->next) {
+            struct run *r = container_of(pos, struct run, link);
+            if (runlog_can_drop(&r->log) && (big == NULL || r->log.bytes > big->log.bytes))
+                big = r;
+        }
+        if (big == NULL || runlog_drop_oldest(&big->log) == 0)
+            break;
+    }
+}
+
 void runs_destroy(struct agent *a)
 {
     struct list *pos, *tmp;
@@ -311,12 +357,15 @@ static void emit(struct run *r, int stream, uint64_t ts, const char *d, size_t n
         r->capture_len += (uint32_t)take;
         return;
     }
+    uint64_t held = r->a->log_held;
     if (runlog_append(&r->log, ts, stream, d, (uint32_t)n) < 0) {
         /* Out of memory: the bytes are counted as dropped rather than lost silently. */
         r->log.dropped_records++;
         r->log.dropped_bytes += n;
         log_err("run %s: out of memory keeping %zu bytes of output", r->id, n);
     }
+    if (r->a->log_held > held)
+        runs_log_trim(r->a); /* a chunk was added */
 }
 
 static void partial_put(struct run *r, struct run_pipe *p, const char *d, size_t n)
@@ -338,7 +387,12 @@ static void partial_put(struct run *r, struct run_pipe *p, const char *d, size_t
             return;
         }
         p->partial = np;
+        r->a->log_held += cap - p->pcap; /* output held, so within log_total too */
         p->pcap = cap;
+        memcpy(p->partial + p->plen, d, n);
+        p->plen += (uint32_t)n;
+        runs_log_trim(r->a);
+        return;
     }
     memcpy(p->partial + p->plen, d, n);
     p->plen += (uint32_t)n;
@@ -350,6 +404,12 @@ static void partial_flush(struct run *r, struct run_pipe *p, uint64_t ts)
         return;
     emit(r, p->stream, ts, p->partial, p->plen);
     p->plen = 0;
+    if (p->pcap > PARTIAL_KEEP) {
+        r->a->log_held -= p->pcap;
+        free(p->partial);
+        p->partial = NULL;
+        p->pcap = 0;
+    }
 }
 
 /* Consumes seg bytes that end a line when complete (the last byte is '\n'), or are the
@@ -427,13 +487,22 @@ static void pipe_poll_set(struct run_pipe *p, bool on);
 
 /* Flow control: stop reading while a follower is more than half the log behind, resume below
  * a quarter. The follower's unsent records are then always within the log, so nothing it is
- * owed is dropped, and the run's writes block as they would on a slow terminal. */
+ * owed is dropped, and the run's writes block as they would on a slow terminal. While the logs
+ * of all runs are full (log_full), the same with FULL_LAG: what followers are owed then grows
+ * by at most that much per run. A run waits only for its own followers, never for another run
+ * or connection, and a run nobody follows never waits. */
 static void run_flow(struct run *r)
 {
+    uint64_t protect = r->log.protect_seq;
+    uint64_t lag = max_lag(r); /* an ended run's followers are protected too */
+    if (r->log.protect_seq != protect)
+        runs_log_trim(r->a); /* what the slowest follower now has may go */
     if (r->state == RUN_ENDED)
         return; /* late output is discarded, never paused */
-    uint64_t lag = max_lag(r);
-    bool pause = r->paused ? lag > r->log.cap / 4 : lag > r->log.cap / 2;
+    uint64_t hi = r->log.cap / 2;
+    if (log_full(r->a) && hi > FULL_LAG)
+        hi = FULL_LAG;
+    bool pause = r->paused ? lag > hi / 2 : lag > hi;
     if (pause == r->paused)
         return;
     r->paused = pause;
@@ -495,6 +564,8 @@ static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
     size_t chunk = a->read_buf_size;
     if (chunk > r->log.cap / 4)
         chunk = (size_t)(r->log.cap / 4);
+    if (log_full(a) && !list_empty(&r->subs) && chunk > FULL_READ)
+        chunk = FULL_READ; /* all it reads is owed until sent: see run_flow */
     for (int i = 0; i < reads && total < max; i++) {
         ssize_t n = read(p->fd, a->read_buf, chunk);
         if (n > 0) {
@@ -1371,6 +1442,18 @@ void sub_free(struct sub *s)
     run_flow(r);
     if (r->state == RUN_ENDED && list_empty(&r->subs))
         runs_evict(r->a);
+}
+
+struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from_seq,
+                        bool want_output)
+{
+    /* Out of the connection's ready list first, so the pump that sub_new starts skips it. */
+    if (list_linked(&old->ready_link))
+        list_del(&old->ready_link);
+    list_init(&old->ready_link);
+    struct sub *s = sub_new(old->run, old->conn, req, from_seq, false, want_output);
+    sub_free(old);
+    return s;
 }
 
 /* Sends one output event with records from s->next_seq, up to budget bytes. */

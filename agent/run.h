@@ -221,6 +221,12 @@ struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uin
                     bool end_only, bool want_output);
 /* Unlinks and frees; may resume a paused run. */
 void sub_free(struct sub *s);
+/* Replaces old (the same connection following the same run again: attach, a retried exec) by
+ * a new subscription from from_seq; old sends nothing more. The new one exists before old goes,
+ * so the run cannot be forgotten in between. Returns the new sub, or NULL (out of memory: old
+ * is gone all the same, and the run may have been forgotten with it). */
+struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from_seq,
+                        bool want_output);
 /* Sends what the sub is owed, within budget bytes. Returns 1 if more remains, 0 if not, and -1
  * if the sub finished (end sent) and was freed. */
 int sub_pump(struct sub *s, uint64_t budget);

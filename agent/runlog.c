@@ -48,6 +48,7 @@ void runlog_destroy(struct runlog *l)
         c = next;
     }
     l->head = l->tail = NULL;
+    l->data = 0;
     l->gen++;
     account(l, -(int64_t)l->bytes);
 }
@@ -60,6 +61,7 @@ static void drop_head(struct runlog *l)
         l->tail = NULL;
     l->dropped_records += c->n;
     l->dropped_bytes += c->data_bytes;
+    l->data -= c->data_bytes;
     l->first_seq = c->first_seq + c->n;
     l->first_cost = c->first_cost + c->data_bytes + (uint64_t)c->n * RL_REC_COST;
     account(l, -(int64_t)(sizeof *c + c->cap));
@@ -96,11 +98,6 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
             l->head = c;
         l->tail = t = c;
         account(l, (int64_t)(sizeof *c + cap));
-        /* Keep within the cap, always keeping the chunk just made, and never dropping what a
-         * follower is still owed (flow control keeps that part small). */
-        while (l->bytes > l->cap && l->head != t &&
-               l->head->first_seq + l->head->n <= l->protect_seq)
-            drop_head(l);
     }
     struct rl_hdr h = {.ts_ns = ts_ns,
                        .len = len,
@@ -111,9 +108,29 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
     t->used += (uint32_t)need;
     t->n++;
     t->data_bytes += len;
+    l->data += len;
     l->next_seq++;
     l->end_cost += len + RL_REC_COST;
+    /* Keep the data within the cap, always keeping the last chunk, and never dropping what a
+     * follower is still owed (flow control keeps that part small). */
+    while (l->data > l->cap && runlog_can_drop(l))
+        drop_head(l);
     return 0;
+}
+
+bool runlog_can_drop(const struct runlog *l)
+{
+    const struct rl_chunk *h = l->head;
+    return h != NULL && h != l->tail && h->first_seq + h->n <= l->protect_seq;
+}
+
+uint64_t runlog_drop_oldest(struct runlog *l)
+{
+    if (!runlog_can_drop(l))
+        return 0;
+    uint64_t before = l->bytes;
+    drop_head(l);
+    return before - l->bytes;
 }
 
 void runlog_seek(const struct runlog *l, uint64_t seq, struct rl_cursor *c)

@@ -1,5 +1,7 @@
 /* A run's retained log: output records (one line, or a piece of one) kept in chunks, capped in
- * bytes. When the cap is passed the oldest chunk is dropped and counted, never silently lost.
+ * data bytes. When the cap is passed the oldest chunk is dropped and counted, never silently
+ * lost. The memory the chunks hold (data, a header per record, slack) is counted in bytes and
+ * in *total, which the caller bounds across logs (runlog_drop_oldest).
  *
  * Records are numbered from 0 without gaps. Each chunk holds records back to back: a fixed
  * header (struct rl_hdr) then the data. Lookup by seq walks the chunk list, then one chunk. */
@@ -19,9 +21,10 @@ struct runlog {
     uint64_t first_cost; /* cost (below) of everything before first_seq */
     uint64_t end_cost;   /* cost of everything ever appended */
     uint64_t protect_seq; /* records from this seq on are owed to a follower: never dropped */
+    uint64_t data;      /* data bytes of the retained records: what cap limits */
     uint64_t bytes;     /* memory held by chunks */
     uint64_t *total;    /* NULL, or a sum over many logs that bytes is added to */
-    uint64_t cap;       /* bytes kept at most (at least one chunk is always kept) */
+    uint64_t cap;       /* data bytes kept at most (the last chunk is always kept) */
     uint64_t dropped_records, dropped_bytes;
     uint64_t gen; /* changes when chunks move or all go (shrink, destroy): older cursors are stale */
 };
@@ -53,8 +56,15 @@ void runlog_init(struct runlog *l, uint64_t cap);
 void runlog_destroy(struct runlog *l);
 
 /* Appends one record. Returns 0 or -ENOMEM (nothing appended). len must be <= UINT32_MAX.
- * Past the cap the oldest chunks are dropped, except those holding records >= protect_seq. */
+ * Past the cap (in data bytes) the oldest chunks are dropped, except the last one and those
+ * holding records >= protect_seq. */
 int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data, uint32_t len);
+
+/* The oldest chunk may go: it is not the last one and holds no record >= protect_seq. */
+bool runlog_can_drop(const struct runlog *l);
+/* Drops the oldest chunk when runlog_can_drop, counting its records as dropped (for a bound
+ * over many logs). Returns the memory released, 0 if nothing could go. */
+uint64_t runlog_drop_oldest(struct runlog *l);
 
 /* Positions c at the first retained record with seq >= seq. Walks the chunk list and one
  * chunk: a reader that goes on from where it stopped keeps its cursor instead (runlog_valid). */

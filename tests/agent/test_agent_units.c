@@ -97,7 +97,7 @@ static void test_runlog_retention_counts_what_it_drops(void)
     runlog_init(&l, 16384);
     append_n(&l, 2000, 100);
     CHECK_U64(l.next_seq, 2000);
-    CHECK(l.bytes <= l.cap);
+    CHECK(l.data <= l.cap);
     CHECK(l.first_seq > 0);
     CHECK_U64(l.dropped_records, l.first_seq);
     CHECK_U64(l.dropped_bytes, l.first_seq * 100);
@@ -123,10 +123,10 @@ static void test_runlog_never_drops_what_a_follower_is_owed(void)
     l.protect_seq = 10; /* a follower has been sent 0..9 */
     append_n(&l, 2000, 100);
     CHECK(l.first_seq <= 10);
-    CHECK(l.bytes > l.cap); /* over the cap rather than losing owed records */
+    CHECK(l.data > l.cap); /* over the cap rather than losing owed records */
     l.protect_seq = UINT64_MAX;
     append_n(&l, 200, 100); /* the follower caught up: retention works again */
-    CHECK(l.bytes <= l.cap);
+    CHECK(l.data <= l.cap);
     CHECK(l.first_seq > 10);
     runlog_destroy(&l);
 }
@@ -154,6 +154,81 @@ static void test_runlog_seek_and_cost(void)
     runlog_shrink(&l);
     CHECK(l.bytes > 0);
     runlog_destroy(&l);
+}
+
+/* Data bytes retained, counted by reading the log. */
+static uint64_t retained_data(const struct runlog *l)
+{
+    struct rl_cursor c;
+    struct rl_rec r;
+    uint64_t n = 0;
+    runlog_seek(l, 0, &c);
+    while (runlog_next(l, &c, &r))
+        n += r.len;
+    return n;
+}
+
+/* The cap is data bytes (PROTOCOL 4.5, log_bytes), not memory: short lines, whose header and
+ * padding outweigh their data, still keep about cap bytes of data. */
+static void test_runlog_cap_counts_data(void)
+{
+    for (uint32_t len = 1; len <= 200; len = len * 3 + 1) {
+        struct runlog l;
+        runlog_init(&l, 65536);
+        append_n(&l, 200000 / (int)len + 1000, len);
+        uint64_t kept = retained_data(&l);
+        CHECK(kept <= l.cap);
+        CHECK(kept >= l.cap - l.cap / 4); /* within one chunk (a quarter of the cap at most) */
+        CHECK_U64(kept + l.dropped_bytes, l.next_seq * len);
+        CHECK_U64(l.dropped_records, l.first_seq);
+        runlog_destroy(&l);
+    }
+}
+
+/* The bound over many logs drops whole chunks from the head, never the last one, never what a
+ * follower is owed, and counts what it drops as retention does. */
+static void test_runlog_drop_oldest(void)
+{
+    uint64_t total = 0;
+    struct runlog l;
+    runlog_init(&l, 1u << 20);
+    l.total = &total;
+    CHECK(!runlog_can_drop(&l)); /* empty */
+    CHECK_U64(runlog_drop_oldest(&l), 0);
+    append_n(&l, 10, 10);
+    CHECK(!runlog_can_drop(&l)); /* one chunk: the last is kept */
+    append_n(&l, 5000, 10);
+    CHECK_U64(total, l.bytes);
+    CHECK(runlog_can_drop(&l));
+    l.protect_seq = 0; /* a follower that has nothing yet */
+    CHECK(!runlog_can_drop(&l));
+    CHECK_U64(runlog_drop_oldest(&l), 0);
+    l.protect_seq = 3000;
+    uint64_t before = l.bytes, data = retained_data(&l);
+    uint64_t freed = runlog_drop_oldest(&l);
+    CHECK(freed > 0);
+    CHECK_U64(l.bytes, before - freed);
+    CHECK_U64(total, l.bytes);
+    CHECK(l.first_seq > 0 && l.first_seq <= 3000);
+    CHECK_U64(l.dropped_records, l.first_seq);
+    CHECK_U64(l.dropped_bytes, l.first_seq * 10);
+    CHECK_U64(retained_data(&l), data - l.dropped_bytes);
+    CHECK_U64(l.data, retained_data(&l));
+    while (runlog_drop_oldest(&l) > 0)
+        ;
+    CHECK(l.first_seq <= 3000); /* stopped at what is owed */
+    l.protect_seq = UINT64_MAX;
+    while (runlog_drop_oldest(&l) > 0)
+        ;
+    CHECK(!runlog_can_drop(&l));
+    CHECK_U64(l.next_seq, 5010); /* the last chunk, with the last record, is still there */
+    struct rl_cursor c;
+    struct rl_rec r;
+    runlog_seek(&l, 5009, &c);
+    CHECK(runlog_next(&l, &c, &r) && r.seq == 5009);
+    CHECK_U64(l.data, retained_data(&l));
+    runlog_destroy(&l);
+    CHECK_U64(total, 0);
 }
 
 /* A follower keeps its cursor between events (runlog_valid) instead of seeking: what it reads
@@ -226,6 +301,8 @@ static const struct unit_test tests[] = {
     UNIT_TEST(test_runlog_never_drops_what_a_follower_is_owed),
     UNIT_TEST(test_runlog_seek_and_cost),
     UNIT_TEST(test_runlog_kept_cursor),
+    UNIT_TEST(test_runlog_cap_counts_data),
+    UNIT_TEST(test_runlog_drop_oldest),
 };
 
 int main(int argc, char **argv)

@@ -443,14 +443,20 @@ def test_every_message_matches_its_schema(start_boxd, tmp_path):
     assert msgs[0]["type"] == "started" and msgs[0]["existing"] is True, msgs
     assert msgs[-1]["type"] == "end" and msgs[-1]["exit_code"] == 3
 
-    # A spawn failure, and a retry of it (4.1): started existing, then its end.
+    # A spawn failure, and a retry of it (4.1): the same spawn_failed, existing, and no end.
     msgs = run_to_end(c, c.exec_start(argv=["/nonexistent/doc"], id="doc-sf"))
     assert len(msgs) == 1 and msgs[0]["code"] == "spawn_failed", msgs
     assert msgs[0]["id"] == "doc-sf" and msgs[0]["stage"] == "exec", msgs
+    assert msgs[0]["existing"] is False, msgs
     msgs = run_to_end(c, c.exec_start(argv=["/nonexistent/doc"], id="doc-sf"))
-    assert [m["type"] for m in msgs] == ["started", "end"], msgs
-    assert msgs[0]["existing"] is True and msgs[1]["reason"] == "spawn", msgs
-    assert msgs[1]["stage"] == "exec" and msgs[1]["errno_name"] == "ENOENT", msgs
+    assert len(msgs) == 1 and msgs[0]["code"] == "spawn_failed", msgs
+    assert msgs[0]["existing"] is True and msgs[0]["errno_name"] == "ENOENT", msgs
+    # `wait` gives its end, with the spawn's errno and stage.
+    wreq = c.next_req()
+    c.send({"type": "wait", "req": wreq, "id": "doc-sf"})
+    msgs = run_to_end(c, wreq)
+    assert msgs[-1]["type"] == "end" and msgs[-1]["reason"] == "spawn", msgs
+    assert msgs[-1]["stage"] == "exec" and msgs[-1]["errno_name"] == "ENOENT", msgs
 
     # stdin: ok with data, ok for eof, limit over stdin_bytes, run_ended afterwards.
     req = c.exec_start(cmd="cat", id="doc-cat", stdin=True, output=True)
@@ -749,8 +755,6 @@ def test_cancel_defaults_to_the_runs_grace(shared_client):
     assert end["status"] == "cancelled" and took < 1.5, (end, took)
 
 
-@pytest.mark.xfail(reason="issue 11 item 13: a retried exec that already follows is made not to "
-                          "subscribe twice in parallel work; passes once merged", strict=False)
 def test_retry_that_already_follows_is_not_subscribed_twice(shared_client):
     c = shared_client
     req = c.exec_start(cmd="sleep 0.5; echo once", id="doc-twice")
@@ -763,8 +767,6 @@ def test_retry_that_already_follows_is_not_subscribed_twice(shared_client):
     assert len(records) == 1 and len(ends) == 1, msgs
 
 
-@pytest.mark.xfail(reason="issue 11 item 13: a follow over max_subs is made to answer `limit` "
-                          "in parallel work; passes once merged", strict=False)
 def test_retry_over_max_subs_is_limit(start_boxd):
     d = start_boxd("--max-subs", "1")
     c = d.client()
