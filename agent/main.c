@@ -78,7 +78,10 @@ static void usage(FILE *f)
             "  --grace-ms N           TERM to KILL grace for cancel, timeout, shutdown (default 2000)\n"
             "  --drain-ms N           wait for output after a run's process exits (default 100)\n"
             "  --flush-ms N           send a partial line after this long (default 20)\n"
-            "  --log-level LEVEL      error, warn, info (default) or debug\n"
+            "  --log-level LEVEL      error, warn, info (default) or debug (each run's end is a\n"
+            "                         debug line); the log never blocks boxd: lines stderr\n"
+            "                         cannot take are dropped and counted (info.log_dropped),\n"
+            "                         and events peers can repeat at will are rate-limited\n"
             "  --help, --version\n");
 }
 
@@ -386,6 +389,7 @@ static void teardown(struct agent *a)
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
     uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
+    log_stop();
     uv_run(a->loop, UV_RUN_DEFAULT);
     /* Anything left (there should be nothing) is closed without a callback. */
     uv_walk(a->loop, on_walk_close, NULL);
@@ -435,6 +439,7 @@ int main(int argc, char **argv)
         return 1;
     }
     ensure_stdio();
+    log_open();
     a->pid = getpid();
     a->pid1 = a->pid == 1;
     init_setup(a);
@@ -476,6 +481,8 @@ int main(int argc, char **argv)
     cgroup_init(a);
     runs_spare(a);
     a->loop = uv_default_loop();
+    if (log_start(a->loop) < 0)
+        log_warn("log: no timer: lines the console cannot take at once are dropped");
     /* The spawner thread's "spawns done": uv_async_send is its one thread-safe call. */
     uv_async_init(a->loop, &a->spawn_async, on_spawns_done);
     a->spawn_async.data = a;

@@ -178,7 +178,7 @@ static void do_hello(struct ctx *x)
     }
     if (auth_check_hello(x->a, x->m) < 0) {
         /* Never say what was wrong with it; never log it. */
-        log_warn("conn %llu (%s): hello with a wrong or missing token, closing",
+        log_limited(LOG_RL_TOKEN, LOG_WARN, "conn %llu (%s): hello with a wrong or missing token, closing",
                  (unsigned long long)x->c->no, x->c->peer);
         error(x, "unauthorized", NULL, "a valid token is required");
         conn_close_after_flush(x->c);
@@ -228,6 +228,7 @@ static void do_info(struct ctx *x)
     msg_kv_u64(&o, "conns", a->n_conns);
     msg_kv_u64(&o, "reaped", a->reaped);
     msg_kv_u64(&o, "started_total", a->started_total);
+    msg_kv_u64(&o, "log_dropped", log_dropped()), msg_kv_u64(&o, "log_suppressed", log_suppressed());
     msg_kv_bool(&o, "shutting_down", a->shutting_down);
     msg_kv_str(&o, "kill_mechanism", a->cg.enabled ? "cgroup" : "pgroup");
     if (a->cg.enabled) {
