@@ -48,15 +48,23 @@ static void usage(FILE *f)
             "                         uid always may); may be repeated\n"
             "  --socket-mode MODE     unix socket mode, octal, never world-writable (default 0600)\n"
             "  --socket-owner UID, --socket-group GID   unix socket ownership\n"
-            "  --token-file PATH      hello must carry this token (file mode 0600 or tighter);\n"
-            "                         as a VM's init, also boxd.token= on the kernel command line\n"
+            "  --token-file PATH      hello must carry this token (a regular file owned by root\n"
+            "                         or boxd's user, mode 0600 or tighter); as a VM's init,\n"
+            "                         also boxd.token= on the kernel command line\n"
             "\n"
             "runs:\n"
             "  --user NAME            run as this user (HOME, USER, groups from passwd);\n"
-            "                         default: boxd's own user\n"
+            "                         default: boxd's own user. With a token, required unless\n"
+            "                         --allow-root-runs: runs as root or as boxd's own uid could\n"
+            "                         read the token and drive boxd\n"
+            "  --allow-root-runs      with a token, let runs execute as root or boxd's own uid\n"
+            "                         anyway (accepting that risk)\n"
             "  --seccomp PROFILE      default, strict or none (default: default); a request may\n"
             "                         ask for a stricter one\n"
-            "  --allow-request-user   a request may name the user its run executes as\n"
+            "  --allow-request-user USER[,USER...]\n"
+            "                         a request may name one of these users for its run (default:\n"
+            "                         none but the run user itself); uid 0 only if root is listed;\n"
+            "                         may be repeated\n"
             "  --allow-seccomp-none   a request may ask for no seccomp filter\n"
             "  --run-nofile N         RLIMIT_NOFILE of runs (default 1048576)\n"
             "  --run-core N           RLIMIT_CORE of runs (default 0)\n"
@@ -105,6 +113,7 @@ enum {
     OPT_VSOCK_CID, OPT_VSOCK_ANY, OPT_ALLOW_UID, OPT_SOCKET_MODE, OPT_SOCKET_OWNER,
     OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
     OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL, OPT_ALLOW_REQ_USER, OPT_ALLOW_SECCOMP_NONE,
+    OPT_ALLOW_ROOT_RUNS,
 };
 
 static int parse_args(int argc, char **argv, struct agent *a)
@@ -136,7 +145,8 @@ static int parse_args(int argc, char **argv, struct agent *a)
         {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
         {"user", required_argument, NULL, OPT_USER},
         {"seccomp", required_argument, NULL, OPT_SECCOMP},
-        {"allow-request-user", no_argument, NULL, OPT_ALLOW_REQ_USER},
+        {"allow-request-user", required_argument, NULL, OPT_ALLOW_REQ_USER},
+        {"allow-root-runs", no_argument, NULL, OPT_ALLOW_ROOT_RUNS},
         {"allow-seccomp-none", no_argument, NULL, OPT_ALLOW_SECCOMP_NONE},
         {"run-nofile", required_argument, NULL, OPT_RUN_NOFILE},
         {"run-core", required_argument, NULL, OPT_RUN_CORE},
@@ -267,7 +277,10 @@ static int parse_args(int argc, char **argv, struct agent *a)
             c->seccomp = optarg;
             break;
         case OPT_ALLOW_REQ_USER:
-            c->allow_request_user = true;
+            bad = auth_allow_users(&a->auth, optarg) < 0;
+            break;
+        case OPT_ALLOW_ROOT_RUNS:
+            c->allow_root_runs = true;
             break;
         case OPT_ALLOW_SECCOMP_NONE:
             c->allow_seccomp_none = true;
@@ -453,7 +466,8 @@ int main(int argc, char **argv)
     int ae = auth_init(a, a->cfg.token_file);
     if (ae < 0) {
         fprintf(stderr, "boxd: token file %s: %s\n", a->cfg.token_file,
-                ae == -EPERM ? "must be a regular file readable only by its owner"
+                ae == -EPERM ? "must be a regular file owned by root or boxd's user, readable "
+                               "only by its owner (chown root, chmod 600)"
                              : strerror(-ae));
         return 1;
     }
@@ -468,6 +482,12 @@ int main(int argc, char **argv)
     }
     if (environ_init(a) < 0) {
         fprintf(stderr, "boxd: --user %s: no such user\n", a->cfg.run_user);
+        agent_release(a);
+        return 1;
+    }
+    char why[512];
+    if (auth_check_policy(a, why, sizeof why) < 0) {
+        fprintf(stderr, "boxd: %s\n", why);
         agent_release(a);
         return 1;
     }

@@ -342,9 +342,9 @@ static int run_opts_sandbox(struct ctx *x, struct run_opts *o)
         return -1;
     }
     if (e == 0 && !(strlen(a->ident.user) == ul && memcmp(a->ident.user, u, ul) == 0)) {
-        if (!a->cfg.allow_request_user) {
-            error(x, "denied", NULL, "runs execute as %s; this agent lets no request choose",
-                  a->ident.user);
+        if (!auth_request_user_allowed(&a->auth, u, ul)) {
+            error(x, "denied", NULL, "runs execute as %s; this agent does not let a request "
+                  "name %.*s (--allow-request-user)", a->ident.user, (int)ul, u);
             return -1;
         }
         char name[sizeof o->req_ident.user];
