@@ -10,6 +10,7 @@ says so; a request may name only users on --allow-request-user's list, and uid 0
 list names root; a token file must be owned by root (or boxd's user) and readable by no one else.
 """
 
+import fcntl
 import os
 import pwd
 import re
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import tty
 
 import msgpack
 import pytest
@@ -45,10 +47,10 @@ def token_file():
 # ---- item 4: a daemon whose stderr is a pipe ------------------------------------------------------
 
 class PipeDaemon(Daemon):
-    """A Daemon whose stderr is a pipe the test controls (Daemon's is a file). The same fence
-    (a cgroup of its own, killed whole at teardown)."""
+    """A Daemon whose stderr is a pipe, a socket or a pty the test controls (Daemon's is a file),
+    in the same fence (a cgroup of its own, killed whole at teardown)."""
 
-    def __init__(self, args):
+    def __init__(self, args, sink="pipe"):
         self.workdir = new_workdir()
         self.sock = os.path.join(self.workdir, "boxd.sock")
         self.stderr_path = os.path.join(self.workdir, "boxd.stderr")  # unused: see stderr_text
@@ -57,7 +59,15 @@ class PipeDaemon(Daemon):
         self.stopped_rc = None
         self._clients = []
         self.collected = bytearray()
-        self.rfd, wfd = os.pipe()
+        self.sink = sink
+        if sink == "pipe":
+            self.rfd, wfd = os.pipe()
+        elif sink == "socket":
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.rfd, wfd = a.detach(), b.detach()
+        else:
+            self.rfd, wfd = os.openpty()
+            tty.setraw(wfd)  # no echo, no newline translation: the bytes as boxd wrote them
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
@@ -78,30 +88,48 @@ class PipeDaemon(Daemon):
                                      stderr=wfd, env=env, preexec_fn=preexec,
                                      start_new_session=True, close_fds=True)
         self.pid = self.proc.pid
-        # A description of the write end of our own, non-blocking, to fill the pipe with
-        # (setting O_NONBLOCK on wfd would set it on boxd's stderr too: the same description).
-        self.fill_fd = os.open("/proc/self/fd/%d" % wfd, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(wfd)
+        self.wfd = wfd  # the same open file description as boxd's stderr
         self._drainer = None
+
+    def fill(self):
+        """Fills the sink to the brim: every later write by boxd would block (or EAGAIN). Writes
+        through a description of our own (a pipe or pty) or with MSG_DONTWAIT (a socket):
+        setting O_NONBLOCK on wfd would set it on boxd's stderr too."""
+        n = 0
+        if self.sink == "socket":
+            s = socket.socket(fileno=os.dup(self.wfd))
+            try:
+                for chunk in (b"F" * 4096, b"F"):
+                    while True:
+                        try:
+                            n += s.send(chunk, socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+            finally:
+                s.close()
+            return n
+        fd = os.open("/proc/self/fd/%d" % self.wfd, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            for chunk in (b"F" * 4096, b"F"):
+                while True:
+                    try:
+                        n += os.write(fd, chunk)
+                    except BlockingIOError:
+                        break
+        finally:
+            os.close(fd)
+        return n
 
     def read_available(self):
         """Reads what is in the pipe now, without waiting."""
         while select.select([self.rfd], [], [], 0)[0]:
-            b = os.read(self.rfd, 65536)
+            try:
+                b = os.read(self.rfd, 65536)
+            except OSError:  # a pty whose other side is closed: EIO
+                break
             if not b:
                 break
             self.collected += b
-
-    def fill(self):
-        """Fills the pipe to the brim: every later write by boxd would block (or EAGAIN)."""
-        n = 0
-        for chunk in (b"F" * 4096, b"F"):
-            while True:
-                try:
-                    n += os.write(self.fill_fd, chunk)
-                except BlockingIOError:
-                    break
-        return n
 
     def drain_forever(self):
         """From now on a thread reads the pipe (teardown must not stall boxd's last lines)."""
@@ -125,7 +153,7 @@ class PipeDaemon(Daemon):
             self.drain_forever()
         problems = super().shutdown()
         self._drainer.join(timeout=5)
-        for fd in (self.fill_fd, self.rfd):
+        for fd in (self.wfd, self.rfd):
             try:
                 os.close(fd)
             except OSError:
@@ -139,8 +167,8 @@ def pipe_boxd():
         pytest.skip("boxd binary not found at %s (set BOXD_BIN)" % BOXD_BIN)
     daemons = []
 
-    def start(*args):
-        d = PipeDaemon(args)
+    def start(*args, sink="pipe"):
+        d = PipeDaemon(args, sink)
         daemons.append(d)
         d.wait_ready()
         return d
@@ -177,12 +205,19 @@ def wrong_hellos(sock_path, n, timeout):
             s.close()
 
 
-@pytest.mark.parametrize("level", ["info", "debug"])
-def test_log_never_blocks_on_a_stalled_stderr(pipe_boxd, token_file, level):
+@pytest.mark.parametrize("sink,level", [("pipe", "info"), ("pipe", "debug"), ("socket", "debug"),
+                                        ("pty", "debug")])
+def test_log_never_blocks_on_a_stalled_stderr(pipe_boxd, token_file, sink, level):
     """At info, the rate limit alone keeps the wrong-token lines few (they wait in boxd's queue);
-    at debug, every connection adds lines of its own, the queue fills and lines are dropped."""
+    at debug, every connection adds lines of its own, the queue fills and lines are dropped. A
+    pty stands for a serial console that is not taking output."""
     path, tok = token_file
-    d = pipe_boxd("--token-file", path, "--user", "nobody", "--log-level", level)
+    d = pipe_boxd("--token-file", path, "--user", "nobody", "--log-level", level, sink=sink)
+    # boxd made its stderr non-blocking without touching the description it shares with us
+    # (and, on a tty, without making it its controlling terminal).
+    assert not fcntl.fcntl(d.wfd, fcntl.F_GETFL) & os.O_NONBLOCK
+    with open("/proc/%d/stat" % d.pid) as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[4]) == 0  # tty_nr
     live = boxd_client.Client(d.sock)
     assert live.hello(token=tok)["type"] == "hello"
     d.read_available()  # the start-up lines
