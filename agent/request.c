@@ -228,7 +228,8 @@ static void do_info(struct ctx *x)
     msg_kv_u64(&o, "conns", a->n_conns);
     msg_kv_u64(&o, "reaped", a->reaped);
     msg_kv_u64(&o, "started_total", a->started_total);
-    msg_kv_u64(&o, "log_dropped", log_dropped()), msg_kv_u64(&o, "log_suppressed", log_suppressed());
+    msg_kv_u64(&o, "log_dropped", log_dropped());
+    msg_kv_u64(&o, "log_suppressed", log_suppressed());
     msg_kv_bool(&o, "shutting_down", a->shutting_down);
     msg_kv_str(&o, "kill_mechanism", a->cg.enabled ? "cgroup" : "pgroup");
     if (a->cg.enabled) {
