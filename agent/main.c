@@ -487,6 +487,10 @@ int main(int argc, char **argv)
     }
     char why[512];
     if (auth_check_policy(a, why, sizeof why) < 0) {
+        /* A VM's init must not return (the kernel would panic, and the message scroll away):
+         * it says why on the console and powers off. */
+        if (a->mode == MODE_VM)
+            init_fatal(a, why);
         fprintf(stderr, "boxd: %s\n", why);
         agent_release(a);
         return 1;
