@@ -44,7 +44,7 @@ struct config {
     int64_t socket_uid, socket_gid; /* -1: unchanged */
     const char *run_user;     /* runs execute as this user (NULL: boxd's own) */
     const char *seccomp;      /* default profile: "default", "strict" or "none" */
-    bool allow_request_user;  /* a request may name the user its run executes as */
+    bool allow_root_runs;     /* with a token, runs may still execute as root / boxd's uid */
     bool allow_seccomp_none;  /* a request may ask for no seccomp filter */
     uint64_t run_nofile;      /* RLIMIT_NOFILE of runs (soft = hard) */
     uint64_t run_core;        /* RLIMIT_CORE of runs */

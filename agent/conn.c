@@ -321,7 +321,7 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
             if (e == -EMSGSIZE) {
                 uint32_t want = (uint32_t)c->hdr[0] << 24 | (uint32_t)c->hdr[1] << 16 |
                                 (uint32_t)c->hdr[2] << 8 | (uint32_t)c->hdr[3];
-                log_warn("conn %llu: frame of %u bytes over the limit of %u, closing",
+                log_limited(LOG_RL_FRAME, LOG_WARN, "conn %llu: frame of %u bytes over the limit of %u, closing",
                          (unsigned long long)c->no, want, max);
                 send_error_close(c, "too_large", "frame larger than max_frame");
                 return;
@@ -528,8 +528,8 @@ static bool conn_begin(struct conn *c)
     while (a->n_conns - a->n_closing > a->cfg.max_conns ||
            a->n_prehello + 1 > conn_prehello_max(a)) {
         if (list_empty(&a->prehello)) {
-            log_warn("conn %llu: refused, %u connections already", (unsigned long long)c->no,
-                     a->cfg.max_conns);
+            log_limited(LOG_RL_CONNS, LOG_WARN, "conn %llu: refused, %u connections already",
+                        (unsigned long long)c->no, a->cfg.max_conns);
             conn_close(c);
             return false;
         }
@@ -561,7 +561,7 @@ int conn_accept(struct agent *a, uv_stream_t *server)
     uv_pipe_init(a->loop, &c->h, 0);
     int e = uv_accept(server, (uv_stream_t *)&c->h);
     if (e < 0) {
-        log_warn("accept: %s", uv_strerror(e));
+        log_limited(LOG_RL_ACCEPT, LOG_WARN, "accept: %s", uv_strerror(e));
         conn_close(c);
         return 0;
     }
@@ -569,7 +569,7 @@ int conn_accept(struct agent *a, uv_stream_t *server)
     uid_t uid = (uid_t)-1;
     pid_t pid = 0;
     if (uv_fileno((uv_handle_t *)&c->h, &fd) < 0 || auth_check_peer(a, fd, &uid, &pid) < 0) {
-        log_warn("conn %llu: refused unix peer uid %d pid %d (not allowed)",
+        log_limited(LOG_RL_UID, LOG_WARN, "conn %llu: refused unix peer uid %d pid %d (not allowed)",
                  (unsigned long long)c->no, (int)uid, (int)pid);
         conn_close(c);
         return 0;
@@ -590,7 +590,7 @@ struct conn *conn_from_fd(struct agent *a, int fd, const char *peer)
     uv_pipe_init(a->loop, &c->h, 0);
     int e = uv_pipe_open(&c->h, fd);
     if (e < 0) {
-        log_warn("conn %llu (%s): %s", (unsigned long long)c->no, peer, uv_strerror(e));
+        log_limited(LOG_RL_ACCEPT, LOG_WARN, "conn %llu (%s): %s", (unsigned long long)c->no, peer, uv_strerror(e));
         close(fd);
         conn_close(c);
         return NULL;

@@ -286,6 +286,7 @@ void init_final(struct agent *a, enum final_action act)
 void init_fatal(struct agent *a, const char *why)
 {
     log_err("fatal: %s", why);
+    log_flush(500); /* nothing will write the queue out later: now, briefly */
     sync();
     if (a->mode == MODE_VM) {
         /* PID 1 must not exit (the kernel would panic): power off, cleanly, as init_final. */

@@ -389,11 +389,11 @@ static void on_vsock_readable(uv_poll_t *h, int status, int events)
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN)
-                log_warn("listen %s: accept: %s", l->spec, strerror(errno));
+                log_limited(LOG_RL_ACCEPT, LOG_WARN, "listen %s: accept: %s", l->spec, strerror(errno));
             return;
         }
         if (!listen_vsock_peer_allowed(l->a, peer.svm_cid)) {
-            log_warn("listen %s: refused connection from cid %u", l->spec, peer.svm_cid);
+            log_limited(LOG_RL_CID, LOG_WARN, "listen %s: refused connection from cid %u", l->spec, peer.svm_cid);
             close(fd);
             continue;
         }

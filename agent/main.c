@@ -48,15 +48,23 @@ static void usage(FILE *f)
             "                         uid always may); may be repeated\n"
             "  --socket-mode MODE     unix socket mode, octal, never world-writable (default 0600)\n"
             "  --socket-owner UID, --socket-group GID   unix socket ownership\n"
-            "  --token-file PATH      hello must carry this token (file mode 0600 or tighter);\n"
-            "                         as a VM's init, also boxd.token= on the kernel command line\n"
+            "  --token-file PATH      hello must carry this token (a regular file owned by root\n"
+            "                         or boxd's user, mode 0600 or tighter); as a VM's init,\n"
+            "                         also boxd.token= on the kernel command line\n"
             "\n"
             "runs:\n"
             "  --user NAME            run as this user (HOME, USER, groups from passwd);\n"
-            "                         default: boxd's own user\n"
+            "                         default: boxd's own user. With a token, required unless\n"
+            "                         --allow-root-runs: runs as root or as boxd's own uid could\n"
+            "                         read the token and drive boxd\n"
+            "  --allow-root-runs      with a token, let runs execute as root or boxd's own uid\n"
+            "                         anyway (accepting that risk)\n"
             "  --seccomp PROFILE      default, strict or none (default: default); a request may\n"
             "                         ask for a stricter one\n"
-            "  --allow-request-user   a request may name the user its run executes as\n"
+            "  --allow-request-user USER[,USER...]\n"
+            "                         a request may name one of these users for its run (default:\n"
+            "                         none but the run user itself); uid 0 only if root is listed;\n"
+            "                         may be repeated\n"
             "  --allow-seccomp-none   a request may ask for no seccomp filter\n"
             "  --run-nofile N         RLIMIT_NOFILE of runs (default 1048576)\n"
             "  --run-core N           RLIMIT_CORE of runs (default 0)\n"
@@ -87,7 +95,10 @@ static void usage(FILE *f)
             "  --grace-ms N           TERM to KILL grace for cancel, timeout, shutdown (default 2000)\n"
             "  --drain-ms N           wait for output after a run's process exits (default 100)\n"
             "  --flush-ms N           send a partial line after this long (default 20)\n"
-            "  --log-level LEVEL      error, warn, info (default) or debug\n"
+            "  --log-level LEVEL      error, warn, info (default) or debug (each run's end is a\n"
+            "                         debug line); the log never blocks boxd: lines stderr\n"
+            "                         cannot take are dropped and counted (info.log_dropped),\n"
+            "                         and events peers can repeat at will are rate-limited\n"
             "  --help, --version\n");
 }
 
@@ -112,6 +123,7 @@ enum {
     OPT_SOCKET_GROUP, OPT_TOKEN_FILE, OPT_USER, OPT_SECCOMP, OPT_RUN_NOFILE, OPT_RUN_CORE,
     OPT_RUN_MEM, OPT_RUN_PIDS, OPT_RUN_OOM, OPT_LOG_TOTAL, OPT_ALLOW_REQ_USER, OPT_ALLOW_SECCOMP_NONE,
     OPT_QUEUE_TOTAL, OPT_HELLO_TIMEOUT,
+    OPT_ALLOW_ROOT_RUNS,
 };
 
 static int parse_args(int argc, char **argv, struct agent *a)
@@ -145,7 +157,8 @@ static int parse_args(int argc, char **argv, struct agent *a)
         {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
         {"user", required_argument, NULL, OPT_USER},
         {"seccomp", required_argument, NULL, OPT_SECCOMP},
-        {"allow-request-user", no_argument, NULL, OPT_ALLOW_REQ_USER},
+        {"allow-request-user", required_argument, NULL, OPT_ALLOW_REQ_USER},
+        {"allow-root-runs", no_argument, NULL, OPT_ALLOW_ROOT_RUNS},
         {"allow-seccomp-none", no_argument, NULL, OPT_ALLOW_SECCOMP_NONE},
         {"run-nofile", required_argument, NULL, OPT_RUN_NOFILE},
         {"run-core", required_argument, NULL, OPT_RUN_CORE},
@@ -284,7 +297,10 @@ static int parse_args(int argc, char **argv, struct agent *a)
             c->seccomp = optarg;
             break;
         case OPT_ALLOW_REQ_USER:
-            c->allow_request_user = true;
+            bad = auth_allow_users(&a->auth, optarg) < 0;
+            break;
+        case OPT_ALLOW_ROOT_RUNS:
+            c->allow_root_runs = true;
             break;
         case OPT_ALLOW_SECCOMP_NONE:
             c->allow_seccomp_none = true;
@@ -407,6 +423,7 @@ static void teardown(struct agent *a)
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
     uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
+    log_stop();
     uv_run(a->loop, UV_RUN_DEFAULT);
     /* Anything left (there should be nothing) is closed without a callback. */
     uv_walk(a->loop, on_walk_close, NULL);
@@ -474,6 +491,7 @@ int main(int argc, char **argv)
         return startup_failed(a, 1);
     }
     ensure_stdio();
+    log_open();
     a->pid = getpid();
     a->pid1 = a->pid == 1;
     init_setup(a);
@@ -487,7 +505,8 @@ int main(int argc, char **argv)
     int ae = auth_init(a, a->cfg.token_file);
     if (ae < 0) {
         fprintf(stderr, "boxd: token file %s: %s\n", a->cfg.token_file,
-                ae == -EPERM ? "must be a regular file readable only by its owner"
+                ae == -EPERM ? "must be a regular file owned by root or boxd's user, readable "
+                               "only by its owner (chown root, chmod 600)"
                              : strerror(-ae));
         return startup_failed(a, 1);
     }
@@ -505,6 +524,16 @@ int main(int argc, char **argv)
         agent_release(a);
         return startup_failed(a, 1);
     }
+    char why[512];
+    if (auth_check_policy(a, why, sizeof why) < 0) {
+        /* A VM's init must not return (the kernel would panic, and the message scroll away):
+         * it says why on the console and powers off. */
+        if (a->mode == MODE_VM)
+            init_fatal(a, why);
+        fprintf(stderr, "boxd: %s\n", why);
+        agent_release(a);
+        return 1;
+    }
     snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
     if (sandbox_init(a) < 0) {
         fprintf(stderr, "boxd: cannot build the seccomp filters\n");
@@ -515,6 +544,8 @@ int main(int argc, char **argv)
     cgroup_init(a);
     runs_spare(a);
     a->loop = uv_default_loop();
+    if (log_start(a->loop) < 0)
+        log_warn("log: no timer: lines the console cannot take at once are dropped");
     /* The spawner thread's "spawns done": uv_async_send is its one thread-safe call. */
     int e = uv_async_init(a->loop, &a->spawn_async, on_spawns_done);
     if (e < 0) {

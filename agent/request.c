@@ -227,7 +227,7 @@ static void do_hello(struct ctx *x)
     }
     if (auth_check_hello(x->a, x->m) < 0) {
         /* Never say what was wrong with it; never log it. */
-        log_warn("conn %llu (%s): hello with a wrong or missing token, closing",
+        log_limited(LOG_RL_TOKEN, LOG_WARN, "conn %llu (%s): hello with a wrong or missing token, closing",
                  (unsigned long long)x->c->no, x->c->peer);
         error(x, "unauthorized", NULL, "a valid token is required");
         conn_close_after_flush(x->c);
@@ -281,6 +281,8 @@ static void do_info(struct ctx *x)
     msg_kv_u64(&o, "conns", a->n_conns);
     msg_kv_u64(&o, "reaped", a->reaped);
     msg_kv_u64(&o, "started_total", a->started_total);
+    msg_kv_u64(&o, "log_dropped", log_dropped());
+    msg_kv_u64(&o, "log_suppressed", log_suppressed());
     msg_kv_bool(&o, "shutting_down", a->shutting_down);
     msg_kv_str(&o, "kill_mechanism", a->cg.enabled ? "cgroup" : "pgroup");
     if (a->cg.enabled) {
@@ -399,9 +401,9 @@ static int run_opts_sandbox(struct ctx *x, struct run_opts *o)
         return -1;
     }
     if (e == 0 && !(strlen(a->ident.user) == ul && memcmp(a->ident.user, u, ul) == 0)) {
-        if (!a->cfg.allow_request_user) {
-            error(x, "denied", NULL, "runs execute as %s; this agent lets no request choose",
-                  a->ident.user);
+        if (!auth_request_user_allowed(&a->auth, u, ul)) {
+            error(x, "denied", NULL, "runs execute as %s; this agent does not let a request "
+                  "name %.*s (--allow-request-user)", a->ident.user, (int)ul, u);
             return -1;
         }
         char name[sizeof o->req_ident.user];

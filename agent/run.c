@@ -730,7 +730,7 @@ static void run_finish(struct run *r)
     /* After the end event has gone out: none of this is the client's to wait for. (r is still
      * valid: a run forgotten meanwhile is freed in a later close callback, and cg_release is
      * idempotent.) */
-    log_info("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
+    log_debug("run %s: %s (%s) after %llu ms", r->id, run_status_str(r), run_reason_str(r),
              (unsigned long long)((r->end_mono - r->start_mono) / 1000000u));
     if (release)
         cg_release(r);
@@ -890,7 +890,7 @@ static void on_kill_timer(uv_timer_t *t)
     if (r->kill_stage == 0) {
         /* The timeout passed. */
         r->timed_out = true;
-        log_info("run %s: timeout after %llu ms", r->id, (unsigned long long)r->timeout_ms);
+        log_debug("run %s: timeout after %llu ms", r->id, (unsigned long long)r->timeout_ms);
         kill_tree(r, SIGTERM);
         kill_tree(r, SIGCONT);
         r->kill_stage = 1;
@@ -957,7 +957,7 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
          * cgroup - background processes that outlived it - is killed: cgroup members cannot
          * be someone else's. */
         if (r->lingering && (r->cg.dir_fd < 0 || cgroup_run_populated(&r->cg))) {
-            log_info("run %s: killing what remains of it", r->id);
+            log_debug("run %s: killing what remains of it", r->id);
             if (r->bg_killed == NULL)
                 r->bg_killed = "cancel";
             uv_timer_stop(&r->kill_timer); /* its deadline has nothing more to do */
@@ -969,7 +969,7 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
         r->cancel_requested = true;
     if (r->kill_stage > 0)
         return true; /* already on its way: the grace period is not restarted or cut short */
-    log_info("run %s: cancel (grace %u ms)", r->id, grace_ms);
+    log_debug("run %s: cancel (grace %u ms)", r->id, grace_ms);
     kill_tree(r, SIGTERM);
     kill_tree(r, SIGCONT);
     r->kill_stage = 1;
@@ -1190,7 +1190,7 @@ static void run_spawn_failed(struct run *r, const char *stage, int err)
     r->spawn_stage = stage;
     r->spawn_err = err;
     r->wstatus = 0;
-    log_info("run %s: spawn failed at %s: %s", r->id, stage, strerror(err));
+    log_debug("run %s: spawn failed at %s: %s", r->id, stage, strerror(err));
     starter_reply(r);
     run_finish(r);
 }

@@ -250,7 +250,9 @@ def refused_hello(d, **fields):
 def test_token_required(start_boxd, token_file):
     path, tok = token_file
     secret_env = "v" + secrets.token_hex(8)
-    d = start_boxd("--token-file", path, env={"BOXD_TEST_AGENT_ONLY": secret_env})
+    # With a token, runs must not be root (nor boxd's uid): --user (issue 11, item 12).
+    d = start_boxd("--token-file", path, "--user", "nobody",
+                   env={"BOXD_TEST_AGENT_ONLY": secret_env})
     refused_hello(d)
     refused_hello(d, token="")
     refused_hello(d, token=tok[:-1])
@@ -304,7 +306,7 @@ def test_token_file_readable_by_others_refused(token_file):
 
 def test_token_compare_timing(start_boxd, token_file):
     path, tok = token_file
-    d = start_boxd("--token-file", path, "--log-level", "error")
+    d = start_boxd("--token-file", path, "--user", "nobody", "--log-level", "error")
     first = ("0" if tok[0] != "0" else "1") + tok[1:]
     last = tok[:-1] + ("0" if tok[-1] != "0" else "1")
     assert len(first) == len(last) == len(tok)
@@ -378,7 +380,7 @@ def test_frames_before_hello(client, boxd):
 
 def test_token_sent_late(start_boxd, token_file):
     path, tok = token_file
-    d = start_boxd("--token-file", path)
+    d = start_boxd("--token-file", path, "--user", "nobody")
     # A hello without the token, then (in the same write) one with it and a ping: only the
     # refusal comes back and the connection closes; the later frames never count.
     c = boxd_client.Client(d.sock)
@@ -1025,7 +1027,7 @@ def test_request_user_denied_without_policy(start_boxd):
 
 
 def test_request_user_with_policy(start_boxd):
-    c = start_boxd("--allow-request-user").client()
+    c = start_boxd("--allow-request-user", "nobody").client()
     res = ok_run(c, 'id -u; id -g; echo "$HOME $USER"', user="nobody")
     pw = pwd.getpwnam("nobody")
     lines = res.stdout.decode().split("\n")
@@ -1036,7 +1038,7 @@ def test_request_user_with_policy(start_boxd):
 
 
 def test_request_unknown_user_is_spawn_failed(start_boxd):
-    c = start_boxd("--allow-request-user").client()
+    c = start_boxd("--allow-request-user", "no-such-user-boxd").client()
     res = c.exec_run("true", user="no-such-user-boxd", id="nouser")
     assert res.error is not None and res.error["code"] == "spawn_failed", res
     assert res.error["stage"] == "user" and res.error["errno_name"] == "ENOENT", res.error
