@@ -483,7 +483,7 @@ static void probe_done(struct run *r, void *arg)
     bool exited0 = r->spawn_stage == NULL && r->exited && !r->timed_out &&
                    !r->cancel_requested && WIFEXITED(r->wstatus) && WEXITSTATUS(r->wstatus) == 0;
     if (r->timed_out)
-        log_info("languages: %s took more than %u ms and was killed", p->prog, CODE_PROBE_MS);
+        log_debug("languages: %s took more than %u ms and was killed", p->prog, CODE_PROBE_MS);
     else if (r->spawn_stage)
         log_debug("languages: %s could not be started (%s: %s)", p->prog, r->spawn_stage,
                   strerror(r->spawn_err));

@@ -472,7 +472,7 @@ static void on_hello_timer(uv_timer_t *t)
         closed++;
     }
     if (closed)
-        log_info("connections: closed %u that did not pass hello within %u ms", closed,
+        log_limited(LOG_RL_CONNS, LOG_INFO, "connections: closed %u that did not pass hello within %u ms", closed,
                  a->cfg.hello_timeout_ms);
     arm_hello_timer(a);
 }

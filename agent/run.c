@@ -645,7 +645,7 @@ static void on_linger_slot(uv_timer_t *t)
         return;
     r->slot_released = true;
     r->a->n_lingering--;
-    log_info("run %s: still lingering %u ms after its end, without a cgroup: no longer counted "
+    log_debug("run %s: still lingering %u ms after its end, without a cgroup: no longer counted "
              "against max_runs", r->id, LINGER_SLOT_MS);
 }
 
@@ -867,7 +867,7 @@ static void linger_kill(struct run *r)
     if (r->kill_stage == 0) {
         if (r->bg_killed == NULL)
             r->bg_killed = "timeout";
-        log_info("run %s: timeout after %llu ms: killing what it left behind", r->id,
+        log_debug("run %s: timeout after %llu ms: killing what it left behind", r->id,
                  (unsigned long long)r->timeout_ms);
         bg_signal(r, SIGTERM);
         bg_signal(r, SIGCONT);
