@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,8 @@
 #define READS_PER_WAKEUP 4
 /* At the end of the drain window, read at most this much per pipe before ending the run. */
 #define DRAIN_READ_MAX (4u * 1024u * 1024u)
+/* Freeing a retained log at least this big trims malloc's heap. */
+#define RUN_TRIM_BYTES (1u * 1024u * 1024u)
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
@@ -200,7 +203,12 @@ static void run_maybe_free(struct run *r)
 {
     if (!r->freeing || r->handles_open > 0)
         return;
+    uint64_t held = r->log.bytes;
     runlog_destroy(&r->log);
+    /* A big log goes back to the system, not only to malloc: boxd's resident size is what a
+     * run's max_rss_kb is raised to where there is no cgroup memory.peak (spawn.h). */
+    if (held >= RUN_TRIM_BYTES)
+        malloc_trim(0);
     for (int i = 0; i < 2; i++)
         free(r->out[i].partial);
     free(r->desc);
@@ -548,6 +556,10 @@ static void run_finish(struct run *r)
     if (r->cg.dir_fd >= 0) {
         /* The cgroup covers the whole tree, not only what the main process waited for. */
         cgroup_run_usage(a, &r->cg, &r->usage);
+        /* The run's own peak: wait4's ru_maxrss is raised to what the child inherited at its
+         * first exec, boxd's resident size (spawn.h). */
+        if (r->usage.have_peak)
+            r->ru.ru_maxrss = (long)r->usage.peak_kb;
         if (r->usage.have_cpu) {
             r->ru.ru_utime.tv_sec = (time_t)(r->usage.user_us / 1000000u);
             r->ru.ru_utime.tv_usec = (suseconds_t)(r->usage.user_us % 1000000u);

@@ -579,7 +579,8 @@ struct spawner {
     struct spawn_job *inflight;
     void (*notify)(void *);
     void *notify_arg;
-    char *stack; /* the children's, one at a time */
+    char *stack;    /* the children's, one at a time */
+    int clear_refs; /* /proc/self/clear_refs, or -1 */
 };
 
 static int load_filter(const struct sock_fprog *f)
@@ -664,6 +665,14 @@ static void job_start(struct spawner *s, struct spawn_job *j)
         j->stage = "pipe";
         job_finish(s, j);
         return;
+    }
+    /* A child's first exec leaves it the address space's high-water mark as its own ru_maxrss
+     * (the kernel keeps the larger of it and the new program's), and that address space is
+     * boxd's: reset the mark to boxd's resident size now, so that what the run reports
+     * (max_rss_kb, without a cgroup memory.peak) is not boxd's all-time peak. */
+    if (s->clear_refs >= 0) {
+        ssize_t w = write(s->clear_refs, "5", 1);
+        (void)w;
     }
     j->pid = spawn_here(&j->req, j->helper_argv, st[1], &j->stage, &j->failed_pid);
     /* Ours is closed at once: only the child's copy keeps the pipe open, so EOF means it has
@@ -802,6 +811,8 @@ static void spawner_free(struct spawner *s)
         close(s->ep);
     if (s->ev >= 0)
         close(s->ev);
+    if (s->clear_refs >= 0)
+        close(s->clear_refs);
     free(s->stack);
     free(s);
 }
@@ -820,6 +831,7 @@ struct spawner *spawner_create(pid_t *tid, int *err)
     pthread_cond_init(&s->state_cv, NULL);
     s->ep = epoll_create1(EPOLL_CLOEXEC);
     s->ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    s->clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC); /* -1 is fine */
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     if (s->ep < 0 || s->ev < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->ev, &ev) < 0) {
         *err = -errno;
