@@ -1205,6 +1205,12 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     };
     struct spawner *via;
     sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
+    if (via == NULL) {
+        /* Only where sandbox_init never ran (the connection fuzzer, BOXD_FUZZ): the loop's
+         * thread never starts a process itself. */
+        run_spawned(r, -ENOSYS, "fork", 0);
+        return 0;
+    }
     /* Always on a spawner thread; the loop goes on meanwhile (runs_spawns_done). */
     r->job = spawn_job_new(&sr, r);
     if (r->job == NULL) {
