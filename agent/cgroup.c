@@ -270,13 +270,13 @@ int cgroup_init(struct agent *a)
 static void rc_reset(struct run_cgroup *rc)
 {
     memset(rc, 0, sizeof *rc);
-    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = -1;
+    rc->dir_fd = rc->procs_fd = rc->events_fd = rc->cpu_fd = rc->peak_fd = -1;
 }
 
 /* Closes the fds, keeping the directory (a pooled cgroup below the top one). */
 static void rc_close(struct run_cgroup *rc)
 {
-    int *fds[] = {&rc->procs_fd, &rc->events_fd, &rc->cpu_fd, &rc->dir_fd};
+    int *fds[] = {&rc->procs_fd, &rc->events_fd, &rc->cpu_fd, &rc->peak_fd, &rc->dir_fd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
@@ -369,15 +369,44 @@ static int rc_make(struct agent *a, struct run_cgroup *rc)
     return 0;
 }
 
+/* Makes memory.peak this run's (run_usage.peak_kb). A new cgroup's is; a reused one's holds the
+ * earlier runs' peak, and is reset for this run by writing to it (Linux 6.12 and later: the
+ * reset holds for the fd that wrote, kept until the run releases the cgroup). Before 6.12 the
+ * file is read-only: the run then reports its main process's peak instead (events.c). */
+static void peak_start(struct agent *a, struct run_cgroup *rc)
+{
+    rc->peak_ok = false;
+    if (!a->cg.memory)
+        return;
+    if (!rc->used) {
+        rc->peak_ok = true;
+        return;
+    }
+    if (rc->peak_fd < 0)
+        rc->peak_fd = openat(rc->dir_fd, "memory.peak", O_RDWR | O_CLOEXEC);
+    if (rc->peak_fd >= 0 && write(rc->peak_fd, "reset\n", 6) == 6) {
+        rc->peak_ok = true;
+        return;
+    }
+    if (rc->peak_fd >= 0)
+        close(rc->peak_fd);
+    rc->peak_fd = -1;
+}
+
 int cgroup_run_create(struct agent *a, struct run_cgroup *rc)
 {
     struct cgroups *cg = &a->cg;
     while (cg->n_pool > 0) {
         *rc = cg->pool[--cg->n_pool];
-        if (rc->dir_fd >= 0 || rc_open(a, rc) == 0)
+        if (rc->dir_fd >= 0 || rc_open(a, rc) == 0) {
+            peak_start(a, rc);
             return 0;
+        }
     }
-    return rc_make(a, rc);
+    int e = rc_make(a, rc);
+    if (e == 0)
+        peak_start(a, rc);
+    return e;
 }
 
 void cgroup_pool_fill(struct agent *a)
@@ -410,6 +439,15 @@ static void read_counters(const struct agent *a, const struct run_cgroup *rc, st
     }
     if (a->cg.memory && read_at(rc->dir_fd, "memory.events", buf, sizeof buf) > 0)
         u->oom_kills = field(buf, "oom_kill");
+    if (rc->peak_ok) {
+        n = rc->peak_fd >= 0 ? pread(rc->peak_fd, buf, sizeof buf - 1, 0)
+                             : read_at(rc->dir_fd, "memory.peak", buf, sizeof buf);
+        if (n > 0) {
+            buf[n] = '\0';
+            u->peak_kb = strtoull(buf, NULL, 10) / 1024u;
+            u->have_peak = true;
+        }
+    }
 }
 
 void cgroup_run_release(struct agent *a, struct run_cgroup *rc, bool reusable)
@@ -430,6 +468,7 @@ void cgroup_run_release(struct agent *a, struct run_cgroup *rc, bool reusable)
     rc->base_user_us = now.user_us;
     rc->base_sys_us = now.sys_us;
     rc->base_oom_kills = now.oom_kills;
+    rc->used = true;
     /* Only the top one keeps its fds (as many as one cgroup made ahead): a burst of runs
      * leaves directories behind, not descriptors. */
     if (cg->n_pool > 0)

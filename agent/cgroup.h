@@ -31,6 +31,9 @@ struct run_cgroup {
     int procs_fd;  /* its cgroup.procs, open for the child to write "0" into */
     int events_fd; /* its cgroup.events, polled (POLLPRI) for "populated 0" */
     int cpu_fd;    /* its cpu.stat (or -1), read when the run ends */
+    int peak_fd;   /* its memory.peak, reset through this fd for this run (or -1) */
+    bool used;     /* it has had a run before (it comes from the pool) */
+    bool peak_ok;  /* memory.peak is this run's: the cgroup is new, or peak_fd was reset */
     char name[24]; /* "cN" */
     /* The counters as the earlier runs in it left them: this run's use is above these. */
     uint64_t base_user_us, base_sys_us, base_oom_kills;
@@ -80,6 +83,11 @@ struct run_usage {
     uint64_t user_us, sys_us;
     uint64_t oom_kills;
     bool have_cpu;
+    /* memory.peak, where the memory controller is on and the figure is this run's alone: a new
+     * cgroup, or a reused one whose memory.peak could be reset (Linux 6.12, a write to it
+     * resets it for the fd that wrote). */
+    uint64_t peak_kb;
+    bool have_peak;
 };
 void cgroup_run_usage(const struct agent *a, const struct run_cgroup *rc, struct run_usage *u);
 

@@ -39,7 +39,7 @@ const char *errno_name(int err)
         E(EBADF); E(ECHILD); E(EAGAIN); E(ENOMEM); E(EACCES); E(EFAULT); E(EBUSY); E(EEXIST);
         E(ENOTDIR); E(EISDIR); E(EINVAL); E(ENFILE); E(EMFILE); E(ETXTBSY); E(EFBIG);
         E(ENOSPC); E(EROFS); E(EMLINK); E(EPIPE); E(ENAMETOOLONG); E(ELOOP); E(ENOSYS);
-        E(ELIBBAD); E(EOVERFLOW);
+        E(ELIBBAD); E(EOVERFLOW); E(ETIMEDOUT); E(ECANCELED);
 #undef E
     default:
         return "E?";

@@ -536,7 +536,8 @@ int main(int argc, char **argv)
     }
     snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
     if (sandbox_init(a) < 0) {
-        fprintf(stderr, "boxd: cannot build the seccomp filters\n");
+        fprintf(stderr, "boxd: cannot set up the sandbox (the seccomp filters, the exec helper "
+                        "or the spawner thread): see the log above\n");
         sandbox_destroy(a);
         agent_release(a);
         return startup_failed(a, 1);
@@ -554,8 +555,9 @@ int main(int argc, char **argv)
         return 1;
     }
     a->spawn_async.data = a;
-    if (a->sandbox.spawner)
-        spawner_set_notify(a->sandbox.spawner, notify_loop, &a->spawn_async);
+    spawner_set_notify(a->sandbox.spawner, notify_loop, &a->spawn_async);
+    if (a->sandbox.spawner_none)
+        spawner_set_notify(a->sandbox.spawner_none, notify_loop, &a->spawn_async);
     conns_init(a);
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,8 @@
 #define FULL_READ 4096u
 /* A partial-line buffer larger than this is released once flushed: an idle run keeps none. */
 #define PARTIAL_KEEP 4096u
+/* Freeing a retained log at least this big trims malloc's heap. */
+#define RUN_TRIM_BYTES (1u * 1024u * 1024u)
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
@@ -215,7 +218,12 @@ static void run_maybe_free(struct run *r)
 {
     if (!r->freeing || r->handles_open > 0)
         return;
+    uint64_t held = r->log.bytes;
     runlog_destroy(&r->log);
+    /* A big log goes back to the system, not only to malloc: boxd's resident size is what a
+     * run's max_rss_kb is raised to where there is no cgroup memory.peak (spawn.h). */
+    if (held >= RUN_TRIM_BYTES)
+        malloc_trim(0);
     for (int i = 0; i < 2; i++)
         free(r->out[i].partial);
     free(r->desc);
@@ -686,6 +694,10 @@ static void run_finish(struct run *r)
     if (r->cg.dir_fd >= 0) {
         /* The cgroup covers the whole tree, not only what the main process waited for. */
         cgroup_run_usage(a, &r->cg, &r->usage);
+        /* The run's own peak: wait4's ru_maxrss is raised to what the child inherited at its
+         * first exec, boxd's resident size (spawn.h). */
+        if (r->usage.have_peak)
+            r->ru.ru_maxrss = (long)r->usage.peak_kb;
         if (r->usage.have_cpu) {
             r->ru.ru_utime.tv_sec = (time_t)(r->usage.user_us / 1000000u);
             r->ru.ru_utime.tv_usec = (suseconds_t)(r->usage.user_us % 1000000u);
@@ -810,9 +822,43 @@ static void cg_watch(struct run *r)
 
 /* Sends sig to every process of the run: the cgroup's members, or without one the process
  * group and what a /proc walk finds of its tree. */
+/* The pid of a starting run's child, while it is certain to be that child: the kernel has made
+ * it, and the reaper has not had it (only the loop reaps, and an unreaped pid is never reused).
+ * 0 if there is none such. */
+static pid_t starting_pid(const struct run *r)
+{
+    if (r->state != RUN_STARTING || r->job == NULL || r->early_exit)
+        return 0;
+    return spawn_job_pid(r->job);
+}
+
+/* Signals a starting run's child, which may still be boxd's root child or the helper (spawn.h):
+ * its cgroup, else its process group - or the process itself, before its setsid has made the
+ * group. Signals stay blocked until the helper empties its mask (SIGKILL aside); a stopped
+ * helper is woken by the SIGCONT that follows a TERM. */
+static void signal_starting(struct run *r, int sig)
+{
+    pid_t pid = starting_pid(r);
+    if (pid <= 0)
+        return;
+    if (r->cg.dir_fd >= 0) {
+        cg_watch(r);
+        if (sig == SIGKILL)
+            cgroup_run_kill(&r->cg);
+        else
+            cgroup_run_signal(&r->cg, sig);
+    }
+    if (kill(-pid, sig) < 0)
+        kill(pid, sig);
+}
+
 static void kill_tree(struct run *r, int sig)
 {
-    if (r->state == RUN_STARTING || r->pid <= 0)
+    if (r->state == RUN_STARTING) {
+        signal_starting(r, sig);
+        return;
+    }
+    if (r->pid <= 0)
         return; /* nothing yet; and pid 0 would mean boxd's own process group */
     if (r->cg.dir_fd >= 0) {
         cg_watch(r); /* the end waits for it to be empty */
@@ -946,7 +992,7 @@ bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *r
 
 bool run_cancel(struct run *r, uint32_t grace_ms)
 {
-    if (r->state == RUN_STARTING) {
+    if (r->state == RUN_STARTING && starting_pid(r) <= 0) {
         /* No process to signal yet: run_spawned cancels it once there is. */
         r->cancel_requested = true;
         r->cancel_grace = grace_ms;
@@ -985,8 +1031,11 @@ bool run_cancel(struct run *r, uint32_t grace_ms)
 int run_signal(struct run *r, int sig)
 {
     if (r->state == RUN_STARTING) {
-        /* Delivered by run_spawned, once the process group exists. */
-        if (sig > 0 && sig <= 64)
+        /* To the child as it is (even stopped before its exec: KILL ends it), or, before the
+         * kernel has made it, by run_spawned, once the process group exists. */
+        if (starting_pid(r) > 0)
+            signal_starting(r, sig);
+        else if (sig > 0 && sig <= 64)
             r->pending_sigs |= 1ull << (sig - 1);
         return 0;
     }
@@ -1256,21 +1305,35 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
     }
 }
 
+/* Kills what a spawn that timed out left (spawn.h: the helper, stopped or traced by the run's
+ * user). Its pid is not reaped (the run is still starting and the reaper has not had it), so it
+ * cannot have been reused. */
+static void kill_timed_out(struct run *r, pid_t pid)
+{
+    if (r->early_exit || pid <= 0)
+        return;
+    if (r->cg.dir_fd >= 0)
+        cgroup_run_kill(&r->cg);
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+}
+
 static void job_done(struct spawn_job *j)
 {
     struct run *r = j->owner;
     list_del(&r->start_link);
     r->a->n_starting--;
-    r->job = NULL;
     pid_t pid = j->pid, failed = j->failed_pid;
     const char *stage = j->stage;
+    if (j->timed_out)
+        kill_timed_out(r, failed);
+    r->job = NULL;
     spawn_job_free(j);
     run_spawned(r, pid, stage, failed);
 }
 
-void runs_spawns_done(struct agent *a)
+static void spawns_done(struct spawner *s)
 {
-    struct spawner *s = a->sandbox.spawner;
     if (s == NULL)
         return;
     for (struct spawn_job *j = spawner_take_done(s), *next; j; j = next) {
@@ -1279,9 +1342,14 @@ void runs_spawns_done(struct agent *a)
     }
 }
 
-void runs_spawner_halt(struct agent *a)
+void runs_spawns_done(struct agent *a)
 {
-    struct spawner *s = a->sandbox.spawner;
+    spawns_done(a->sandbox.spawner);
+    spawns_done(a->sandbox.spawner_none);
+}
+
+static void spawner_halt_one(struct agent *a, struct spawner *s)
+{
     if (s == NULL)
         return;
     struct spawn_job *pending = spawner_halt(s);
@@ -1291,8 +1359,15 @@ void runs_spawner_halt(struct agent *a)
         next = j->next;
         j->pid = -ECANCELED;
         j->stage = "fork";
+        j->failed_pid = 0;
         job_done(j);
     }
+}
+
+void runs_spawner_halt(struct agent *a)
+{
+    spawner_halt_one(a, a->sandbox.spawner);
+    spawner_halt_one(a, a->sandbox.spawner_none);
 }
 
 int run_start(struct agent *a, const struct run_params *p, struct run **out)
@@ -1372,27 +1447,24 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .core = a->cfg.run_core,
         .oom_adj = a->oom_adj,
         .sig_reset = a->sig_nondefault,
-        .stack = a->spawn_stack,
-        .stack_size = a->spawn_stack_size,
     };
     struct spawner *via;
     sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
-    if (via) {
-        /* On the spawner thread; the loop goes on meanwhile (runs_spawns_done). */
-        r->job = spawn_job_new(&sr, r);
-        if (r->job == NULL) {
-            run_spawned(r, -ENOMEM, "fork", 0);
-            return 0;
-        }
-        list_add_tail(&a->starting, &r->start_link);
-        a->n_starting++;
-        spawner_submit(via, r->job);
+    if (via == NULL) {
+        /* Only where sandbox_init never ran (the connection fuzzer, BOXD_FUZZ): the loop's
+         * thread never starts a process itself. */
+        run_spawned(r, -ENOSYS, "fork", 0);
         return 0;
     }
-    const char *stage = NULL;
-    pid_t failed_pid = 0;
-    pid_t pid = spawn_process(&sr, &stage, &failed_pid);
-    run_spawned(r, pid, stage, failed_pid);
+    /* Always on a spawner thread; the loop goes on meanwhile (runs_spawns_done). */
+    r->job = spawn_job_new(&sr, r);
+    if (r->job == NULL) {
+        run_spawned(r, -ENOMEM, "fork", 0);
+        return 0;
+    }
+    list_add_tail(&a->starting, &r->start_link);
+    a->n_starting++;
+    spawner_submit(via, r->job);
     return 0;
 }
 

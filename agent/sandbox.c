@@ -143,8 +143,8 @@ static int deny(scmp_filter_ctx ctx, const char *name)
     return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
 }
 
-/* The values target stands for in this boxd; returns how many (at most 2). */
-static size_t target_values(const struct agent *a, enum target t, uint32_t v[2])
+/* The values target stands for in this boxd; returns how many (at most 3). */
+static size_t target_values(const struct agent *a, enum target t, uint32_t v[3])
 {
     size_t n = 0;
     pid_t pg = getpgrp();
@@ -153,6 +153,9 @@ static size_t target_values(const struct agent *a, enum target t, uint32_t v[2])
         v[n++] = (uint32_t)a->pid;
         if (a->sandbox.spawner_tid > 0 && a->sandbox.spawner_tid != a->pid)
             v[n++] = (uint32_t)a->sandbox.spawner_tid;
+        /* The second spawner, for runs under --seccomp none: boxd too. */
+        if (a->sandbox.spawner_none_tid > 0)
+            v[n++] = (uint32_t)a->sandbox.spawner_none_tid;
         break;
     case T_PGRP:
     case T_NEG_PGRP:
@@ -206,7 +209,7 @@ static int add_guard(const struct agent *a, scmp_filter_ctx ctx, const struct gu
         }
         return e;
     }
-    uint32_t v[2];
+    uint32_t v[3];
     size_t nv = target_values(a, g->target, v);
     int e = 0;
     for (size_t i = 0; e == 0 && i < nv; i++) {
@@ -399,33 +402,46 @@ int sandbox_init(struct agent *a)
     struct sandbox *sb = &a->sandbox;
     int p = sandbox_profile_parse(a->cfg.seccomp, strlen(a->cfg.seccomp));
     sb->dflt = p < 0 ? SECCOMP_DEFAULT : (enum seccomp_profile)p;
-    /* The spawner thread first: the filters guard its tid too. */
-    int e = 0;
-    struct spawner *sp = spawner_create(&sb->spawner_tid, &e);
-    if (sp == NULL)
-        log_warn("seccomp: no spawner thread (%s): each run loads its filter", strerror(-e));
-    e = build_all(a);
+    const char *how;
+    int e = spawn_helper_init(&how);
     if (e < 0) {
-        spawner_stop(sp);
+        log_err("spawn: cannot make the exec helper executable (memfd, or a copy in /run, "
+                "/dev/shm or /tmp): %s", strerror(-e));
         return e;
     }
-    /* The spawner thread carries the default filter; strict runs start from it too and load
-     * only strict_extra. Without it (no thread, or the filter would not load on one), each
-     * child loads its whole profile: slower, not weaker. */
-    if (sp && (e = spawner_arm(sp, &sb->prog[SECCOMP_DEFAULT])) < 0) {
-        log_warn("seccomp: the spawner thread cannot load the filter (%s): each run loads its "
-                 "own", strerror(-e));
-        sp = NULL;
-        /* Its tid is free now, for any process to get: guard boxd's pid alone. */
-        sb->spawner_tid = 0;
-        free_all(sb);
-        if ((e = build_all(a)) < 0)
-            return e;
+    if (strcmp(how, "memfd") != 0)
+        log_info("spawn: memfds may not be executed here: the exec helper is a copy made in %s",
+                 how);
+    /* The spawner threads first: the filters guard their tids too. Every run is started by
+     * one (spawn.h); without a thread there are no runs, so start-up fails. */
+    struct spawner *sp = spawner_create(&sb->spawner_tid, &e), *none = NULL;
+    bool want_none = sb->dflt != SECCOMP_NONE && a->cfg.allow_seccomp_none;
+    if (sp && want_none)
+        none = spawner_create(&sb->spawner_none_tid, &e);
+    if (sp == NULL || (want_none && none == NULL)) {
+        log_err("spawn: cannot start the spawner thread: %s", strerror(-e));
+        spawner_stop(sp);
+        sb->spawner_tid = sb->spawner_none_tid = 0;
+        return e;
     }
     sb->spawner = sp;
+    sb->spawner_none = none;
+    e = build_all(a);
+    if (e < 0)
+        return e; /* sandbox_destroy stops the threads */
+    if (none)
+        spawner_arm(none, NULL); /* for requests that may ask for no filter */
+    /* The spawner thread carries the default filter (unless the agent's default is none);
+     * strict runs start from it too and load only strict_extra. If the filter will not load on
+     * it, it serves unfiltered and each child loads its whole profile: slower, not weaker. */
+    e = spawner_arm(sp, sb->dflt == SECCOMP_NONE ? NULL : &sb->prog[SECCOMP_DEFAULT]);
+    sb->spawner_filtered = sb->dflt != SECCOMP_NONE && e == 0;
+    if (e < 0)
+        log_warn("seccomp: the spawner thread cannot load the filter (%s): each run loads its "
+                 "own", strerror(-e));
     log_info("seccomp: runs use profile %s (%u instructions)%s", sandbox_profile_name(sb->dflt),
              sb->prog[sb->dflt].len,
-             sb->spawner && sb->dflt != SECCOMP_NONE ? ", inherited from the spawner thread" : "");
+             sb->spawner_filtered ? ", inherited from the spawner thread" : "");
     return 0;
 }
 
@@ -433,24 +449,28 @@ void sandbox_spawn_opts(const struct agent *a, enum seccomp_profile p, const str
                         struct spawner **via)
 {
     const struct sandbox *sb = &a->sandbox;
-    *via = NULL;
+    *via = sb->spawner;
     *load = NULL;
-    if (p == SECCOMP_NONE)
+    if (p == SECCOMP_NONE) {
+        /* The filtered thread's children would inherit its filter: the unfiltered one's. */
+        if (sb->spawner_filtered && sb->spawner_none)
+            *via = sb->spawner_none;
         return;
-    if (sb->spawner) {
-        *via = sb->spawner;
-        *load = p == SECCOMP_STRICT ? &sb->strict_extra : NULL;
-    } else {
-        *load = &sb->prog[p];
     }
+    if (sb->spawner_filtered)
+        *load = p == SECCOMP_STRICT ? &sb->strict_extra : NULL;
+    else
+        *load = &sb->prog[p];
 }
 
 void sandbox_destroy(struct agent *a)
 {
-    /* The thread first: it holds a pointer to prog[SECCOMP_DEFAULT]. */
+    /* The threads first: one holds a pointer to prog[SECCOMP_DEFAULT]. */
     spawner_stop(a->sandbox.spawner);
-    a->sandbox.spawner = NULL;
+    spawner_stop(a->sandbox.spawner_none);
+    a->sandbox.spawner = a->sandbox.spawner_none = NULL;
     free_all(&a->sandbox);
+    spawn_helper_release();
 }
 
 /* passwd and group are read from the files themselves, not through NSS: the box's users live

@@ -59,19 +59,24 @@ enum seccomp_profile { SECCOMP_NONE, SECCOMP_DEFAULT, SECCOMP_STRICT, SECCOMP_N 
 struct sandbox {
     struct sock_fprog prog[SECCOMP_N]; /* each whole profile; .filter NULL for none */
     struct sock_fprog strict_extra;    /* strict's rules alone, loaded over default */
-    struct spawner *spawner;           /* a thread filtered with default (spawn.h), or NULL */
+    struct spawner *spawner;           /* the thread that starts runs (spawn.h) */
     pid_t spawner_tid;                 /* its tid, guarded by the filters like boxd's pid */
+    bool spawner_filtered;             /* it carries the default profile */
+    struct spawner *spawner_none;      /* unfiltered, for `seccomp: none` requests when the
+                                          agent allows them and spawner is filtered; or NULL */
+    pid_t spawner_none_tid;
     enum seccomp_profile dflt;
 };
 
-/* Compiles the profiles and starts the spawner thread. Returns 0 or a negative errno (start-up
- * fails: a sandbox that cannot build its filters must not run code unfiltered). Without a
- * spawner thread runs still get their filters, each loading its own. */
+/* Makes the exec helper, starts the spawner threads and compiles the profiles. Returns 0 or a
+ * negative errno, logged (start-up fails: a sandbox that cannot build its filters must not run
+ * code unfiltered, and without the helper or a spawner no run could start safely). Call
+ * sandbox_destroy either way. */
 int sandbox_init(struct agent *a);
 void sandbox_destroy(struct agent *a);
 
-/* How a run under profile p is started: from which spawner thread (*via, NULL for boxd's own
- * thread) and which filter the child loads itself (*load, NULL for none). */
+/* How a run under profile p is started: from which spawner thread (*via, never NULL after
+ * sandbox_init) and which filter the child loads itself (*load, NULL for none). */
 void sandbox_spawn_opts(const struct agent *a, enum seccomp_profile p, const struct sock_fprog **load,
                         struct spawner **via);
 

@@ -11,11 +11,25 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "boxd_exec.h"
+#include "boxd_exec_bin.h"
+
+/* The exec helper (spawn.h): a sealed memfd, or an O_PATH fd of a private copy; -1 until
+ * spawn_helper_init. One per process, like the image it holds. */
+static int helper_fd = -1;
 
 /* Written by the child, read by the parent after the child has exec'd or exited. */
 struct spawn_child_err {
@@ -27,12 +41,14 @@ struct child_arg {
     const struct spawn_req *req;
     volatile struct spawn_child_err *out;
     bool in_cgroup; /* clone3 put the child in its cgroup already */
+    char *const *helper_argv; /* the helper's argv when the identity changes, else NULL */
+    int status_fd;            /* the status pipe's write end for the helper, or -1 */
 };
 
 /* clone3(2) with a child function, which glibc does not export. The kernel starts the child on
  * args->stack with the parent's registers, so the child side must not return through the
  * caller's frames: it calls fn(arg) on the new stack and exits with its value. x86_64 only;
- * elsewhere (and on kernels without clone3) spawn_process falls back to clone(2) plus a write
+ * elsewhere (and on kernels without clone3) spawn_here falls back to clone(2) plus a write
  * to cgroup.procs. Returns the pid, or a negative errno. */
 struct boxd_clone_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
@@ -103,14 +119,30 @@ static int child_main(void *p)
         fail(a->out, "setsid", errno);
 
     /* 3. stdio. The request's fds are >= 3 (the agent keeps 0-2 open), so dup2 always makes a
-     * new descriptor without FD_CLOEXEC, and closing everything from 3 up removes them. */
+     * new descriptor without FD_CLOEXEC, and closing everything from 3 up removes them. With
+     * the helper, two stay: the status pipe, as fd 3 without FD_CLOEXEC (the helper's exec of
+     * the run closes it), and the helper's own fd (>= SPAWN_HELPER_FD_MIN, FD_CLOEXEC), which
+     * its exec needs. */
     if (dup2(r->fd_in, 0) < 0 || dup2(r->fd_out, 1) < 0 || dup2(r->fd_err, 2) < 0)
         fail(a->out, "stdio", errno);
-    if (syscall(SYS_close_range, 3u, ~0u, 0u) < 0) {
+    unsigned keep = 0;
+    if (a->helper_argv) {
+        keep = (unsigned)helper_fd;
+        if (a->status_fd >= 0 &&
+            (a->status_fd == EXEC_STATUS_FD ? fcntl(EXEC_STATUS_FD, F_SETFD, 0)
+                                            : dup2(a->status_fd, EXEC_STATUS_FD)) < 0)
+            fail(a->out, "stdio", errno);
+    }
+    unsigned first = a->helper_argv && a->status_fd >= 0 ? EXEC_STATUS_FD + 1 : 3;
+    long cr = keep ? syscall(SYS_close_range, first, keep - 1, 0u) : 0;
+    if (cr == 0)
+        cr = syscall(SYS_close_range, keep ? keep + 1 : first, ~0u, 0u);
+    if (cr < 0) {
         /* Before Linux 5.9: close what could be open. */
         long max = sysconf(_SC_OPEN_MAX);
-        for (long fd = 3; fd < max && fd < 65536; fd++)
-            close((int)fd);
+        for (long fd = first; fd < max && fd < 65536; fd++)
+            if (keep == 0 || fd != (long)keep)
+                close((int)fd);
     }
 
     /* 4. Limits. A limit boxd may not raise is left as boxd's own. */
@@ -138,14 +170,12 @@ static int child_main(void *p)
         }
     }
 
-    /* 6. Identity. */
-    if (r->id && r->id->change) {
-        if (r->id->ngroups >= 0 &&
-            syscall(SYS_setgroups, (long)r->id->ngroups, r->id->groups) < 0)
-            fail(a->out, "user", errno);
-        if (syscall(SYS_setresgid, (long)r->id->gid, (long)r->id->gid, (long)r->id->gid) < 0 ||
-            syscall(SYS_setresuid, (long)r->id->uid, (long)r->id->uid, (long)r->id->uid) < 0)
-            fail(a->out, "user", errno);
+    /* 6. A change of identity happens in the helper, in its own address space: from here on
+     * this process is root, shares boxd's memory and holds the spawner, so it must end now
+     * (spawn.h). execveat of an fd: no path lookup that anyone could redirect. */
+    if (a->helper_argv) {
+        syscall(SYS_execveat, (long)helper_fd, "", a->helper_argv, r->envp, (long)AT_EMPTY_PATH);
+        fail(a->out, "exec", errno);
     }
 
     /* 7. Working directory, as the run's user. */
@@ -204,19 +234,30 @@ uint64_t spawn_signals_changed(void)
     return mask;
 }
 
-static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
+/* Makes the child. Returns its pid, or a negative errno with *stage (and *failed_pid when a
+ * child was made: it has exited, and is left to the caller to reap). helper_argv non-NULL: the
+ * child execs the helper with it, status_fd (or -1) becoming its fd 3. */
+static pid_t spawn_here(const struct spawn_req *req, char *const *helper_argv, int status_fd,
+                        const char **stage, pid_t *failed_pid)
 {
 #ifdef BOXD_FUZZ
     /* The connection fuzzer drives every request, exec included: it must never start one. */
     (void)req;
+    (void)helper_argv;
+    (void)status_fd;
     (void)child_main;
     *failed_pid = 0;
     *stage = "fuzz";
     return -EPERM;
 #endif
     volatile struct spawn_child_err out = {0, NULL};
-    struct child_arg arg = {req, &out, false};
+    struct child_arg arg = {req, &out, false, helper_argv, status_fd};
     *failed_pid = 0;
+    if (req->id && req->id->change && (helper_argv == NULL || helper_fd < 0)) {
+        /* Never switch identity in a child that shares our memory. */
+        *stage = "user";
+        return -ENOSYS;
+    }
 
     /* Block every signal around the clone: nothing may run a handler in the child while it
      * shares our memory. The child sets its own mask before exec. */
@@ -271,16 +312,135 @@ static pid_t spawn_here(const struct spawn_req *req, const char **stage, pid_t *
         return -clone_err;
     }
     if (out.stage != NULL) {
-        /* The child has called _exit; reap it here so the reaper never sees an unknown pid for
-         * it. It is exiting already, so this does not block for long. */
-        int st;
-        while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
-            ;
+        /* The child has called _exit. It is left to the loop's reaper, which matches it
+         * through the job's ptid (or counts it as an orphan). */
         *stage = out.stage;
         *failed_pid = pid;
         return -out.err;
     }
     return pid;
+}
+
+/* ---- The helper ------------------------------------------------------------------------------ */
+
+static int write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Moves fd to SPAWN_HELPER_FD_MIN or above (the child's fds 0-3 are the run's). */
+static int fd_high(int fd)
+{
+    if (fd >= SPAWN_HELPER_FD_MIN)
+        return fd;
+    int h = fcntl(fd, F_DUPFD_CLOEXEC, SPAWN_HELPER_FD_MIN);
+    int e = errno;
+    close(fd);
+    return h >= 0 ? h : -e;
+}
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+
+/* A sealed memfd: nobody, root included, can change it after the seals, and no path leads to it. */
+static int helper_memfd(void)
+{
+    int fd = memfd_create("boxd-exec", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (fd < 0 && errno == EINVAL) /* before Linux 6.3, MFD_EXEC is unknown (and not needed) */
+        fd = memfd_create("boxd-exec", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int e = write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
+    if (e == 0 && fstat(fd, &st) < 0)
+        e = -errno;
+    /* vm.memfd_noexec: the memfd may have come without its exec bits. */
+    if (e == 0 && !(st.st_mode & S_IXUSR))
+        e = -EACCES;
+    if (e == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_EXEC |
+                                             F_SEAL_SEAL) < 0 &&
+        (errno != EINVAL ||
+         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0))
+        e = -errno;
+    if (e < 0) {
+        close(fd);
+        return e;
+    }
+    return fd_high(fd);
+}
+
+/* Where memfds may not be executed: a copy in a new directory only boxd's uid may enter (0700),
+ * on a filesystem that allows exec, opened O_PATH and then unlinked, so no path leads to it. */
+static int helper_file(const char *dir)
+{
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) < 0)
+        return -errno;
+    if (vfs.f_flag & (ST_NOEXEC | ST_RDONLY))
+        return -EACCES;
+    char tmp[128], path[160];
+    snprintf(tmp, sizeof tmp, "%s/boxd-exec.XXXXXX", dir);
+    if (mkdtemp(tmp) == NULL) /* mode 0700 */
+        return -errno;
+    snprintf(path, sizeof path, "%s/boxd-exec", tmp);
+    int e = 0, fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
+    if (fd < 0)
+        e = -errno;
+    if (e == 0) {
+        e = write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
+        close(fd);
+    }
+    fd = -1;
+    if (e == 0 && (fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC)) < 0)
+        e = -errno;
+    unlink(path);
+    rmdir(tmp);
+    return e < 0 ? e : fd_high(fd);
+}
+
+int spawn_helper_init(const char **how)
+{
+    if (helper_fd >= 0) {
+        *how = "memfd";
+        return 0;
+    }
+    int fd = helper_memfd();
+    *how = "memfd";
+    if (fd < 0) {
+        static const char *const dirs[] = {"/run", "/dev/shm", "/tmp"};
+        for (size_t i = 0; fd < 0 && i < sizeof dirs / sizeof dirs[0]; i++) {
+            int e = helper_file(dirs[i]);
+            if (e >= 0) {
+                fd = e;
+                *how = dirs[i];
+            }
+        }
+    }
+    if (fd < 0)
+        return fd;
+    helper_fd = fd;
+    return 0;
+}
+
+void spawn_helper_release(void)
+{
+    if (helper_fd >= 0)
+        close(helper_fd);
+    helper_fd = -1;
 }
 
 /* ---- Jobs --------------------------------------------------------------------------------- */
@@ -321,13 +481,34 @@ static const char *str_copy(const char *s, char **at)
     return out;
 }
 
+/* The helper's identity argument (boxd_exec.c): "UID:GID:GROUPS". */
+#define IDS_ARG_MAX (2 * 11 + 2 + IDENTITY_MAX_GROUPS * 11 + 2)
+
+static void ids_arg(const struct identity *id, char *out, size_t size)
+{
+    int n = snprintf(out, size, "%u:%u:", (unsigned)id->uid, (unsigned)id->gid);
+    if (id->ngroups < 0) {
+        snprintf(out + n, size - (size_t)n, "-");
+        return;
+    }
+    for (int i = 0; i < id->ngroups && i < IDENTITY_MAX_GROUPS; i++)
+        n += snprintf(out + n, size - (size_t)n, "%s%u", i ? "," : "", (unsigned)id->groups[i]);
+}
+
 struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
 {
+    bool helper = req->id && req->id->change;
     size_t nargv, nenv;
     size_t bytes = strv_size(req->argv, &nargv) + strv_size(req->envp, &nenv);
-    bytes += (req->search_path ? strlen(req->search_path) + 1 : 0) +
-             (req->cwd ? strlen(req->cwd) + 1 : 0);
+    size_t cwd_len = req->cwd ? strlen(req->cwd) + 1 : 0;
+    size_t path_len = req->search_path ? strlen(req->search_path) + 1 : 0;
+    bytes += path_len + cwd_len;
     size_t slots = (nargv + 1) + (nenv + 1);
+    if (helper) {
+        /* argv[1-3], each with its one-letter tag (boxd_exec.c), then the run's argv. */
+        bytes += IDS_ARG_MAX + (cwd_len + 2) + (path_len + 2);
+        slots += nargv + 5;
+    }
     struct spawn_job *j = malloc(sizeof *j + slots * sizeof(char *) + bytes);
     if (j == NULL)
         return NULL;
@@ -343,11 +524,27 @@ struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
         j->id = *req->id;
         j->req.id = &j->id;
     }
+    if (helper) {
+        char **h = slot;
+        h[0] = "boxd-exec";
+        h[1] = at;
+        ids_arg(&j->id, at, IDS_ARG_MAX);
+        at += strlen(at) + 1;
+        h[2] = at;
+        at += snprintf(at, cwd_len + 2, "%s%s", req->cwd ? "D" : "N", req->cwd ? req->cwd : "") + 1;
+        h[3] = at;
+        at += snprintf(at, path_len + 2, "%s%s", req->search_path ? "P" : "N",
+                       req->search_path ? req->search_path : "") + 1;
+        for (size_t i = 0; i <= nargv; i++)
+            h[4 + i] = j->req.argv[i];
+        j->helper_argv = h;
+    }
     j->req.ptid = &j->ptid;
     j->req.stack = NULL; /* the spawner's */
     j->owner = owner;
     j->pid = -ECANCELED;
     j->stage = "fork";
+    j->status_fd = -1;
     return j;
 }
 
@@ -368,17 +565,21 @@ pid_t spawn_job_pid(const struct spawn_job *j)
 struct spawner {
     pthread_t thread;
     pthread_mutex_t mu;
-    pthread_cond_t job_cv, state_cv;
+    pthread_cond_t state_cv;
     const struct sock_fprog *filter;
     pid_t tid;
-    int state; /* STARTING, ARMING (tid known, waiting for its filter), SERVING, or a negative
-                  errno: the filter could not be loaded */
-    bool stop, joined;
+    int state;   /* STARTING, ARMING (tid known, waiting for spawner_arm), SERVING */
+    int arm_err; /* the filter could not be loaded: serving unfiltered */
+    bool arm, stop, joined;
+    int ep, ev;  /* the thread's epoll (the eventfd, each in-flight job's status pipe) */
     struct spawn_job *pending, **pending_tail; /* not begun, oldest first */
     struct spawn_job *done, **done_tail;       /* started or failed, oldest first */
+    /* The thread's own: jobs whose child has exec'd the helper, not yet done. */
+    struct spawn_job *inflight;
     void (*notify)(void *);
     void *notify_arg;
-    char *stack; /* the children's, one at a time */
+    char *stack;    /* the children's, one at a time */
+    int clear_refs; /* /proc/self/clear_refs, or -1 */
 };
 
 static int load_filter(const struct sock_fprog *f)
@@ -395,6 +596,163 @@ static int load_filter(const struct sock_fprog *f)
 
 enum { STARTING, ARMING, SERVING };
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void job_finish(struct spawner *s, struct spawn_job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    j->next = NULL;
+    *s->done_tail = j;
+    s->done_tail = &j->next;
+    void (*notify)(void *) = s->notify;
+    void *arg = s->notify_arg;
+    pthread_mutex_unlock(&s->mu);
+    if (notify)
+        notify(arg);
+}
+
+static void inflight_remove(struct spawner *s, struct spawn_job *j)
+{
+    for (struct spawn_job **pp = &s->inflight; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    epoll_ctl(s->ep, EPOLL_CTL_DEL, j->status_fd, NULL);
+    close(j->status_fd);
+    j->status_fd = -1;
+}
+
+static const char *helper_stage(int32_t st)
+{
+    return st == EXEC_STAGE_USER ? "user" : st == EXEC_STAGE_CHDIR ? "chdir" : "exec";
+}
+
+/* Reads an in-flight job's status pipe. Returns true when the job is done: EOF (the helper's
+ * exec succeeded, or the helper is gone: its exit status tells the rest) or a failure record. */
+static bool job_status(struct spawner *s, struct spawn_job *j)
+{
+    struct exec_status st;
+    ssize_t n = read(j->status_fd, &st, sizeof st);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return false;
+    if (n != 0) {
+        /* A record (written in one write, so whole), or a read error: failed either way. */
+        j->failed_pid = j->pid;
+        j->stage = n == (ssize_t)sizeof st ? helper_stage(st.stage) : "exec";
+        j->pid = n == (ssize_t)sizeof st && st.err > 0 ? -st.err : -EIO;
+    }
+    inflight_remove(s, j);
+    job_finish(s, j);
+    return true;
+}
+
+static void job_start(struct spawner *s, struct spawn_job *j)
+{
+    int st[2] = {-1, -1};
+    j->req.stack = s->stack;
+    j->req.stack_size = SPAWNER_CHILD_STACK;
+    j->stage = NULL;
+    j->failed_pid = 0;
+    if (j->helper_argv && pipe2(st, O_CLOEXEC | O_NONBLOCK) < 0) {
+        j->pid = -errno;
+        j->stage = "pipe";
+        job_finish(s, j);
+        return;
+    }
+    /* A child's first exec leaves it the address space's high-water mark as its own ru_maxrss
+     * (the kernel keeps the larger of it and the new program's), and that address space is
+     * boxd's: reset the mark to boxd's resident size now, so that what the run reports
+     * (max_rss_kb, without a cgroup memory.peak) is not boxd's all-time peak. */
+    if (s->clear_refs >= 0) {
+        ssize_t w = write(s->clear_refs, "5", 1);
+        (void)w;
+    }
+    j->pid = spawn_here(&j->req, j->helper_argv, st[1], &j->stage, &j->failed_pid);
+    /* Ours is closed at once: only the child's copy keeps the pipe open, so EOF means it has
+     * exec'd (or is gone). Later children never see this end (FD_CLOEXEC, and each child
+     * closes what it does not keep before it runs anything of the run's). */
+    if (st[1] >= 0)
+        close(st[1]);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = j};
+    if (j->pid < 0 || st[0] < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, st[0], &ev) < 0) {
+        /* Done now: failed before the helper, or no helper; or (epoll_ctl ENOMEM) started,
+         * with what the helper would have said left to its exit status (127). */
+        if (st[0] >= 0)
+            close(st[0]);
+        job_finish(s, j);
+        return;
+    }
+    /* In flight: the helper is running on its own; the next job may start. */
+    j->status_fd = st[0];
+    j->deadline_ns = mono_ns() + (uint64_t)SPAWN_EXEC_DEADLINE_MS * 1000000u;
+    j->next = s->inflight;
+    s->inflight = j;
+}
+
+/* The jobs whose deadline has passed fail with ETIMEDOUT (spawn.h): the loop kills them. */
+static void jobs_expire(struct spawner *s, uint64_t now)
+{
+    struct spawn_job *j = s->inflight, *next;
+    for (; j; j = next) {
+        next = j->next;
+        if (j->deadline_ns > now || job_status(s, j))
+            continue;
+        j->timed_out = true;
+        j->failed_pid = j->pid;
+        j->pid = -ETIMEDOUT;
+        j->stage = "exec";
+        inflight_remove(s, j);
+        job_finish(s, j);
+    }
+}
+
+static int next_timeout_ms(const struct spawner *s, uint64_t now)
+{
+    uint64_t first = UINT64_MAX;
+    for (const struct spawn_job *j = s->inflight; j; j = j->next)
+        if (j->deadline_ns < first)
+            first = j->deadline_ns;
+    if (first == UINT64_MAX)
+        return -1;
+    return first <= now ? 0 : (int)((first - now + 999999u) / 1000000u);
+}
+
+/* The thread is stopping (boxd's teardown, whose thread waits in pthread_join meanwhile, so
+ * nothing else reaps): what is still in flight is killed and reaped here. A job whose pipe is
+ * still open has a live child - a process that has exited has closed it - so its pid cannot
+ * have been reaped and reused. */
+static void jobs_abandon(struct spawner *s)
+{
+    while (s->inflight) {
+        struct spawn_job *j = s->inflight;
+        if (job_status(s, j))
+            continue;
+        pid_t pid = j->pid;
+        kill(pid, SIGKILL);
+        j->failed_pid = pid;
+        j->pid = -ECANCELED;
+        j->stage = "exec";
+        /* Bounded: a child in uninterruptible sleep is left to init. */
+        for (int i = 0; i < 1000; i++) {
+            pid_t w = waitpid(pid, NULL, WNOHANG | __WALL);
+            if (w == pid || (w < 0 && errno != EINTR)) {
+                j->reaped = w == pid;
+                break;
+            }
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+        inflight_remove(s, j);
+        job_finish(s, j);
+    }
+}
+
 static void *spawner_main(void *p)
 {
     struct spawner *s = p;
@@ -402,53 +760,58 @@ static void *spawner_main(void *p)
     s->tid = (pid_t)syscall(SYS_gettid);
     s->state = ARMING;
     pthread_cond_broadcast(&s->state_cv);
-    while (s->filter == NULL && !s->stop)
-        pthread_cond_wait(&s->job_cv, &s->mu);
-    int e = -ECANCELED;
-    if (!s->stop) {
-        /* Only this thread is filtered (no SECCOMP_FILTER_FLAG_TSYNC): boxd's other threads
-         * keep the calls the filter denies (reboot, kill of boxd's own pid, ...). */
-        e = load_filter(s->filter);
-    }
-    s->state = e < 0 ? e : SERVING;
+    while (!s->arm && !s->stop)
+        pthread_cond_wait(&s->state_cv, &s->mu);
+    /* Only this thread is filtered (no SECCOMP_FILTER_FLAG_TSYNC): boxd's other threads keep
+     * the calls the filter denies (reboot, kill of boxd's own pid, ...). If the filter will
+     * not load, the thread serves unfiltered, and each child loads its own (sandbox.c). */
+    if (!s->stop && s->filter)
+        s->arm_err = load_filter(s->filter);
+    s->state = SERVING;
     pthread_cond_broadcast(&s->state_cv);
-    while (e == 0) {
-        while (s->pending == NULL && !s->stop)
-            pthread_cond_wait(&s->job_cv, &s->mu);
+    for (;;) {
+        while (s->pending && !s->stop) {
+            struct spawn_job *j = s->pending;
+            s->pending = j->next;
+            if (s->pending == NULL)
+                s->pending_tail = &s->pending;
+            pthread_mutex_unlock(&s->mu);
+            job_start(s, j);
+            pthread_mutex_lock(&s->mu);
+        }
         if (s->stop)
             break;
-        struct spawn_job *j = s->pending;
-        s->pending = j->next;
-        if (s->pending == NULL)
-            s->pending_tail = &s->pending;
         pthread_mutex_unlock(&s->mu);
 
-        j->req.stack = s->stack;
-        j->req.stack_size = SPAWNER_CHILD_STACK;
-        j->stage = NULL;
-        j->failed_pid = 0;
-        j->pid = spawn_here(&j->req, &j->stage, &j->failed_pid);
-
-        pthread_mutex_lock(&s->mu);
-        j->next = NULL;
-        *s->done_tail = j;
-        s->done_tail = &j->next;
-        void (*notify)(void *) = s->notify;
-        void *arg = s->notify_arg;
-        pthread_mutex_unlock(&s->mu);
-        if (notify)
-            notify(arg);
+        struct epoll_event evs[16];
+        int n = epoll_wait(s->ep, evs, 16, next_timeout_ms(s, mono_ns()));
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                uint64_t v;
+                ssize_t r = read(s->ev, &v, sizeof v);
+                (void)r;
+            } else {
+                job_status(s, evs[i].data.ptr);
+            }
+        }
+        jobs_expire(s, mono_ns());
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
+    jobs_abandon(s);
     return NULL;
 }
 
 static void spawner_free(struct spawner *s)
 {
-    pthread_cond_destroy(&s->job_cv);
     pthread_cond_destroy(&s->state_cv);
     pthread_mutex_destroy(&s->mu);
+    if (s->ep >= 0)
+        close(s->ep);
+    if (s->ev >= 0)
+        close(s->ev);
+    if (s->clear_refs >= 0)
+        close(s->clear_refs);
     free(s->stack);
     free(s);
 }
@@ -464,8 +827,16 @@ struct spawner *spawner_create(pid_t *tid, int *err)
     s->pending_tail = &s->pending;
     s->done_tail = &s->done;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->job_cv, NULL);
     pthread_cond_init(&s->state_cv, NULL);
+    s->ep = epoll_create1(EPOLL_CLOEXEC);
+    s->ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    s->clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC); /* -1 is fine */
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (s->ep < 0 || s->ev < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->ev, &ev) < 0) {
+        *err = -errno;
+        spawner_free(s);
+        return NULL;
+    }
     /* The thread inherits the caller's signal mask; make sure it is everything, so that no
      * signal is ever delivered to it (boxd reads its signals through a signalfd). */
     sigset_t all, old;
@@ -496,18 +867,13 @@ int spawner_arm(struct spawner *s, const struct sock_fprog *filter)
 {
     pthread_mutex_lock(&s->mu);
     s->filter = filter;
-    pthread_cond_signal(&s->job_cv);
+    s->arm = true;
+    pthread_cond_broadcast(&s->state_cv);
     while (s->state == ARMING)
         pthread_cond_wait(&s->state_cv, &s->mu);
-    int e = s->state;
+    int e = s->arm_err;
     pthread_mutex_unlock(&s->mu);
-    if (e < 0) {
-        /* The thread has returned already. */
-        pthread_join(s->thread, NULL);
-        spawner_free(s);
-        return e;
-    }
-    return 0;
+    return e;
 }
 
 void spawner_set_notify(struct spawner *s, void (*notify)(void *), void *arg)
@@ -518,14 +884,23 @@ void spawner_set_notify(struct spawner *s, void (*notify)(void *), void *arg)
     pthread_mutex_unlock(&s->mu);
 }
 
+static void wake(struct spawner *s)
+{
+    uint64_t one = 1;
+    /* Cannot fail short of a counter at its maximum, which only a wakeup nobody read could
+     * reach; a wakeup already pending is as good. */
+    ssize_t w = write(s->ev, &one, sizeof one);
+    (void)w;
+}
+
 void spawner_submit(struct spawner *s, struct spawn_job *j)
 {
     j->next = NULL;
     pthread_mutex_lock(&s->mu);
     *s->pending_tail = j;
     s->pending_tail = &j->next;
-    pthread_cond_signal(&s->job_cv);
     pthread_mutex_unlock(&s->mu);
+    wake(s);
 }
 
 struct spawn_job *spawner_take_done(struct spawner *s)
@@ -542,8 +917,9 @@ struct spawn_job *spawner_halt(struct spawner *s)
 {
     pthread_mutex_lock(&s->mu);
     s->stop = true;
-    pthread_cond_signal(&s->job_cv);
+    pthread_cond_broadcast(&s->state_cv);
     pthread_mutex_unlock(&s->mu);
+    wake(s);
     if (!s->joined) {
         pthread_join(s->thread, NULL);
         s->joined = true;
@@ -567,9 +943,4 @@ void spawner_stop(struct spawner *s)
         spawn_job_free(j);
     }
     spawner_free(s);
-}
-
-pid_t spawn_process(const struct spawn_req *req, const char **stage, pid_t *failed_pid)
-{
-    return spawn_here(req, stage, failed_pid);
 }
