@@ -171,7 +171,7 @@ def test_pipelined_logs_with_token_cost_bounded_memory(start_boxd, token_file):
     """1500 pipelined `logs` requests for an 8 MiB log, never read: the queue bound is checked
     before each reply, so boxd holds about conn_queue + max_event, not 1500 replies."""
     path, tok = token_file
-    d = start_boxd("--token-file", path, "--log-level", "error")
+    d = start_boxd("--token-file", path, "--user", "nobody", "--log-level", "error")
     c = connect_token(d.sock, tok)
     rid = make_log(c)
     time.sleep(0.2)
@@ -264,7 +264,7 @@ def test_limits_report_queue_bounds_and_hello_deadline(start_boxd):
 
 def test_pre_hello_connections_never_lock_out_the_token(start_boxd, token_file):
     path, tok = token_file
-    d = start_boxd("--token-file", path, "--log-level", "error")
+    d = start_boxd("--token-file", path, "--user", "nobody", "--log-level", "error")
     socks = []
     try:
         for _ in range(300):  # more than max_conns (256), none says hello

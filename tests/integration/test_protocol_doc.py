@@ -563,7 +563,7 @@ def test_every_message_matches_its_schema(start_boxd, tmp_path):
     tok = tmp_path / "token"
     tok.write_bytes(b"s3cret-token")
     os.chmod(tok, 0o600)
-    d2 = start_boxd("--token-file", str(tok), "--grace-ms", "300")
+    d2 = start_boxd("--token-file", str(tok), "--user", "nobody", "--grace-ms", "300")
     wrong = rclient(d2, ck, hello=False)
     r = wrong.request("hello", version=1, token="wrong")
     assert r["code"] == "unauthorized", r
