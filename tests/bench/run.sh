@@ -23,6 +23,8 @@
 #   BENCH_SEQ_RUNS=100000       sequential runs for the RSS measurement
 #   BENCH_START_N=20            start-ups timed
 #   BENCH_ONLY="exec conc stream code rss"   run only these
+#   BENCH_BOXD_ARGS=""          more boxd options, e.g. "--user nobody" to measure runs that
+#                               switch identity (through the exec helper, README "How it works")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -113,7 +115,8 @@ trap 'exit 130' INT TERM
 
 rss_of() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-"$OUT/boxd" --listen "unix:$SOCK" --max-runs 2000 2>"$OUT/boxd.log" &
+# shellcheck disable=SC2086
+"$OUT/boxd" --listen "unix:$SOCK" --max-runs 2000 ${BENCH_BOXD_ARGS:-} 2>"$OUT/boxd.log" &
 BOXD_PID=$!
 for _ in $(seq 200); do
     [ -S "$SOCK" ] && break
