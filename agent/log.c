@@ -271,6 +271,8 @@ static size_t format_prefix(char *line, size_t cap, enum log_level lvl)
 
 /* Formats one whole line (prefix, text, newline) into line[LOG_LINE_MAX]. */
 static size_t format_line(char *line, enum log_level lvl, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static size_t format_line(char *line, enum log_level lvl, const char *fmt, va_list ap)
 {
     size_t n = format_prefix(line, LOG_LINE_MAX, lvl);
     int m = vsnprintf(line + n, LOG_LINE_MAX - n - 1, fmt, ap);
