@@ -5,9 +5,9 @@ kernel, and a boxd that cannot start as the VM's init.
   run user hammers the next pid of every spawn with PTRACE_ATTACH, PTRACE_SEIZE and
   open(/proc/PID/mem, O_RDWR) while the control plane keeps starting runs. Whatever it manages to
   attach to must never share boxd's memory, and boxd's memory must be unchanged afterwards.
-- test_listener_failure_powers_off_cleanly (also in the issue's design review): a boxd whose
-  --listen cannot work takes the fatal path as PID 1 - its message, then a clean power-off -
-  and never returns from main (which panics the kernel).
+- test_startup_failure_powers_off_cleanly (the issue's design review): a boxd whose --listen
+  cannot work (or whose --user does not exist) takes the fatal path as PID 1 - its message, then
+  a clean power-off - and never returns from main (which panics the kernel).
 
 Each boots its own VM (about 4-6 s under TCG). Run alone:
   /usr/bin/python3 -m pytest tests/boxes/test_vm_hardening.py
@@ -17,13 +17,11 @@ import gzip
 import os
 import re
 import shutil
-import struct
 import subprocess
 import time
 
 import pytest
 
-import minibox
 from minibox import ok, text
 from test_vmbox import VMBOX, Vm, vm_cache  # noqa: F401 (vm_cache is a fixture)
 
