@@ -242,13 +242,19 @@ static void on_readable(uv_poll_t *h, int status, int events)
 {
     (void)events;
     struct agent *a = h->data;
-    if (status < 0) {
-        log_limited(LOG_RL_TASKSTATS, LOG_DEBUG, "taskstats: poll: %s", uv_strerror(status));
-        return;
-    }
     /* Bounded: a fork bomb in the box must not hold the loop. The poll is level-triggered, so
      * what is left is read on the next iteration. */
     taskstats_drain(a, TASKSTATS_WAKEUP_MSGS);
+    if (status < 0) {
+        /* An overflow is a socket error (POLLERR), on which libuv stops the handle and reports
+         * UV_EBADF. The drain above read the error (ENOBUFS, counted), so watching goes on. */
+        int e = uv_poll_start(h, UV_READABLE, on_readable);
+        if (e < 0) {
+            log_warn("taskstats: uv_poll_start: %s: max_rss_kb without a cgroup is now wait4's "
+                     "figure", uv_strerror(e));
+            taskstats_stop(a);
+        }
+    }
 }
 #endif
 

@@ -7,6 +7,8 @@ make boxd big (retained logs) and check that small runs still report small figur
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -47,6 +49,17 @@ def netlink_generic_inodes():
     return out
 
 
+def netlink_rmem(inode):
+    """Bytes queued on the netlink socket with this inode (None if there is none)."""
+    with open("/proc/net/netlink") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if cols[-1] == inode:
+                return int(cols[4])
+    return None
+
+
 def socket_inodes(pid):
     out = set()
     for fd in os.listdir("/proc/%d/fd" % pid):
@@ -57,6 +70,15 @@ def socket_inodes(pid):
         if link.startswith("socket:["):
             out.add(link[8:-1])
     return out
+
+
+def slack(d):
+    """kB a run's figure may exceed its VmHWM: memory.peak (where the memory controller is on)
+    also counts the cgroup's page cache and kernel memory."""
+    for line in d.stderr_text().splitlines():
+        if "cgroup2: runs in" in line and "memory" in line.split("controllers:")[-1]:
+            return 8192
+    return 1024
 
 
 def test_small_run_while_boxd_is_big(start_boxd):
@@ -70,9 +92,9 @@ def test_small_run_while_boxd_is_big(start_boxd):
         res = c.exec_run(argv=["grep", "VmHWM", "/proc/self/status"], timeout=T(20))
         own, end = hwm(res.stdout.decode()), res.end["max_rss_kb"]
         print("boxd VmRSS %d kB; run's VmHWM %d kB, max_rss_kb %d" % (rss, own, end))
-        assert own // 2 <= end <= own + 1024, (own, end, rss)
+        assert own // 2 <= end <= own + slack(d), (own, end, rss)
         small = c.exec_run(argv=["true"], timeout=T(20)).end["max_rss_kb"]
-        assert 0 < small < 4 * 1024, (small, rss)
+        assert 0 < small < 3 * slack(d) + 2048, (small, rss)
 
 
 def test_shell_that_execs_a_big_allocation(start_boxd):
@@ -88,7 +110,7 @@ def test_shell_that_execs_a_big_allocation(start_boxd):
     # And the shell that execs something small after boxd grew: small.
     res = c.exec_run(cmd="exec grep VmHWM /proc/self/status", timeout=T(20))
     own, end = hwm(res.stdout.decode()), res.end["max_rss_kb"]
-    assert own // 2 <= end <= own + 1024, (own, end)
+    assert own // 2 <= end <= own + slack(d), (own, end)
 
 
 def test_big_allocation_direct(boxd):
@@ -149,3 +171,47 @@ def test_pid_namespace_falls_back(start_boxd):
         # unshare ignores SIGTERM: boxd itself is told to stop, and must.
         os.kill(inner[0], signal.SIGTERM)
         assert wait_for(lambda: d.proc.poll() is not None, T(10)), "boxd did not stop"
+
+
+BURST = """
+import os
+for i in range(%d):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_lost_records_fall_back(start_boxd):
+    """While boxd is stopped, a burst of exits overflows its socket: the run whose record was
+    lost still ends with wait4's figure, the loss is logged at debug, and later runs get their
+    own figures again."""
+    if os.geteuid() != 0:
+        pytest.skip("taskstats needs root")
+    d = start_boxd("--log-level", "debug")
+    c = d.client()
+    req = c.exec_start(argv=["sleep", "60"], id="victim")
+    started = c.recv_req(req, timeout=T(10))
+    assert started["type"] == "started" and started["pid"] > 0, started
+    pid = started["pid"]
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        subprocess.run([sys.executable, "-c", BURST % 6000], check=True, timeout=T(60))
+        # The socket is full by now: the victim's record is lost. (It is this daemon's run.)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: conftest.read_stat(pid)[0] == "Z", T(10))
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    end = c.collect(req, timeout=T(20)).end
+    print(end)
+    assert end["signal"] == signal.SIGKILL and end["max_rss_kb"] > 0, end
+    assert wait_for(lambda: "exit records lost" in d.stderr_text(), T(5))
+    res = c.exec_run(argv=["grep", "VmHWM", "/proc/self/status"], timeout=T(20))
+    own, got = hwm(res.stdout.decode()), res.end["max_rss_kb"]
+    assert own // 2 <= got <= own + slack(d), (own, got)
+    # boxd still reads its socket between reaps (libuv stops a poll on a socket error): a
+    # burst of exits that are none of its runs' is drained.
+    (ino,) = socket_inodes(d.pid) & netlink_generic_inodes()
+    subprocess.run([sys.executable, "-c", BURST % 300], check=True, timeout=T(60))
+    assert wait_for(lambda: netlink_rmem(ino) == 0, T(5)), netlink_rmem(ino)
