@@ -25,7 +25,7 @@
 
 void taskstats_init(struct taskstats_listener *t)
 {
-    memset(t, 0, sizeof *t - sizeof t->buf);
+    memset(t, 0, sizeof *t);
     t->fd = -1;
 }
 
@@ -48,18 +48,17 @@ static int put_attr(unsigned char *buf, size_t cap, uint16_t type, const void *d
 
 /* Sends a generic netlink request and reads its answer into buf: 0 and *len for a reply,
  * 0 and *len 0 for an ack, or a negative errno (the kernel's, for a refusal). */
-static int request(int fd, unsigned char *buf, size_t cap, uint16_t type, uint16_t flags,
-                   uint8_t cmd, uint8_t version, uint16_t attr, const void *data, size_t dlen,
-                   size_t *len)
+static int request(int fd, uint32_t seq, unsigned char *buf, size_t cap, uint16_t type,
+                   uint16_t flags, uint8_t cmd, uint8_t version, uint16_t attr, const void *data,
+                   size_t dlen, size_t *len)
 {
-    static uint32_t seq;
     unsigned char msg[512];
     memset(msg, 0, sizeof msg);
     struct nlmsghdr *nh = (struct nlmsghdr *)msg;
     nh->nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN);
     nh->nlmsg_type = type;
     nh->nlmsg_flags = (uint16_t)(NLM_F_REQUEST | flags);
-    nh->nlmsg_seq = ++seq;
+    nh->nlmsg_seq = seq;
     struct genlmsghdr gh = {.cmd = cmd, .version = version};
     memcpy(msg + NLMSG_HDRLEN, &gh, sizeof gh);
     int e = put_attr(msg, sizeof msg, attr, data, dlen);
@@ -289,7 +288,7 @@ int taskstats_start(struct agent *a)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
     size_t len;
     stage = "family";
-    e = request(fd, t->buf, sizeof t->buf, GENL_ID_CTRL, 0, CTRL_CMD_GETFAMILY, 1,
+    e = request(fd, 1, t->buf, sizeof t->buf, GENL_ID_CTRL, 0, CTRL_CMD_GETFAMILY, 1,
                 CTRL_ATTR_FAMILY_NAME, TASKSTATS_GENL_NAME, sizeof TASKSTATS_GENL_NAME, &len);
     if (e == 0)
         e = len > 0 ? family_id(t->buf, len, &t->family) : -ENOENT;
@@ -301,7 +300,7 @@ int taskstats_start(struct agent *a)
         goto fail;
     /* Refused (EINVAL) outside the initial user and PID namespaces. */
     stage = "register";
-    e = request(fd, t->buf, sizeof t->buf, t->family, NLM_F_ACK, TASKSTATS_CMD_GET,
+    e = request(fd, 2, t->buf, sizeof t->buf, t->family, NLM_F_ACK, TASKSTATS_CMD_GET,
                 TASKSTATS_GENL_VERSION, TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, cpus,
                 strlen(cpus) + 1, &len);
     if (e < 0)

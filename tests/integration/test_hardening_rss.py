@@ -82,9 +82,13 @@ def slack(d):
     return 1024
 
 
-def test_small_run_while_boxd_is_big(start_boxd):
-    """boxd holds ~64 MB of logs when the run starts: its resident size is what wait4 would say."""
-    d = start_boxd("--max-finished", "16")
+@pytest.mark.parametrize("user", [[], ["--user", "nobody"]], ids=["own-user", "nobody"])
+def test_small_run_while_boxd_is_big(start_boxd, user):
+    """boxd holds ~64 MB of logs when the run starts: its resident size is what wait4 would say.
+    As nobody, the child execs boxd's exec helper first, then the command."""
+    if user and os.geteuid() != 0:
+        pytest.skip("--user needs root")
+    d = start_boxd("--max-finished", "16", *user)
     c = d.client()
     grow(c, 8)
     rss = kb(conftest.proc_status(d.pid)["VmRSS"])
