@@ -46,6 +46,7 @@ int agent_init(struct agent *a)
     list_init(&a->prehello);
     list_init(&a->listeners);
     runs_init(a);
+    taskstats_init(&a->taskstats);
     a->devnull_fd = -1;
     a->n_buckets = ID_BUCKETS;
     a->by_id = calloc(a->n_buckets, sizeof *a->by_id);

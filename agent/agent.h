@@ -13,6 +13,7 @@
 #include "init.h"
 #include "list.h"
 #include "sandbox.h"
+#include "taskstats.h"
 
 #define BOXD_DEFAULT_SOCKET "/run/boxd.sock"
 #define BOXD_MAX_LISTEN 16
@@ -114,6 +115,7 @@ struct agent {
     struct cgroups cg;
     struct auth auth;
     struct sandbox sandbox;
+    struct taskstats_listener taskstats; /* exit records: runs' own peaks (taskstats.h) */
 
     int sig_fd;
     uv_poll_t sig_poll;

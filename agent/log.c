@@ -75,6 +75,7 @@ static const char *const kind_names[LOG_RL_KINDS] = {
     [LOG_RL_CONNS] = "connections over the limit",
     [LOG_RL_FRAME] = "oversized frames",
     [LOG_RL_ACCEPT] = "accept failures",
+    [LOG_RL_TASKSTATS] = "taskstats overflows",
 };
 
 void log_set_level(enum log_level lvl)

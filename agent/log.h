@@ -37,6 +37,7 @@ enum log_kind {
     LOG_RL_CONNS,  /* a connection over max_conns */
     LOG_RL_FRAME,  /* a frame over the size limit */
     LOG_RL_ACCEPT, /* accept failures (descriptors or memory exhausted) */
+    LOG_RL_TASKSTATS, /* taskstats exit records lost or unreadable (taskstats.h) */
     LOG_RL_KINDS
 };
 

@@ -27,6 +27,7 @@
 #include "sandbox.h"
 #include "signals.h"
 #include "spawn.h"
+#include "taskstats.h"
 
 
 static void usage(FILE *f)
@@ -423,6 +424,7 @@ static void teardown(struct agent *a)
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
     uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
+    taskstats_stop(a);
     log_stop();
     uv_run(a->loop, UV_RUN_DEFAULT);
     /* Anything left (there should be nothing) is closed without a callback. */
@@ -563,6 +565,7 @@ int main(int argc, char **argv)
         perror("boxd: signalfd");
         return startup_failed(a, 1);
     }
+    taskstats_start(a); /* without it, max_rss_kb falls back (taskstats.h) */
     for (unsigned i = 0; i < a->cfg.n_listen; i++)
         if (listen_start(a, a->cfg.listen[i]) < 0) {
             /* Start-up failed: release everything so a sanitizer sees a clean exit. */

@@ -108,6 +108,14 @@ static void pid_insert(struct run *r)
     r->in_pid_table = true;
 }
 
+static struct run *pid_find(struct agent *a, pid_t pid)
+{
+    struct run *r = a->by_pid[hash_pid(pid, a->n_buckets)];
+    while (r != NULL && r->pid != pid)
+        r = r->pid_next;
+    return r;
+}
+
 static struct run *pid_take(struct agent *a, pid_t pid)
 {
     struct run **pp = &a->by_pid[hash_pid(pid, a->n_buckets)];
@@ -691,13 +699,16 @@ static void run_finish(struct run *r)
         internal_finish(r);
         return;
     }
+    bool peak = false;
     if (r->cg.dir_fd >= 0) {
         /* The cgroup covers the whole tree, not only what the main process waited for. */
         cgroup_run_usage(a, &r->cg, &r->usage);
         /* The run's own peak: wait4's ru_maxrss is raised to what the child inherited at its
          * first exec, boxd's resident size (spawn.h). */
-        if (r->usage.have_peak)
+        if (r->usage.have_peak) {
             r->ru.ru_maxrss = (long)r->usage.peak_kb;
+            peak = true;
+        }
         if (r->usage.have_cpu) {
             r->ru.ru_utime.tv_sec = (time_t)(r->usage.user_us / 1000000u);
             r->ru.ru_utime.tv_usec = (suseconds_t)(r->usage.user_us % 1000000u);
@@ -705,6 +716,10 @@ static void run_finish(struct run *r)
             r->ru.ru_stime.tv_usec = (suseconds_t)(r->usage.sys_us % 1000000u);
         }
     }
+    /* Else the main process's own peak, from its taskstats exit record (taskstats.h). Failing
+     * both, wait4's figure stays: an upper bound, at least boxd's resident size at the spawn. */
+    if (!peak && r->have_exit_peak && r->exit_peak_kb > 0)
+        r->ru.ru_maxrss = (long)r->exit_peak_kb;
     r->state = RUN_ENDED;
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
@@ -945,6 +960,44 @@ static void on_kill_timer(uv_timer_t *t)
         kill_tree(r, SIGKILL);
         r->kill_stage = 2;
     }
+}
+
+/* The run whose main process pid is: in the pid table, or still starting (the kernel stored the
+ * child's pid in its job before the child ran). */
+static struct run *main_find(struct agent *a, pid_t pid)
+{
+    struct run *r = pid_find(a, pid);
+    if (r != NULL || a->n_starting == 0)
+        return r;
+    struct list *pos;
+    for (pos = a->starting.next; pos != &a->starting; pos = pos->next) {
+        struct run *sr = container_of(pos, struct run, start_link);
+        if (spawn_job_pid(sr->job) == pid)
+            return sr->early_exit ? NULL : sr;
+    }
+    return NULL;
+}
+
+bool runs_is_main(struct agent *a, pid_t pid)
+{
+    return main_find(a, pid) != NULL;
+}
+
+bool runs_note_exit_peak(struct agent *a, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s)
+{
+    /* Called for every exit of the machine: one hash look-up for the others. */
+    struct run *r = main_find(a, pid);
+    if (r == NULL || r->exited)
+        return false;
+    /* A record still queued from an earlier process that had this pid (the pid was reused
+     * before the socket was read; pids are allocated cyclically, so this takes a wrap) began
+     * before the run did. The kernel's btime is in whole seconds, computed from the elapsed
+     * time: allow two seconds. */
+    if (btime_s + 2u < r->started_ns / 1000000000u)
+        return false;
+    r->exit_peak_kb = hiwater_kb;
+    r->have_exit_peak = true;
+    return true;
 }
 
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru)

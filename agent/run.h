@@ -104,6 +104,8 @@ struct run {
         bool follow, want_output;
     } starter;              /* who asked, for `started` or `spawn_failed` */
     bool early_exit;        /* the reaper had the child before the spawn was done */
+    bool have_exit_peak;    /* exit_peak_kb came from the main process's taskstats record */
+    uint64_t exit_peak_kb;
     int early_status;
     struct rusage early_ru;
     uint64_t pending_sigs;  /* `signal`s to deliver once started (bit n-1 for n) */
@@ -202,6 +204,12 @@ void runs_spawner_halt(struct agent *a);
 /* Reaper hook: the main process of some run (or an orphan) changed state. Returns true if pid
  * belonged to a run. */
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru);
+/* True if pid is a live run's main process (one run_on_exit would take). */
+bool runs_is_main(struct agent *a, pid_t pid);
+/* Taskstats hook (taskstats.h): the exit record of pid says its own peak was hiwater_kb, and it
+ * began at btime_s (seconds since 1970). Recorded on the run whose main process pid is, and
+ * returns true; else false (another process of the machine: nothing is done). */
+bool runs_note_exit_peak(struct agent *a, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s);
 
 /* Cancel (TERM + CONT now, KILL after grace_ms; while it is starting: once it has started).
  * Returns false if the run has ended. */

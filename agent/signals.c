@@ -17,6 +17,7 @@
 #include "log.h"
 #include "procfs.h"
 #include "run.h"
+#include "taskstats.h"
 
 static void fill_blocked(sigset_t *s)
 {
@@ -56,6 +57,10 @@ void signals_reap(struct agent *a)
             continue;
         if (pid <= 0)
             return; /* 0: children remain but none has exited; ECHILD: none at all */
+        /* The main process's taskstats record was queued before it became a zombie: read it
+         * now, before its end is built (taskstats.h). Orphans cost a look-up only. */
+        if (a->taskstats.fd >= 0 && runs_is_main(a, pid))
+            taskstats_drain(a, TASKSTATS_REAP_MSGS);
         if (!run_on_exit(a, pid, st, &ru))
             a->reaped++;
     }

@@ -1,0 +1,54 @@
+/* The kernel's taskstats exit records: each run's main process's own memory peak.
+ *
+ * wait4's ru_maxrss cannot be a run's figure: the child is made with CLONE_VM|CLONE_VFORK and its
+ * first exec copies the shared address space's high-water mark, boxd's, into its signal->maxrss
+ * (fs/exec.c). The taskstats record the kernel sends for each exiting task (generic netlink
+ * family TASKSTATS) has hiwater_rss computed from the task's own mm at exit (kernel/tsacct.c),
+ * so for a run's main process it is that process's true peak.
+ *
+ * boxd listens on one NETLINK_GENERIC socket, registered for the exits on every possible CPU. It
+ * needs root in the initial user and PID namespaces (the kernel refuses a listener elsewhere: its
+ * pids are the initial namespace's) and the family in boxd's network namespace; without them
+ * boxd does without (a debug line) and max_rss_kb falls back to wait4's figure. Every exit of the
+ * machine is sent to it, so a record costs a hash look-up and nothing more; a record lost to an
+ * overflowing socket (ENOBUFS) is counted and the fallback applies for that run.
+ *
+ * Ordering: the kernel queues a task's record in do_exit before the task becomes a zombie, so
+ * once the reaper has the main process (wait4), draining the socket yields its record. */
+#ifndef BOXD_TASKSTATS_H
+#define BOXD_TASKSTATS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define TASKSTATS_RCVBUF (1u << 20)   /* the socket's receive buffer */
+#define TASKSTATS_WAKEUP_MSGS 64u     /* records read per readable wakeup */
+#define TASKSTATS_REAP_MSGS 4096u     /* records read before a run's main process is reaped */
+#define TASKSTATS_BUF 8192u           /* one record is about 500 bytes */
+
+struct agent;
+
+struct taskstats_listener {
+    int fd;            /* the netlink socket, or -1: not listening */
+    uint16_t family;   /* the TASKSTATS family id */
+    uv_poll_t poll;
+    bool polling;      /* poll was initialised (closed by taskstats_stop) */
+    uint64_t overflows; /* ENOBUFS: records the kernel could not queue */
+    uint64_t records;   /* records that were a run's main process's */
+    unsigned char buf[TASKSTATS_BUF];
+};
+
+/* Before taskstats_start (and in the fuzz build, which never starts it): not listening. */
+void taskstats_init(struct taskstats_listener *t);
+/* Opens, registers and watches the socket on a->loop. Returns 0 (listening), or a negative errno
+ * when the kernel or boxd's privileges do not allow it (not an error: a debug line is logged and
+ * boxd goes on without). Holds one descriptor while listening. */
+int taskstats_start(struct agent *a);
+/* Reads up to max queued records without blocking, recording each run main process's peak
+ * (run.h: runs_note_exit_peak). Returns the number read. */
+unsigned taskstats_drain(struct agent *a, unsigned max);
+/* Closes the poll handle (its close runs on the next uv_run) and the socket. Idempotent. */
+void taskstats_stop(struct agent *a);
+
+#endif
