@@ -152,12 +152,16 @@ class PipeDaemon(Daemon):
         if self._drainer is None:
             self.drain_forever()
         problems = super().shutdown()
+        # Our copy of boxd's stderr is the last writer: closing it gives the drainer its EOF.
+        try:
+            os.close(self.wfd)
+        except OSError:
+            pass
         self._drainer.join(timeout=5)
-        for fd in (self.wfd, self.rfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.rfd)
+        except OSError:
+            pass
         return problems
 
 

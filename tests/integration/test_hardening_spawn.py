@@ -105,7 +105,9 @@ def sigstop_race(d, boxd_pid):
     stuck_cancelled = []  # (id, cancel sent, reply arrived)
     slowest = 0.0
     n = n_stuck = 0
-    end = time.monotonic() + 30
+    # 30 s, as issue 11 asks; the sanitized pass (BOXD_SANITIZED) looks for memory errors on the
+    # same paths, for which 10 s of the race is plenty.
+    end = time.monotonic() + (10 if os.environ.get("BOXD_SANITIZED") else 30)
     while time.monotonic() < end:
         batch = {}
         for _ in range(4):
