@@ -240,26 +240,29 @@ def test_fd_owner_sigkill_does_not_reach_boxd(start_boxd, args):
 def test_scheduling_tools_on_the_run_itself(start_boxd):
     d = start_boxd()
     c = d.client()
-    res = ok_run(c, "nice -n 5 sh -c 'cut -d\" \" -f19 /proc/$$/stat';"
+    res = ok_run(c, "cut -d' ' -f19 /proc/$$/stat; nice -n 5 sh -c 'cut -d\" \" -f19 /proc/$$/stat';"
                  " taskset -c 0 cat /proc/self/status | grep Cpus_allowed_list;"
                  " taskset -pc 0 $$ >/dev/null && echo taskset-self-ok;"
                  " ionice -c 3 sh -c 'ionice -p $$'; ionice -c 2 -n 7 -p $$ && ionice -p $$;"
                  " renice -n 2 -p $$ >/dev/null && echo renice-ok;"
                  " chrt -o -p 0 $$ && echo chrt-ok", output=True)
     lines = res.stdout.decode().split("\n")
-    assert lines[0] == "5", lines
+    # The run's own niceness, whatever boxd's was (a test run under `nice` shifts both).
+    base = int(lines.pop(0))
+    assert int(lines[0]) == min(base + 5, 19), (base, lines)
     assert lines[1].split() == ["Cpus_allowed_list:", "0"], lines
     assert lines[2] == "taskset-self-ok", lines
     assert lines[3] == "idle", lines
     assert lines[4] == "best-effort: prio 7", lines
     assert lines[5] == "renice-ok" and lines[6] == "chrt-ok", lines
     # And aimed at boxd, the same tools are refused.
+    before = sched_state(d.pid)
     for cmd in ("renice -n 19 -p %d" % d.pid, "taskset -pc 0 %d" % d.pid,
                 "ionice -c 3 -p %d" % d.pid, "chrt -o -p 0 %d" % d.pid):
         res = c.exec_run(cmd, timeout=T(20), output=True)
         assert res.end["status"] == "failed", (cmd, res)
         assert b"not permitted" in res.stderr, (cmd, res)
-    assert sched_state(d.pid)[0] == 0
+    assert sched_state(d.pid) == before
 
 
 # ---- 10. timeouts and the whole tree --------------------------------------------------------------
