@@ -113,7 +113,7 @@ def test_followed_runs_under_full_logs_are_held_back_not_lost(start_boxd):
     d = start_boxd("--log-total", str(total))
     base = kb(d, "VmRSS")
     conns, reqs = [], []
-    n, nlines = 12, 300000  # 12 x 2.1 MB of short lines, all followed
+    n, nlines = 8, 200000  # 8 x 1.3 MB of short lines (5 MB each in memory), all followed
     for i in range(n):
         fc = d.client()
         conns.append(fc)
