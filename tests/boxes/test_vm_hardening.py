@@ -70,15 +70,6 @@ with open("/proc/1/mem", "rb") as m:
 """
 
 
-def wait_for(pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def attacker_bin(tmp_path_factory):
     cc = shutil.which("gcc") or shutil.which("cc")
