@@ -29,7 +29,8 @@ import pytest
 
 import boxd_client
 from conftest import (BOXD_BIN, CGROOT, Daemon, T, cgroup2_available, new_workdir, wait_for)
-from test_security import (assert_clean_exit, expect_refused, hello_frame, ok_run, p99)
+from boxtest import p99
+from test_security import assert_clean_exit, expect_refused, hello_frame, ok_run
 
 
 @pytest.fixture
