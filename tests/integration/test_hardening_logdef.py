@@ -212,6 +212,7 @@ def wrong_hellos(sock_path, n, timeout):
 
 @pytest.mark.parametrize("sink,level", [("pipe", "info"), ("pipe", "debug"), ("socket", "debug"),
                                         ("pty", "debug")])
+@pytest.mark.serial
 def test_log_never_blocks_on_a_stalled_stderr(pipe_boxd, token_file, sink, level):
     """At info, the rate limit alone keeps the wrong-token lines few (they wait in boxd's queue);
     at debug, every connection adds lines of its own, the queue fills and lines are dropped. A

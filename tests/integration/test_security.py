@@ -292,6 +292,7 @@ def test_token_file_readable_by_others_refused(token_file):
         assert_clean_exit(problems, text)
 
 
+@pytest.mark.serial
 def test_token_compare_timing(start_boxd, token_file):
     path, tok = token_file
     d = start_boxd("--token-file", path, "--user", "nobody", "--log-level", "error")
@@ -400,6 +401,7 @@ def test_token_sent_late(start_boxd, token_file):
     c.close()
 
 
+@pytest.mark.serial
 def test_connection_flood(start_boxd):
     d = start_boxd("--log-level", "error")
     live = d.client()
@@ -844,7 +846,7 @@ def test_run_limits_configured(start_boxd):
 
 
 
-
+@pytest.mark.serial
 def test_fork_bomb(pids_cgroup, start_boxd):
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
@@ -926,6 +928,7 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     assert d.alive()
 
 
+@pytest.mark.serial
 def test_output_flood(start_boxd):
     d = start_boxd()
     c = d.client()
