@@ -366,6 +366,9 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
+/* Not util_write_all (protocol/common): a socket is written with send(MSG_NOSIGNAL), so that an
+ * agent gone away is -EPIPE for the caller rather than a SIGPIPE for the whole process, and a
+ * partial frame marks the connection broken. */
 static int send_all(struct box_client *c, const uint8_t *buf, size_t len)
 {
     if (c->broken || c->fd < 0)

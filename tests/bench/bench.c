@@ -1,5 +1,6 @@
 /* Shared helpers for the boxd benchmarks. See bench.h. */
 #include "bench.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -280,17 +281,8 @@ long bench_cpu_ms(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (util_read_small_file(path, buf, sizeof buf, NULL) < 0)
         return -1;
-    ssize_t n;
-    do
-        n = read(fd, buf, sizeof buf - 1);
-    while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     /* Fields after the command name, which is in parentheses and may contain anything. */
     char *p = strrchr(buf, ')');
     if (p == NULL)
