@@ -446,10 +446,11 @@ bool key_is(const msgpack_object *k, const char *s)
 static void lang_field(struct sbuf *b, const msgpack_object *lang, const char *key)
 {
     const msgpack_object *v = msg_get(lang, key);
-    if (v == NULL || v->type == MSGPACK_OBJECT_NIL)
-        sbuf_lit(b, "-");
-    else
+    size_t before = b->len;
+    if (v != NULL && v->type != MSGPACK_OBJECT_NIL)
         text_mp(b, v);
+    if (b->len == before)
+        sbuf_lit(b, "-"); /* absent, nil or empty (a language without aliases) */
 }
 
 /* info's `languages`: one line each, "  NAME  PATH  VERSION  (aliases A, B; file F)". */
