@@ -6,6 +6,7 @@ one option table."""
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -177,6 +178,10 @@ def test_not_found_says_what_to_do(boxctl):
 def test_help_and_man_come_from_the_option_table(boxctl):
     man = subprocess.run([BOXCTL_BIN, "--man"], stdout=subprocess.PIPE, check=True).stdout.decode()
     assert man.startswith('.\\" Generated') and ".TH BOXCTL 1" in man
+    if shutil.which("groff"):
+        g = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=man.encode(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert g.returncode == 0 and g.stderr == b"", g.stderr
     top = subprocess.run([BOXCTL_BIN, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
     cmds = re.findall(r"^  ([a-z]+) {2,}", top, re.M)
     assert {"exec", "code", "cancel", "shutdown", "list"} <= set(cmds), top
