@@ -183,6 +183,37 @@ static void connect_failed(struct ctl *x, int r, const char *detail)
         errmsg("cannot connect to %s: %s; %s", x->sock, strerror(-r), how);
 }
 
+/* A virtio-serial port has no connection boundaries: a `hello` can be answered by the session
+ * of the client before us, which then ends, and our first request meets `need_hello`
+ * (PROTOCOL.md section 1). So confirm the session with a ping, and say hello again while the
+ * answer is need_hello, at most SERIAL_HELLO_TRIES times. */
+#define SERIAL_HELLO_TRIES 5
+static int serial_confirm(struct ctl *x, int token_ok)
+{
+    if (token_ok != 0)
+        return token_ok;
+    char tok[TOKEN_MAX];
+    size_t toklen = 0;
+    for (int i = 0; i < SERIAL_HELLO_TRIES; i++) {
+        int r = simple_request(x, "ping");
+        if (r == 0)
+            return 0;
+        if (r != -EREMOTEIO || !error_is(&x->m, "need_hello"))
+            return request_failed(x, r);
+        if (x->token_file != NULL && read_token(x, tok, &toklen) != 0)
+            return EXIT_FAIL;
+        r = box_client_hello_token(&x->c, CLIENT_NAME, x->token_file != NULL ? tok : NULL,
+                                   toklen, HELLO_TIMEOUT_MS, &x->m);
+        explicit_bzero(tok, sizeof tok);
+        if (r < 0)
+            return request_failed(x, r);
+    }
+    errmsg("%s: the virtio-serial session kept asking for hello (%d tries); is another client "
+           "connecting to the port at the same time?",
+           x->sock, SERIAL_HELLO_TRIES);
+    return EXIT_FAIL;
+}
+
 int ctl_connect(struct ctl *x)
 {
     int r = box_msg_init(&x->m);
@@ -228,6 +259,8 @@ int ctl_connect(struct ctl *x)
             request_failed(x, r);
         return EXIT_FAIL;
     }
+    if (x->ep.kind == BOX_EP_SERIAL)
+        return serial_confirm(x, 0);
     return 0;
 }
 

@@ -18,7 +18,10 @@ class Relay:
     - "fc-refuse": read the CONNECT line, then close without a word (no listener on the port);
     - "fc-garble": answer "HELLO?\\n" instead of OK;
     - "serial-drop-first": relay, but swallow the client's first frame (a hello read by the old
-      session of a virtio-serial port), so only a re-sent hello is answered."""
+      session of a virtio-serial port), so only a re-sent hello is answered;
+    - "serial-reset": the first hello is answered by one boxd connection, which then ends (the
+      old session's end seen late), and the port goes on with a new one each time boxd closes
+      the current one: the next request meets need_hello, as a virtio-serial port can do."""
 
     def __init__(self, path, target, mode, port=5000):
         self.path, self.target, self.mode, self.port = path, target, mode, port
@@ -80,6 +83,9 @@ class Relay:
                 if line != b"CONNECT %d\n" % self.port:
                     return
                 c.sendall(b"OK 1\n")
+            if self.mode == "serial-reset":
+                self._serve_reset(c)
+                return
             b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             b.connect(self.target)
             with b:
@@ -91,6 +97,58 @@ class Relay:
                 t.start()
                 self._pipe(c, b)
                 t.join(5)
+
+    def _frame(self, s):
+        hdr = self._recv_exact(s, 4)
+        return hdr + self._recv_exact(s, struct.unpack(">I", hdr)[0])
+
+    def _serve_reset(self, c):
+        import select
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        first.connect(self.target)
+        with first:
+            first.sendall(self._frame(c))
+            c.sendall(self._frame(first))
+        self.lines.append(b"reset")
+        b = None
+        try:
+            while True:
+                if b is None:
+                    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    b.connect(self.target)
+                r, _, _ = select.select([c, b], [], [], 10)
+                if not r:
+                    return
+                if c in r:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    try:
+                        b.sendall(d)
+                    except OSError:
+                        # The session ended under these bytes: they go to the next one (what
+                        # boxd dropped unread is recovered by the client's hello resend).
+                        b.close()
+                        self.lines.append(b"session ended")
+                        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                        b.connect(self.target)
+                        b.sendall(d)
+                if b in r:
+                    try:
+                        d = b.recv(65536)
+                    except OSError:
+                        d = b""
+                    if not d:
+                        b.close()
+                        b = None
+                        self.lines.append(b"session ended")
+                        continue
+                    c.sendall(d)
+        except OSError:
+            pass
+        finally:
+            if b is not None:
+                b.close()
 
     @staticmethod
     def _recv_exact(c, n):
@@ -162,6 +220,15 @@ def test_serial_resends_hello(boxctl, relay):
     p = boxctl.run("-s", "serial:" + r.path, "exec", "echo via-serial", sock=False)
     assert p.returncode == 0 and p.stdout == b"via-serial\n", p
     assert r.lines == [b"dropped"]
+
+
+def test_serial_says_hello_again_after_need_hello(boxctl, relay):
+    """The hello was answered by a session that then ended: the first request meets need_hello,
+    and boxctl says hello again on the port and goes on."""
+    r = relay("serial-reset")
+    p = boxctl.run("-s", "serial:" + r.path, "exec", "echo after-reset", sock=False)
+    assert p.returncode == 0 and p.stdout == b"after-reset\n", p
+    assert r.lines[:2] == [b"reset", b"session ended"], r.lines
 
 
 @pytest.mark.parametrize("spec,needle", [
