@@ -23,7 +23,10 @@
 #include "init.h"
 #include "listen.h"
 #include "log.h"
+#include "request.h"
 #include "run.h"
+#include "runstart.h"
+#include "runtab.h"
 #include "sandbox.h"
 #include "signals.h"
 #include "spawn.h"
@@ -439,6 +442,12 @@ static void teardown(struct agent *a)
     code_destroy(a);
 }
 
+/* taskstats' callback: the runs' table knows which exits are runs'. */
+static bool note_exit_peak(void *arg, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s)
+{
+    return runs_note_exit_peak(arg, pid, hiwater_kb, btime_s);
+}
+
 static void on_spawns_done(uv_async_t *h)
 {
     runs_spawns_done(h->data);
@@ -560,12 +569,12 @@ int main(int argc, char **argv)
     spawner_set_notify(a->sandbox.spawner, notify_loop, &a->spawn_async);
     if (a->sandbox.spawner_none)
         spawner_set_notify(a->sandbox.spawner_none, notify_loop, &a->spawn_async);
-    conns_init(a);
+    conns_init(a, request_frame);
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");
         return startup_failed(a, 1);
     }
-    taskstats_start(a); /* without it, max_rss_kb falls back (taskstats.h) */
+    taskstats_start(a, note_exit_peak, a); /* without it, max_rss_kb falls back (taskstats.h) */
     for (unsigned i = 0; i < a->cfg.n_listen; i++)
         if (listen_start(a, a->cfg.listen[i]) < 0) {
             /* Start-up failed: release everything so a sanitizer sees a clean exit. */

@@ -23,6 +23,7 @@
 #include "codec.h"
 #include "conn.h"
 #include "log.h"
+#include "request.h"
 #include "run.h"
 #include "sandbox.h"
 
@@ -62,6 +63,7 @@ static void setup(void)
     /* A `shutdown` request starts the shutdown timer; it is reset after every input. */
     uv_timer_init(A.loop, &A.shutdown_timer);
     A.shutdown_timer.data = &A;
+    conns_init(&A, request_frame);
     ready = 1;
 }
 
