@@ -367,12 +367,19 @@ int code_init(struct agent *a)
     return 0;
 }
 
+void code_close(struct agent *a)
+{
+    struct code_table *t = a->code;
+    if (t != NULL && !uv_is_closing((uv_handle_t *)&t->kick))
+        uv_close((uv_handle_t *)&t->kick, NULL);
+}
+
 void code_destroy(struct agent *a)
 {
     struct code_table *t = a->code;
     if (t == NULL)
         return;
-    /* After the loop is closed (main.c's teardown closes every handle, the kick timer too). */
+    /* After the loop is closed (code_close closed the kick timer). */
     for (struct held *x = t->held, *next; x; x = next) {
         next = x->next;
         free(x);
