@@ -9,7 +9,7 @@
  * handlers behind the gate); bits 1-7 choose the chunk size in which the rest is fed (1 to 128
  * bytes), so frames split at every boundary are exercised. When the last byte has its high bit
  * set (and the input is longer than two bytes), it is not fed: it arms the allocation fault
- * (agent/alloc.h), so that allocation number N = 1 + (its low 7 bits) * 4 from the start of the
+ * (agent/alloc.h), so that allocation number N = 1 + (its low 7 bits) from the start of the
  * input (after the hello) fails, and the out-of-memory branches behind it run.
  *
  * Invariants, after every input:
@@ -84,7 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size--;
     uint64_t fail_at = 0;
     if (size > 1 && (data[size - 1] & 0x80)) {
-        fail_at = 1u + (uint64_t)(data[size - 1] & 0x7f) * 4u;
+        fail_at = 1u + (uint64_t)(data[size - 1] & 0x7f);
         size--;
     }
     if (mode & 1) {
