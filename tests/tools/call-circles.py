@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""call-circles.py [--allow A->B ...] DIR
+"""call-circles.py [--allow 'A->B' ...] DIR
 
 Holds the layering of DIR's C files (agent/): no circle of calls and no circle of includes.
 
@@ -9,7 +9,7 @@ Holds the layering of DIR's C files (agent/): no circle of calls and no circle o
 - Includes: every #include "x.h" of a DIR file that names a file of DIR is an edge; every
   circle among DIR's files is printed as "include circle: x.h y.h".
 
---allow A->B leaves the call edge A -> B (file names without .c) out, for an edge that another
+--allow 'A->B' (quoted: > is the shell's) leaves the call edge A -> B (file names without .c) out, for an edge that another
 change is known to remove; each one still present is printed as "allowed: A -> B", each one
 gone as "allowed but absent: A -> B (drop it)". Exit 1 if there is any circle, else 0.
 """
