@@ -190,7 +190,7 @@ int conn_send(struct conn *c, struct msg_out *o)
     if (e < 0) {
         free(wr->buf);
         free(wr);
-        /* Not closed from here: the caller may be iterating this conn's subscriptions. The
+        /* Not closed from here: the caller may be iterating what it sends to this conn. The
          * read side sees the same error and closes it. */
         return -EPIPE;
     }

@@ -7,7 +7,7 @@
 #include "run.h"
 
 /* Parameters of a new run; strings are borrowed for the duration of run_start. Every field
- * is meant to be set (request.c's run_launch is the one caller): a zero seccomp is "none". */
+ * is meant to be set (request.c's run_launch and code.c's probes are the callers): a zero seccomp is "none". */
 struct run_params {
     /* Who asked (the tmux completecb pattern): on_started(r, started_arg) is called once, when
      * the run has started (RUN_RUNNING) or failed to (ended, reason spawn) - during run_start
@@ -52,9 +52,9 @@ struct run_params {
 };
 
 /* Starts a run. Returns 0 and *out when the run exists: started, being started by the spawner
- * thread (RUN_STARTING), or already failed to start (ended, reason spawn). In each case the
- * requester's reply is request_run_started's, called once the outcome is known - during this
- * call or from runs_spawns_done. Else, with nothing created:
+ * thread (RUN_STARTING), or already failed to start (ended, reason spawn). In each case
+ * p->on_started is called once the outcome is known - during this call or from
+ * runs_spawns_done. Else, with nothing created:
  *   -EAGAIN  max_runs reached
  *   -ENOMEM */
 int run_start(struct agent *a, const struct run_params *p, struct run **out);
