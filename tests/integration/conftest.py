@@ -89,6 +89,8 @@ class Daemon:
         # Sanitizers, when the binary has them: fail loudly and make leaks an error.
         full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        # A loop that still holds handles at exit is a failure: boxd exits 70 and says which.
+        full_env.setdefault("BOXD_STRICT_EXIT", "1")
         full_env.update(env or {})
 
         preexec = None
@@ -242,6 +244,9 @@ class Daemon:
         if rc is not None and rc != 0 and self.stopped_rc is None:
             problems.append("boxd exited with status %r (expected 0 after SIGTERM)" % rc)
         text = self.stderr_saved
+        if "still open at exit" in text or "still busy after its handles" in text:
+            problems.append("boxd's loop still held handles at exit: %s" % " | ".join(
+                l for l in text.splitlines() if "at exit" in l or "still busy" in l)[:2000])
         for m in SANITIZER_MARKERS:
             if m in text:
                 problems.append("sanitizer report in boxd stderr (%s)" % m)
