@@ -14,9 +14,9 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "io.h"
 #include "environ.h"
 #include "log.h"
-#include "request.h"
 #include "run.h"
 #include "sandbox.h"
 
@@ -72,6 +72,7 @@ struct probe {
 /* A request waiting for probes (code_hold). */
 struct held {
     struct held *next;
+    code_retry_fn retry; /* the request layer's, given to code_hold */
     uint64_t conn_no;
     uint64_t deadline_ns;
     size_t len;
@@ -861,7 +862,7 @@ static void on_kick(uv_timer_t *h)
     t->held_bytes = 0;
     for (struct held *x = list, *next; x; x = next) {
         next = x->next;
-        request_retry(a, x->conn_no, x->body, x->len, x->deadline_ns);
+        x->retry(a, x->conn_no, x->body, x->len, x->deadline_ns);
         free(x);
     }
     uint64_t due = UINT64_MAX;
@@ -873,7 +874,7 @@ static void on_kick(uv_timer_t *h)
 }
 
 int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
-              uint64_t deadline_ns)
+              uint64_t deadline_ns, code_retry_fn retry)
 {
     struct code_table *t = a->code;
     if (t == NULL)
@@ -884,6 +885,7 @@ int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len
     if (x == NULL)
         return -ENOMEM;
     x->next = NULL;
+    x->retry = retry;
     x->conn_no = conn_no;
     x->deadline_ns = deadline_ns;
     x->len = len;
@@ -925,20 +927,6 @@ static size_t subst(const char *w, const char *file, const char *dir, char *out)
     return n;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int code_prepare(const struct code_choice *c, const struct identity *id, const char *code,
                  size_t len, struct code_prep *p)
 {
@@ -977,7 +965,7 @@ int code_prepare(const struct code_choice *c, const struct identity *id, const c
         close(dfd);
         goto fail;
     }
-    e = write_all(fd, code, len);
+    e = box_write_all(fd, code, len);
     gid_t gid = id && id->change ? id->gid : (gid_t)-1;
     if (e == 0 && gid != (gid_t)-1 &&
         (fchown(fd, (uid_t)-1, gid) < 0 || fchown(dfd, (uid_t)-1, gid) < 0))

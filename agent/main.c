@@ -25,6 +25,7 @@
 #include "log.h"
 #include "run.h"
 #include "sandbox.h"
+#include "shutdown.h"
 #include "signals.h"
 #include "spawn.h"
 #include "taskstats.h"
@@ -561,7 +562,7 @@ int main(int argc, char **argv)
     if (a->sandbox.spawner_none)
         spawner_set_notify(a->sandbox.spawner_none, notify_loop, &a->spawn_async);
     conns_init(a);
-    if (signals_start(a) < 0) {
+    if (signals_start(a, agent_shutdown_on_signal) < 0) {
         perror("boxd: signalfd");
         return startup_failed(a, 1);
     }
