@@ -129,6 +129,24 @@ struct run *request__get_run(struct ctx *x)
     return r;
 }
 
+struct sub *request__find_sub(struct conn *c, struct run *r)
+{
+    struct list *pos;
+    for (pos = c->subs.next; pos != &c->subs; pos = pos->next) {
+        struct sub *s = container_of(pos, struct sub, conn_link);
+        if (s->run == r && !s->end_only)
+            return s;
+    }
+    return NULL;
+}
+
+void request__put_retention(struct msg_out *o, const struct run *r)
+{
+    msg_kv_u64(o, "first_seq", r->log.first_seq);
+    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
+    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
+}
+
 /* ---- Dispatch ------------------------------------------------------------------------------- */
 
 static void (*const handlers[BOX_T__COUNT])(struct ctx *) = {

@@ -31,7 +31,8 @@ static void stdin_done(void *arg, int status)
     if (c) {
         struct msg_out o;
         int e = status == 0 ? ev_begin(&o, box_type_str(BOX_T_OK), &sc->req)
-                            : ev_error(&o, &sc->req, box_err_str(BOX_ERR_RUN_ENDED), sc->id, "stdin is closed: %s",
+                            : ev_error(&o, &sc->req, box_err_str(BOX_ERR_RUN_ENDED), sc->id,
+                                       "stdin is closed: %s",
                                        uv_strerror(status));
         if (e == 0) {
             if (status == 0) {
@@ -74,7 +75,7 @@ void request__stdin(struct ctx *x)
         request__ok(x, r->id, -1);
     else if (e == -ENOBUFS)
         request__limit_error(x, r->id, BOX_LIM_STDIN_BYTES, "more than %u bytes of stdin queued",
-                    x->a->cfg.stdin_bytes);
+                             x->a->cfg.stdin_bytes);
     else if (e == -EPIPE)
         request__error(x, BOX_ERR_RUN_ENDED, r->id, "the run has no open stdin");
     else
@@ -116,17 +117,6 @@ void request__cancel(struct ctx *x)
     request__ok(x, r->id, !live);
 }
 
-struct sub *request__find_sub(struct conn *c, struct run *r)
-{
-    struct list *pos;
-    for (pos = c->subs.next; pos != &c->subs; pos = pos->next) {
-        struct sub *s = container_of(pos, struct sub, conn_link);
-        if (s->run == r && !s->end_only)
-            return s;
-    }
-    return NULL;
-}
-
 void request__attach(struct ctx *x)
 {
     struct run *r = request__get_run(x);
@@ -143,7 +133,7 @@ void request__attach(struct ctx *x)
     struct sub *old = request__find_sub(x->c, r); /* attaching again replaces it (sub_replace) */
     if (!old && x->c->n_subs >= x->a->cfg.max_subs) {
         request__limit_error(x, r->id, BOX_LIM_MAX_SUBS, "this connection already follows %u runs",
-                    x->a->cfg.max_subs);
+                             x->a->cfg.max_subs);
         return;
     }
     struct msg_out o;
@@ -185,18 +175,11 @@ void request__wait(struct ctx *x)
     }
     if (x->c->n_subs >= x->a->cfg.max_subs) {
         request__limit_error(x, r->id, BOX_LIM_MAX_SUBS, "this connection already follows %u runs",
-                    x->a->cfg.max_subs);
+                             x->a->cfg.max_subs);
         return;
     }
     if (sub_new(r, x->c, &x->req, 0, true, want_output) == NULL)
         request__error(x, BOX_ERR_INTERNAL, r->id, "out of memory");
-}
-
-void request__put_retention(struct msg_out *o, const struct run *r)
-{
-    msg_kv_u64(o, "first_seq", r->log.first_seq);
-    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
-    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
 }
 
 void request__logs(struct ctx *x)

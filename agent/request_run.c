@@ -103,8 +103,9 @@ static int run_opts_sandbox(struct ctx *x, struct run_opts *o)
     }
     if (u && !(strlen(a->ident.user) == ul && memcmp(a->ident.user, u, ul) == 0)) {
         if (!auth_request_user_allowed(&a->auth, u, ul)) {
-            request__error(x, BOX_ERR_DENIED, NULL, "runs execute as %s; this agent does not let a request "
-                  "name %.*s (--allow-request-user)", a->ident.user, (int)ul, u);
+            request__error(x, BOX_ERR_DENIED, NULL,
+                           "runs execute as %s; this agent does not let a request "
+                           "name %.*s (--allow-request-user)", a->ident.user, (int)ul, u);
             return -1;
         }
         char name[sizeof o->req_ident.user];
@@ -131,8 +132,9 @@ static int run_opts_sandbox(struct ctx *x, struct run_opts *o)
          * default, except `none` when the agent allows it. */
         if ((enum seccomp_profile)p < a->sandbox.dflt &&
             !(p == SECCOMP_NONE && a->cfg.allow_seccomp_none)) {
-            request__error(x, BOX_ERR_DENIED, NULL, "seccomp profile %s is less strict than this agent allows",
-                  sandbox_profile_name((enum seccomp_profile)p));
+            request__error(x, BOX_ERR_DENIED, NULL,
+                           "seccomp profile %s is less strict than this agent allows",
+                           sandbox_profile_name((enum seccomp_profile)p));
             return -1;
         }
         o->seccomp = (enum seccomp_profile)p;
@@ -184,8 +186,8 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
             /* Else following again replaces the earlier subscription, as attach does: the
              * retry's req gets the whole run from seq 0, each record once. */
             if (o->follow && !old && x->c->n_subs >= a->cfg.max_subs) {
-                request__limit_error(x, r->id, BOX_LIM_MAX_SUBS, "this connection already follows %u runs",
-                            a->cfg.max_subs);
+                request__limit_error(x, r->id, BOX_LIM_MAX_SUBS,
+                                     "this connection already follows %u runs", a->cfg.max_subs);
                 return -1;
             }
             started(x, r, true);
@@ -200,7 +202,7 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
     }
     if (o->follow && x->c->n_subs >= a->cfg.max_subs) {
         request__limit_error(x, NULL, BOX_LIM_MAX_SUBS, "this connection already follows %u runs",
-                    a->cfg.max_subs);
+                             a->cfg.max_subs);
         return -1;
     }
     return run_opts_sandbox(x, o);
@@ -299,7 +301,8 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         if (o->follow)
             x->c->n_subs--;
         if (e == -EAGAIN)
-            request__limit_error(x, NULL, BOX_LIM_MAX_RUNS, "%u runs are live (max_runs)", a->cfg.max_runs);
+            request__limit_error(x, NULL, BOX_LIM_MAX_RUNS, "%u runs are live (max_runs)",
+                                 a->cfg.max_runs);
         else
             request__error(x, BOX_ERR_INTERNAL, NULL, "out of memory");
     }
@@ -450,7 +453,8 @@ void request__code(struct ctx *x)
         request__error(x, BOX_ERR_INTERNAL, NULL, "out of memory");
     } else if ((e = code_prepare(&choice, o.ident, code, code_len, &prep)) < 0) {
         /* /tmp missing, full or read-only: nothing was started and nothing is left. */
-        request__error(x, BOX_ERR_INTERNAL, NULL, "cannot write the snippet under /tmp: %s", strerror(-e));
+        request__error(x, BOX_ERR_INTERNAL, NULL, "cannot write the snippet under /tmp: %s",
+                       strerror(-e));
     } else {
         char *tmpdir = prep.tmpdir;
         prep.tmpdir = NULL; /* run_launch hands it to the run or removes it */

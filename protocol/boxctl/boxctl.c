@@ -17,6 +17,7 @@
 #endif
 #include "client.h"
 #include "json.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -781,7 +782,8 @@ static int follow_msg(struct follow *f)
     struct box_msg *m = &f->x->m;
     bool ours = m->has_req && m->req == f->req;
 
-    if (ours && (box_msg_is(m, "started") || box_msg_is(m, "attached"))) {
+    if (ours && (box_msg_is(m, box_type_str(BOX_T_STARTED)) ||
+                 box_msg_is(m, box_type_str(BOX_T_ATTACHED)))) {
         struct bytes id = {NULL, 0};
         if (f->id[0] == '\0' && get_bytes(&m->root, "id", &id) && id.n <= RUN_ID_MAX)
             bytes_cstr(id, f->id, sizeof f->id);
@@ -790,7 +792,7 @@ static int follow_msg(struct follow *f)
             return F_FAILED;
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "error")) {
+    if (box_msg_is(m, box_type_str(BOX_T_ERROR))) {
         if (ours || msg_get(&m->root, "req") == NULL)
             return F_ERROR;
         if (m->has_req && m->req == f->feed_req) {
@@ -799,7 +801,7 @@ static int follow_msg(struct follow *f)
             const char *code = "";
             size_t n = 0;
             box_msg_error(m, &code, &n, NULL, NULL);
-            if (!bytes_is((struct bytes){code, n}, "run_ended"))
+            if (!box_err_is(code, n, BOX_ERR_RUN_ENDED))
                 print_agent_error(m);
             f->feed = false;
             f->feed_wait = false;
@@ -808,14 +810,14 @@ static int follow_msg(struct follow *f)
         }
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "ok")) {
+    if (box_msg_is(m, box_type_str(BOX_T_OK))) {
         if (m->has_req && m->req == f->feed_req)
             f->feed_wait = false;
         return F_CONTINUE;
     }
     if (!is_for_run(f, m))
         return F_CONTINUE;
-    if (box_msg_is(m, "output")) {
+    if (box_msg_is(m, box_type_str(BOX_T_OUTPUT))) {
         int r = sink_lines(f->sink, msg_get(&m->root, "lines"));
         if (r == -EBADMSG) {
             errmsg("malformed output record from the agent");
@@ -823,7 +825,7 @@ static int follow_msg(struct follow *f)
         }
         return r < 0 ? F_FAILED : F_CONTINUE;
     }
-    if (box_msg_is(m, "gap")) {
+    if (box_msg_is(m, box_type_str(BOX_T_GAP))) {
         uint64_t from = 0, to = 0;
         msg_get_u64(&m->root, "from_seq", &from);
         msg_get_u64(&m->root, "to_seq", &to);
@@ -831,7 +833,7 @@ static int follow_msg(struct follow *f)
         f->sink->gap = true;
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "end"))
+    if (box_msg_is(m, box_type_str(BOX_T_END)))
         return F_END;
     return F_CONTINUE; /* a type this boxctl does not know: newer agents may send more */
 }
@@ -918,9 +920,9 @@ static int wait_end(struct ctl *x, const char *id, bool output)
             return r;
         struct bytes mid = {NULL, 0};
         bool same = get_bytes(&x->m.root, "id", &mid) && bytes_is(mid, id);
-        if (box_msg_is(&x->m, "end") && same)
+        if (box_msg_is(&x->m, box_type_str(BOX_T_END)) && same)
             return 0;
-        if (box_msg_is(&x->m, "error") &&
+        if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
             ((x->m.has_req && x->m.req == req) || msg_get(&x->m.root, "req") == NULL))
             return -EREMOTEIO;
     }
@@ -1410,14 +1412,15 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
                 goto out;
             }
             if ((x->m.has_req && x->m.req == req) ||
-                (box_msg_is(&x->m, "error") && msg_get(&x->m.root, "req") == NULL))
+                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
+                 msg_get(&x->m.root, "req") == NULL))
                 break;
         }
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR))) {
             const char *code = "";
             size_t n = 0;
             box_msg_error(&x->m, &code, &n, NULL, NULL);
-            if (bytes_is((struct bytes){code, n}, "spawn_failed")) {
+            if (box_err_is(code, n, BOX_ERR_SPAWN_FAILED)) {
                 struct exec_opts plain = e;
                 plain.json = false;
                 ret = exec_spawn_failed(x, &plain, e.id ? e.id : "");
@@ -1427,7 +1430,7 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             goto out;
         }
         struct bytes id = {NULL, 0};
-        if (!box_msg_is(&x->m, "started") || !get_bytes(&x->m.root, "id", &id)) {
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) || !get_bytes(&x->m.root, "id", &id)) {
             errmsg("unexpected reply to exec from the agent");
             goto out;
         }
@@ -1517,7 +1520,7 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
         const char *code = "";
         size_t n = 0;
         box_msg_error(&x->m, &code, &n, NULL, NULL);
-        if (bytes_is((struct bytes){code, n}, "spawn_failed"))
+        if (box_err_is(code, n, BOX_ERR_SPAWN_FAILED))
             ret = exec_spawn_failed(x, &e, f.id);
         else
             print_agent_error(&x->m);
@@ -1741,7 +1744,8 @@ static int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink
         const msgpack_object *root = &x->m.root;
         uint64_t first_seq, next_seq;
         bool more = false;
-        if (!box_msg_is(&x->m, "logs") || msg_get_u64(root, "next_seq", &next_seq) != 0)
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) ||
+            msg_get_u64(root, "next_seq", &next_seq) != 0)
             return -EBADMSG;
         if (msg_get_u64(root, "first_seq", &first_seq) == 0 && first_seq > *from) {
             warn_gap(id, *from, first_seq);
@@ -2419,7 +2423,7 @@ static int cmd_ping(struct ctl *x, int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (r < 0)
         return request_failed(x, r);
-    if (!box_msg_is(&x->m, "pong")) {
+    if (!box_msg_is(&x->m, box_type_str(BOX_T_PONG))) {
         errmsg("unexpected reply to ping from the agent");
         return EXIT_FAIL;
     }
