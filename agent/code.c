@@ -20,6 +20,7 @@
 
 #include "codec.h"
 #include "io.h"
+#include "pathwalk.h"
 #include "environ.h"
 #include "log.h"
 #include "run.h"
@@ -120,7 +121,7 @@ static bool executable(const char *p, struct stat *st)
     return stat(p, st) == 0 && S_ISREG(st->st_mode) && access(p, X_OK) == 0;
 }
 
-/* Finds prog in path like the spawn will (absolute directories only). */
+/* Finds prog in path like the spawn will (pathwalk.h; absolute directories only). */
 static bool find_program(const char *prog, const char *path, char out[PATH_MAX], struct stat *st)
 {
     if (strchr(prog, '/')) {
@@ -129,21 +130,13 @@ static bool find_program(const char *prog, const char *path, char out[PATH_MAX],
         memcpy(out, prog, strlen(prog) + 1);
         return true;
     }
-    size_t plen = strlen(prog);
-    for (const char *sp = path; sp && *sp;) {
-        const char *colon = strchr(sp, ':');
-        size_t dlen = colon ? (size_t)(colon - sp) : strlen(sp);
-        if (dlen > 0 && sp[0] == '/' && dlen + 1 + plen < PATH_MAX) {
-            memcpy(out, sp, dlen);
-            out[dlen] = '/';
-            memcpy(out + dlen + 1, prog, plen + 1);
-            if (executable(out, st))
-                return true;
-        }
-        if (colon == NULL)
-            break;
-        sp = colon + 1;
-    }
+    /* The same walk as the spawn's; but only absolute candidates can be judged here, since a
+     * relative one (an empty or relative PATH entry) depends on the run's cwd. */
+    struct path_walk w;
+    path_walk_begin(&w, path);
+    while (path_walk_next(&w, prog, out, PATH_MAX))
+        if (out[0] == '/' && executable(out, st))
+            return true;
     return false;
 }
 

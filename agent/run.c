@@ -570,7 +570,12 @@ static void pipe_eof(struct run *r, struct run_pipe *p)
     linger_check(r);
 }
 
-/* Reads up to max bytes or until the pipe is empty. Returns 1 at EOF, 0 otherwise. */
+/* pipe_read's `reads` for the final drain: no bound on the number of reads (max bounds the
+ * bytes), and a paused run is still read, since nothing will read it later. */
+#define PIPE_READS_DRAIN (1 << 30)
+
+/* Reads up to max bytes or until the pipe is empty, at most `reads` read calls
+ * (PIPE_READS_DRAIN: the final drain). Returns 1 at EOF, 0 otherwise. */
 static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
 {
     struct agent *a = r->a;
@@ -593,7 +598,7 @@ static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
             consume(r, p, a->read_buf, (size_t)n);
             if (!list_empty(&r->subs)) {
                 run_notify(r); /* sends what the window allows, then decides on pausing */
-                if (r->paused && reads < (1 << 30))
+                if (r->paused && reads != PIPE_READS_DRAIN)
                     return 0;
             }
             continue;
@@ -788,7 +793,7 @@ static void on_drain_timer(uv_timer_t *t)
      * written before we give up waiting; take it, then end. What comes later is late output. */
     for (int i = 0; i < 2; i++) {
         struct run_pipe *p = &r->out[i];
-        if (p->open && pipe_read(r, p, 1 << 30, DRAIN_READ_MAX)) {
+        if (p->open && pipe_read(r, p, PIPE_READS_DRAIN, DRAIN_READ_MAX)) {
             partial_flush(r, p, now_real_ns());
             pipe_close(p);
         }

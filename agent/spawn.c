@@ -27,6 +27,7 @@
 #include "boxd_exec.h"
 #include "boxd_exec_bin.h"
 #include "io.h"
+#include "pathwalk.h"
 
 /* The exec helper (spawn.h): a sealed memfd, or an O_PATH fd of a private copy; -1 until
  * spawn_helper_init. One per process, like the image it holds. */
@@ -194,29 +195,14 @@ static int child_main(void *p)
     if (strchr(file, '/') || r->search_path == NULL) {
         fail(a->out, "exec", try_exec(file, r->argv, r->envp));
     }
-    size_t flen = strlen(file);
     int err = ENOENT;
-    const char *sp = r->search_path;
     char path[PATH_MAX];
-    for (;;) {
-        const char *colon = strchr(sp, ':');
-        size_t dlen = colon ? (size_t)(colon - sp) : strlen(sp);
-        /* An empty entry means the current directory. */
-        if (dlen + 1 + flen + 1 <= sizeof path) {
-            size_t n = 0;
-            if (dlen) {
-                memcpy(path, sp, dlen);
-                path[dlen] = '/';
-                n = dlen + 1;
-            }
-            memcpy(path + n, file, flen + 1);
-            int e = try_exec(path, r->argv, r->envp);
-            if (e == EACCES || (e != ENOENT && e != ENOTDIR && err != EACCES))
-                err = e;
-        }
-        if (colon == NULL)
-            break;
-        sp = colon + 1;
+    struct path_walk w;
+    path_walk_begin(&w, r->search_path);
+    while (path_walk_next(&w, file, path, sizeof path)) {
+        int e = try_exec(path, r->argv, r->envp);
+        if (e == EACCES || (e != ENOENT && e != ENOTDIR && err != EACCES))
+            err = e;
     }
     fail(a->out, "exec", err);
     return 127;
