@@ -120,7 +120,7 @@ typedef void (*code_retry_fn)(struct agent *a, uint64_t conn_no, const uint8_t *
 int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
               uint64_t deadline_ns, code_retry_fn retry);
 
-/* Modes of the snippet's directory and file (both the agent's, group the run's: code.c). */
+/* Modes of the snippet's directory and file (both the agent's, group the run's: code_snippet.c). */
 #define CODE_DIR_MODE 0750
 #define CODE_FILE_MODE 0440
 

@@ -140,7 +140,7 @@ struct sub {
 };
 
 /* Parameters of a new run; strings are borrowed for the duration of run_start. Every field
- * is meant to be set (request.c's run_launch is the one caller): a zero seccomp is "none". */
+ * is meant to be set (request_run.c's run_launch is the one caller): a zero seccomp is "none". */
 struct run_params {
     /* Who asked: once the run has started or failed to, request_run_started answers there
      * (req NULL: nobody). */
