@@ -737,7 +737,7 @@ static bool is_for_run(const struct follow *f, const struct box_msg *m)
 static int send_cancel(struct follow *f)
 {
     struct msg_out o;
-    int r = req_with_id(f->x, &o, "cancel", f->id, 0, &f->cancel_req);
+    int r = req_with_id(f->x, &o, box_type_str(BOX_T_CANCEL), f->id, 0, &f->cancel_req);
     if (r == 0)
         r = box_client_send(&f->x->c, &o);
     f->cancel_sent = true;
@@ -763,7 +763,7 @@ static int feed_stdin(struct follow *f, short revents)
         }
     }
     struct msg_out o;
-    int r = req_with_id(f->x, &o, "stdin", f->id, 1, &f->feed_req);
+    int r = req_with_id(f->x, &o, box_type_str(BOX_T_STDIN), f->id, 1, &f->feed_req);
     if (r < 0)
         return r;
     if (n == 0) {
@@ -905,7 +905,7 @@ static int wait_end(struct ctl *x, const char *id, bool output)
 {
     struct msg_out o;
     uint64_t req;
-    int r = req_with_id(x, &o, "wait", id, 1, &req);
+    int r = req_with_id(x, &o, box_type_str(BOX_T_WAIT), id, 1, &req);
     if (r < 0)
         return r;
     msg_kv_bool(&o, "output", output);
@@ -1235,7 +1235,7 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
                   (e->cwd != NULL) + e->has_timeout + e->has_grace + e->feed + e->json +
                   (e->id != NULL);
     struct msg_out o;
-    int r = box_req_begin(&x->c, &o, e->lang ? "code" : "exec", nf, req);
+    int r = box_req_begin(&x->c, &o, box_type_str(e->lang ? BOX_T_CODE : BOX_T_EXEC), nf, req);
     if (r < 0)
         return r;
     if (e->lang) {
@@ -1691,7 +1691,7 @@ static int cmd_attach(struct ctl *x, int argc, char **argv)
 
     struct msg_out o;
     uint64_t req;
-    r = req_with_id(x, &o, "attach", id, 1, &req);
+    r = req_with_id(x, &o, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
         msg_kv_u64(&o, "from_seq", from);
         r = box_client_send(&x->c, &o);
@@ -1733,7 +1733,7 @@ static int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink
     for (;;) {
         struct msg_out o;
         uint64_t req;
-        int r = req_with_id(x, &o, "logs", id, 2, &req);
+        int r = req_with_id(x, &o, box_type_str(BOX_T_LOGS), id, 2, &req);
         if (r < 0)
             return r;
         msg_kv_u64(&o, "from_seq", *from);
@@ -1926,7 +1926,7 @@ static int cmd_logs(struct ctl *x, int argc, char **argv)
 
     struct msg_out o;
     uint64_t req;
-    r = req_with_id(x, &o, "attach", id, 1, &req);
+    r = req_with_id(x, &o, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
         msg_kv_u64(&o, "from_seq", from);
         r = box_client_send(&x->c, &o);
@@ -1986,7 +1986,7 @@ static int cmd_cancel(struct ctl *x, int argc, char **argv)
         return ret;
     struct msg_out o;
     uint64_t req;
-    int r = req_with_id(x, &o, "cancel", id, has_grace, &req);
+    int r = req_with_id(x, &o, box_type_str(BOX_T_CANCEL), id, has_grace, &req);
     if (r < 0)
         return request_failed(x, r);
     if (has_grace)
@@ -2025,7 +2025,7 @@ static int cmd_signal(struct ctl *x, int argc, char **argv)
         return ret;
     struct msg_out o;
     uint64_t req;
-    int r = req_with_id(x, &o, "signal", id, 1, &req);
+    int r = req_with_id(x, &o, box_type_str(BOX_T_SIGNAL), id, 1, &req);
     if (r < 0)
         return request_failed(x, r);
     uint64_t num;
@@ -2044,7 +2044,7 @@ static int stdin_send(struct ctl *x, const char *id, const char *data, size_t le
 {
     struct msg_out o;
     uint64_t req;
-    int r = req_with_id(x, &o, "stdin", id, (len > 0) + eof, &req);
+    int r = req_with_id(x, &o, box_type_str(BOX_T_STDIN), id, (len > 0) + eof, &req);
     if (r < 0)
         return r;
     if (len > 0) {
@@ -2304,7 +2304,7 @@ static int cmd_list(struct ctl *x, int argc, char **argv)
     ret = ctl_connect(x);
     if (ret != 0)
         return ret;
-    int r = simple_request(x, "list");
+    int r = simple_request(x, box_type_str(BOX_T_LIST));
     if (r < 0)
         return request_failed(x, r);
     const msgpack_object *runs = msg_get(&x->m.root, "runs");
@@ -2393,7 +2393,7 @@ static int cmd_info(struct ctl *x, int argc, char **argv)
     ret = ctl_connect(x);
     if (ret != 0)
         return ret;
-    int r = simple_request(x, "info");
+    int r = simple_request(x, box_type_str(BOX_T_INFO));
     if (r < 0)
         return request_failed(x, r);
     if (json)
@@ -2419,7 +2419,7 @@ static int cmd_ping(struct ctl *x, int argc, char **argv)
         return ret;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int r = simple_request(x, "ping");
+    int r = simple_request(x, box_type_str(BOX_T_PING));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (r < 0)
         return request_failed(x, r);
