@@ -121,6 +121,7 @@ struct agent {
 
     int sig_fd;
     uv_poll_t sig_poll;
+    void (*on_stop_signal)(struct agent *a, const char *why); /* signals_start's on_stop */
     bool shutting_down;
     bool tearing_down; /* runs_destroy under way: no eviction */
     uv_timer_t shutdown_timer;

@@ -10,6 +10,7 @@
 #include "agent.h"
 #include "codec.h"
 #include "log.h"
+#include "io.h"
 #include "sandbox.h"
 
 int auth_allow_uid(struct auth *au, uid_t uid)
@@ -37,14 +38,13 @@ static int read_token_file(struct auth *au, const char *path)
         close(fd);
         return -EPERM;
     }
-    char buf[AUTH_TOKEN_MAX + 2];
-    ssize_t n;
-    do
-        n = read(fd, buf, sizeof buf);
-    while (n < 0 && errno == EINTR);
+    char buf[AUTH_TOKEN_MAX + 3]; /* the token, CR LF, and the NUL box_read_fd adds */
+    ssize_t n = box_read_fd(fd, buf, sizeof buf);
     close(fd);
-    if (n < 0)
-        return -errno;
+    if (n < 0) {
+        explicit_bzero(buf, sizeof buf);
+        return (int)n;
+    }
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
     if (n == 0 || n > AUTH_TOKEN_MAX)
@@ -59,14 +59,8 @@ static int read_token_file(struct auth *au, const char *path)
 static void read_token_cmdline(struct auth *au)
 {
     char buf[4096];
-    int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (box_read_small(AT_FDCWD, "/proc/cmdline", buf, sizeof buf) <= 0)
         return;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    buf[n] = '\0';
     for (char *p = buf; (p = strstr(p, "boxd.token=")) != NULL; p++) {
         if (p != buf && p[-1] != ' ')
             continue;

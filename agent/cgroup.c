@@ -14,26 +14,13 @@
 
 #include "agent.h"
 #include "log.h"
+#include "io.h"
 #include "procfs.h"
 
 /* Reads a small file at dirfd/name into buf (NUL-terminated). Returns bytes or -errno. */
 static ssize_t read_at(int dirfd, const char *name, char *buf, size_t size)
 {
-    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    size_t have = 0;
-    while (have < size - 1) {
-        ssize_t n = read(fd, buf + have, size - 1 - have);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        have += (size_t)n;
-    }
-    close(fd);
-    buf[have] = '\0';
-    return (ssize_t)have;
+    return box_read_small(dirfd, name, buf, size);
 }
 
 static int write_at(int dirfd, const char *name, const char *s)

@@ -1,4 +1,9 @@
+/* Code runs' interpreters (code.h): loading the table (code_init, through code_table.c), finding
+ * each entry's program in the run's PATH, the version and probe commands run as the agent's own
+ * runs and their cache, choosing the entry a request gets, and the requests held while probes
+ * run (code_hold). The snippet's file is code_snippet.c's. */
 #include "code.h"
+#include "code_table.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -14,9 +19,10 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "io.h"
+#include "pathwalk.h"
 #include "environ.h"
 #include "log.h"
-#include "request.h"
 #include "run.h"
 #include "runstart.h"
 #include "sandbox.h"
@@ -25,32 +31,8 @@
  * build (CMakeLists.txt), so the file and the default cannot drift apart. */
 #include "languages_conf.h"
 
-#define MAX_LINE 2048u     /* one table line */
-#define MAX_TABLE_FILE (256u * 1024u)
-#define MAX_ARGS 8u        /* version= and probe= arguments */
 #define VERSION_MAX 120u   /* a reported version string */
-#define PROBE_OUT_MAX 4096u
-#define RM_MAX_DEPTH 16u   /* directory levels code_dir_remove descends (one fd each) */
-#define RM_MAX_ENTRIES 10000u /* entries it removes before giving up (bounds the loop stall) */
-#define TMPDIR_TEMPLATE "/tmp/boxd-code-XXXXXX"
-
-struct code_lang {
-    char *buf; /* the line, cut into the strings below */
-    const char *name;
-    char *aliases[CODE_MAX_ALIASES];
-    unsigned n_aliases;
-    const char *file;
-    char *env[CODE_MAX_ENV];
-    unsigned n_env;
-    char *cmd[CODE_MAX_WORDS];
-    unsigned n_cmd;
-    char *version[MAX_ARGS];
-    unsigned n_version;
-    bool no_version;
-    char *probe[MAX_ARGS];
-    unsigned n_probe;
-    bool off; /* `NAME off`: only while loading */
-};
+#define PROBE_OUT_MAX 4096u  /* a probe's output captured */
 
 /* One cached result of a version or probe command (see "Probes" below). */
 enum probe_state { PROBE_FREE, PROBE_QUEUED, PROBE_RUNNING, PROBE_DONE };
@@ -73,6 +55,7 @@ struct probe {
 /* A request waiting for probes (code_hold). */
 struct held {
     struct held *next;
+    code_retry_fn retry; /* the request layer's, given to code_hold */
     uint64_t conn_no;
     uint64_t deadline_ns;
     size_t len;
@@ -80,8 +63,7 @@ struct held {
 };
 
 struct code_table {
-    struct code_lang *langs[CODE_MAX_LANGS];
-    unsigned n;
+    struct code_langs l; /* the table (code_table.c) */
     struct probe cache[CODE_CACHE_MAX];
     unsigned running; /* probes whose run has not ended */
     uint64_t seq, tick;
@@ -91,257 +73,6 @@ struct code_table {
     unsigned n_held;
     size_t held_bytes;
 };
-
-/* ---- Parsing ---------------------------------------------------------------------------------- */
-
-static bool name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > CODE_LANG_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("+-._", s[i]))
-            return false;
-    return true;
-}
-
-static bool file_ok(const char *s)
-{
-    size_t n = strlen(s);
-    return n > 0 && n <= 128 && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
-}
-
-/* Splits s at commas into out (at most max). Returns the count, or -1 when there are too many
- * or one is empty. */
-static int split_commas(char *s, char **out, unsigned max)
-{
-    unsigned n = 0;
-    for (;;) {
-        char *comma = strchr(s, ',');
-        if (comma)
-            *comma = '\0';
-        if (*s == '\0' || n == max)
-            return -1;
-        out[n++] = s;
-        if (comma == NULL)
-            return (int)n;
-        s = comma + 1;
-    }
-}
-
-static void lang_free(struct code_lang *l)
-{
-    if (l) {
-        free(l->buf);
-        free(l);
-    }
-}
-
-/* Parses one line (without its newline). Returns the entry, NULL for a blank or comment line,
- * or NULL with *bad set (and a warning logged) for a malformed one. */
-static struct code_lang *parse_line(const char *line, size_t len, const char *src, unsigned lno,
-                                    bool *bad)
-{
-    *bad = false;
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t'))
-        i++;
-    if (i == len || line[i] == '#')
-        return NULL;
-    const char *why = "out of memory";
-    struct code_lang *l = calloc(1, sizeof *l);
-    if (l == NULL || (l->buf = malloc(len + 1)) == NULL)
-        goto fail;
-    memcpy(l->buf, line, len);
-    l->buf[len] = '\0';
-
-    char *words[CODE_MAX_WORDS + 32];
-    unsigned nw = 0;
-    why = "too many words";
-    for (char *s = l->buf;;) {
-        while (*s == ' ' || *s == '\t' || *s == '\r')
-            *s++ = '\0';
-        if (*s == '\0')
-            break;
-        if (nw == sizeof words / sizeof words[0])
-            goto fail;
-        words[nw++] = s;
-        while (*s && *s != ' ' && *s != '\t' && *s != '\r')
-            s++;
-    }
-    why = "a language name is 1-32 letters, digits and + - . _";
-    if (!name_ok(words[0]))
-        goto fail;
-    l->name = words[0];
-    l->file = "main";
-    if (nw == 2 && strcmp(words[1], "off") == 0) {
-        l->off = true;
-        return l;
-    }
-    unsigned w = 1;
-    for (; w < nw; w++) {
-        char *k = words[w], *eq = strchr(k, '=');
-        if (eq == NULL) {
-            why = "expected KEY=VALUE";
-            goto fail;
-        }
-        *eq = '\0';
-        char *v = eq + 1;
-        if (strcmp(k, "cmd") == 0) {
-            why = "cmd= needs a program";
-            if (*v == '\0')
-                goto fail;
-            why = "too many command words";
-            if (nw - w > CODE_MAX_WORDS)
-                goto fail;
-            l->cmd[l->n_cmd++] = v;
-            for (w++; w < nw; w++)
-                l->cmd[l->n_cmd++] = words[w];
-            break;
-        } else if (strcmp(k, "aliases") == 0) {
-            int n = split_commas(v, l->aliases, CODE_MAX_ALIASES);
-            why = "aliases= needs 1-8 names";
-            if (n < 0)
-                goto fail;
-            l->n_aliases = (unsigned)n;
-            for (unsigned j = 0; j < l->n_aliases; j++)
-                if (!name_ok(l->aliases[j]))
-                    goto fail;
-        } else if (strcmp(k, "file") == 0) {
-            why = "file= needs a plain file name";
-            if (!file_ok(v))
-                goto fail;
-            l->file = v;
-        } else if (strcmp(k, "env") == 0) {
-            why = "env= needs K=V with a non-empty K (at most 8)";
-            char *e = strchr(v, '=');
-            if (e == NULL || e == v || l->n_env == CODE_MAX_ENV)
-                goto fail;
-            l->env[l->n_env++] = v;
-        } else if (strcmp(k, "version") == 0) {
-            if (strcmp(v, "-") == 0 || *v == '\0') {
-                l->no_version = true;
-                continue;
-            }
-            int n = split_commas(v, l->version, MAX_ARGS);
-            why = "version= needs 1-8 arguments";
-            if (n < 0)
-                goto fail;
-            l->n_version = (unsigned)n;
-        } else if (strcmp(k, "probe") == 0) {
-            int n = split_commas(v, l->probe, MAX_ARGS);
-            why = "probe= needs 1-8 arguments";
-            if (n < 0)
-                goto fail;
-            l->n_probe = (unsigned)n;
-        } else {
-            /* Unknown keys are skipped, so a table written for a newer boxd still loads. */
-            log_warn("%s:%u: unknown key '%s' ignored", src, lno, k);
-        }
-    }
-    why = "no cmd=";
-    if (l->n_cmd == 0)
-        goto fail;
-    if (l->n_version == 0 && !l->no_version) {
-        static char dflt[] = "--version";
-        l->version[l->n_version++] = dflt;
-    }
-    return l;
-fail:
-    log_warn("%s:%u: %s; line skipped", src, lno, why);
-    lang_free(l);
-    *bad = true;
-    return NULL;
-}
-
-static bool same_name(const char *a, const char *b, size_t blen)
-{
-    return strlen(a) == blen && strncasecmp(a, b, blen) == 0;
-}
-
-/* Adds the entries of one table text to t: every name it mentions replaces the earlier
- * entries of that name. */
-static void load_text(struct code_table *t, const char *text, size_t len, const char *src)
-{
-    struct code_lang *nl[CODE_MAX_LANGS];
-    unsigned n = 0, lno = 0, bad_lines = 0;
-    size_t at = 0;
-    while (at < len) {
-        const char *eol = memchr(text + at, '\n', len - at);
-        size_t ll = eol ? (size_t)(eol - (text + at)) : len - at;
-        lno++;
-        if (ll > MAX_LINE) {
-            log_warn("%s:%u: line longer than %u bytes skipped", src, lno, MAX_LINE);
-            bad_lines++;
-        } else {
-            bool bad;
-            struct code_lang *l = parse_line(text + at, ll, src, lno, &bad);
-            bad_lines += bad;
-            if (l && n == CODE_MAX_LANGS) {
-                log_warn("%s:%u: more than %u entries; the rest is skipped", src, lno,
-                         CODE_MAX_LANGS);
-                lang_free(l);
-                break;
-            }
-            if (l)
-                nl[n++] = l;
-        }
-        at += ll + 1;
-    }
-    /* Drop the earlier entries this text names. */
-    unsigned kept = 0;
-    for (unsigned i = 0; i < t->n; i++) {
-        bool replaced = false;
-        for (unsigned j = 0; j < n && !replaced; j++)
-            replaced = same_name(t->langs[i]->name, nl[j]->name, strlen(nl[j]->name));
-        if (replaced)
-            lang_free(t->langs[i]);
-        else
-            t->langs[kept++] = t->langs[i];
-    }
-    t->n = kept;
-    for (unsigned j = 0; j < n; j++) {
-        if (nl[j]->off || t->n == CODE_MAX_LANGS)
-            lang_free(nl[j]);
-        else
-            t->langs[t->n++] = nl[j];
-    }
-    log_info("languages: %s loaded (%u entries, %u bad lines)", src, n, bad_lines);
-}
-
-/* Reads a table file (absent is not an error) and adds it. */
-static void load_file(struct code_table *t, const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        if (errno != ENOENT)
-            log_warn("languages: cannot open %s: %s", path, strerror(errno));
-        return;
-    }
-    struct stat st;
-    char *buf = NULL;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_TABLE_FILE) {
-        log_warn("languages: %s is not a regular file of at most %u bytes", path,
-                 MAX_TABLE_FILE);
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL)
-        goto out;
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    load_text(t, buf, got, path);
-out:
-    free(buf);
-    close(fd);
-}
 
 int code_init(struct agent *a)
 {
@@ -358,11 +89,11 @@ int code_init(struct agent *a)
     }
     t->kick.data = a;
     t->held_tail = &t->held;
-    load_text(t, code_builtin_table, strlen(code_builtin_table), "built-in");
-    load_file(t, CODE_SYSTEM_TABLE);
+    code_langs_load_text(&t->l, code_builtin_table, strlen(code_builtin_table), "built-in");
+    code_langs_load_file(&t->l, CODE_SYSTEM_TABLE);
     const char *env = getenv(CODE_TABLE_ENV);
     if (env && env[0])
-        load_file(t, env);
+        code_langs_load_file(&t->l, env);
     a->code = t;
     return 0;
 }
@@ -386,8 +117,7 @@ void code_destroy(struct agent *a)
     }
     for (unsigned i = 0; i < CODE_CACHE_MAX; i++)
         free(t->cache[i].prog);
-    for (unsigned i = 0; i < t->n; i++)
-        lang_free(t->langs[i]);
+    code_langs_free(&t->l);
     free(t);
     a->code = NULL;
 }
@@ -399,7 +129,7 @@ static bool executable(const char *p, struct stat *st)
     return stat(p, st) == 0 && S_ISREG(st->st_mode) && access(p, X_OK) == 0;
 }
 
-/* Finds prog in path like the spawn will (absolute directories only). */
+/* Finds prog in path like the spawn will (pathwalk.h; absolute directories only). */
 static bool find_program(const char *prog, const char *path, char out[PATH_MAX], struct stat *st)
 {
     if (strchr(prog, '/')) {
@@ -408,21 +138,13 @@ static bool find_program(const char *prog, const char *path, char out[PATH_MAX],
         memcpy(out, prog, strlen(prog) + 1);
         return true;
     }
-    size_t plen = strlen(prog);
-    for (const char *sp = path; sp && *sp;) {
-        const char *colon = strchr(sp, ':');
-        size_t dlen = colon ? (size_t)(colon - sp) : strlen(sp);
-        if (dlen > 0 && sp[0] == '/' && dlen + 1 + plen < PATH_MAX) {
-            memcpy(out, sp, dlen);
-            out[dlen] = '/';
-            memcpy(out + dlen + 1, prog, plen + 1);
-            if (executable(out, st))
-                return true;
-        }
-        if (colon == NULL)
-            break;
-        sp = colon + 1;
-    }
+    /* The same walk as the spawn's; but only absolute candidates can be judged here, since a
+     * relative one (an empty or relative PATH entry) depends on the run's cwd. */
+    struct path_walk w;
+    path_walk_begin(&w, path);
+    while (path_walk_next(&w, prog, out, PATH_MAX))
+        if (out[0] == '/' && executable(out, st))
+            return true;
     return false;
 }
 
@@ -442,7 +164,7 @@ static bool find_program(const char *prog, const char *path, char out[PATH_MAX],
  * unknown counts as failed. */
 
 /* argv for PROGRAM plus extra arguments. */
-static void extra_argv(char *argv[MAX_ARGS + 2], char *prog, char *const *args, unsigned n)
+static void extra_argv(char *argv[CODE_MAX_ARGS + 2], char *prog, char *const *args, unsigned n)
 {
     argv[0] = prog;
     for (unsigned i = 0; i < n; i++)
@@ -507,7 +229,7 @@ static void probe_start(struct agent *a, struct probe *p)
 {
     struct code_table *t = a->code;
     const struct code_lang *l = p->lang;
-    char *argv[MAX_ARGS + 2];
+    char *argv[CODE_MAX_ARGS + 2];
     if (p->version)
         extra_argv(argv, p->prog, l->version, l->n_version);
     else
@@ -662,14 +384,14 @@ static int choose(struct agent *a, const char *name, size_t len, const char *pat
     struct stat st;
     bool pending = false;
     for (int pass = 0; pass < 2; pass++)
-        for (unsigned i = 0; i < t->n; i++) {
-            struct code_lang *l = t->langs[i];
+        for (unsigned i = 0; i < t->l.n; i++) {
+            struct code_lang *l = t->l.langs[i];
             bool match = false;
             if (pass == 0)
-                match = same_name(l->name, name, len);
+                match = code_same_name(l->name, name, len);
             else
                 for (unsigned j = 0; j < l->n_aliases && !match; j++)
-                    match = same_name(l->aliases[j], name, len);
+                    match = code_same_name(l->aliases[j], name, len);
             if (!match)
                 continue;
             int u = usable(a, l, path, prog, &st, wait);
@@ -689,7 +411,7 @@ static int choose(struct agent *a, const char *name, size_t len, const char *pat
 static bool seen_before(const struct code_table *t, unsigned i)
 {
     for (unsigned j = 0; j < i; j++)
-        if (same_name(t->langs[j]->name, t->langs[i]->name, strlen(t->langs[i]->name)))
+        if (code_same_name(t->l.langs[j]->name, t->l.langs[i]->name, strlen(t->l.langs[i]->name)))
             return true;
     return false;
 }
@@ -722,14 +444,14 @@ static int each_available(struct agent *a, const char *path, bool wait,
     char prog[PATH_MAX];
     struct stat st;
     bool pending = false;
-    for (unsigned i = 0; i < t->n; i++) {
+    for (unsigned i = 0; i < t->l.n; i++) {
         if (seen_before(t, i))
             continue;
-        const char *name = t->langs[i]->name;
+        const char *name = t->l.langs[i]->name;
         bool name_pending = false;
-        for (unsigned j = i; j < t->n; j++) {
-            struct code_lang *l = t->langs[j];
-            if (!same_name(l->name, name, strlen(name)))
+        for (unsigned j = i; j < t->l.n; j++) {
+            struct code_lang *l = t->l.langs[j];
+            if (!code_same_name(l->name, name, strlen(name)))
                 continue;
             int u = usable(a, l, path, prog, &st, wait);
             if (u < 0) {
@@ -869,7 +591,7 @@ static void on_kick(uv_timer_t *h)
     t->held_bytes = 0;
     for (struct held *x = list, *next; x; x = next) {
         next = x->next;
-        request_retry(a, x->conn_no, x->body, x->len, x->deadline_ns);
+        x->retry(a, x->conn_no, x->body, x->len, x->deadline_ns);
         free(x);
     }
     uint64_t due = UINT64_MAX;
@@ -881,7 +603,7 @@ static void on_kick(uv_timer_t *h)
 }
 
 int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
-              uint64_t deadline_ns)
+              uint64_t deadline_ns, code_retry_fn retry)
 {
     struct code_table *t = a->code;
     if (t == NULL)
@@ -892,6 +614,7 @@ int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len
     if (x == NULL)
         return -ENOMEM;
     x->next = NULL;
+    x->retry = retry;
     x->conn_no = conn_no;
     x->deadline_ns = deadline_ns;
     x->len = len;
@@ -902,192 +625,4 @@ int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len
     t->held_bytes += len;
     schedule(a, deadline_ns);
     return 0;
-}
-
-/* ---- The snippet's file ---------------------------------------------------------------------- */
-
-/* Copies w into out (when not NULL) with {file} and {dir} replaced. Returns the length. */
-static size_t subst(const char *w, const char *file, const char *dir, char *out)
-{
-    size_t n = 0, fl = strlen(file), dl = strlen(dir);
-    while (*w) {
-        const char *rep = NULL;
-        size_t rl = 0, skip = 1;
-        if (strncmp(w, "{file}", 6) == 0)
-            rep = file, rl = fl, skip = 6;
-        else if (strncmp(w, "{dir}", 5) == 0)
-            rep = dir, rl = dl, skip = 5;
-        if (rep) {
-            if (out)
-                memcpy(out + n, rep, rl);
-            n += rl;
-        } else {
-            if (out)
-                out[n] = *w;
-            n++;
-        }
-        w += skip;
-    }
-    if (out)
-        out[n] = '\0';
-    return n;
-}
-
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-int code_prepare(const struct code_choice *c, const struct identity *id, const char *code,
-                 size_t len, struct code_prep *p)
-{
-    const struct code_lang *l = c->lang;
-    memset(p, 0, sizeof *p);
-    char dir[] = TMPDIR_TEMPLATE;
-    /* The snippet must be what runs, even when other runs of the same user are hostile (they
-     * share its uid and gid, so nothing the run itself may change is safe). Hence the
-     * directory and the file belong to the agent, not to the run's user, and only their group
-     * is the run's:
-     *   dir   agent:run-gid 0750  the run can search and list it, but neither it nor any
-     *                             other run can add, rename, replace or remove anything in it
-     *                             (no write permission: not even a module beside the file,
-     *                             which python would import from sys.path[0]); /tmp is
-     *                             sticky and the directory is the agent's, so it cannot be
-     *                             renamed or removed either;
-     *   file  agent:run-gid 0440  readable, not writable, and its mode cannot be changed by
-     *                             anyone but the agent.
-     * Every step goes through fds: mkdtemp makes the directory 0700 (nobody else can enter it
-     * yet), it is opened O_DIRECTORY|O_NOFOLLOW, the file is created in it O_EXCL|O_NOFOLLOW,
-     * written through its fd, and only then are the group and modes set (fchown, fchmod), so
-     * there is no moment when another user could reach the file or the directory while they
-     * are writable. No fsync: the interpreter reads the page cache, and a sync would stall
-     * the loop on a slow disk for nothing. */
-    if (mkdtemp(dir) == NULL)
-        return -errno;
-    int e = 0;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) {
-        e = -errno;
-        goto fail;
-    }
-    int fd = openat(dfd, l->file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
-    if (fd < 0) {
-        e = -errno;
-        close(dfd);
-        goto fail;
-    }
-    e = write_all(fd, code, len);
-    gid_t gid = id && id->change ? id->gid : (gid_t)-1;
-    if (e == 0 && gid != (gid_t)-1 &&
-        (fchown(fd, (uid_t)-1, gid) < 0 || fchown(dfd, (uid_t)-1, gid) < 0))
-        e = -errno;
-    if (e == 0 && (fchmod(fd, CODE_FILE_MODE) < 0 || fchmod(dfd, CODE_DIR_MODE) < 0))
-        e = -errno;
-    if (close(fd) < 0 && e == 0)
-        e = -errno;
-    close(dfd);
-    if (e < 0)
-        goto fail;
-
-    char file[sizeof dir + 130];
-    snprintf(file, sizeof file, "%s/%s", dir, l->file);
-    size_t bytes = strlen(c->program) + 1;
-    for (unsigned i = 1; i < l->n_cmd; i++)
-        bytes += subst(l->cmd[i], file, dir, NULL) + 1;
-    p->tmpdir = strdup(dir);
-    p->strings = malloc(bytes);
-    if (p->tmpdir == NULL || p->strings == NULL) {
-        e = -ENOMEM;
-        goto fail;
-    }
-    char *at = p->strings;
-    memcpy(at, c->program, strlen(c->program) + 1);
-    p->argv[0] = at;
-    at += strlen(at) + 1;
-    for (unsigned i = 1; i < l->n_cmd; i++) {
-        p->argv[i] = at;
-        at += subst(l->cmd[i], file, dir, at) + 1;
-    }
-    p->argv[l->n_cmd] = NULL;
-    for (unsigned i = 0; i < l->n_env; i++)
-        p->env[i] = l->env[i];
-    p->n_env = l->n_env;
-    p->env[p->n_env] = NULL;
-    snprintf(p->desc, sizeof p->desc, "%s: %s", l->name, l->file);
-    return 0;
-fail:
-    code_dir_remove(dir, "-");
-    free(p->tmpdir);
-    free(p->strings);
-    memset(p, 0, sizeof *p);
-    return e;
-}
-
-void code_prep_free(struct code_prep *p)
-{
-    free(p->tmpdir);
-    free(p->strings);
-    p->tmpdir = p->strings = NULL;
-}
-
-/* ---- Removing the directory ------------------------------------------------------------------- */
-
-/* Empties the directory open at fd (the fd is consumed). Symlinks are removed, never followed:
- * subdirectories are opened with O_NOFOLLOW relative to their parent's fd, so a path swapped for
- * a symlink meanwhile fails to open instead of leading elsewhere. */
-static void empty_dir(int fd, unsigned depth, unsigned *budget)
-{
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        close(fd);
-        return;
-    }
-    bool removed = true;
-    /* Entries removed while reading may or may not still be listed: read again until a pass
-     * removes nothing. */
-    while (removed && *budget > 0) {
-        removed = false;
-        rewinddir(d);
-        struct dirent *ent;
-        while ((ent = readdir(d)) != NULL && *budget > 0) {
-            const char *n = ent->d_name;
-            if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
-                continue;
-            (*budget)--;
-            bool is_dir = ent->d_type == DT_DIR;
-            if (ent->d_type == DT_UNKNOWN) {
-                struct stat st;
-                is_dir = fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                         S_ISDIR(st.st_mode);
-            }
-            if (is_dir && depth + 1 < RM_MAX_DEPTH) {
-                int sub = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (sub >= 0)
-                    empty_dir(sub, depth + 1, budget);
-            }
-            if (unlinkat(dirfd(d), n, is_dir ? AT_REMOVEDIR : 0) == 0)
-                removed = true;
-        }
-    }
-    closedir(d);
-}
-
-void code_dir_remove(const char *dir, const char *run_id)
-{
-    unsigned budget = RM_MAX_ENTRIES;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0)
-        empty_dir(fd, 0, &budget);
-    if (rmdir(dir) < 0 && errno != ENOENT)
-        log_warn("run %s: could not remove %s: %s%s", run_id, dir, strerror(errno),
-                 budget == 0 ? " (too many entries)" : "");
 }

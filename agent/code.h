@@ -15,7 +15,7 @@
  * CODE_PROBES_MAX at once, at most once per interpreter binary (cached by device, inode, size
  * and mtime, CODE_CACHE_MAX results). A request that needs a result not known yet gets
  * -EINPROGRESS and is held (code_hold) until the probes end, at most CODE_HOLD_MS; then it is
- * dispatched again (request_retry) and what is still unknown counts as failed. code_warm starts
+ * dispatched again (through the callback code_hold was given) and what is still unknown counts as failed. code_warm starts
  * the default PATH's probes just after start-up, so that requests find the cache warm.
  *
  * Ownership: the table hangs off a->code, is made by code_init and freed by code_destroy (called
@@ -111,13 +111,18 @@ int code_languages_ready(struct agent *a, bool wait);
  * the runs' default PATH, from what is known (a version not known yet is nil). */
 void code_put_languages(struct msg_out *o, struct agent *a);
 
+/* Dispatches a held request again: body is its frame body (borrowed), deadline_ns when it
+ * stops waiting (after it, what is not known counts as failed). The request layer's. */
+typedef void (*code_retry_fn)(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
+                              uint64_t deadline_ns);
 /* Holds a request (its frame body, copied) until the probes it needs end, or deadline_ns
- * (CLOCK_MONOTONIC); then request_retry dispatches it again. Returns 0; -ENOBUFS when
- * CODE_HELD_MAX requests or CODE_HELD_BYTES are held (answer `limit`); -ENOMEM. */
+ * (CLOCK_MONOTONIC); then retry dispatches it again (so this file knows nothing of requests).
+ * Returns 0; -ENOBUFS when CODE_HELD_MAX requests or CODE_HELD_BYTES are held (answer `limit`);
+ * -ENOMEM. */
 int code_hold(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
-              uint64_t deadline_ns);
+              uint64_t deadline_ns, code_retry_fn retry);
 
-/* Modes of the snippet's directory and file (both the agent's, group the run's: code.c). */
+/* Modes of the snippet's directory and file (both the agent's, group the run's: code_snippet.c). */
 #define CODE_DIR_MODE 0750
 #define CODE_FILE_MODE 0440
 

@@ -20,6 +20,7 @@
 
 #include "agent.h"
 #include "log.h"
+#include "io.h"
 
 /* The inode of the initial PID namespace (include/linux/proc_ns.h, PROC_PID_INIT_INO). */
 #define PID_NS_INIT_INO 0xEFFFFFFCu
@@ -78,32 +79,19 @@ static void set_hostname(void)
 {
     char name[65] = "";
     char buf[4096];
-    int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n > 0) {
-            buf[n] = '\0';
-            for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
-                const char *v = NULL;
-                if (strncmp(tok, "hostname=", 9) == 0)
-                    v = tok + 9;
-                else if (strncmp(tok, "boxd.hostname=", 14) == 0)
-                    v = tok + 14;
-                if (v)
-                    snprintf(name, sizeof name, "%s", v);
-            }
+    if (box_read_small(AT_FDCWD, "/proc/cmdline", buf, sizeof buf) > 0) {
+        for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+            const char *v = NULL;
+            if (strncmp(tok, "hostname=", 9) == 0)
+                v = tok + 9;
+            else if (strncmp(tok, "boxd.hostname=", 14) == 0)
+                v = tok + 14;
+            if (v)
+                snprintf(name, sizeof name, "%s", v);
         }
     }
-    if (name[0] == '\0') {
-        fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            ssize_t n = read(fd, name, sizeof name - 1);
-            close(fd);
-            name[n > 0 ? n : 0] = '\0';
-            name[strcspn(name, " \t\r\n")] = '\0';
-        }
-    }
+    if (name[0] == '\0' && box_read_small(AT_FDCWD, "/etc/hostname", name, sizeof name) > 0)
+        name[strcspn(name, " \t\r\n")] = '\0';
     if (name[0] == '\0')
         snprintf(name, sizeof name, "box");
     if (sethostname(name, strlen(name)) < 0)
@@ -134,15 +122,8 @@ static void raise_nofile(void)
 {
     unsigned long long max = 1048576;
     char buf[32];
-    int fd = open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n > 0) {
-            buf[n] = '\0';
-            max = strtoull(buf, NULL, 10);
-        }
-    }
+    if (box_read_small(AT_FDCWD, "/proc/sys/fs/nr_open", buf, sizeof buf) > 0)
+        max = strtoull(buf, NULL, 10);
     struct rlimit rl = {.rlim_cur = (rlim_t)max, .rlim_max = (rlim_t)max};
     if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
         return;

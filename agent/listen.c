@@ -17,6 +17,11 @@
 
 #include "conn.h"
 #include "log.h"
+#include "io.h"
+
+/* Connections the kernel queues on a listener before boxd accepts them: more than max_conns'
+ * default, so that a burst of clients is not refused while the loop is busy for a moment. */
+#define LISTEN_BACKLOG 512
 
 enum listener_kind { L_UNIX, L_VSOCK, L_VIRTIO };
 
@@ -312,7 +317,7 @@ static int start_unix(struct agent *a, const char *spec, const char *path)
         e = -errno;
     if (e == 0 && a->cfg.socket_mode != 0600 && fchmodat(dfd, tmpname, (mode_t)a->cfg.socket_mode, 0) < 0)
         e = -errno;
-    if (e == 0 && listen(fd, 512) < 0)
+    if (e == 0 && listen(fd, LISTEN_BACKLOG) < 0)
         e = -errno;
     struct stat st;
     if (e == 0 && fstatat(dfd, tmpname, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -359,7 +364,7 @@ static int start_unix(struct agent *a, const char *spec, const char *path)
     l->handles++;
     e = uv_pipe_open(&l->pipe, fd);
     if (e == 0)
-        e = uv_listen((uv_stream_t *)&l->pipe, 512, on_unix_connection);
+        e = uv_listen((uv_stream_t *)&l->pipe, LISTEN_BACKLOG, on_unix_connection);
     close(dfd);
     if (e < 0) {
         log_err("listen %s: %s", spec, uv_strerror(e));
@@ -433,7 +438,7 @@ static int start_vsock(struct agent *a, const char *spec, const char *port_s)
         sa.svm_family = AF_VSOCK;
         sa.svm_cid = VMADDR_CID_ANY;
         sa.svm_port = (unsigned)port;
-        if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l->fd, 512) < 0)
+        if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l->fd, LISTEN_BACKLOG) < 0)
             e = -errno;
     }
     if (e < 0) {
@@ -532,14 +537,8 @@ static int find_port(const char *name, char *dev, size_t size)
             continue;
         char p[512], buf[256];
         snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", de->d_name);
-        int fd = open(p, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        if (box_read_small(AT_FDCWD, p, buf, sizeof buf) <= 0)
             continue;
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        buf[n] = '\0';
         buf[strcspn(buf, "\n")] = '\0';
         if (strcmp(buf, name) == 0) {
             snprintf(dev, size, "/dev/%s", de->d_name);

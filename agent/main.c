@@ -19,8 +19,10 @@
 #include "cgroup.h"
 #include "code.h"
 #include "conn.h"
+#include "decode.h"
 #include "environ.h"
 #include "init.h"
+#include "io.h"
 #include "listen.h"
 #include "log.h"
 #include "request.h"
@@ -28,6 +30,7 @@
 #include "runstart.h"
 #include "runtab.h"
 #include "sandbox.h"
+#include "shutdown.h"
 #include "signals.h"
 #include "spawn.h"
 #include "taskstats.h"
@@ -118,6 +121,10 @@ static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
     *out = v;
     return 0;
 }
+
+/* The longest time an option in ms may give (--grace-ms, --hello-timeout-ms): one hour, the
+ * same bound as a request's grace_ms (decode.h). */
+#define OPT_MS_MAX DECODE_GRACE_MAX_MS
 
 enum {
     OPT_LISTEN = 256, OPT_MAX_FRAME, OPT_MAX_EVENT, OPT_MAX_LINE, OPT_MAX_RUNS,
@@ -235,11 +242,11 @@ static int parse_args(int argc, char **argv, struct agent *a)
             c->queue_total = v;
             break;
         case OPT_HELLO_TIMEOUT:
-            bad = parse_u64(optarg, 0, 3600u * 1000u, &v);
+            bad = parse_u64(optarg, 0, OPT_MS_MAX, &v);
             c->hello_timeout_ms = (uint32_t)v;
             break;
         case OPT_GRACE:
-            bad = parse_u64(optarg, 0, 3600u * 1000u, &v);
+            bad = parse_u64(optarg, 0, OPT_MS_MAX, &v);
             c->grace_ms = (uint32_t)v;
             break;
         case OPT_DRAIN:
@@ -379,17 +386,11 @@ static void ensure_stdio(void)
 static void make_boot_id(struct agent *a)
 {
     /* The kernel's random uuid; else one from getrandom-backed bytes. */
-    int fd = open("/proc/sys/kernel/random/uuid", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, a->boot_id, 36);
-        close(fd);
-        if (n == 36) {
-            a->boot_id[36] = '\0';
-            return;
-        }
-    }
+    if (box_read_small(AT_FDCWD, "/proc/sys/kernel/random/uuid", a->boot_id,
+                       sizeof a->boot_id) == 36)
+        return;
     unsigned char b[16] = {0};
-    fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         if (read(fd, b, sizeof b) < 0)
             memset(b, 0, sizeof b);
@@ -585,7 +586,7 @@ int main(int argc, char **argv)
     if (a->sandbox.spawner_none)
         spawner_set_notify(a->sandbox.spawner_none, notify_loop, &a->spawn_async);
     conns_init(a, request_frame);
-    if (signals_start(a) < 0) {
+    if (signals_start(a, agent_shutdown_on_signal) < 0) {
         perror("boxd: signalfd");
         return startup_failed(a, 1);
     }

@@ -1,5 +1,7 @@
 /* Request handlers: one frame body in, replies and subscriptions out (PROTOCOL.md 3-5).
- * Every malformed or refused request gets an `error` with a stable code; nothing here exits. */
+ * Every malformed or refused request gets an `error` with a stable code; nothing here exits.
+ * request.c dispatches; decode.c decodes each request into a typed struct (pure); the handlers
+ * act on it: request_agent.c, request_run.c, request_ops.c. */
 #ifndef BOXD_REQUEST_H
 #define BOXD_REQUEST_H
 
@@ -11,13 +13,6 @@ struct conn;
 
 /* Handles one complete frame body (borrowed; the caller frees it afterwards). */
 void request_frame(struct conn *c, const uint8_t *body, size_t len);
-
-/* Dispatches again a request that code_hold kept while it waited for interpreter probes
- * (code.h): body is its frame body (borrowed), deadline_ns when it stops waiting (after it, what
- * is not known counts as failed). Nothing happens if connection conn_no is gone or closing. */
-struct agent;
-void request_retry(struct agent *a, uint64_t conn_no, const uint8_t *body, size_t len,
-                   uint64_t deadline_ns);
 
 /* Fills the agent's `limits` map into an open message (used by hello and info). */
 struct msg_out;

@@ -10,12 +10,9 @@
 /* Blocks the signals (call before anything else starts) and records the old mask nowhere: runs
  * set their own empty mask. Returns 0 or a negative errno. */
 int signals_block(void);
-/* Starts reading the signalfd in the loop. */
-int signals_start(struct agent *a);
+/* Starts reading the signalfd in the loop. On SIGTERM, SIGINT or SIGPWR it calls on_stop (the
+ * agent's shutdown, shutdown.h, which sits above this file) with the signal's name. */
+int signals_start(struct agent *a, void (*on_stop)(struct agent *a, const char *why));
 /* Reaps whatever has exited (also called at start-up, for children inherited from exec). */
 void signals_reap(struct agent *a);
-/* Begins a clean shutdown (as on SIGTERM): no new runs, every run cancelled (TERM, grace,
- * KILL), as PID 1 every other process too, final events flushed; then act (init_final). */
-void agent_shutdown(struct agent *a, const char *why, enum final_action act);
-
 #endif

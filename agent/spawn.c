@@ -26,6 +26,8 @@
 
 #include "boxd_exec.h"
 #include "boxd_exec_bin.h"
+#include "io.h"
+#include "pathwalk.h"
 
 /* The exec helper (spawn.h): a sealed memfd, or an O_PATH fd of a private copy; -1 until
  * spawn_helper_init. One per process, like the image it holds. */
@@ -57,7 +59,7 @@ struct boxd_clone_args {
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
-#if defined(__x86_64__) && !defined(BOXD_FUZZ)
+#if defined(__x86_64__)
 #define HAVE_CLONE3_STUB 1
 long boxd_clone3(struct boxd_clone_args *args, size_t size, int (*fn)(void *), void *arg);
 __asm__(".text\n"
@@ -193,29 +195,14 @@ static int child_main(void *p)
     if (strchr(file, '/') || r->search_path == NULL) {
         fail(a->out, "exec", try_exec(file, r->argv, r->envp));
     }
-    size_t flen = strlen(file);
     int err = ENOENT;
-    const char *sp = r->search_path;
     char path[PATH_MAX];
-    for (;;) {
-        const char *colon = strchr(sp, ':');
-        size_t dlen = colon ? (size_t)(colon - sp) : strlen(sp);
-        /* An empty entry means the current directory. */
-        if (dlen + 1 + flen + 1 <= sizeof path) {
-            size_t n = 0;
-            if (dlen) {
-                memcpy(path, sp, dlen);
-                path[dlen] = '/';
-                n = dlen + 1;
-            }
-            memcpy(path + n, file, flen + 1);
-            int e = try_exec(path, r->argv, r->envp);
-            if (e == EACCES || (e != ENOENT && e != ENOTDIR && err != EACCES))
-                err = e;
-        }
-        if (colon == NULL)
-            break;
-        sp = colon + 1;
+    struct path_walk w;
+    path_walk_begin(&w, r->search_path);
+    while (path_walk_next(&w, file, path, sizeof path)) {
+        int e = try_exec(path, r->argv, r->envp);
+        if (e == EACCES || (e != ENOENT && e != ENOTDIR && err != EACCES))
+            err = e;
     }
     fail(a->out, "exec", err);
     return 127;
@@ -240,16 +227,6 @@ uint64_t spawn_signals_changed(void)
 static pid_t spawn_here(const struct spawn_req *req, char *const *helper_argv, int status_fd,
                         const char **stage, pid_t *failed_pid)
 {
-#ifdef BOXD_FUZZ
-    /* The connection fuzzer drives every request, exec included: it must never start one. */
-    (void)req;
-    (void)helper_argv;
-    (void)status_fd;
-    (void)child_main;
-    *failed_pid = 0;
-    *stage = "fuzz";
-    return -EPERM;
-#endif
     volatile struct spawn_child_err out = {0, NULL};
     struct child_arg arg = {req, &out, false, helper_argv, status_fd};
     *failed_pid = 0;
@@ -321,22 +298,17 @@ static pid_t spawn_here(const struct spawn_req *req, char *const *helper_argv, i
     return pid;
 }
 
-/* ---- The helper ------------------------------------------------------------------------------ */
+/* The test seam (spawn.h): what makes a job's child. spawn_here, unless a test build that must
+ * never start a process (the connection fuzzer) set another before any spawner started; the
+ * spawner threads only read it. */
+static spawn_make_fn make_child = spawn_here;
 
-static int write_all(int fd, const void *buf, size_t n)
+void spawn_set_maker(spawn_make_fn fn)
 {
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? -errno : -EIO;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    make_child = fn ? fn : spawn_here;
 }
+
+/* ---- The helper ------------------------------------------------------------------------------ */
 
 /* Moves fd to SPAWN_HELPER_FD_MIN or above (the child's fds 0-3 are the run's). */
 static int fd_high(int fd)
@@ -365,7 +337,7 @@ static int helper_memfd(void)
     if (fd < 0)
         return -errno;
     struct stat st;
-    int e = write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
+    int e = box_write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
     if (e == 0 && fstat(fd, &st) < 0)
         e = -errno;
     /* vm.memfd_noexec: the memfd may have come without its exec bits. */
@@ -401,7 +373,7 @@ static int helper_file(const char *dir)
     if (fd < 0)
         e = -errno;
     if (e == 0) {
-        e = write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
+        e = box_write_all(fd, boxd_exec_image, sizeof boxd_exec_image);
         close(fd);
     }
     fd = -1;
@@ -673,7 +645,7 @@ static void job_start(struct spawner *s, struct spawn_job *j)
         ssize_t w = write(s->clear_refs, "5", 1);
         (void)w;
     }
-    j->pid = spawn_here(&j->req, j->helper_argv, st[1], &j->stage, &j->failed_pid);
+    j->pid = make_child(&j->req, j->helper_argv, st[1], &j->stage, &j->failed_pid);
     /* Ours is closed at once: only the child's copy keeps the pipe open, so EOF means it has
      * exec'd (or is gone). Later children never see this end (FD_CLOEXEC, and each child
      * closes what it does not keep before it runs anything of the run's). */

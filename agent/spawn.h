@@ -151,6 +151,16 @@ void spawner_stop(struct spawner *s);
  * has set its own). */
 uint64_t spawn_signals_changed(void);
 
+/* Makes a job's child: returns its pid, or a negative errno with *stage (and *failed_pid when a
+ * child was made and has exited). helper_argv non-NULL: the child execs the helper with it,
+ * status_fd (or -1) becoming its fd 3. */
+typedef pid_t (*spawn_make_fn)(const struct spawn_req *req, char *const *helper_argv,
+                               int status_fd, const char **stage, pid_t *failed_pid);
+/* The test seam: replaces how children are made (NULL restores the real clone). For a build
+ * that must never start a process, such as the connection fuzzer (tests/fuzz/fuzz_conn.c),
+ * which refuses every spawn at stage "fuzz". Call before any spawner starts. */
+void spawn_set_maker(spawn_make_fn fn);
+
 /* Makes the exec helper's fd (a sealed memfd; where memfds may not be exec'd, a private copy
  * on a filesystem that allows exec). Call once at start-up; *how says which ("memfd", or the
  * directory). Returns 0 or a negative errno: start-up must fail then, as no run could switch

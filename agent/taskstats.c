@@ -14,6 +14,7 @@
 
 #include "agent.h"
 #include "log.h"
+#include "io.h"
 
 #define CPULIST_MAX 256u     /* /sys/devices/system/cpu/possible, e.g. "0-63" */
 #define REPLY_WAIT_MS 1000   /* start-up only: the kernel answers within the send anyway */
@@ -127,17 +128,9 @@ static int family_id(const unsigned char *buf, size_t len, uint16_t *id)
 /* The possible CPUs as the kernel lists them ("0-1", "0,2-5"), which it also parses. */
 static int possible_cpus(char *out, size_t cap)
 {
-    int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    ssize_t n;
-    do
-        n = read(fd, out, cap - 1);
-    while (n < 0 && errno == EINTR);
-    int e = n < 0 ? -errno : 0;
-    close(fd);
-    if (e < 0)
-        return e;
+    ssize_t n = box_read_small(AT_FDCWD, "/sys/devices/system/cpu/possible", out, cap);
+    if (n < 0)
+        return (int)n;
     while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
         n--;
     if (n <= 0 || (size_t)n >= cap - 1)

@@ -3,7 +3,8 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "schema.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,7 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv)
     int ret = ctl_connect(x);
     if (ret != 0)
         return ret;
-    int r = simple_request(x, "list");
+    int r = simple_request(x, box_type_str(BOX_T_LIST));
     if (r < 0)
         return request_failed(x, r);
     const msgpack_object *runs = msg_get(&x->m.root, "runs");
@@ -101,7 +102,7 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv)
     if (out.nomem) {
         errmsg("%s", strerror(ENOMEM));
         ret = EXIT_FAIL;
-    } else if (util_write_all(STDOUT_FILENO, out.p, out.len) < 0) {
+    } else if (box_write_all(STDOUT_FILENO, out.p, out.len) < 0) {
         ret = EXIT_FAIL;
     }
     sbuf_free(&out);
@@ -119,7 +120,7 @@ int cmd_info(struct ctl *x, struct opts *o, int argc, char **argv)
     int ret = ctl_connect(x);
     if (ret != 0)
         return ret;
-    int r = simple_request(x, "info");
+    int r = simple_request(x, box_type_str(BOX_T_INFO));
     if (r < 0)
         return request_failed(x, r);
     if (json)
@@ -128,7 +129,7 @@ int cmd_info(struct ctl *x, struct opts *o, int argc, char **argv)
     sbuf_init(&out, SIZE_MAX);
     text_map(&out, "", &x->m.root);
     ret = 0;
-    if (out.nomem || (out.len > 0 && util_write_all(STDOUT_FILENO, out.p, out.len) < 0))
+    if (out.nomem || (out.len > 0 && box_write_all(STDOUT_FILENO, out.p, out.len) < 0))
         ret = EXIT_FAIL;
     sbuf_free(&out);
     return ret;
@@ -144,11 +145,11 @@ int cmd_ping(struct ctl *x, struct opts *o, int argc, char **argv)
         return ret;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int r = simple_request(x, "ping");
+    int r = simple_request(x, box_type_str(BOX_T_PING));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (r < 0)
         return request_failed(x, r);
-    if (!box_msg_is(&x->m, "pong")) {
+    if (!box_msg_is(&x->m, box_type_str(BOX_T_PONG))) {
         errmsg("unexpected reply to ping from the agent");
         return EXIT_FAIL;
     }
@@ -161,7 +162,7 @@ int cmd_ping(struct ctl *x, struct opts *o, int argc, char **argv)
     struct sbuf line;
     sbuf_init(&line, 512);
     sbuf_printf(&line, "pong from %s (boot %s): time=%.3f ms\n", agent, boot, ms);
-    ret = util_write_all(STDOUT_FILENO, line.p, line.len) < 0 ? EXIT_FAIL : 0;
+    ret = box_write_all(STDOUT_FILENO, line.p, line.len) < 0 ? EXIT_FAIL : 0;
     sbuf_free(&line);
     return ret;
 }
@@ -176,7 +177,7 @@ int cmd_shutdown(struct ctl *x, struct opts *o, int argc, char **argv)
         return ret;
     struct msg_out m;
     uint64_t req;
-    int r = box_req_begin(&x->c, &m, "shutdown", 1, &req);
+    int r = box_req_begin(&x->c, &m, box_type_str(BOX_T_SHUTDOWN), 1, &req);
     if (r < 0)
         return request_failed(x, r);
     msg_kv_str(&m, "action", o->reboot ? "reboot" : "poweroff");
@@ -185,5 +186,5 @@ int cmd_shutdown(struct ctl *x, struct opts *o, int argc, char **argv)
         return request_failed(x, r);
     static const char done[] = "shutting down: runs are being cancelled; the agent stops once "
                                "they have ended\n";
-    return util_write_all(STDOUT_FILENO, done, sizeof done - 1) < 0 ? EXIT_FAIL : 0;
+    return box_write_all(STDOUT_FILENO, done, sizeof done - 1) < 0 ? EXIT_FAIL : 0;
 }

@@ -3,7 +3,8 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "schema.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,7 +70,7 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
                   (e->cwd != NULL) + e->has_timeout + e->has_grace + e->feed + e->json +
                   (e->id != NULL) + (e->user != NULL) + (e->seccomp != NULL);
     struct msg_out o;
-    int r = box_req_begin(&x->c, &o, e->lang ? "code" : "exec", nf, req);
+    int r = box_req_begin(&x->c, &o, box_type_str(e->lang ? BOX_T_CODE : BOX_T_EXEC), nf, req);
     if (r < 0)
         return r;
     if (e->lang) {
@@ -203,14 +204,14 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
                 goto out;
             }
             if ((x->m.has_req && x->m.req == req) ||
-                (box_msg_is(&x->m, "error") && msg_get(&x->m.root, "req") == NULL))
+                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) && msg_get(&x->m.root, "req") == NULL))
                 break;
         }
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR))) {
             const char *code = "";
             size_t n = 0;
             box_msg_error(&x->m, &code, &n, NULL, NULL);
-            if (bytes_is((struct bytes){code, n}, "spawn_failed")) {
+            if (box_err_is(code, n, BOX_ERR_SPAWN_FAILED)) {
                 struct exec_opts plain = e;
                 plain.json = false;
                 ret = exec_spawn_failed(x, &plain, e.id ? e.id : "");
@@ -220,7 +221,7 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             goto out;
         }
         struct bytes id = {NULL, 0};
-        if (!box_msg_is(&x->m, "started") || !get_bytes(&x->m.root, "id", &id)) {
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) || !get_bytes(&x->m.root, "id", &id)) {
             errmsg("unexpected reply to exec from the agent");
             goto out;
         }
@@ -258,7 +259,7 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             sanitize(line, strlen(line));
             size_t n = strlen(line);
             line[n++] = '\n';
-            r = util_write_all(STDOUT_FILENO, line, n);
+            r = box_write_all(STDOUT_FILENO, line, n);
         }
         if (r < 0)
             errmsg("writing output: %s", strerror(-r));
@@ -317,7 +318,7 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
         const char *code = "";
         size_t n = 0;
         box_msg_error(&x->m, &code, &n, NULL, NULL);
-        if (bytes_is((struct bytes){code, n}, "spawn_failed"))
+        if (box_err_is(code, n, BOX_ERR_SPAWN_FAILED))
             ret = exec_spawn_failed(x, &e, f.id);
         else
             print_agent_error(&x->m);
@@ -367,7 +368,7 @@ int cmd_code(struct ctl *x, struct opts *o, int argc, char **argv)
             return EXIT_FAIL;
         }
         /* The agent refuses what is over its max_code; this only bounds boxctl's memory. */
-        int r = util_read_fd_all(fd, CAPTURE_MAX, &code, &e.code_len);
+        int r = box_read_fd_alloc(fd, CAPTURE_MAX, &code, &e.code_len);
         if (!from_stdin)
             close(fd);
         if (r < 0) {

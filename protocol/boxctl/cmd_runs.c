@@ -3,7 +3,8 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "schema.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,7 +44,7 @@ static int connect_for_run(struct ctl *x, const struct opts *o, const char *id)
     for (;;) {
         struct msg_out m;
         uint64_t req;
-        int r = req_with_id(x, &m, "detach", id, 0, &req);
+        int r = req_with_id(x, &m, box_type_str(BOX_T_DETACH), id, 0, &req);
         if (r == 0)
             r = box_client_call(&x->c, &m, req, &x->m, REPLY_TIMEOUT_MS);
         if (r == 0)
@@ -84,7 +85,7 @@ int cmd_attach(struct ctl *x, struct opts *o, int argc, char **argv)
 
     struct msg_out mo;
     uint64_t req;
-    r = req_with_id(x, &mo, "attach", id, 1, &req);
+    r = req_with_id(x, &mo, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
         msg_kv_u64(&mo, "from_seq", from);
         r = box_client_send(&x->c, &mo);
@@ -193,7 +194,7 @@ int cmd_wait(struct ctl *x, struct opts *o, int argc, char **argv)
         sbuf_printf(&line, " duration_ms=%" PRId64, end.duration_ms);
     sbuf_add(&line, "\n", 1);
     ret = end_exit_code(&end);
-    if (util_write_all(STDOUT_FILENO, line.p, line.len) < 0)
+    if (box_write_all(STDOUT_FILENO, line.p, line.len) < 0)
         ret = EXIT_FAIL;
     sbuf_free(&line);
     return ret;
@@ -243,7 +244,7 @@ int cmd_logs(struct ctl *x, struct opts *o, int argc, char **argv)
 
     struct msg_out mo;
     uint64_t req;
-    r = req_with_id(x, &mo, "attach", id, 1, &req);
+    r = req_with_id(x, &mo, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
         msg_kv_u64(&mo, "from_seq", from);
         r = box_client_send(&x->c, &mo);
@@ -284,7 +285,7 @@ int cmd_cancel(struct ctl *x, struct opts *o, int argc, char **argv)
         return ret;
     struct msg_out mo;
     uint64_t req;
-    int r = req_with_id(x, &mo, "cancel", id, has_grace, &req);
+    int r = req_with_id(x, &mo, box_type_str(BOX_T_CANCEL), id, has_grace, &req);
     if (r < 0)
         return request_failed(x, r);
     if (has_grace)
@@ -311,7 +312,7 @@ int cmd_signal(struct ctl *x, struct opts *o, int argc, char **argv)
         return ret;
     struct msg_out mo;
     uint64_t req;
-    int r = req_with_id(x, &mo, "signal", id, 1, &req);
+    int r = req_with_id(x, &mo, box_type_str(BOX_T_SIGNAL), id, 1, &req);
     if (r < 0)
         return request_failed(x, r);
     uint64_t num;
@@ -330,7 +331,7 @@ static int stdin_send(struct ctl *x, const char *id, const char *data, size_t le
 {
     struct msg_out mo;
     uint64_t req;
-    int r = req_with_id(x, &mo, "stdin", id, (len > 0) + eof, &req);
+    int r = req_with_id(x, &mo, box_type_str(BOX_T_STDIN), id, (len > 0) + eof, &req);
     if (r < 0)
         return r;
     if (len > 0) {

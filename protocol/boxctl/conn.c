@@ -3,7 +3,8 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "schema.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -100,8 +101,9 @@ int request_failed(struct ctl *x, int r)
 static int read_token(struct ctl *x, char *tok, size_t *len)
 {
     char buf[TOKEN_FILE_MAX];
-    size_t n = 0;
-    int r = util_read_small_file(x->token_file, buf, sizeof buf, &n);
+    ssize_t got = box_read_small(AT_FDCWD, x->token_file, buf, sizeof buf);
+    int r = got < 0 ? (int)got : (size_t)got >= sizeof buf - 1 ? -EFBIG : 0;
+    size_t n = got < 0 ? 0 : (size_t)got;
     if (r < 0) {
         if (r == -EFBIG)
             errmsg("token file %s: over %u bytes; it should hold only the token", x->token_file,
@@ -195,7 +197,7 @@ static int serial_confirm(struct ctl *x, int token_ok)
     char tok[TOKEN_MAX];
     size_t toklen = 0;
     for (int i = 0; i < SERIAL_HELLO_TRIES; i++) {
-        int r = simple_request(x, "ping");
+        int r = simple_request(x, box_type_str(BOX_T_PING));
         if (r == 0)
             return 0;
         if (r != -EREMOTEIO || !error_is(&x->m, "need_hello"))

@@ -5,7 +5,8 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "schema.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,7 +74,7 @@ static bool is_for_run(const struct follow *f, const struct box_msg *m)
 static int send_cancel(struct follow *f)
 {
     struct msg_out o;
-    int r = req_with_id(f->x, &o, "cancel", f->id, 0, &f->cancel_req);
+    int r = req_with_id(f->x, &o, box_type_str(BOX_T_CANCEL), f->id, 0, &f->cancel_req);
     if (r == 0)
         r = box_client_send(&f->x->c, &o);
     f->cancel_sent = true;
@@ -99,7 +100,7 @@ static int feed_stdin(struct follow *f, short revents)
         }
     }
     struct msg_out o;
-    int r = req_with_id(f->x, &o, "stdin", f->id, 1, &f->feed_req);
+    int r = req_with_id(f->x, &o, box_type_str(BOX_T_STDIN), f->id, 1, &f->feed_req);
     if (r < 0)
         return r;
     if (n == 0) {
@@ -118,12 +119,12 @@ static int follow_msg(struct follow *f)
     struct box_msg *m = &f->x->m;
     bool ours = m->has_req && m->req == f->req;
 
-    if (ours && (box_msg_is(m, "started") || box_msg_is(m, "attached"))) {
+    if (ours && (box_msg_is(m, box_type_str(BOX_T_STARTED)) || box_msg_is(m, box_type_str(BOX_T_ATTACHED)))) {
         struct bytes id = {NULL, 0};
         if (f->id[0] == '\0' && get_bytes(&m->root, "id", &id) && id.n <= RUN_ID_MAX)
             bytes_cstr(id, f->id, sizeof f->id);
         bool existing = false;
-        if (box_msg_is(m, "started") && !f->started &&
+        if (box_msg_is(m, box_type_str(BOX_T_STARTED)) && !f->started &&
             msg_get_bool(&m->root, "existing", &existing) == 0 && existing) {
             char sid[RUN_ID_MAX + 1];
             snprintf(sid, sizeof sid, "%s", f->id);
@@ -136,7 +137,7 @@ static int follow_msg(struct follow *f)
             return F_FAILED;
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "error")) {
+    if (box_msg_is(m, box_type_str(BOX_T_ERROR))) {
         if (ours || msg_get(&m->root, "req") == NULL)
             return F_ERROR;
         if (m->has_req && m->req == f->feed_req) {
@@ -145,7 +146,7 @@ static int follow_msg(struct follow *f)
             const char *code = "";
             size_t n = 0;
             box_msg_error(m, &code, &n, NULL, NULL);
-            if (!bytes_is((struct bytes){code, n}, "run_ended"))
+            if (!box_err_is(code, n, BOX_ERR_RUN_ENDED))
                 print_agent_error(m);
             f->feed = false;
             f->feed_wait = false;
@@ -154,14 +155,14 @@ static int follow_msg(struct follow *f)
         }
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "ok")) {
+    if (box_msg_is(m, box_type_str(BOX_T_OK))) {
         if (m->has_req && m->req == f->feed_req)
             f->feed_wait = false;
         return F_CONTINUE;
     }
     if (!is_for_run(f, m))
         return F_CONTINUE;
-    if (box_msg_is(m, "output")) {
+    if (box_msg_is(m, box_type_str(BOX_T_OUTPUT))) {
         int r = sink_lines(f->sink, msg_get(&m->root, "lines"));
         if (r == -EBADMSG) {
             errmsg("malformed output record from the agent");
@@ -169,7 +170,7 @@ static int follow_msg(struct follow *f)
         }
         return r < 0 ? F_FAILED : F_CONTINUE;
     }
-    if (box_msg_is(m, "gap")) {
+    if (box_msg_is(m, box_type_str(BOX_T_GAP))) {
         uint64_t from = 0, to = 0;
         msg_get_u64(&m->root, "from_seq", &from);
         msg_get_u64(&m->root, "to_seq", &to);
@@ -177,7 +178,7 @@ static int follow_msg(struct follow *f)
         f->sink->gap = true;
         return F_CONTINUE;
     }
-    if (box_msg_is(m, "end"))
+    if (box_msg_is(m, box_type_str(BOX_T_END)))
         return F_END;
     return F_CONTINUE; /* a type this boxctl does not know: newer agents may send more */
 }
@@ -249,7 +250,7 @@ int wait_end(struct ctl *x, const char *id, bool output)
 {
     struct msg_out o;
     uint64_t req;
-    int r = req_with_id(x, &o, "wait", id, 1, &req);
+    int r = req_with_id(x, &o, box_type_str(BOX_T_WAIT), id, 1, &req);
     if (r < 0)
         return r;
     msg_kv_bool(&o, "output", output);
@@ -264,9 +265,9 @@ int wait_end(struct ctl *x, const char *id, bool output)
             return r;
         struct bytes mid = {NULL, 0};
         bool same = get_bytes(&x->m.root, "id", &mid) && bytes_is(mid, id);
-        if (box_msg_is(&x->m, "end") && same)
+        if (box_msg_is(&x->m, box_type_str(BOX_T_END)) && same)
             return 0;
-        if (box_msg_is(&x->m, "error") &&
+        if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
             ((x->m.has_req && x->m.req == req) || msg_get(&x->m.root, "req") == NULL))
             return -EREMOTEIO;
     }
@@ -280,7 +281,7 @@ int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink *s)
     for (;;) {
         struct msg_out o;
         uint64_t req;
-        int r = req_with_id(x, &o, "logs", id, 2, &req);
+        int r = req_with_id(x, &o, box_type_str(BOX_T_LOGS), id, 2, &req);
         if (r < 0)
             return r;
         msg_kv_u64(&o, "from_seq", *from);
@@ -291,7 +292,7 @@ int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink *s)
         const msgpack_object *root = &x->m.root;
         uint64_t first_seq, next_seq;
         bool more = false;
-        if (!box_msg_is(&x->m, "logs") || msg_get_u64(root, "next_seq", &next_seq) != 0)
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) || msg_get_u64(root, "next_seq", &next_seq) != 0)
             return -EBADMSG;
         if (msg_get_u64(root, "first_seq", &first_seq) == 0 && first_seq > *from) {
             warn_gap(id, *from, first_seq);

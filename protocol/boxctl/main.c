@@ -9,7 +9,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "io.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -154,7 +154,7 @@ int main(int argc, char **argv)
     }
     if (o.version) {
         static const char v[] = "boxctl " BOXD_VERSION " (boxd protocol version 1)\n";
-        ret = util_write_all(STDOUT_FILENO, v, sizeof v - 1) < 0 ? EXIT_FAIL : 0;
+        ret = box_write_all(STDOUT_FILENO, v, sizeof v - 1) < 0 ? EXIT_FAIL : 0;
         goto out;
     }
     if (nops == 0) {

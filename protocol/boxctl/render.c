@@ -3,7 +3,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -128,7 +128,7 @@ static int gather_flush(struct gather *g)
 {
     if (g->n == 0)
         return 0;
-    int w = util_writev_all(g->fd, g->iov, g->n);
+    int w = box_writev_all(g->fd, g->iov, g->n);
     g->n = 0;
     if (w < 0) {
         errmsg("writing output: %s", strerror(-w));

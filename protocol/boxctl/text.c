@@ -3,7 +3,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +32,7 @@ void errmsg(const char *fmt, ...)
     if (len > sizeof buf - 2)
         len = sizeof buf - 2;
     buf[len++] = '\n';
-    util_write_all(STDERR_FILENO, buf, len);
+    box_write_all(STDERR_FILENO, buf, len);
 }
 
 void sbuf_init(struct sbuf *b, size_t max)

@@ -4,7 +4,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "util.h"
+#include "io.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -29,7 +29,7 @@ static const char env_text[] =
 
 static int flush(struct sbuf *b)
 {
-    int r = b->nomem ? EXIT_FAIL : util_write_all(STDOUT_FILENO, b->p, b->len) < 0 ? EXIT_FAIL : 0;
+    int r = b->nomem ? EXIT_FAIL : box_write_all(STDOUT_FILENO, b->p, b->len) < 0 ? EXIT_FAIL : 0;
     sbuf_free(b);
     return r;
 }

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "client.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,7 +47,7 @@ bool box_msg_is(const struct box_msg *m, const char *type)
 int box_msg_error(const struct box_msg *m, const char **code, size_t *code_len,
                   const char **message, size_t *message_len)
 {
-    if (!box_msg_is(m, "error"))
+    if (!box_msg_is(m, box_type_str(BOX_T_ERROR)))
         return -EINVAL;
     if (code != NULL && msg_get_str(&m->root, "code", code, code_len) != 0) {
         *code = "";
@@ -574,7 +575,7 @@ int box_client_call(struct box_client *c, struct msg_out *o, uint64_t req, struc
             continue; /* a frame we cannot read is not the answer; the stream is still framed */
         if (r < 0)
             return r;
-        bool err = box_msg_is(reply, "error");
+        bool err = box_msg_is(reply, box_type_str(BOX_T_ERROR));
         if ((reply->has_req && reply->req == req) || (err && msg_get(&reply->root, "req") == NULL))
             return err ? -EREMOTEIO : 0;
     }
@@ -611,7 +612,8 @@ static int send_hello(struct box_client *c, const char *client_name, const void 
                       size_t token_len, uint64_t *req)
 {
     struct msg_out o;
-    int r = box_req_begin(c, &o, "hello", 1 + (client_name != NULL) + (token != NULL), req);
+    int r = box_req_begin(c, &o, box_type_str(BOX_T_HELLO),
+                          1 + (client_name != NULL) + (token != NULL), req);
     if (r < 0)
         return r;
     msg_kv_u64(&o, "version", BOX_PROTOCOL_VERSION);
@@ -675,13 +677,13 @@ int box_client_hello_token(struct box_client *c, const char *client_name, const 
         const char *code = "";
         size_t n = 0;
         box_msg_error(reply, &code, &n, NULL, NULL);
-        if (n == strlen("bad_version") && memcmp(code, "bad_version", n) == 0)
+        if (box_err_is(code, n, BOX_ERR_BAD_VERSION))
             return -EPROTO;
         return r;
     }
     if (r < 0)
         return r;
-    if (!box_msg_is(reply, "hello"))
+    if (!box_msg_is(reply, box_type_str(BOX_T_HELLO)))
         return -EBADMSG;
     uint64_t version;
     if (msg_get_u64(&reply->root, "version", &version) != 0)
@@ -696,22 +698,22 @@ int box_client_hello_token(struct box_client *c, const char *client_name, const 
     memset(&c->limits, 0, sizeof c->limits);
     const msgpack_object *lim = msg_get(&reply->root, "limits");
     static const struct {
-        const char *key;
+        enum box_limit key;
         size_t off;
     } fields[] = {
-        {"max_frame", offsetof(struct box_limits, max_frame)},
-        {"max_event", offsetof(struct box_limits, max_event)},
-        {"max_line", offsetof(struct box_limits, max_line)},
-        {"max_runs", offsetof(struct box_limits, max_runs)},
-        {"max_finished", offsetof(struct box_limits, max_finished)},
-        {"max_conns", offsetof(struct box_limits, max_conns)},
-        {"log_bytes", offsetof(struct box_limits, log_bytes)},
-        {"stdin_bytes", offsetof(struct box_limits, stdin_bytes)},
-        {"max_subs", offsetof(struct box_limits, max_subs)},
+        {BOX_LIM_MAX_FRAME, offsetof(struct box_limits, max_frame)},
+        {BOX_LIM_MAX_EVENT, offsetof(struct box_limits, max_event)},
+        {BOX_LIM_MAX_LINE, offsetof(struct box_limits, max_line)},
+        {BOX_LIM_MAX_RUNS, offsetof(struct box_limits, max_runs)},
+        {BOX_LIM_MAX_FINISHED, offsetof(struct box_limits, max_finished)},
+        {BOX_LIM_MAX_CONNS, offsetof(struct box_limits, max_conns)},
+        {BOX_LIM_LOG_BYTES, offsetof(struct box_limits, log_bytes)},
+        {BOX_LIM_STDIN_BYTES, offsetof(struct box_limits, stdin_bytes)},
+        {BOX_LIM_MAX_SUBS, offsetof(struct box_limits, max_subs)},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         uint64_t v;
-        if (msg_get_u64(lim, fields[i].key, &v) == 0)
+        if (msg_get_u64(lim, box_limit_str(fields[i].key), &v) == 0)
             memcpy((char *)&c->limits + fields[i].off, &v, sizeof v);
     }
     c->max_in = clamp_limit(c->limits.max_event, BOX_CLIENT_DEFAULT_MAX_IN);

@@ -1,6 +1,6 @@
 /* Shared helpers for the boxd benchmarks. See bench.h. */
 #include "bench.h"
-#include "util.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -281,7 +281,7 @@ long bench_cpu_ms(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (util_read_small_file(path, buf, sizeof buf, NULL) < 0)
+    if (box_read_small(AT_FDCWD, path, buf, sizeof buf) < 0)
         return -1;
     /* Fields after the command name, which is in parentheses and may contain anything. */
     char *p = strrchr(buf, ')');

@@ -1,7 +1,8 @@
 /* Fuzz target: one connection's real state machine (agent/conn.c, request.c, run.c, events.c)
  * fed arbitrary bytes, without a socket.
  *
- * The agent is built with BOXD_FUZZ, so spawn_process() refuses every run (stage "fuzz"): exec
+ * The spawner's child maker is replaced (spawn_set_maker) by one that refuses every run (stage
+ * "fuzz"), and no spawner thread is even started (sandbox_init never runs): exec
  * and code requests go through parsing, limits, the run table, the spawn-failure path, eviction
  * and every request on ended runs, and nothing is ever started.
  *
@@ -20,6 +21,7 @@
  */
 #include "fuzz.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "agent.h"
@@ -30,6 +32,7 @@
 #include "request.h"
 #include "run.h"
 #include "sandbox.h"
+#include "spawn.h"
 
 static struct agent A;
 static int ready;
@@ -50,8 +53,21 @@ static void sink(void *arg, const char *frame, size_t len)
     msgpack_zone_destroy(&z);
 }
 
+/* The connection fuzzer drives every request, exec included: it must never start a process. */
+static pid_t refuse_spawn(const struct spawn_req *req, char *const *helper_argv, int status_fd,
+                          const char **stage, pid_t *failed_pid)
+{
+    (void)req;
+    (void)helper_argv;
+    (void)status_fd;
+    *failed_pid = 0;
+    *stage = "fuzz";
+    return -EPERM;
+}
+
 static void setup(void)
 {
+    spawn_set_maker(refuse_spawn);
     memset(&A, 0, sizeof A);
     config_defaults(&A.cfg);
     A.cfg.max_finished = 16;

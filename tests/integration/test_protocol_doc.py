@@ -108,9 +108,23 @@ def doc_error_codes(text):
     return set(codes)
 
 
+SCHEMA_H = os.path.join(REPO, "protocol", "schema", "schema.h")
+
+
+def schema_error_names():
+    """protocol/schema/schema.h's BOX_ERRORS: {"BAD_REQUEST": "bad_request", ...}."""
+    with open(SCHEMA_H, encoding="utf-8") as f:
+        src = f.read()
+    block = src.split("#define BOX_ERRORS(X)", 1)[1].split("\n\n", 1)[0]
+    return dict(re.findall(r'X\((\w+), "([a-z_]+)"\)', block))
+
+
 def agent_error_codes():
-    """Every error code string the agent's sources can send."""
+    """Every error code the agent's sources can send: string literals, and the schema's
+    BOX_ERR_* constants they use."""
     codes = set()
+    names = schema_error_names()
+    assert names, "no error codes in protocol/schema/schema.h"
     pats = [
         re.compile(r'\berror\(\s*&?\w+,\s*"([a-z_]+)"'),
         re.compile(r'ev_error\(\s*&?\w+,\s*[^,]+,\s*"([a-z_]+)"'),
@@ -126,6 +140,9 @@ def agent_error_codes():
             codes.update(p.findall(src))
         for tail in kv.findall(src):
             codes.update(re.findall(r'"([a-z_]+)"', tail))
+        for name in re.findall(r"\bBOX_ERR_([A-Z_]+)\b", src):
+            if name != "_COUNT":
+                codes.add(names[name])
     return codes
 
 
@@ -327,7 +344,7 @@ def test_spawn_stages_documented():
     sec = text.split("### 4.6", 1)[1].split("### 4.7", 1)[0]
     doc = {unquote(split_row(l)[0]) for l in sec.splitlines() if l.startswith("| `")}
     srcs = ""
-    for name in ("spawn.c", "run.c", "request.c", "sandbox.c"):
+    for name in ("spawn.c", "run.c", "request.c", "request_run.c", "sandbox.c"):
         with open(os.path.join(AGENT_DIR, name), encoding="utf-8") as f:
             srcs += f.read()
     stages = set(re.findall(r'\bfail\(\s*[^,]+,\s*"([a-z_]+)"', srcs))

@@ -1,8 +1,8 @@
-/* Small I/O helpers. See util.h. */
+/* Small blocking I/O helpers (io.h). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
-#include "util.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,29 +24,61 @@ static int wait_writable(int fd)
     }
 }
 
-int util_write_all(int fd, const void *buf, size_t len)
+int box_write_all(int fd, const void *buf, size_t n)
 {
     const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                int r = wait_writable(fd);
-                if (r < 0)
-                    return r;
-                continue;
-            }
-            return -errno;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = wait_writable(fd);
+            if (r < 0)
+                return r;
+            continue;
         }
-        p += n;
-        len -= (size_t)n;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        p += w;
+        n -= (size_t)w;
     }
     return 0;
 }
 
-int util_writev_all(int fd, struct iovec *iov, int n)
+ssize_t box_read_fd(int fd, char *buf, size_t size)
+{
+    size_t have = 0;
+    while (have < size - 1) {
+        ssize_t n = read(fd, buf + have, size - 1 - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            buf[0] = '\0';
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        have += (size_t)n;
+    }
+    buf[have] = '\0';
+    return (ssize_t)have;
+}
+
+ssize_t box_read_small(int dirfd, const char *path, char *buf, size_t size)
+{
+    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        buf[0] = '\0';
+        return -errno;
+    }
+    ssize_t n = box_read_fd(fd, buf, size);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return n;
+}
+
+int box_writev_all(int fd, struct iovec *iov, int n)
 {
     while (n > 0 && iov[0].iov_len == 0) {
         iov++;
@@ -79,47 +111,7 @@ int util_writev_all(int fd, struct iovec *iov, int n)
     return 0;
 }
 
-int util_read_small_file(const char *path, char *buf, size_t cap, size_t *len)
-{
-    if (cap == 0)
-        return -EINVAL;
-    int fd;
-    do
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    while (fd < 0 && errno == EINTR);
-    if (fd < 0)
-        return -errno;
-    size_t have = 0;
-    int r = 0;
-    for (;;) {
-        if (have == cap - 1) {
-            /* Full: one more byte means the file is too big. */
-            char extra;
-            ssize_t n = read(fd, &extra, 1);
-            if (n < 0 && errno == EINTR)
-                continue;
-            r = n < 0 ? -errno : n > 0 ? -EFBIG : 0;
-            break;
-        }
-        ssize_t n = read(fd, buf + have, cap - 1 - have);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            r = -errno;
-            break;
-        }
-        if (n == 0)
-            break;
-        have += (size_t)n;
-    }
-    close(fd);
-    buf[r == 0 ? have : 0] = '\0';
-    if (len != NULL)
-        *len = r == 0 ? have : 0;
-    return r;
-}
-
-int util_read_fd_all(int fd, size_t max, char **buf, size_t *len)
+int box_read_fd_alloc(int fd, size_t max, char **buf, size_t *len)
 {
     size_t cap = 4096, have = 0;
     char *p = malloc(cap);

@@ -1,0 +1,134 @@
+/* The protocol's name tables (schema.h), and the fields of each request (PROTOCOL.md 10.2). */
+#include "schema.h"
+
+#include <string.h>
+
+static const char *const type_names[] = {
+#define X(e, s, d) s,
+    BOX_TYPES(X)
+#undef X
+};
+static const unsigned type_dirs[] = {
+#define X(e, s, d) d,
+    BOX_TYPES(X)
+#undef X
+};
+static const char *const err_names[] = {
+#define X(e, s) s,
+    BOX_ERRORS(X)
+#undef X
+};
+static const char *const limit_names[] = {
+#define X(e, s, w) s,
+    BOX_LIMITS(X)
+#undef X
+};
+static const unsigned limit_where[] = {
+#define X(e, s, w) w,
+    BOX_LIMITS(X)
+#undef X
+};
+static const char *const field_names[] = {
+#define X(e, s) s,
+    BOX_FIELDS(X)
+#undef X
+};
+
+_Static_assert(BOX_F__COUNT <= 32, "box_fieldset holds at most 32 fields");
+
+#define F(x) BOX_FS(BOX_F_##x)
+/* Every request carries type and req (10.1). */
+#define COMMON (F(TYPE) | F(REQ))
+/* What exec and code share (4.1). */
+#define RUN_OPTS                                                                                  \
+    (F(ID) | F(ENV) | F(CWD) | F(TIMEOUT_MS) | F(GRACE_MS) | F(STDIN) | F(FOLLOW) | F(OUTPUT) |  \
+     F(USER) | F(SECCOMP))
+
+static const box_fieldset request_fields[BOX_T__COUNT] = {
+    [BOX_T_HELLO] = COMMON | F(VERSION) | F(CLIENT) | F(TOKEN),
+    [BOX_T_PING] = COMMON,
+    [BOX_T_INFO] = COMMON,
+    [BOX_T_SHUTDOWN] = COMMON | F(ACTION),
+    [BOX_T_EXEC] = COMMON | RUN_OPTS | F(CMD) | F(ARGV),
+    [BOX_T_CODE] = COMMON | RUN_OPTS | F(LANG) | F(CODE) | F(TIMEOUT),
+    [BOX_T_STDIN] = COMMON | F(ID) | F(DATA) | F(EOF_),
+    [BOX_T_SIGNAL] = COMMON | F(ID) | F(SIGNAL),
+    [BOX_T_CANCEL] = COMMON | F(ID) | F(GRACE_MS),
+    [BOX_T_ATTACH] = COMMON | F(ID) | F(FROM_SEQ) | F(OUTPUT),
+    [BOX_T_DETACH] = COMMON | F(ID),
+    [BOX_T_WAIT] = COMMON | F(ID) | F(OUTPUT),
+    [BOX_T_LOGS] = COMMON | F(ID) | F(FROM_SEQ) | F(MAX_RECORDS) | F(MAX_BYTES),
+    [BOX_T_LIST] = COMMON,
+};
+#undef F
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+const char *box_type_str(enum box_type t)
+{
+    return (unsigned)t < N(type_names) ? type_names[t] : "?";
+}
+
+const char *box_err_str(enum box_err e)
+{
+    return (unsigned)e < N(err_names) ? err_names[e] : "?";
+}
+
+const char *box_limit_str(enum box_limit l)
+{
+    return (unsigned)l < N(limit_names) ? limit_names[l] : "?";
+}
+
+const char *box_field_str(enum box_field f)
+{
+    return (unsigned)f < N(field_names) ? field_names[f] : "?";
+}
+
+unsigned box_type_dirs(enum box_type t)
+{
+    return (unsigned)t < N(type_dirs) ? type_dirs[t] : 0;
+}
+
+unsigned box_limit_where(enum box_limit l)
+{
+    return (unsigned)l < N(limit_where) ? limit_where[l] : 0;
+}
+
+box_fieldset box_request_fields(enum box_type t)
+{
+    return (unsigned)t < N(request_fields) ? request_fields[t] : 0;
+}
+
+static int lookup(const char *const *names, size_t n, const char *s, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) == len && memcmp(names[i], s, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+int box_type_lookup(const char *s, size_t len)
+{
+    return lookup(type_names, N(type_names), s, len);
+}
+
+int box_err_lookup(const char *s, size_t len)
+{
+    return lookup(err_names, N(err_names), s, len);
+}
+
+int box_limit_lookup(const char *s, size_t len)
+{
+    return lookup(limit_names, N(limit_names), s, len);
+}
+
+int box_field_lookup(const char *s, size_t len)
+{
+    return lookup(field_names, N(field_names), s, len);
+}
+
+bool box_err_is(const char *s, size_t len, enum box_err e)
+{
+    const char *n = box_err_str(e);
+    return strlen(n) == len && memcmp(n, s, len) == 0;
+}

@@ -1,0 +1,172 @@
+/* The protocol's names, declared once (PROTOCOL.md sections 6 and 10): message types, error
+ * codes, limit names and the fields of every request. The agent, the C client and boxctl take
+ * their names from here instead of writing string literals, and tests/unit/test_schema.c holds
+ * these tables against PROTOCOL.md (every name here is in the document and every name there is
+ * here).
+ *
+ * Each list is an X-macro, so an enum and its name table come from one line per name. The
+ * tables are constant data; nothing here allocates. */
+#ifndef BOX_SCHEMA_H
+#define BOX_SCHEMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Who sends a message type: a client (request), the agent (reply or event), or both under the
+ * same name (`hello`, `info`, `logs`, `list` are a request and its reply). */
+#define BOX_DIR_REQUEST 1u
+#define BOX_DIR_AGENT 2u
+
+/* X(ENUM, "name", directions) */
+#define BOX_TYPES(X)                                                                              \
+    X(HELLO, "hello", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                            \
+    X(PING, "ping", BOX_DIR_REQUEST)                                                              \
+    X(INFO, "info", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
+    X(SHUTDOWN, "shutdown", BOX_DIR_REQUEST)                                                      \
+    X(EXEC, "exec", BOX_DIR_REQUEST)                                                              \
+    X(CODE, "code", BOX_DIR_REQUEST)                                                              \
+    X(STDIN, "stdin", BOX_DIR_REQUEST)                                                            \
+    X(SIGNAL, "signal", BOX_DIR_REQUEST)                                                          \
+    X(CANCEL, "cancel", BOX_DIR_REQUEST)                                                          \
+    X(ATTACH, "attach", BOX_DIR_REQUEST)                                                          \
+    X(DETACH, "detach", BOX_DIR_REQUEST)                                                          \
+    X(WAIT, "wait", BOX_DIR_REQUEST)                                                              \
+    X(LOGS, "logs", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
+    X(LIST, "list", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
+    X(PONG, "pong", BOX_DIR_AGENT)                                                                \
+    X(OK, "ok", BOX_DIR_AGENT)                                                                    \
+    X(STARTED, "started", BOX_DIR_AGENT)                                                          \
+    X(ERROR, "error", BOX_DIR_AGENT)                                                              \
+    X(ATTACHED, "attached", BOX_DIR_AGENT)                                                        \
+    X(OUTPUT, "output", BOX_DIR_AGENT)                                                            \
+    X(GAP, "gap", BOX_DIR_AGENT)                                                                  \
+    X(END, "end", BOX_DIR_AGENT)
+
+/* The error codes of section 6: X(ENUM, "code"). */
+#define BOX_ERRORS(X)                                                                             \
+    X(BAD_REQUEST, "bad_request")                                                                 \
+    X(UNKNOWN_TYPE, "unknown_type")                                                               \
+    X(TOO_LARGE, "too_large")                                                                     \
+    X(NEED_HELLO, "need_hello")                                                                   \
+    X(DENIED, "denied")                                                                           \
+    X(UNAUTHORIZED, "unauthorized")                                                               \
+    X(BAD_VERSION, "bad_version")                                                                 \
+    X(NOT_FOUND, "not_found")                                                                     \
+    X(RUN_ENDED, "run_ended")                                                                     \
+    X(LIMIT, "limit")                                                                             \
+    X(SPAWN_FAILED, "spawn_failed")                                                               \
+    X(SHUTTING_DOWN, "shutting_down")                                                             \
+    X(UNKNOWN_LANG, "unknown_lang")                                                               \
+    X(INTERNAL, "internal")
+
+/* Where a limit's name appears: a key of `hello.limits` (and `info.limits`), and/or the `limit`
+ * field of an `error` `limit` (the limit a request would exceed). */
+#define BOX_LIM_HELLO 1u
+#define BOX_LIM_ERROR 2u
+
+/* X(ENUM, "name", where), in the order `hello.limits` lists them. */
+#define BOX_LIMITS(X)                                                                             \
+    X(MAX_FRAME, "max_frame", BOX_LIM_HELLO)                                                      \
+    X(MAX_EVENT, "max_event", BOX_LIM_HELLO)                                                      \
+    X(MAX_LINE, "max_line", BOX_LIM_HELLO)                                                        \
+    X(MAX_RUNS, "max_runs", BOX_LIM_HELLO | BOX_LIM_ERROR)                                        \
+    X(MAX_FINISHED, "max_finished", BOX_LIM_HELLO)                                                \
+    X(MAX_CONNS, "max_conns", BOX_LIM_HELLO)                                                      \
+    X(LOG_BYTES, "log_bytes", BOX_LIM_HELLO)                                                      \
+    X(LOG_TOTAL, "log_total", BOX_LIM_HELLO)                                                      \
+    X(STDIN_BYTES, "stdin_bytes", BOX_LIM_HELLO | BOX_LIM_ERROR)                                  \
+    X(MAX_SUBS, "max_subs", BOX_LIM_HELLO | BOX_LIM_ERROR)                                        \
+    X(CONN_QUEUE, "conn_queue", BOX_LIM_HELLO)                                                    \
+    X(QUEUE_TOTAL, "queue_total", BOX_LIM_HELLO)                                                  \
+    X(HELLO_TIMEOUT_MS, "hello_timeout_ms", BOX_LIM_HELLO)                                        \
+    X(GRACE_MS, "grace_ms", BOX_LIM_HELLO)                                                        \
+    X(DRAIN_MS, "drain_ms", BOX_LIM_HELLO)                                                        \
+    X(FLUSH_MS, "flush_ms", BOX_LIM_HELLO)                                                        \
+    X(MAX_CODE, "max_code", BOX_LIM_HELLO)                                                        \
+    X(CODE_WAITING, "code_waiting", BOX_LIM_ERROR)
+
+/* The fields of requests (section 10.2, top level): X(ENUM, "name"). */
+#define BOX_FIELDS(X)                                                                             \
+    X(TYPE, "type")                                                                               \
+    X(REQ, "req")                                                                                 \
+    X(VERSION, "version")                                                                         \
+    X(CLIENT, "client")                                                                           \
+    X(TOKEN, "token")                                                                             \
+    X(ACTION, "action")                                                                           \
+    X(ID, "id")                                                                                   \
+    X(CMD, "cmd")                                                                                 \
+    X(ARGV, "argv")                                                                               \
+    X(ENV, "env")                                                                                 \
+    X(CWD, "cwd")                                                                                 \
+    X(TIMEOUT_MS, "timeout_ms")                                                               \
+    X(TIMEOUT, "timeout")                                                                         \
+    X(GRACE_MS, "grace_ms")                                                                       \
+    X(STDIN, "stdin")                                                                             \
+    X(FOLLOW, "follow")                                                                           \
+    X(OUTPUT, "output")                                                                           \
+    X(USER, "user")                                                                               \
+    X(SECCOMP, "seccomp")                                                                         \
+    X(LANG, "lang")                                                                               \
+    X(CODE, "code")                                                                               \
+    X(DATA, "data")                                                                               \
+    X(EOF_, "eof")                                                                                \
+    X(SIGNAL, "signal")                                                                           \
+    X(FROM_SEQ, "from_seq")                                                                       \
+    X(MAX_RECORDS, "max_records")                                                                 \
+    X(MAX_BYTES, "max_bytes")
+
+enum box_type {
+#define X(e, s, d) BOX_T_##e,
+    BOX_TYPES(X)
+#undef X
+    BOX_T__COUNT
+};
+
+enum box_err {
+#define X(e, s) BOX_ERR_##e,
+    BOX_ERRORS(X)
+#undef X
+    BOX_ERR__COUNT
+};
+
+enum box_limit {
+#define X(e, s, w) BOX_LIM_##e,
+    BOX_LIMITS(X)
+#undef X
+    BOX_LIM__COUNT
+};
+
+enum box_field {
+#define X(e, s) BOX_F_##e,
+    BOX_FIELDS(X)
+#undef X
+    BOX_F__COUNT
+};
+
+/* A set of fields, bit (1 << enum box_field). */
+typedef uint32_t box_fieldset;
+#define BOX_FS(f) ((box_fieldset)1u << (f))
+
+/* The names (static strings). An out-of-range value gives "?". */
+const char *box_type_str(enum box_type t);
+const char *box_err_str(enum box_err e);
+const char *box_limit_str(enum box_limit l);
+const char *box_field_str(enum box_field f);
+
+/* Who sends type t (BOX_DIR_*); where limit l appears (BOX_LIM_*). */
+unsigned box_type_dirs(enum box_type t);
+unsigned box_limit_where(enum box_limit l);
+/* The fields a request of type t may carry (10.2); 0 for a type that is not a request. */
+box_fieldset box_request_fields(enum box_type t);
+
+/* Looks a name of len bytes up (not NUL-terminated). Returns the enum value, or -1. */
+int box_type_lookup(const char *s, size_t len);
+int box_err_lookup(const char *s, size_t len);
+int box_limit_lookup(const char *s, size_t len);
+int box_field_lookup(const char *s, size_t len);
+
+/* Whether the len bytes at s are the name of code e (for clients reading an error's `code`). */
+bool box_err_is(const char *s, size_t len, enum box_err e);
+
+#endif
