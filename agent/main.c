@@ -24,7 +24,9 @@
 #include "listen.h"
 #include "log.h"
 #include "run.h"
+#include "runlimits.h"
 #include "sandbox.h"
+#include "sdnotify.h"
 #include "signals.h"
 #include "spawn.h"
 #include "taskstats.h"
@@ -501,7 +503,14 @@ int main(int argc, char **argv)
     int ofd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (ofd >= 0) {
         if (write(ofd, "-1000", 5) < 0)
-            log_warn("oom_score_adj -1000: %s", strerror(errno));
+            log_warn("oom_score_adj -1000: %s: boxd cannot exempt itself from the kernel's OOM "
+                     "killer (lowering it needs CAP_SYS_RESOURCE, which boxd lacks when it is "
+                     "not root or runs in an unprivileged container). Harmless on a "
+                     "development machine: boxd works the same, but under memory pressure the "
+                     "kernel may pick boxd as well as a run. To avoid it, run boxd as root, or "
+                     "set the score from outside (systemd OOMScoreAdjust=-1000, docker "
+                     "--oom-score-adj -1000)",
+                     strerror(errno));
         close(ofd);
     }
     int ae = auth_init(a, a->cfg.token_file);
@@ -526,7 +535,7 @@ int main(int argc, char **argv)
         agent_release(a);
         return startup_failed(a, 1);
     }
-    char why[512];
+    char why[1024];
     if (auth_check_policy(a, why, sizeof why) < 0) {
         /* A VM's init must not return (the kernel would panic, and the message scroll away):
          * it says why on the console and powers off. */
@@ -546,6 +555,15 @@ int main(int argc, char **argv)
     }
     cgroup_init(a);
     runs_spare(a);
+    if (runlimits_check(a, why, sizeof why) < 0) {
+        if (a->mode == MODE_VM)
+            init_fatal(a, why);
+        fprintf(stderr, "boxd: %s\n", why);
+        cgroup_destroy(a);
+        sandbox_destroy(a);
+        agent_release(a);
+        return 1;
+    }
     a->loop = uv_default_loop();
     if (log_start(a->loop) < 0)
         log_warn("log: no timer: lines the console cannot take at once are dropped");
@@ -588,7 +606,7 @@ int main(int argc, char **argv)
     log_info("boxd %s ready in %.1f ms: pid %d, mode %s%s, boot %s", BOXD_VERSION,
              (double)(now_mono_ns() - a->start_mono_ns) / 1e6, (int)a->pid,
              init_mode_str(a->mode), a->subreaper ? " (subreaper)" : "", a->boot_id);
-    init_notify_ready();
+    sdnotify_ready();
     /* Just after ready, once: the language table and interpreter versions (code.h). */
     uv_timer_t warm;
     uv_timer_init(a->loop, &warm);

@@ -18,6 +18,7 @@
 #include "events.h"
 #include "log.h"
 #include "run.h"
+#include "runlimits.h"
 #include "sandbox.h"
 #include "signals.h"
 
@@ -297,6 +298,7 @@ static void do_info(struct ctx *x)
             msg_str(&o, "cpu");
     }
     request_put_limits(&o, a);
+    runlimits_put(&o, a);
     code_put_languages(&o, a);
     ev_close(&o);
     reply(x, &o);

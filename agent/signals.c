@@ -15,6 +15,7 @@
 #include "conn.h"
 #include "listen.h"
 #include "log.h"
+#include "sdnotify.h"
 #include "procfs.h"
 #include "run.h"
 #include "taskstats.h"
@@ -141,6 +142,7 @@ void agent_shutdown(struct agent *a, const char *why, enum final_action act)
     a->final_action = act;
     a->shutdown_start_ns = now_mono_ns();
     log_info("shutting down (%s): %u live runs", why, a->n_live);
+    sdnotify_stopping();
     listen_close_all(a);
     runs_cancel_all(a, a->cfg.grace_ms);
     if (a->pid1) {
