@@ -129,7 +129,10 @@ pid=$!
 printf '%s\n' "$pid" >"$PIDF"
 i=0
 until serving; do
-    if ! [ -d "/proc/$pid" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != boxd ]; then
+    # Gone, or a zombie (our child, not yet waited for): start-up failed. (Before its exec
+    # the child is still a shell or setsid, so its name says nothing yet.)
+    st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+    if [ -z "$st" ] || [ "$st" = Z ]; then
         rm -f "$PIDF"
         tail -n 20 "$LOG" | sed 's/^/  | /' >&2
         die "boxd exited at start-up (log: $LOG)"
