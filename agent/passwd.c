@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+
 /* Splits line (NUL-terminated, no newline) at ':' into exactly n fields. Returns 0, or -1
  * when the count differs. */
 static int split(char *line, char **f, int n)
@@ -65,7 +67,7 @@ static int next_line(FILE *f, char **buf, size_t *cap)
             size_t n = *cap ? *cap * 2 : 256;
             if (n > PASSWD_LINE_MAX + 1)
                 n = PASSWD_LINE_MAX + 1;
-            char *p = realloc(*buf, n);
+            char *p = boxd_realloc(*buf, n);
             if (p == NULL)
                 return -ENOMEM;
             *buf = p;
