@@ -344,14 +344,26 @@ static int rc_make(struct agent *a, struct run_cgroup *rc)
     /* Limits, where the controllers are there; no swap, so a memory hog meets the OOM killer
      * (and is reported `oom`) instead of thrashing the box. */
     char num[32];
+    const char *file = NULL;
     if (a->cfg.run_memory_max && a->cg.memory) {
         snprintf(num, sizeof num, "%llu", (unsigned long long)a->cfg.run_memory_max);
-        write_at(rc->dir_fd, "memory.max", num);
-        write_at(rc->dir_fd, "memory.swap.max", "0");
+        if ((e = write_at(rc->dir_fd, "memory.max", num)) < 0)
+            file = "memory.max";
+        /* memory.swap.max exists only with swap accounting: without it there is no swap to
+         * limit, and memory.max alone holds. */
+        else if ((e = write_at(rc->dir_fd, "memory.swap.max", "0")) < 0 && e != -ENOENT)
+            file = "memory.swap.max";
     }
-    if (a->cfg.run_pids_max && a->cg.pids) {
+    if (file == NULL && a->cfg.run_pids_max && a->cg.pids) {
         snprintf(num, sizeof num, "%llu", (unsigned long long)a->cfg.run_pids_max);
-        write_at(rc->dir_fd, "pids.max", num);
+        if ((e = write_at(rc->dir_fd, "pids.max", num)) < 0)
+            file = "pids.max";
+    }
+    if (file) {
+        /* A cgroup without its limit would run the run unlimited: it is not used. */
+        log_warn("cgroup %s: cannot write %s (%s): not used", rc->name, file, strerror(-e));
+        rc_remove(a, rc);
+        return e;
     }
     return 0;
 }

@@ -15,7 +15,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -193,28 +192,6 @@ void init_setup(struct agent *a)
     }
     loopback_up();
     raise_nofile();
-}
-
-void init_notify_ready(void)
-{
-    const char *path = getenv("NOTIFY_SOCKET");
-    if (path == NULL || (path[0] != '/' && path[0] != '@') || strlen(path) >= 108)
-        return;
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    size_t n = strlen(path);
-    memcpy(sa.sun_path, path, n);
-    if (path[0] == '@')
-        sa.sun_path[0] = '\0';
-    int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return;
-    static const char msg[] = "READY=1\nSTATUS=serving";
-    if (sendto(s, msg, sizeof msg - 1, MSG_NOSIGNAL, (struct sockaddr *)&sa,
-               (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)) < 0)
-        log_warn("notify %s: %s", path, strerror(errno));
-    close(s);
 }
 
 /* Unmounts everything it can, deepest first, then remounts / read-only: the disk is clean

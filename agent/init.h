@@ -26,9 +26,6 @@ const char *init_mode_str(enum agent_mode m);
  * duties. Failures are logged and survived: a box with fewer mounts beats a dead box. */
 void init_setup(struct agent *a);
 
-/* Tells the service manager we are ready ($NOTIFY_SOCKET), when there is one. */
-void init_notify_ready(void);
-
 /* The end: after every run and process is gone. vm: sync, unmount, power off or reboot (does
  * not return). container and daemon: sync and return (main exits). */
 void init_final(struct agent *a, enum final_action act);

@@ -27,9 +27,11 @@
 #include "log.h"
 #include "request.h"
 #include "run.h"
+#include "runlimits.h"
 #include "runstart.h"
 #include "runtab.h"
 #include "sandbox.h"
+#include "sdnotify.h"
 #include "shutdown.h"
 #include "signals.h"
 #include "spawn.h"
@@ -75,8 +77,10 @@ static void usage(FILE *f)
             "  --allow-seccomp-none   a request may ask for no seccomp filter\n"
             "  --run-nofile N         RLIMIT_NOFILE of runs (default 1048576)\n"
             "  --run-core N           RLIMIT_CORE of runs (default 0)\n"
-            "  --run-memory-max N     memory.max of each run's cgroup (default: none)\n"
-            "  --run-pids-max N       pids.max of each run's cgroup (default: none)\n"
+            "  --run-memory-max N     memory.max of each run's cgroup, no swap (default: none);\n"
+            "                         boxd refuses to start where runs get no memory controller\n"
+            "  --run-pids-max N       pids.max of each run's cgroup (default: none); refused\n"
+            "                         likewise without the pids controller (info.run_limits)\n"
             "  --run-oom-score-adj N  oom_score_adj of runs (default 0; boxd's own is -1000)\n"
             "  --max-frame N          largest request frame accepted (default 1048576)\n"
             "  --max-event N          largest frame sent (default 1048576)\n"
@@ -526,7 +530,14 @@ int main(int argc, char **argv)
     int ofd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (ofd >= 0) {
         if (write(ofd, "-1000", 5) < 0)
-            log_warn("oom_score_adj -1000: %s", strerror(errno));
+            log_warn("oom_score_adj -1000: %s: boxd cannot exempt itself from the kernel's OOM "
+                     "killer (lowering it needs CAP_SYS_RESOURCE, which boxd lacks when it is "
+                     "not root or runs in an unprivileged container). Harmless on a "
+                     "development machine: boxd works the same, but under memory pressure the "
+                     "kernel may pick boxd as well as a run. To avoid it, run boxd as root, or "
+                     "set the score from outside (systemd OOMScoreAdjust=-1000, docker "
+                     "--oom-score-adj -1000)",
+                     strerror(errno));
         close(ofd);
     }
     int ae = auth_init(a, a->cfg.token_file);
@@ -551,7 +562,7 @@ int main(int argc, char **argv)
         agent_release(a);
         return startup_failed(a, 1);
     }
-    char why[512];
+    char why[1024];
     if (auth_check_policy(a, why, sizeof why) < 0) {
         /* A VM's init must not return (the kernel would panic, and the message scroll away):
          * it says why on the console and powers off. */
@@ -571,6 +582,15 @@ int main(int argc, char **argv)
     }
     cgroup_init(a);
     runs_spare(a);
+    if (runlimits_check(a, why, sizeof why) < 0) {
+        if (a->mode == MODE_VM)
+            init_fatal(a, why);
+        fprintf(stderr, "boxd: %s\n", why);
+        cgroup_destroy(a);
+        sandbox_destroy(a);
+        agent_release(a);
+        return 1;
+    }
     a->loop = uv_default_loop();
     if (log_start(a->loop) < 0)
         log_warn("log: no timer: lines the console cannot take at once are dropped");
@@ -613,7 +633,7 @@ int main(int argc, char **argv)
     log_info("boxd %s ready in %.1f ms: pid %d, mode %s%s, boot %s", BOXD_VERSION,
              (double)(now_mono_ns() - a->start_mono_ns) / 1e6, (int)a->pid,
              init_mode_str(a->mode), a->subreaper ? " (subreaper)" : "", a->boot_id);
-    init_notify_ready();
+    sdnotify_ready();
     /* Just after ready, once: the language table and interpreter versions (code.h). */
     uv_timer_t warm;
     uv_timer_init(a->loop, &warm);

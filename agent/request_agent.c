@@ -11,6 +11,7 @@
 #include "events.h"
 #include "log.h"
 #include "request_priv.h"
+#include "runlimits.h"
 #include "shutdown.h"
 
 void request_put_limits(struct msg_out *o, const struct agent *a)
@@ -135,6 +136,7 @@ void request__info(struct ctx *x)
             msg_str(&o, "cpu");
     }
     request_put_limits(&o, a);
+    runlimits_put(&o, a);
     code_put_languages(&o, a);
     ev_close(&o);
     request__reply(x, &o);

@@ -2,9 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/ioprio.h>
-#include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stdio.h>
@@ -17,6 +15,7 @@
 
 #include "agent.h"
 #include "log.h"
+#include "passwd.h"
 #include "spawn.h"
 
 const char *sandbox_profile_name(enum seccomp_profile p)
@@ -473,55 +472,12 @@ void sandbox_destroy(struct agent *a)
     spawn_helper_release();
 }
 
-/* passwd and group are read from the files themselves, not through NSS: the box's users live
- * in /etc/passwd, and NSS would load modules (libnss_systemd and its dependencies, half a
- * megabyte of resident memory) into PID 1 for nothing. */
-static int find_user(const char *name, uid_t uid, struct passwd *pw, char *buf, size_t size)
-{
-    FILE *f = fopen("/etc/passwd", "re");
-    if (f == NULL)
-        return -errno;
-    struct passwd *res;
-    int found = -ENOENT;
-    while (fgetpwent_r(f, pw, buf, size, &res) == 0) {
-        if (name ? strcmp(res->pw_name, name) == 0 : res->pw_uid == uid) {
-            found = 0;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-/* The user's supplementary groups: its primary group and every group listing it. */
-static int user_groups(const char *user, gid_t primary, gid_t *groups, int max)
-{
-    int n = 0;
-    groups[n++] = primary;
-    FILE *f = fopen("/etc/group", "re");
-    if (f == NULL)
-        return n;
-    struct group gr, *res;
-    char buf[8192];
-    while (n < max && fgetgrent_r(f, &gr, buf, sizeof buf, &res) == 0) {
-        if (res->gr_gid == primary)
-            continue;
-        for (char **m = res->gr_mem; m && *m; m++)
-            if (strcmp(*m, user) == 0) {
-                groups[n++] = res->gr_gid;
-                break;
-            }
-    }
-    fclose(f);
-    return n;
-}
-
+/* passwd and group are read from the files themselves, not through NSS (passwd.h says why). */
 int identity_lookup(const char *name, struct identity *id)
 {
     memset(id, 0, sizeof *id);
-    struct passwd pw;
-    char buf[4096];
-    int e = find_user(name, geteuid(), &pw, buf, sizeof buf);
+    struct passwd_entry pw;
+    int e = passwd_find("/etc/passwd", name, geteuid(), &pw);
     if (e < 0) {
         if (name)
             return e == -ENOENT ? -ENOENT : e;
@@ -533,11 +489,12 @@ int identity_lookup(const char *name, struct identity *id)
         id->ngroups = -1; /* keep boxd's groups */
         return 0;
     }
-    id->uid = pw.pw_uid;
-    id->gid = pw.pw_gid;
-    snprintf(id->home, sizeof id->home, "%s", pw.pw_dir && pw.pw_dir[0] ? pw.pw_dir : "/");
-    snprintf(id->user, sizeof id->user, "%s", pw.pw_name);
-    id->ngroups = user_groups(pw.pw_name, pw.pw_gid, id->groups, IDENTITY_MAX_GROUPS);
+    id->uid = pw.uid;
+    id->gid = pw.gid;
+    snprintf(id->home, sizeof id->home, "%s", pw.home[0] ? pw.home : "/");
+    snprintf(id->user, sizeof id->user, "%s", pw.name);
+    id->ngroups =
+        passwd_user_groups("/etc/group", pw.name, pw.gid, id->groups, IDENTITY_MAX_GROUPS);
     id->change = id->uid != geteuid() || id->gid != getegid();
     if (name == NULL)
         id->ngroups = -1; /* boxd's own user: keep its groups as they are */

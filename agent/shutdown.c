@@ -4,6 +4,7 @@
  * module sits above signals, listen, conn and run: it calls them, and none of them calls it
  * (signals reaches it through the callback main gives signals_start). */
 #include "shutdown.h"
+#include "sdnotify.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -98,6 +99,7 @@ void agent_shutdown(struct agent *a, const char *why, enum final_action act)
     a->final_action = act;
     a->shutdown_start_ns = now_mono_ns();
     log_info("shutting down (%s): %u live runs", why, a->n_live);
+    sdnotify_stopping();
     listen_close_all(a);
     runs_cancel_all(a, a->cfg.grace_ms);
     if (a->pid1) {

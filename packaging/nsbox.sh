@@ -176,7 +176,15 @@ case $TIMEOUT$GRACE in *[!0-9]*) die "--timeout and --grace take whole seconds" 
 
 if [ -n "$STOP" ]; then
     check_name "$STOP"
+    # An unknown name is an error, said as one: a typo must not look like a clean stop.
+    stop_cg=
+    cgr=$(cgroup_root) && [ -n "$cgr" ] && stop_cg=$cgr/boxd-box-$STOP
+    if [ ! -d "$BOXES_DIR/$STOP" ] && { [ -z "$stop_cg" ] || [ ! -d "$stop_cg" ]; }; then
+        known=$(ls "$BOXES_DIR" 2>/dev/null | tr '\n' ' ')
+        die "no box named $STOP (no $BOXES_DIR/$STOP${stop_cg:+, no $stop_cg}); running: ${known:-none}"
+    fi
     stop_box "$STOP" "$GRACE"
+    log "box $STOP stopped"
     exit 0
 fi
 

@@ -1,17 +1,60 @@
 #!/bin/sh
-# Installs the Debian 12 packages boxd needs to build and test, if any is missing.
-# Idempotent; needs root (apt-get). Nothing is downloaded except Debian packages.
+# deps.sh [build|tests|boxes|all]...: installs the Debian 12 packages boxd needs, if any is
+# missing, and says what it installs and why. Idempotent; needs root (apt-get) only when
+# something is missing. Only Debian packages are downloaded, each without its Recommends
+# (qemu's alone pulled about 150 packages).
+#
+# Groups (default: all):
+#   build   compile boxd, boxctl and the client library; make the .deb (packaging/deb.sh)
+#   tests   run the test suites (pytest, msgpack, the tools the tests drive)
+#   boxes   build and boot the namespace box and the microVM box (tests/boxes, packaging/)
 set -eu
-PKGS="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libseccomp-dev
-      python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+
+group_pkgs() {
+    case $1 in
+    build) echo "build-essential cmake pkg-config libuv1-dev libmsgpack-dev libseccomp-dev dpkg-dev" ;;
+    tests) echo "python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo perl" ;;
+    boxes) echo "debootstrap qemu-system-x86 e2fsprogs busybox-static kmod cpio" ;;
+    *) return 1 ;;
+    esac
+}
+group_why() {
+    case $1 in
+    build) echo "to compile boxd and boxctl and package them" ;;
+    tests) echo "to run the test suites" ;;
+    boxes) echo "to build and boot the namespace and microVM boxes" ;;
+    esac
+}
+
+groups=${*:-build tests boxes}
+[ "$groups" = all ] && groups="build tests boxes"
+plan=""
+total=""
+for g in $groups; do
+    pkgs=$(group_pkgs "$g") || { echo "deps.sh: unknown group '$g' (build, tests, boxes or all)" >&2; exit 2; }
+    missing=""
+    for p in $pkgs; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        plan="$plan
+deps.sh: $g ($(group_why "$g")):$missing"
+        total="$total$missing"
+    fi
 done
-if [ -n "$missing" ]; then
-    echo "deps: installing:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+[ -n "$total" ] || exit 0
+
+[ "$(id -u)" = 0 ] || { echo "deps.sh: missing packages:$total; run as root to install them" >&2; exit 1; }
+echo "deps.sh: installing Debian packages, without Recommends:$plan"
+export DEBIAN_FRONTEND=noninteractive
+# The package lists may be missing (a fresh container) or stale: refresh once, quietly.
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $total |
+    grep -E '^(The following NEW packages|  |[0-9]+ upgraded)' || true
+for p in $total; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+        { echo "deps.sh: $p did not install (see apt-get above)" >&2; exit 1; }
+done
+echo "deps.sh: done"

@@ -271,6 +271,11 @@ class NsBox:
             return ""
 
     def stop(self, grace=5):
+        """nsbox.sh --stop; a second call is a no-op returning the first one's result
+        (nsbox.sh itself fails for a box that no longer exists)."""
+        if getattr(self, "_stopped", None) is not None:
+            return self._stopped
         p = subprocess.run([NSBOX, "--stop", self.name, "--grace", str(grace)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=grace + 20)
-        return p.returncode, p.stderr.decode("utf-8", "replace")
+        self._stopped = (p.returncode, p.stderr.decode("utf-8", "replace"))
+        return self._stopped

@@ -315,6 +315,10 @@ def test_vm_run_limits_are_applied(vclient):
     limits = ok(vclient.run('d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); '
                             'cat $d/memory.max $d/pids.max $d/memory.swap.max')).split()
     assert limits == [str(MEMORY_MAX), str(PIDS_MAX), "0"], limits
+    # info lists them as enforced (issue 16: where they could not be, boxd would not start).
+    run_limits = vclient.request({"type": "info"})["run_limits"]
+    assert run_limits["memory_max"] == MEMORY_MAX and run_limits["swap_max"] == 0
+    assert run_limits["pids_max"] == PIDS_MAX
 
 
 def test_vm_memory_hog_ends_oom(vclient):

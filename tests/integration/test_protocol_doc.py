@@ -28,7 +28,10 @@ AGENT_DIR = os.path.join(REPO, "agent")
 # Documented optional fields that only some boxes produce (cgroup v2 present or not).
 # and those that only a run's aftermath produces (4.4).
 ENV_DEPENDENT = {"cgroup", "controllers", "controllers[]", "runs[].cgroup",
-                 "runs[].background_killed", "runs[].slot_released"}
+                 "runs[].background_killed", "runs[].slot_released",
+                 # Only with --run-memory-max / --run-pids-max, which need cgroup controllers
+                 # (boxd refuses them elsewhere): test_run_limits.py covers both outcomes.
+                 "run_limits.memory_max", "run_limits.swap_max", "run_limits.pids_max"}
 
 
 # ---- the document --------------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+# Makes a man page from a template and the program's own --help, so the page's OPTIONS section is
+# the option table the program parses and never drifts from it.
+#   cmake -DPROG=build/boxd -DIN=man/boxd.8.in -DOUT=build/man/boxd.8 -DVERSION=0.1.0 -P man.cmake
+# The template holds @OPTIONS@ and @VERSION@. In --help, an option line starts with two spaces
+# and "--"; deeper-indented lines continue its description; other non-blank lines (section
+# titles such as "access (see ...):") become sub-headings.
+execute_process(COMMAND ${PROG} --help OUTPUT_VARIABLE help RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${PROG} --help failed (${rc})")
+endif()
+string(REPLACE "\\" "\\\\" help "${help}")
+# A list splits on ';': keep the text's own semicolons as a placeholder until the end.
+string(REPLACE ";" "@SEMI@" help "${help}")
+string(REPLACE "\n" ";" lines "${help}")
+set(opts "")
+set(in_opts FALSE)
+foreach(line IN LISTS lines)
+  if(line MATCHES "^options")
+    set(in_opts TRUE)
+    continue()
+  endif()
+  if(NOT in_opts OR line STREQUAL "")
+    continue()
+  endif()
+  # roff: a leading dot or quote would be a request; hyphens in options are \-.
+  if(line MATCHES "^  (--[^ ].*)$")
+    set(rest "${CMAKE_MATCH_1}")
+    # The option and its argument are separated from the text by two or more spaces.
+    if(rest MATCHES "^([^ ]+( [^ ]+)*)  +(.*)$")
+      set(head "${CMAKE_MATCH_1}")
+      set(text "${CMAKE_MATCH_3}")
+    else()
+      set(head "${rest}")
+      set(text "")
+    endif()
+    string(REPLACE "-" "\\-" head "${head}")
+    string(APPEND opts ".TP\n.B ${head}\n")
+    if(NOT text STREQUAL "")
+      string(APPEND opts "${text}\n")
+    endif()
+  elseif(line MATCHES "^   +(.*)$")
+    set(text "${CMAKE_MATCH_1}")
+    if(text MATCHES "^--")
+      # A continuation that names another option (--socket-owner UID, --socket-group GID).
+      string(REPLACE "-" "\\-" text "${text}")
+    endif()
+    if(text MATCHES "^[.']")
+      set(text "\\&${text}")
+    endif()
+    string(APPEND opts "${text}\n")
+  else()
+    string(REGEX REPLACE ":$" "" title "${line}")
+    string(APPEND opts ".SS ${title}\n")
+  endif()
+endforeach()
+string(REPLACE "@SEMI@" ";" opts "${opts}")
+set(OPTIONS "${opts}")
+configure_file(${IN} ${OUT} @ONLY)
