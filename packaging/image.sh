@@ -41,8 +41,11 @@ PACKAGES="nodejs npm python3 python3-pip python3-venv git curl ca-certificates s
 BOX_USER=box
 BOX_UID=1000
 # Change RECIPE_VERSION (or anything above) to make every machine rebuild the packages.
-RECIPE_VERSION=2
+RECIPE_VERSION=3
 RECIPE="boxd-image v$RECIPE_VERSION packages=$PACKAGES user=$BOX_USER:$BOX_UID"
+# The OCI form: where its socket is (bind-mount the directory), and what its entrypoint adds.
+OCI_SOCKET=/var/lib/boxd/boxd.sock
+OCI_RECIPE="oci v1 socket=$OCI_SOCKET seccomp=none"
 STAMP=.boxd-image-stamp
 BOXD_STAMP=.boxd-image-boxd
 
@@ -184,7 +187,8 @@ EOF
     chroot "$tmp" useradd --create-home --shell /bin/bash --uid "$BOX_UID" --user-group "$BOX_USER"
     printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$BOX_USER" >"$tmp/etc/sudoers.d/$BOX_USER"
     chmod 0440 "$tmp/etc/sudoers.d/$BOX_USER"
-    mkdir -p "$tmp/work"
+    mkdir -p "$tmp/work" "$tmp/var/lib/boxd"
+    chmod 0700 "$tmp/var/lib/boxd"
     chroot "$tmp" chown "$BOX_USER:$BOX_USER" /work
     # Names: the default hostname in /etc/hosts; any other name the platform sets is answered
     # by NSS myhostname (nsbox.sh and vmbox/run.sh name each box, Kubernetes names the pod).
@@ -239,13 +243,19 @@ rootfs)
     ;;
 oci)
     # The image is the rootfs as one layer (podman import), its entrypoint boxd with the
-    # image's arguments and a socket in /run/boxd, the directory to bind-mount from the host.
+    # image's arguments and its socket in /var/lib/boxd, the directory to bind-mount from the
+    # host (not under /run: a boxd that may mount puts a tmpfs on /run, hiding the mount).
+    # --seccomp none: in a container boxd has no CAP_SYS_ADMIN, and without it the kernel
+    # loads a seccomp filter only under no_new_privs, which would make sudo fail in every run.
+    # The engine's own seccomp profile (podman's default, Kubernetes' RuntimeDefault) still
+    # filters every process of the container; the container is the boundary.
     if ! command -v podman >/dev/null 2>&1; then
         log "installing podman (and runc: podman's crun cannot run on a host with hybrid cgroups)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc >&2 ||
             die "cannot install podman"
     fi
-    ref=$IMAGE_REF:$(printf '%s' "$ROOT_KEY" | cut -c1-12)
+    OCI_KEY=$(printf '%s\n' "$ROOT_KEY" "$OCI_RECIPE" | sha)
+    ref=$IMAGE_REF:$(printf '%s' "$OCI_KEY" | cut -c1-12)
     if ! podman image exists "$ref"; then
         t0=$(now_ms)
         entry='"/usr/sbin/boxd"'
@@ -253,10 +263,10 @@ oci)
             case $a in '#'* | '') continue ;; esac
             entry="$entry, \"$a\""
         done <"$ROOT/etc/boxd/boxd.args"
-        entry="$entry, \"--listen\", \"unix:/run/boxd/boxd.sock\""
+        entry="$entry, \"--seccomp\", \"none\", \"--listen\", \"unix:$OCI_SOCKET\""
         tar -C "$ROOT" --exclude "./$STAMP" --exclude "./$BOXD_STAMP" -c . |
             podman import --change "ENTRYPOINT [$entry]" --change "WORKDIR /work" \
-                --change "LABEL org.boxd.root-key=$ROOT_KEY" - "$ref" >&2 ||
+                --change "LABEL org.boxd.key=$OCI_KEY" - "$ref" >&2 ||
             die "podman import failed"
         podman tag "$ref" "$IMAGE_REF:latest"
         log "OCI image $ref made in $(($(now_ms) - t0)) ms"
