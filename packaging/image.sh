@@ -249,10 +249,19 @@ oci)
     # loads a seccomp filter only under no_new_privs, which would make sudo fail in every run.
     # The engine's own seccomp profile (podman's default, Kubernetes' RuntimeDefault) still
     # filters every process of the container; the container is the boundary.
-    if ! command -v podman >/dev/null 2>&1; then
-        log "installing podman (and runc: podman's crun cannot run on a host with hybrid cgroups)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc >&2 ||
-            die "cannot install podman"
+    need=
+    for t in podman runc catatonit; do
+        command -v $t >/dev/null 2>&1 || need="$need $t"
+    done
+    if [ -n "$need" ]; then
+        # runc: crun, podman's default, refuses a host with hybrid cgroups; catatonit: the
+        # pause process `podman kube play` builds its pods' infra image from. About 18
+        # packages and 10 s with --no-install-recommends.
+        log "installing$need (for the OCI image and podman kube play)"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2 ||
+            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2; } ||
+            die "cannot install$need"
     fi
     OCI_KEY=$(printf '%s\n' "$ROOT_KEY" "$OCI_RECIPE" | sha)
     ref=$IMAGE_REF:$(printf '%s' "$OCI_KEY" | cut -c1-12)
