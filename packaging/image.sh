@@ -278,6 +278,9 @@ oci)
                 --change "LABEL org.boxd.key=$OCI_KEY" - "$ref" >&2 ||
             die "podman import failed"
         podman tag "$ref" "$IMAGE_REF:latest"
+        # Earlier builds' tags: each is a whole copy of the rootfs in podman's store.
+        podman images --format '{{.Repository}}:{{.Tag}}' "$IMAGE_REF" |
+            grep -vx -e "$ref" -e "$IMAGE_REF:latest" | xargs -r podman rmi >/dev/null 2>&1 || true
         log "OCI image $ref made in $(($(now_ms) - t0)) ms"
     fi
     printf '%s\n' "$ref"
