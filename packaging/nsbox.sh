@@ -185,6 +185,11 @@ case $TIMEOUT$GRACE in *[!0-9]*) die "--timeout and --grace take whole seconds" 
 
 if [ -n "$STOP" ]; then
     check_name "$STOP"
+    cgr=$(cgroup_root)
+    if [ ! -d "$BOXES_DIR/$STOP" ] && { [ -z "$cgr" ] || [ ! -d "$cgr/boxd-box-$STOP" ]; }; then
+        running=$(ls "$BOXES_DIR" 2>/dev/null | tr '\n' ' ')
+        die "no box named $STOP (boxes: ${running:-none}; start one with nsbox.sh --name $STOP)"
+    fi
     stop_box "$STOP" "$GRACE"
     exit 0
 fi

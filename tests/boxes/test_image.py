@@ -359,3 +359,13 @@ def test_k8s_pod_runs_the_examples(image_oci):
         shutil.rmtree(work, ignore_errors=True)
     assert d.returncode == 0, d.stderr.decode("utf-8", "replace")
     assert subprocess.run(PODMAN + ["pod", "exists", "boxd-box"], timeout=60).returncode != 0
+
+
+# ---- the launchers' stop of a box that does not exist --------------------------------------------
+
+@pytest.mark.parametrize("script", ["nsbox.sh", "vmbox/run.sh"])
+def test_stop_of_an_unknown_box_says_so(rootfs, script):
+    p = subprocess.run([os.path.join(minibox.PACKAGING, script), "--stop", "nosuch%d" % os.getpid()],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert p.returncode == 1
+    assert b"no box named nosuch" in p.stderr, p.stderr
