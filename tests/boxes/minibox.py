@@ -271,6 +271,11 @@ class NsBox:
             return ""
 
     def stop(self, grace=5):
+        """nsbox.sh --stop; once it succeeded, a later call does nothing and returns (0, "")
+        (nsbox.sh refuses to stop a box that no longer exists)."""
+        if getattr(self, "stopped", False):
+            return 0, ""
         p = subprocess.run([NSBOX, "--stop", self.name, "--grace", str(grace)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=grace + 20)
+        self.stopped = p.returncode == 0
         return p.returncode, p.stderr.decode("utf-8", "replace")
