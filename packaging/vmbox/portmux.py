@@ -16,7 +16,8 @@ new clients wait in order, accepted but unserved, until one frees (logged once p
 
 Memory is bounded: at most BUF bytes are held per direction of a connection; reading pauses
 while they wait to be written. Logs go to stderr (run.sh sends them to portmux.log). Stops on
-SIGTERM or SIGINT. Python 3 standard library only.
+SIGTERM or SIGINT, and when QEMU's sockets refuse (the VM is gone). Python 3 standard
+library only.
 """
 
 import collections
@@ -145,6 +146,11 @@ class Mux:
     def start(self, client, port):
         try:
             Pair(self, client, port)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            # QEMU is gone (the guest powered off or rebooted under -no-reboot): so is the box.
+            log("port %d: QEMU's socket %s: %s; the VM is gone, exiting" % (port, self.ports[port], e))
+            client.close()
+            raise SystemExit(1)
         except OSError as e:
             log("port %d: cannot reach QEMU's socket %s: %s" % (port, self.ports[port], e))
             client.close()

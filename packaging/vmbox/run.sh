@@ -124,6 +124,10 @@ if [ -n "$STOP" ]; then
 fi
 case $PORTS in '' | *[!0-9]* | 0) die "--ports takes a number from 1 to 12" ;; esac
 [ "$PORTS" -le 12 ] || die "--ports: at most 12 (boxd takes 16 --listen, the rest are for BOXD_ARGS)"
+if [ "$PORTS" -gt 1 ] && [ ! -x /usr/bin/python3 ]; then
+    log "no /usr/bin/python3 for portmux.py: one port, so host clients take turns (apt-get install python3)"
+    PORTS=1
+fi
 
 check_name "$NAME"
 for f in vmlinuz initrd.img; do
