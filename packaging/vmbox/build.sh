@@ -70,10 +70,10 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need="$need e2fsprogs"
 command -v depmod >/dev/null 2>&1 || need="$need kmod"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
 if [ -n "$need" ]; then
-    log "installing:$need"
+    log "installing:$need (QEMU, mkfs.ext4, the initramfs's busybox, depmod, cpio), --no-install-recommends"
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >&2 ||
-        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >&2; } ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2; } ||
         die "cannot install$need"
 fi
 file /bin/busybox 2>/dev/null | grep -q 'dynamically linked' &&
