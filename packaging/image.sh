@@ -99,7 +99,9 @@ boxd_source() {
 
 install_boxd() {
     root=$1
-    set -- $(boxd_source)
+    src=$(boxd_source) || exit 1
+    # shellcheck disable=SC2086
+    set -- $src
     case $1 in
     deb)
         cp "$2" "$root/tmp/boxd.deb"
@@ -113,7 +115,9 @@ install_boxd() {
 }
 
 boxd_key() {
-    set -- $(boxd_source)
+    src=$(boxd_source) || exit 1
+    # shellcheck disable=SC2086
+    set -- $src
     case $1 in
     deb) printf 'deb %s\n' "$(sha "$2")" ;;
     bin) shift; printf 'bin %s\n' "$(sha "$@" "$HERE/install-boxd.sh" 2>/dev/null | tr '\n' ' ')" ;;
@@ -229,7 +233,7 @@ if [ ! -f "$ROOT/$STAMP" ] || [ "$(cat "$ROOT/$STAMP")" != "$RECIPE" ]; then
     build_rootfs
 fi
 # boxd is installed in place (a rename, so a running box sees the old or the new binary).
-key=$(boxd_key)
+key=$(boxd_key) || exit 1
 if [ "$(cat "$ROOT/$BOXD_STAMP" 2>/dev/null)" != "$key" ]; then
     install_boxd "$ROOT"
     printf '%s\n' "$key" >"$ROOT/$BOXD_STAMP"
