@@ -41,10 +41,11 @@ BOXCTL_BIN=${2:-${BOXCTL_BIN:-$REPO/build/boxctl}}
 DISK_SIZE=512M
 # Loaded by the initramfs in this order after their dependencies (resolved from modules.dep):
 # the virtio transports (PCI for -M pc/q35, MMIO for -M microvm), the disk, the console ports,
-# and vsock (guest-local loopback works here; host-to-guest needs /dev/vhost-vsock on the host).
+# vsock (guest-local loopback works here; host-to-guest needs /dev/vhost-vsock on the host), and
+# the network device run.sh --net adds.
 MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio
 virtio_blk virtio_console vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
-vsock_loopback"
+vsock_loopback virtio_net"
 RECIPE_VERSION=1
 
 log() { printf 'vmbox/build.sh: %s\n' "$*" >&2; }

@@ -1,7 +1,7 @@
 #!/bin/sh
 # vmbox/run.sh: boots the microVM box under QEMU (TCG, -M microvm) with boxd as PID 1.
 #
-#   run.sh [--name NAME] [--disk DISK] [--ports N] [--mem MB] [--cpus N] [--timeout S] [--fg]
+#   run.sh [--name NAME] [--disk DISK] [--ports N] [--net] [--mem MB] [--cpus N] [--timeout S] [--fg]
 #          [-- BOXD_ARGS...]
 #       Boots box NAME (default "vm") in the background from vmbox/build.sh's cache and waits
 #       for boxd's "ready" line on the console. Prints the host end of the agent's virtio-serial
@@ -10,6 +10,10 @@
 #       --disk DISK: boot DISK (image.sh --format vm) instead of the cache's box.ext4; boxd then
 #       gets the arguments the image configures in its /etc/boxd/boxd.args (read from the disk
 #       with debugfs) before BOXD_ARGS.
+#       --net: a network device on QEMU's user-mode network (slirp: outgoing TCP and UDP through
+#       the host's own sockets, nothing reaches the guest from outside), configured by the
+#       initramfs (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3, which forwards to the host's
+#       resolver). Without it the VM has no network at all.
 #       --ports N: virtio-serial ports for host clients (default 8, $BOXD_VM_PORTS; at most 12).
 #       With more than one, agent.sock is served by portmux.py, which gives each host client a
 #       port of its own, so clients do not wait for each other; with 1, agent.sock is QEMU's
@@ -46,6 +50,7 @@ TIMEOUT=60
 FG=0
 STOP=
 DISK=
+NET=
 PORTS=${BOXD_VM_PORTS:-8}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -56,6 +61,7 @@ while [ $# -gt 0 ]; do
     --fg) FG=1; shift ;;
     --disk) DISK=${2:?}; shift 2 ;;
     --ports) PORTS=${2:?}; shift 2 ;;
+    --net) NET=1; shift ;;
     --stop) STOP=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//' >&2; exit 2 ;;
     --) shift; break ;;
@@ -194,6 +200,7 @@ host_tsc_khz() {
 # to boxd. boxd.hostname= is read by boxd itself (the kernel ignores dotted unknown parameters).
 APPEND="console=ttyS0 root=/dev/vda init=/sbin/boxd panic=-1 quiet boxd.hostname=$NAME"
 APPEND="$APPEND tsc_early_khz=$(host_tsc_khz)"
+[ -n "$NET" ] && APPEND="$APPEND boxd.net=user"
 [ $# -gt 0 ] && APPEND="$APPEND -- $*"
 
 # KVM is present on the development machine but fails an MSR assertion: TCG is what works.
@@ -203,6 +210,9 @@ set -- qemu-system-x86_64 -accel tcg -M microvm -m "$MEM" -smp "$CPUS" \
     -drive "file=$DISK,format=raw,if=none,id=d0,snapshot=on" \
     -device virtio-blk-device,drive=d0 \
     -device "virtio-serial-device,max_ports=$((PORTS + 1))"
+if [ -n "$NET" ]; then
+    set -- "$@" -netdev user,id=n0 -device virtio-net-device,netdev=n0
+fi
 # One chardev socket and one port per host client served at once (see --ports).
 k=0
 while [ $k -lt "$PORTS" ]; do
