@@ -28,6 +28,14 @@
 # (README.md: "Why a remount inside cannot touch the host"). This script itself never mounts,
 # remounts or unmounts anything in the host's mount namespace.
 #
+# --lower DIR: the overlay's lower layer instead of the cached test rootfs - typically the product
+# image, nsbox.sh --lower "$(image.sh --format rootfs)". When DIR has /etc/boxd/boxd.args (the
+# image's boxd configuration, one argument a line), those arguments come first on boxd's command
+# line; when DIR has its own /usr/sbin/boxd, that boxd runs (unless --boxd names one).
+#
+# Unless --net, the box shares the host's network, and the host's /etc/resolv.conf is copied into
+# the box at each start (as docker does), so names resolve wherever the host's DNS works.
+#
 # With --root DIR the box runs in DIR itself (a copy the caller made, e.g. with cp -a): boxd is
 # installed into DIR, and the box chroots into it. The overlay mode is the default and the one
 # tests use: it starts in milliseconds and never writes to the cached rootfs.
@@ -144,6 +152,7 @@ stop_box() {
 NAME=box
 ROOT_DIR=
 LOWER=
+BOXD_GIVEN=${BOXD_BIN:+1}
 BOXD_BIN=${BOXD_BIN:-$REPO/build/boxd}
 BOXCTL_BIN=${BOXCTL_BIN:-$REPO/build/boxctl}
 SOCKET=/run/boxd.sock
@@ -157,7 +166,7 @@ while [ $# -gt 0 ]; do
     --name) NAME=${2:?}; shift 2 ;;
     --root) ROOT_DIR=${2:?}; shift 2 ;;
     --lower) LOWER=${2:?}; shift 2 ;;
-    --boxd) BOXD_BIN=${2:?}; shift 2 ;;
+    --boxd) BOXD_BIN=${2:?}; BOXD_GIVEN=1; shift 2 ;;
     --boxctl) BOXCTL_BIN=${2:?}; shift 2 ;;
     --socket) SOCKET=${2:?}; shift 2 ;;
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
@@ -181,7 +190,7 @@ if [ -n "$STOP" ]; then
     cgr=$(cgroup_root) && [ -n "$cgr" ] && stop_cg=$cgr/boxd-box-$STOP
     if [ ! -d "$BOXES_DIR/$STOP" ] && { [ -z "$stop_cg" ] || [ ! -d "$stop_cg" ]; }; then
         known=$(ls "$BOXES_DIR" 2>/dev/null | tr '\n' ' ')
-        die "no box named $STOP (no $BOXES_DIR/$STOP${stop_cg:+, no $stop_cg}); running: ${known:-none}"
+        die "no box named $STOP (no $BOXES_DIR/$STOP${stop_cg:+, no $stop_cg}); running: ${known:-none}; start one with nsbox.sh --name $STOP)"
     fi
     stop_box "$STOP" "$GRACE"
     log "box $STOP stopped"
@@ -191,7 +200,6 @@ fi
 # ---- start --------------------------------------------------------------------------------------
 check_name "$NAME"
 case $SOCKET in /*) ;; *) die "--socket must be an absolute path inside the box" ;; esac
-[ -x "$BOXD_BIN" ] || die "no boxd binary at $BOXD_BIN (build it: cmake --build build --target boxd)"
 STATE=$BOXES_DIR/$NAME
 CGROOT=$(cgroup_root)
 CG=
@@ -212,6 +220,7 @@ if [ -z "$ROOT_DIR" ]; then
     MODE=overlay
     [ -n "$LOWER" ] || LOWER=$("$HERE/rootfs.sh")
     [ -d "$LOWER/usr" ] || die "no rootfs at $LOWER"
+    IMAGE_DIR=$LOWER
     mkdir -p "$STATE/upper" "$STATE/work" "$STATE/merged"
     TARGET=$STATE/merged
 else
@@ -220,8 +229,26 @@ else
     [ -d "$TARGET/usr" ] || die "$ROOT_DIR does not look like a root filesystem"
     [ ! -e "$TARGET/.boxd-rootfs-stamp" ] ||
         die "$ROOT_DIR is the cached rootfs; give a copy of it (or no --root for an overlay)"
+    IMAGE_DIR=$TARGET
     mkdir -p "$STATE"
 fi
+# The image's own boxd and its arguments (see --lower above).
+INSTALL=$HERE/install-boxd.sh
+if [ -z "$BOXD_GIVEN" ] && [ -x "$IMAGE_DIR/usr/sbin/boxd" ] && [ -f "$IMAGE_DIR/etc/boxd/boxd.args" ]; then
+    INSTALL=
+    log "running the image's own boxd ($IMAGE_DIR/usr/sbin/boxd)"
+else
+    [ -x "$BOXD_BIN" ] || die "no boxd binary at $BOXD_BIN (build it: cmake --build build --target boxd)"
+fi
+if [ -f "$IMAGE_DIR/etc/boxd/boxd.args" ]; then
+    IMAGE_ARGS=$(grep -v -e '^#' -e '^[[:space:]]*$' "$IMAGE_DIR/etc/boxd/boxd.args" | tr '\n' ' ')
+    case $IMAGE_ARGS in *[!A-Za-z0-9_.,:/=\ -]*) die "$IMAGE_DIR/etc/boxd/boxd.args: only plain words, one a line" ;; esac
+    # shellcheck disable=SC2086
+    set -- $IMAGE_ARGS "$@"
+    log "boxd arguments from the image: $IMAGE_ARGS"
+fi
+RESOLV=
+[ -z "$NETNS" ] && [ -f /etc/resolv.conf ] && RESOLV=/etc/resolv.conf
 : >"$STATE/console.log"
 if [ -n "$CG" ]; then
     mkdir "$CG"
@@ -234,12 +261,17 @@ fi
 INNER='
 set -eu
 mode=$1 lower=$2 state=$3 target=$4 mounts=$5 name=$6 boxd=$7 boxctl=$8 install=$9
-shift 9
+resolv=${10}
+shift 10
 mount --make-rprivate /
 if [ "$mode" = overlay ]; then
     mount -t overlay boxd-box -o "lowerdir=$lower,upperdir=$state/upper,workdir=$state/work" "$target"
 fi
-"$install" "$target" "$boxd" "$boxctl"
+[ -z "$install" ] || "$install" "$target" "$boxd" "$boxctl"
+if [ -n "$resolv" ]; then
+    rm -f "$target/etc/resolv.conf"
+    cat "$resolv" >"$target/etc/resolv.conf"
+fi
 mount -t proc -o nosuid,nodev,noexec proc "$target/proc"
 if [ "$mounts" = 1 ]; then
     # boxd mounts what is missing as a container PID 1; these are here for a boxd that does not.
@@ -266,7 +298,7 @@ exec chroot "$target" /sbin/boxd "$@"
 setsid sh -c 'if [ -n "$1" ]; then echo $$ >"$1/cgroup.procs"; fi; shift; exec "$@"' sh "$CG" \
     unshare --pid --fork --mount --uts --ipc --cgroup $NETNS --propagation private \
     sh -c "$INNER" inner "$MODE" "$LOWER" "$STATE" "$TARGET" "$MOUNTS" "$NAME" \
-    "$BOXD_BIN" "$BOXCTL_BIN" "$HERE/install-boxd.sh" \
+    "$BOXD_BIN" "$BOXCTL_BIN" "$INSTALL" "$RESOLV" \
     --listen "unix:$SOCKET" "$@" \
     </dev/null >>"$STATE/console.log" 2>&1 &
 LAUNCHER=$!

@@ -57,9 +57,9 @@ if is_complete "$DIR"; then
 fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
-    log "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 ||
-        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2; } ||
+    log "installing debootstrap (and the Debian archive keyring it checks the mirror with), --no-install-recommends"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap debian-archive-keyring >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap debian-archive-keyring >&2; } ||
         die "cannot install debootstrap"
 fi
 

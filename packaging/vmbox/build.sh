@@ -14,6 +14,10 @@
 # busybox-static, kmod, cpio are installed when missing).
 #
 #   build.sh [BOXD_BIN [BOXCTL_BIN]]     (defaults: build/boxd, build/boxctl)
+#   build.sh --rootfs DIR --disk PATH
+#       The disk at PATH is made from DIR, a root that has its own boxd (the product image,
+#       image.sh --format vm does this); the kernel and initramfs are the cache's. The disk is
+#       sized to the tree (used space + 50%, at least 512 MB; a sparse file).
 #
 # Environment: BOXD_VM_CACHE, BOXD_ROOTFS (see rootfs.sh), BOXD_VM_KERNEL_PKG (an exact kernel
 # package name instead of the current cloud-amd64 one).
@@ -23,21 +27,35 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PACKAGING=$(dirname "$HERE")
 REPO=$(dirname "$PACKAGING")
 CACHE=${BOXD_VM_CACHE:-/var/cache/boxd/vm}
+ROOT_FROM=
+DISK=$CACHE/box.ext4
+while [ $# -gt 0 ]; do
+    case $1 in
+    --rootfs) ROOT_FROM=${2:?}; shift 2 ;;
+    --disk) DISK=${2:?}; shift 2 ;;
+    *) break ;;
+    esac
+done
 BOXD_BIN=${1:-${BOXD_BIN:-$REPO/build/boxd}}
 BOXCTL_BIN=${2:-${BOXCTL_BIN:-$REPO/build/boxctl}}
 DISK_SIZE=512M
 # Loaded by the initramfs in this order after their dependencies (resolved from modules.dep):
 # the virtio transports (PCI for -M pc/q35, MMIO for -M microvm), the disk, the console ports,
-# and vsock (guest-local loopback works here; host-to-guest needs /dev/vhost-vsock on the host).
+# vsock (guest-local loopback works here; host-to-guest needs /dev/vhost-vsock on the host), and
+# the network device run.sh --net adds.
 MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio
 virtio_blk virtio_console vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
-vsock_loopback"
+vsock_loopback virtio_net"
 RECIPE_VERSION=1
 
 log() { printf 'vmbox/build.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root"
+if [ -n "$ROOT_FROM" ]; then
+    [ -x "$ROOT_FROM/usr/sbin/boxd" ] || die "$ROOT_FROM has no /usr/sbin/boxd"
+    BOXD_BIN=$ROOT_FROM/usr/sbin/boxd
+fi
 [ -x "$BOXD_BIN" ] || die "no boxd binary at $BOXD_BIN (build it: cmake --build build --target boxd)"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
@@ -53,10 +71,10 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need="$need e2fsprogs"
 command -v depmod >/dev/null 2>&1 || need="$need kmod"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
 if [ -n "$need" ]; then
-    log "installing:$need"
+    log "installing:$need (QEMU, mkfs.ext4, the initramfs's busybox, depmod, cpio), --no-install-recommends"
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >&2 ||
-        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >&2; } ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2; } ||
         die "cannot install$need"
 fi
 file /bin/busybox 2>/dev/null | grep -q 'dynamically linked' &&
@@ -158,19 +176,30 @@ if [ ! -f "$CACHE/initrd.img" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" 
 fi
 
 # ---- root disk ----------------------------------------------------------------------------------
-ROOTFS=$("$PACKAGING/rootfs.sh")
-bins=$BOXD_BIN
-[ -x "$BOXCTL_BIN" ] && bins="$bins $BOXCTL_BIN"
-# shellcheck disable=SC2086
-DISK_KEY=$(printf '%s\n' "v$RECIPE_VERSION" "$KVER" "$MODPATHS" "$(cat "$ROOTFS/.boxd-rootfs-stamp")" \
-    "$(stat -c %Y "$ROOTFS/.boxd-rootfs-stamp")" "$(sha $bins "$PACKAGING/install-boxd.sh")" | sha)
-if [ ! -f "$CACHE/box.ext4" ] || [ "$(cat "$CACHE/box.stamp" 2>/dev/null)" != "$DISK_KEY" ]; then
+if [ -n "$ROOT_FROM" ]; then
+    # The product image: its stamps name its recipe and its boxd.
+    ROOTFS=$ROOT_FROM
+    DISK_KEY=$(printf '%s\n' "v$RECIPE_VERSION" "$KVER" "$MODPATHS" "$ROOTFS" \
+        "$(cat "$ROOTFS"/.boxd-image-* 2>/dev/null)" "$(stat -c %Y "$ROOTFS" "$ROOTFS"/.boxd-image-* 2>/dev/null)" \
+        "$(sha "$BOXD_BIN")" | sha)
+    DISK_SIZE=$(du -sm "$ROOTFS" | awk '{ s = int($1 * 1.5) + 64; print (s < 512 ? 512 : s) "M" }')
+else
+    ROOTFS=$("$PACKAGING/rootfs.sh")
+    bins=$BOXD_BIN
+    [ -x "$BOXCTL_BIN" ] && bins="$bins $BOXCTL_BIN"
+    # shellcheck disable=SC2086
+    DISK_KEY=$(printf '%s\n' "v$RECIPE_VERSION" "$KVER" "$MODPATHS" "$(cat "$ROOTFS/.boxd-rootfs-stamp")" \
+        "$(stat -c %Y "$ROOTFS/.boxd-rootfs-stamp")" "$(sha $bins "$PACKAGING/install-boxd.sh")" | sha)
+fi
+STAMPF=$DISK.stamp
+[ "$DISK" = "$CACHE/box.ext4" ] && STAMPF=$CACHE/box.stamp
+if [ ! -f "$DISK" ] || [ "$(cat "$STAMPF" 2>/dev/null)" != "$DISK_KEY" ]; then
     t0=$(date +%s%3N)
     stage=$(mktemp -d "$CACHE/disk.XXXXXX")
     trap 'rm -rf --one-file-system "$stage"' EXIT
     cp -a --reflink=auto "$ROOTFS/." "$stage/"
-    rm -f "$stage/.boxd-rootfs-stamp"
-    "$PACKAGING/install-boxd.sh" "$stage" "$BOXD_BIN" "$BOXCTL_BIN"
+    rm -f "$stage/.boxd-rootfs-stamp" "$stage"/.boxd-image-*
+    [ -n "$ROOT_FROM" ] || "$PACKAGING/install-boxd.sh" "$stage" "$BOXD_BIN" "$BOXCTL_BIN"
     # The same modules, loadable later from the running box (modprobe vsock_loopback).
     for m in $MODPATHS; do
         mkdir -p "$stage/lib/modules/$KVER/$(dirname "$m")"
@@ -180,12 +209,17 @@ if [ ! -f "$CACHE/box.ext4" ] || [ "$(cat "$CACHE/box.stamp" 2>/dev/null)" != "$
         "$stage/lib/modules/$KVER/" 2>/dev/null || true
     depmod -b "$stage" "$KVER"
     echo box >"$stage/etc/hostname"
-    mkfs.ext4 -q -F -L boxroot -d "$stage" "$CACHE/box.ext4.new" "$DISK_SIZE" >&2
-    mv "$CACHE/box.ext4.new" "$CACHE/box.ext4"
-    "$BOXD_BIN" --help >"$CACHE/boxd.help" 2>&1 || true
-    printf '%s\n' "$DISK_KEY" >"$CACHE/box.stamp"
+    mkfs.ext4 -q -F -L boxroot -d "$stage" "$DISK.new" "$DISK_SIZE" >&2
+    mv "$DISK.new" "$DISK"
+    if [ -n "$ROOT_FROM" ]; then
+        # The image's boxd runs against the image's libraries.
+        chroot "$ROOT_FROM" /usr/sbin/boxd --help >"$DISK.help" 2>&1 || true
+    else
+        "$BOXD_BIN" --help >"$CACHE/boxd.help" 2>&1 || true
+    fi
+    printf '%s\n' "$DISK_KEY" >"$STAMPF"
     rm -rf --one-file-system "$stage"
     trap - EXIT
-    log "root disk ready in $(($(date +%s%3N) - t0)) ms"
+    log "root disk $DISK ready in $(($(date +%s%3N) - t0)) ms ($DISK_SIZE, $(du -h "$DISK" | cut -f1) used)"
 fi
 printf '%s\n' "$CACHE"

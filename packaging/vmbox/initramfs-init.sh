@@ -22,9 +22,11 @@ init=/sbin/init
 root=/dev/vda
 rootfstype=ext4
 rootflags=rw
+net=
 for arg in $(cat /proc/cmdline); do
     case $arg in
     --) break ;;
+    boxd.net=*) net=${arg#boxd.net=} ;;
     init=*) init=${arg#init=} ;;
     root=*) root=${arg#root=} ;;
     rootfstype=*) rootfstype=${arg#rootfstype=} ;;
@@ -52,6 +54,19 @@ fi
 if [ ! -x "/newroot$init" ]; then
     say "no init $init on $root"
     poweroff -f
+fi
+
+# boxd.net=user (run.sh --net): QEMU's user-mode network, whose addresses are fixed: the guest
+# 10.0.2.15/24, the gateway 10.0.2.2, the DNS relay 10.0.2.3 (it forwards to the host's
+# resolver). The interface is configured here, before boxd, and stays so after switch_root;
+# resolv.conf goes to the disk's snapshot layer, so the cached disk is not written.
+if [ "$net" = user ]; then
+    if ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2; then
+        rm -f /newroot/etc/resolv.conf
+        echo "nameserver 10.0.2.3" >/newroot/etc/resolv.conf
+    else
+        say "boxd.net=user: cannot configure eth0"
+    fi
 fi
 
 # devtmpfs moves with the switch (the box's init finds /dev populated and mounted); proc and

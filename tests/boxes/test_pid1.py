@@ -1,4 +1,4 @@
-"""boxd's PID 1 duties in a namespace box (PRIOR_ART.md's PID 1 scenarios), on a real Debian rootfs.
+"""boxd's PID 1 duties in a namespace box (the scenarios that broke other container inits), on a real Debian rootfs.
 
 Most tests share one box (module scope): they leave it as they found it, and each measures only
 the counters it moved. The box is started with `nsbox.sh --no-mounts --net`, so boxd itself has to

@@ -105,8 +105,9 @@ class Vm:
     def sessions(self):
         """(sessions started, sessions ended) as boxd logged them on the console."""
         con = self.console()
-        return (con.count("listen virtio-port:box.agent: host connected"),
-                con.count("listen virtio-port:box.agent: host disconnected"))
+        # run.sh gives the VM several ports (box.agent, box.agent.1, ...), one per host client.
+        return (len(re.findall(r"listen virtio-port:box\.agent(?:\.\d+)?: host connected", con)),
+                len(re.findall(r"listen virtio-port:box\.agent(?:\.\d+)?: host disconnected", con)))
 
     def client(self, timeout=60):
         """A new session. QEMU's chardev serves one client at a time, and a client that connects
