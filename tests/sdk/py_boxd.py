@@ -27,6 +27,16 @@ def T(seconds):
     return seconds * SLOW
 
 
+def wait_until(pred, timeout, interval=0.02):
+    """Polls pred until it is true or timeout s pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
 def _cgroup2_root():
     try:
         with open("/proc/self/mounts") as f:

@@ -303,21 +303,76 @@ def test_typed_errors_from_the_agent(box):
         box.exec.command("true").send_signal("TERM")
 
 
-def test_run_timeout_and_request_timeout_are_apart(daemon):
-    with Box.connect(socket=daemon.sock, request_timeout=0.001) as b:
-        # A client timeout: no reply within 1 ms is likely but not certain on an idle box;
-        # the snippet's language probe makes it certain for a code run of an unknown path.
-        try:
-            b.exec.command("sleep 0.2")
-        except boxd.RequestTimeoutError as e:
-            assert e.code == "request_timeout" and "request_timeout" in str(e)
-    with Box.connect(socket=daemon.sock) as b:
-        run = b.exec.command("sleep 5", timeout=200)
-        assert (run.status, run.reason) == ("failed", "timeout")
-        live = b.exec.start("sleep 2")
-        with pytest.raises(boxd.WaitTimeoutError):
-            live.wait(wait_timeout=0.1)
-        assert live.cancel().status == "cancelled"
+class SilentAgent:
+    """Answers hello like boxd, then reads requests and answers none (a frozen box)."""
+
+    def __init__(self, path):
+        import socket as socket_mod
+        import msgpack
+        self.accepted = 0
+        self.lsock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+        self.lsock.bind(path)
+        self.lsock.listen(8)
+        self.conns = []
+
+        def serve():
+            while True:
+                try:
+                    c, _ = self.lsock.accept()
+                except OSError:
+                    return
+                self.accepted += 1
+                self.conns.append(c)
+                buf = b""
+                while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                if len(buf) < 4:
+                    continue
+                hello = msgpack.unpackb(buf[4:4 + int.from_bytes(buf[:4], "big")])
+                body = msgpack.packb({"type": "hello", "req": hello["req"], "version": 1,
+                                      "agent": "silent", "boot_id": "b-1", "pid": 1,
+                                      "capabilities": ["exec"], "limits": {}})
+                c.sendall(len(body).to_bytes(4, "big") + body)
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.lsock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_request_timeout_and_heartbeat(tmp_path):
+    agent = SilentAgent(str(tmp_path / "silent.sock"))
+    try:
+        b = Box.connect(socket=str(tmp_path / "silent.sock"), request_timeout=0.3,
+                        heartbeat_interval=None)
+        t0 = time.monotonic()
+        with pytest.raises(boxd.RequestTimeoutError) as ei:
+            b.exec.command("true", timeout=60000)
+        assert 0.25 < time.monotonic() - t0 < T(5)
+        assert ei.value.code == "request_timeout" and "request_timeout" in str(ei.value)
+        b.close()
+        # A silent connection is pinged; no pong within request_timeout counts as a drop.
+        b = Box.connect(socket=str(tmp_path / "silent.sock"), request_timeout=0.2,
+                        heartbeat_interval=0.2)
+        assert py_boxd.wait_until(lambda: agent.accepted >= 3, T(10)), agent.accepted
+        b.close()
+    finally:
+        agent.close()
+
+
+def test_run_timeout_is_the_agents(box):
+    run = box.exec.command("sleep 5", timeout=200)
+    assert (run.status, run.reason) == ("failed", "timeout")
+    assert run.duration_ms < 4000
+    live = box.exec.start("sleep 2")
+    with pytest.raises(boxd.WaitTimeoutError):
+        live.wait(wait_timeout=0.1)
+    assert live.status == "running"
+    assert live.cancel().status == "cancelled"
 
 
 def test_stdin_and_attach(box):
