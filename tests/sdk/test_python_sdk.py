@@ -428,3 +428,46 @@ def test_pydoc_documents_the_api():
     assert p.returncode == 0
     for word in ("command(", "cancel(", "logs(", "stream(", "request_timeout"):
         assert word in p.stdout
+
+
+def test_requests_made_while_the_connection_is_down_are_sent_after_it(daemon, relay):
+    with Box.connect(socket=relay.path) as b:
+        assert b.exec.command("echo one").result == "one"
+        for i in range(5):
+            relay.kill_connections()
+            assert b.exec.command("echo %d" % i).result == str(i)
+            assert b.exec.code(code="print(%d * 2)" % i, lang="python").output == str(i * 2)
+        assert b._abox._session.reconnects >= 1
+
+
+def test_a_retried_start_with_the_same_id_is_the_same_run(box, daemon):
+    rid = "sdk-retry-" + os.urandom(4).hex()
+    first = box.exec.start("echo first; sleep 0.3", id=rid)
+    with Box.connect(socket=daemon.sock) as other:
+        again = other.exec.command("echo never run", id=rid)
+    assert again.id == first.id == rid
+    assert again.stdout == "first\n" == first.wait().stdout
+
+
+def test_stream_break_leaves_the_run_and_the_box_usable(box):
+    rid = "sdk-break-" + os.urandom(4).hex()
+    for item in box.exec.stream("echo a; sleep 0.3; echo b", id=rid):
+        assert item.data == "a\n"
+        break
+    run = box.exec.attach(rid).wait()
+    assert run.stdout == "a\nb\n" and run.status == "completed"
+    assert box.exec.command("echo still").result == "still"
+
+
+def test_binary_output_and_argv(box):
+    run = box.exec.command(["printf", "\\377\\376ok\\n"])
+    assert run.stdout_bytes == b"\xff\xfeok\n"
+    assert run.stdout.endswith("ok\n")
+    chunks = list(box.exec.stream(["printf", "\\377x"]))
+    assert chunks[0].raw == b"\xffx" and chunks[-1].type == "exit"
+
+
+def test_unknown_lang_lists_what_is_available(box):
+    with pytest.raises(boxd.UnknownLangError) as ei:
+        box.exec.code(code="x", lang="cobol")
+    assert "python" in ei.value.available and ei.value.code == "unknown_lang"
