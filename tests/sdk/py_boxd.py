@@ -223,8 +223,15 @@ class Relay:
             return
         with self._lock:
             self._pairs.append((c, u))
-        threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+        t = threading.Thread(target=self._pump, args=(c, u), daemon=True)
+        t.start()
         self._pump(u, c)
+        t.join()
+        with self._lock:
+            if (c, u) in self._pairs:
+                self._pairs.remove((c, u))
+        c.close()
+        u.close()
 
     @staticmethod
     def _pump(src, dst):
@@ -245,7 +252,7 @@ class Relay:
     def kill_connections(self):
         """Resets every connection through the relay (both sides); returns how many."""
         with self._lock:
-            pairs, self._pairs = self._pairs, []
+            pairs = list(self._pairs)
         for c, u in pairs:
             for s in (c, u):
                 try:

@@ -471,3 +471,20 @@ def test_unknown_lang_lists_what_is_available(box):
     with pytest.raises(boxd.UnknownLangError) as ei:
         box.exec.code(code="x", lang="cobol")
     assert "python" in ei.value.available and ei.value.code == "unknown_lang"
+
+
+def test_no_fd_or_thread_leak(daemon, relay):
+    def counts():
+        return len(os.listdir("/proc/self/fd")), threading.active_count()
+    for _ in range(3):  # warm up whatever the interpreter caches
+        with Box.connect(socket=daemon.sock) as b:
+            b.exec.command("true")
+    before = counts()
+    for i in range(30):
+        with Box.connect(socket=relay.path if i % 2 else daemon.sock) as b:
+            b.exec.command("echo x")
+            if i % 2:
+                relay.kill_connections()
+                b.exec.command("echo y")
+    assert py_boxd.wait_until(lambda: counts()[0] <= before[0] and counts()[1] <= before[1],
+                              T(5)), (before, counts())
