@@ -216,6 +216,9 @@ def test_boot_id_change_raises(fresh_daemon):
         assert ei.value.code == "boot_changed"
         assert ei.value.old_boot_id == old and ei.value.new_boot_id == b.boot_id != old
         assert "restarted" in str(ei.value)
+        for again in (run.wait, run.cancel, run.logs):
+            with pytest.raises(boxd.BootChangedError):
+                again()
         # The Box goes on with the new agent.
         assert b.exec.command("echo again").result == "again"
     finally:
@@ -488,3 +491,17 @@ def test_no_fd_or_thread_leak(daemon, relay):
                 b.exec.command("echo y")
     assert py_boxd.wait_until(lambda: counts()[0] <= before[0] and counts()[1] <= before[1],
                               T(5)), (before, counts())
+
+
+def test_closed_box_and_unreachable_socket(daemon, tmp_path):
+    b = Box.connect(socket=daemon.sock)
+    run = b.exec.start("sleep 0.2")
+    b.close()
+    b.close()  # twice is fine
+    with pytest.raises(boxd.BoxClosedError):
+        b.exec.command("true")
+    with pytest.raises(boxd.BoxClosedError):
+        run.wait()
+    with pytest.raises(boxd.ConnectionLostError) as ei:
+        Box.connect(socket=str(tmp_path / "nothing.sock"))
+    assert "cannot connect" in str(ei.value) and "BOXD_SOCKET" in str(ei.value)

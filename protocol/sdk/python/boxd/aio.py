@@ -26,7 +26,7 @@ from typing import (Any, AsyncIterator, Callable, Dict, List, Mapping, Optional,
 
 from ._session import CLIENT_NAME, Session, _Sub, resolve_token
 from ._wire import parse_address
-from .errors import CapabilityError, WaitTimeoutError
+from .errors import BootChangedError, CapabilityError, WaitTimeoutError
 from .types import Exit, Gap, OutputChunk, RunFields, RunLog, RunState
 
 __all__ = ["AsyncBox", "AsyncExec", "AsyncRun", "new_run_id"]
@@ -131,6 +131,16 @@ class AsyncRun(RunFields):
         self._state = state
         self._sub = sub
 
+    def _same_boot(self) -> None:
+        """Raises BootChangedError if the agent restarted since this run was started: the
+        run is gone, and its id must not be looked up on the new agent."""
+        now = self._box._session.boot_id
+        if self._state.boot_id and self._state.boot_id != now:
+            raise BootChangedError(
+                "run %s belonged to boxd boot %s; the agent has restarted (boot %s) and the run "
+                "is gone" % (self.id, self._state.boot_id, now),
+                old_boot_id=self._state.boot_id, new_boot_id=now)
+
     async def wait(self, wait_timeout: Optional[float] = None) -> "AsyncRun":
         """Waits until the run ends and returns it (with every field set).
 
@@ -140,6 +150,7 @@ class AsyncRun(RunFields):
         """
         if self._state.end is not None:
             return self
+        self._same_boot()
         if self._sub is None or (self._sub.ended.done() and self._sub.ended.exception()):
             # Not followed here (or the subscription failed): ask with `wait`.
             sess = self._box._session
@@ -156,6 +167,7 @@ class AsyncRun(RunFields):
         """Cancels the run (TERM and CONT to its whole tree, KILL after ``grace_ms``) and
         returns once it has ended; ``status`` is then ``"cancelled"`` (or what it already was
         if the run had ended before)."""
+        self._same_boot()
         msg: Dict[str, Any] = {"type": "cancel", "id": self.id}
         if grace_ms is not None:
             msg["grace_ms"] = int(grace_ms)
@@ -165,21 +177,25 @@ class AsyncRun(RunFields):
     async def send_signal(self, sig: Union[int, str]) -> None:
         """Sends a signal (``15``, ``"TERM"``, ``"SIGTERM"``) to the run's process group.
         Not repeated after a connection drop (raises ConnectionLostError instead)."""
+        self._same_boot()
         await self._box._session.request({"type": "signal", "id": self.id, "signal": sig},
                                          idempotent=False)
 
     async def write_stdin(self, data: Union[str, bytes], eof: bool = False) -> None:
         """Writes to the run's stdin (start the run with ``stdin=True``); returns once the
         bytes are in the pipe. ``eof=True`` closes stdin after them."""
+        self._same_boot()
         await self._box._session.request({"type": "stdin", "id": self.id, "data": data,
                                           "eof": bool(eof)}, idempotent=False)
 
     async def close_stdin(self) -> None:
         """Closes the run's stdin (the process reads EOF)."""
+        self._same_boot()
         await self._box._session.request({"type": "stdin", "id": self.id, "eof": True})
 
     async def logs(self) -> List[RunLog]:
         """Every retained line of the run so far, oldest first, as :class:`RunLog` values."""
+        self._same_boot()
         out: List[RunLog] = []
         from_seq = 0
         sess = self._box._session
@@ -199,7 +215,7 @@ class AsyncExec:
         self._box = box
 
     async def _start(self, msg: Dict[str, Any], sink) -> AsyncRun:
-        state = RunState(id=msg["id"])
+        state = RunState(id=msg["id"], boot_id=self._box._session.boot_id)
         sub = await self._box._session.subscribe(msg, state, sink)
         return AsyncRun(self._box, state, sub)
 

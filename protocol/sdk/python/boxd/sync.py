@@ -14,6 +14,7 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from . import aio
+from .errors import BoxClosedError
 from .types import Exit, Gap, OutputChunk, RunFields, RunLog
 
 __all__ = ["Box", "Exec", "Run"]
@@ -31,6 +32,9 @@ class _Loop:
         self.thread.start()
 
     def call(self, coro: Any) -> Any:
+        if not self.thread.is_alive() or self.loop.is_closed():
+            coro.close()
+            raise BoxClosedError("the Box is closed; connect again")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result()

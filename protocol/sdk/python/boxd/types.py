@@ -131,6 +131,7 @@ class RunState:
     """What the SDK knows of one run; shared by the asyncio and the sync run objects."""
 
     id: str
+    boot_id: str = ""
     pid: int = 0
     end: Optional[Dict[str, Any]] = None
     gaps: list = field(default_factory=list)
