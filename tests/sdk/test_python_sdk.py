@@ -413,8 +413,12 @@ def test_pip_install_offline(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=T(120))
+    # From a copy: setuptools builds in the source tree (build/, *.egg-info).
+    src = tmp_path / "python"
+    shutil.copytree(SDK_DIR, src, ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                 "__pycache__"))
     p = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation",
-                        "--no-deps", "--no-index", SDK_DIR], capture_output=True, text=True,
+                        "--no-deps", "--no-index", str(src)], capture_output=True, text=True,
                        timeout=T(300), cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     p = subprocess.run([str(venv / "bin" / "python"), "-c",

@@ -1,3 +1,0 @@
-"""The SDK's version."""
-
-__version__ = "0.1.0"
