@@ -22,6 +22,9 @@ __all__ = [
     "BoxError", "BadRequestError", "UnknownTypeError", "TooLargeError", "NeedHelloError",
     "DeniedError", "UnauthorizedError", "BadVersionError", "NotFoundError", "RunEndedError",
     "LimitError", "SpawnFailedError", "ShuttingDownError", "UnknownLangError", "InternalError",
+    "NotADirectoryError_", "IsADirectoryError_", "ExistsError", "PermissionDeniedError",
+    "NoSpaceError", "RefusedError", "ChecksumMismatchError", "UnsupportedError",
+    "IOErrorFromAgent",
     "ConnectionLostError", "BootChangedError", "RequestTimeoutError", "WaitTimeoutError",
     "ProtocolError", "CapabilityError", "BoxClosedError", "ERROR_CLASSES", "CLIENT_CODES",
     "error_from_reply",
@@ -158,6 +161,55 @@ class InternalError(BoxError):
     code = "internal"
 
 
+# ---- file request codes (PROTOCOL.md 12.6) ------------------------------------------------------
+
+class NotADirectoryError_(BoxError):
+    """``not_a_directory``: a component of the path (or the listed path) is not a directory."""
+    code = "not_a_directory"
+
+
+class IsADirectoryError_(BoxError):
+    """``is_a_directory``: the path is a directory where a file is needed."""
+    code = "is_a_directory"
+
+
+class ExistsError(BoxError):
+    """``exists``: the path exists (``overwrite=False``, a non-empty directory...)."""
+    code = "exists"
+
+
+class PermissionDeniedError(BoxError):
+    """``permission_denied``: the acting user may not do this."""
+    code = "permission_denied"
+
+
+class NoSpaceError(BoxError):
+    """``no_space``: the file system is full or the quota reached; nothing partial is left."""
+    code = "no_space"
+
+
+class RefusedError(BoxError):
+    """``refused``: boxd never reads or writes this (a FIFO, device, socket, /proc, /sys, a
+    magic link)."""
+    code = "refused"
+
+
+class ChecksumMismatchError(BoxError):
+    """``checksum_mismatch``: the uploaded data's sha256 is not the one announced; nothing was
+    written. Upload again."""
+    code = "checksum_mismatch"
+
+
+class UnsupportedError(BoxError):
+    """``unsupported`` (from the agent): its kernel lacks what file requests need (openat2)."""
+    code = "unsupported"
+
+
+class IOErrorFromAgent(BoxError):
+    """``io_error``: the box's file system reported an I/O error."""
+    code = "io_error"
+
+
 # ---- client-side errors --------------------------------------------------------------------------
 
 class ConnectionLostError(BoxError):
@@ -198,9 +250,9 @@ class ProtocolError(BoxError):
     code = "protocol"
 
 
-class CapabilityError(BoxError):
-    """``unsupported``: the agent does not offer what was asked (its ``hello`` capabilities
-    lack it); ``.capability`` names the missing one."""
+class CapabilityError(UnsupportedError):
+    """``unsupported``, found by the client: the agent does not offer what was asked (its
+    ``hello`` capabilities lack it); ``.capability`` names the missing one."""
     code = "unsupported"
 
     def __init__(self, message: str, capability: str = ""):
@@ -218,14 +270,16 @@ ERROR_CLASSES: Dict[str, Type[BoxError]] = {
     cls.code: cls for cls in (
         BadRequestError, UnknownTypeError, TooLargeError, NeedHelloError, DeniedError,
         UnauthorizedError, BadVersionError, NotFoundError, RunEndedError, LimitError,
-        SpawnFailedError, ShuttingDownError, UnknownLangError, InternalError)
+        SpawnFailedError, ShuttingDownError, UnknownLangError, InternalError,
+        NotADirectoryError_, IsADirectoryError_, ExistsError, PermissionDeniedError,
+        NoSpaceError, RefusedError, ChecksumMismatchError, UnsupportedError, IOErrorFromAgent)
 }
 
 #: The client-side codes and their classes.
 CLIENT_CODES: Dict[str, Type[BoxError]] = {
     cls.code: cls for cls in (
         ConnectionLostError, BootChangedError, RequestTimeoutError, WaitTimeoutError,
-        ProtocolError, CapabilityError, BoxClosedError)
+        ProtocolError, BoxClosedError)
 }
 
 
