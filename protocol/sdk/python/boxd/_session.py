@@ -40,12 +40,17 @@ def _quiet(fut: "asyncio.Future[Any]") -> None:
 class _Op:
     """A request waiting for its one reply."""
 
-    __slots__ = ("req", "msg", "idempotent", "first", "sent_gen")
+    __slots__ = ("req", "msg", "idempotent", "first", "sent_gen", "resend_unsent")
 
-    def __init__(self, req: int, msg: Dict[str, Any], idempotent: bool):
+    def __init__(self, req: int, msg: Dict[str, Any], idempotent: bool,
+                 resend_unsent: bool = True):
         self.req = req
         self.msg = msg
         self.idempotent = idempotent
+        # False: never send on a later connection than the one current when it was made,
+        # even if it was not sent yet (file_data: its predecessors may be lost; the upload
+        # resumes from the agent's offset instead).
+        self.resend_unsent = resend_unsent
         self.first: asyncio.Future = asyncio.get_running_loop().create_future()
         self.first.add_done_callback(_quiet)
         self.sent_gen = -1
@@ -326,7 +331,7 @@ class Session:
                 old_boot_id=old, new_boot_id=new_boot))
         self._install(reader, writer, fr)
         for op in list(self._ops.values()):
-            if op.sent_gen == -1 or op.idempotent:
+            if op.idempotent or (op.sent_gen == -1 and op.resend_unsent):
                 self._write(op, op.resend_msg())
             else:
                 self._ops.pop(op.req, None)

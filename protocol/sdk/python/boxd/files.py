@@ -249,6 +249,11 @@ class AsyncFiles:
             try:
                 return await self._send_chunks(upload_id, int(ack.get("offset", 0)), src,
                                                eof_sent)
+            except NotFoundError:
+                if not eof_sent[0]:
+                    raise
+                # A resumed upload the agent finished meanwhile (its last chunk was in flight).
+                return await self._verify(path, sha, src.size, user)
             except ConnectionLostError:
                 if attempt == RESUMES:
                     raise
@@ -257,8 +262,9 @@ class AsyncFiles:
 
     async def _verify(self, path: str, sha: str, size: int, user: Optional[str]
                       ) -> Dict[str, Any]:
-        end = await self._read_into(path, _Discard(), user=user)
-        if end.get("sha256") != sha or int(end.get("bytes", -1)) != size:
+        sink = _Hash()
+        await self._read_into(path, sink, user=user)
+        if sink.digest() != sha or sink.size != size:
             raise ConnectionLostError(
                 "upload to %s: the connection dropped as it finished and the file there is not "
                 "the one sent; upload it again" % path)
@@ -281,7 +287,7 @@ class AsyncFiles:
                     m["eof"] = True
                     eof_sent[0] = True
                 # Not repeated after a drop: the caller resumes from the agent's offset instead.
-                op = _Op(req, m, False)
+                op = _Op(req, m, False, resend_unsent=False)
                 await self._s._submit(op)
                 inflight.append(asyncio.ensure_future(self._s._await_first(op, None)))
                 sizes.append(len(data))
@@ -390,6 +396,14 @@ class _FileSink:
         return self.h.hexdigest()
 
 
-class _Discard:
+class _Hash:
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.size = 0
+
     def write(self, b: bytes) -> None:
-        pass
+        self.h.update(b)
+        self.size += len(b)
+
+    def digest(self) -> str:
+        return self.h.hexdigest()
