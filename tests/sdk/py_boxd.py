@@ -85,13 +85,14 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError("boxd exited with %s: %s" % (self.proc.returncode,
                                                                self.stderr_text()))
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.connect(self.sock)
-                s.close()
                 return self
             except OSError:
                 time.sleep(0.01)
+            finally:
+                s.close()
         raise RuntimeError("boxd did not listen on %s within 5 s" % self.sock)
 
     def stderr_text(self):

@@ -71,7 +71,8 @@ def box(daemon):
 
 def readme_examples():
     """(name, code, requires) for each ```python block of the SDK README."""
-    text = open(README).read()
+    with open(README) as f:
+        text = f.read()
     out = []
     for m in re.finditer(r"(<!-- requires: (\w+) -->\n)?```python\n(.*?)```", text, re.S):
         code = m.group(3)
@@ -290,7 +291,8 @@ def test_token(fresh_daemon, tmp_path, monkeypatch):
 
 
 def test_every_protocol_code_has_its_class():
-    proto = open(os.path.join(py_boxd.REPO, "protocol", "PROTOCOL.md")).read()
+    with open(os.path.join(py_boxd.REPO, "protocol", "PROTOCOL.md")) as f:
+        proto = f.read()
     section = proto[proto.index("## 6. Errors"):proto.index("## 7.")]
     codes = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
     assert codes and codes <= set(boxd.ERROR_CLASSES), codes - set(boxd.ERROR_CLASSES)
@@ -546,7 +548,8 @@ def test_files_round_trip_and_errors(files_box, tmp_path):
         b.files.upload([{"path": str(tmp_path / "tree"), "destination": root + "/tree"}])
         assert b.exec.command(root + "/tree/d/x.sh").result == "x"
         out = b.files.download(folder=root + "/tree", destination=str(tmp_path / "back"))
-        assert open(os.path.join(out, "d", "x.sh")).read() == "echo x\n"
+        with open(os.path.join(out, "d", "x.sh")) as f:
+            assert f.read() == "echo x\n"
         assert os.stat(os.path.join(out, "d", "x.sh")).st_mode & 0o777 == 0o755
     finally:
         b.files.remove(root, recursive=True)
