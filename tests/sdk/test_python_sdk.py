@@ -304,8 +304,9 @@ def test_every_protocol_code_has_its_class():
 
 
 def test_typed_errors_from_the_agent(box):
-    with pytest.raises(boxd.NotFoundError):
-        box._lp.call(box._abox._session.request({"type": "wait", "id": "no-such-run"}))
+    with pytest.raises(boxd.NotFoundError) as ei:
+        box.exec.attach("no-such-run")
+    assert ei.value.code == "not_found" and ei.value.reply["type"] == "error"
     with pytest.raises(boxd.BadRequestError):
         box.exec.command("true", env={"A=B": "x"})
     with pytest.raises(boxd.RunEndedError):

@@ -234,7 +234,9 @@ class AsyncExec:
             timeout: the run's limit in **milliseconds** (the agent kills the whole tree);
                 None or 0 for none.
             user: run as this user (only one the agent's policy allows).
-            on_stdout, on_stderr: called with each :class:`OutputChunk` (sync or async).
+            on_stdout, on_stderr: called with each :class:`OutputChunk` (plain functions or
+                coroutine functions). They run on the event loop, in order, and the SDK reads
+                nothing more from the connection until each returns: keep them short.
             id: the run id (default: a fresh ``py-...`` id).
             grace_ms: TERM-to-KILL grace for timeout and cancel.
             seccomp: ``"default"`` or ``"strict"`` (or ``"none"`` if the agent allows it).
