@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "run.h"
+#include "runtab.h"
 
 #define READ_BUF_SIZE (64u * 1024u)
 #define SPAWN_STACK_SIZE (64u * 1024u)

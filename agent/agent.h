@@ -101,6 +101,8 @@ struct agent {
     uint64_t reaped;     /* processes reaped that were not a run's main process */
 
     struct list conns;
+    /* Where every connection's frames go (conns_init: request_frame). */
+    void (*on_frame)(struct conn *c, const uint8_t *body, size_t len);
     uint32_t n_conns;
     uint32_t n_closing;    /* conns closing, not yet freed (they hold no slot any more) */
     struct list prehello;  /* conns that have not passed hello, oldest first (conn.pre_link) */

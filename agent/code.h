@@ -81,6 +81,8 @@ void code_warm(struct agent *a);
 /* Frees a->code (safe when it was never made), after the loop has closed its handles. For the
  * agent's teardown. */
 void code_destroy(struct agent *a);
+/* At teardown, before the loop's last run: closes the probe timer. */
+void code_close(struct agent *a);
 
 /* Finds the language a request names (a name or an alias, any case) and an interpreter for it in
  * path (the run's PATH). Returns 0 and fills *out; -ENOENT when no such language exists or none

@@ -6,11 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "auth.h"
 #include "events.h"
 #include "log.h"
-#include "request.h"
-#include "run.h"
 
 struct wreq {
     uv_write_t w;
@@ -31,9 +30,9 @@ static void prehello_leave(struct conn *c)
 static void conn_free(struct conn *c)
 {
     struct agent *a = c->a;
-    /* Subscriptions go now that no callback of this conn can run any more. */
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &c->subs) sub_free(container_of(pos, struct sub, conn_link));
+    /* Who writes to it lets go now that no callback of this conn can run any more. */
+    if (c->hook)
+        c->hook(c, CONN_FREED, c->hook_arg);
     list_del(&c->link);
     a->n_conns--;
     if (c->closing && !c->detached)
@@ -59,6 +58,8 @@ void conn_close(struct conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    if (c->hook)
+        c->hook(c, CONN_CLOSING, c->hook_arg);
     /* A closing conn holds no slot: the accept check counts only the others. */
     prehello_leave(c);
     if (c->detached)
@@ -153,8 +154,8 @@ static void on_written(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
-    if (c->queued < CONN_LOW_WATER)
-        conn_pump(c);
+    if (c->hook && conn_room(c) > 0)
+        c->hook(c, CONN_WRITABLE, c->hook_arg);
     resume(c);
 }
 
@@ -174,7 +175,7 @@ int conn_send(struct conn *c, struct msg_out *o)
         msg_out_destroy(o);
         return 0;
     }
-    struct wreq *wr = malloc(sizeof *wr);
+    struct wreq *wr = boxd_malloc(sizeof *wr);
     if (wr == NULL) {
         msg_out_destroy(o);
         return -ENOMEM;
@@ -189,7 +190,7 @@ int conn_send(struct conn *c, struct msg_out *o)
     if (e < 0) {
         free(wr->buf);
         free(wr);
-        /* Not closed from here: the caller may be iterating this conn's subscriptions. The
+        /* Not closed from here: the caller may be iterating what it sends to this conn. The
          * read side sees the same error and closes it. */
         return -EPIPE;
     }
@@ -207,29 +208,22 @@ int conn_send(struct conn *c, struct msg_out *o)
     return 0;
 }
 
-void conn_ready(struct conn *c, struct sub *s)
+void conn_hook_set(struct conn *c, conn_hook_cb cb, void *arg)
 {
-    if (c->closing)
-        return;
-    if (!list_linked(&s->ready_link))
-        list_add_tail(&c->ready, &s->ready_link);
-    conn_pump(c);
+    c->hook = cb;
+    c->hook_arg = arg;
 }
 
-void conn_pump(struct conn *c)
+void *conn_hook_arg(const struct conn *c)
 {
-    if (c->pumping)
-        return; /* re-entered through a sub's run (flow control); the outer loop goes on */
-    c->pumping = true;
-    while (!c->closing && !list_empty(&c->ready) && c->queued < CONN_LOW_WATER &&
-           !c->a->queue_full) {
-        struct sub *s = container_of(c->ready.next, struct sub, ready_link);
-        list_del(&s->ready_link);
-        int more = sub_pump(s, CONN_LOW_WATER - c->queued + 64u * 1024u);
-        if (more == 1)
-            list_add_tail(&c->ready, &s->ready_link); /* round-robin between runs */
-    }
-    c->pumping = false;
+    return c->hook ? c->hook_arg : NULL;
+}
+
+uint64_t conn_room(const struct conn *c)
+{
+    if (c->closing || c->queued >= CONN_LOW_WATER || c->a->queue_full)
+        return 0;
+    return CONN_LOW_WATER - c->queued + CONN_PULL_SLACK;
 }
 
 /* ---- Reading -------------------------------------------------------------------------------- */
@@ -261,7 +255,7 @@ static void frame_done(struct conn *c)
     c->frame = NULL;
     c->frame_len = c->frame_have = 0;
     c->hdr_have = 0;
-    request_frame(c, body, len);
+    c->a->on_frame(c, body, len);
     free(body);
     /* Before hello, one frame decides: hello passed, or the error it got is the last. */
     if (!c->hello)
@@ -280,7 +274,7 @@ static void stash(struct conn *c, const uint8_t *p, size_t n)
         send_error_close(c, "internal", "out of memory");
         return;
     }
-    uint8_t *b = malloc(c->pend_len + n);
+    uint8_t *b = boxd_malloc(c->pend_len + n);
     if (b == NULL) {
         send_error_close(c, "internal", "out of memory");
         return;
@@ -336,7 +330,7 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
                     conn_close_after_flush(c);
                 continue;
             }
-            c->frame = malloc(len);
+            c->frame = boxd_malloc(len);
             if (c->frame == NULL) {
                 send_error_close(c, "internal", "out of memory");
                 return;
@@ -395,8 +389,8 @@ static void resume_all(struct agent *a)
         if (c->closing || c->detached)
             continue;
         resume(c);
-        if (!a->queue_full)
-            conn_pump(c);
+        if (c->hook && conn_room(c) > 0)
+            c->hook(c, CONN_WRITABLE, c->hook_arg);
     }
 }
 
@@ -428,15 +422,13 @@ void conn_detached_free(struct conn *c)
 
 static struct conn *conn_new(struct agent *a)
 {
-    struct conn *c = calloc(1, sizeof *c);
+    struct conn *c = boxd_calloc(1, sizeof *c);
     if (c == NULL) {
         log_err("accept: out of memory");
         return NULL;
     }
     c->a = a;
     c->no = ++a->next_conn_no;
-    list_init(&c->subs);
-    list_init(&c->ready);
     list_init(&c->pre_link);
     c->h.data = c;
     list_add_tail(&a->conns, &c->link);
@@ -494,8 +486,9 @@ static void arm_hello_timer(struct agent *a)
         log_err("connections: hello timer: %s", uv_strerror(e));
 }
 
-void conns_init(struct agent *a)
+void conns_init(struct agent *a, conn_frame_cb on_frame)
 {
+    a->on_frame = on_frame;
     /* uv_timer_init cannot fail on a live loop (it only fills in the handle). */
     uv_timer_init(a->loop, &a->hello_timer);
     a->hello_timer.data = a;

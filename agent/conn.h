@@ -1,9 +1,12 @@
-/* One client connection: frame reassembly, the hello gate, the write queue with its bounds,
- * and the subscriptions through which runs stream to it.
+/* One client connection: frame reassembly, the hello gate, the write queue with its bounds.
+ * It knows nothing of requests or runs: each complete frame goes to the handler given to
+ * conns_init (request.h), and whoever writes to it as it drains (sub.h, the runs it follows)
+ * registers its one hook (conn_hook_set), called when the queue has room again, when it starts
+ * closing and when it is freed (the dqlite gateway_handle_cb pattern).
  *
  * Ownership: the agent lists every conn (a->conns). conn_close() starts closing: the handle is
- * closed, and the conn and its subscriptions are freed in the close callback, never from inside
- * a callback that is still using them. Every entry point checks `closing` first. */
+ * closed, and the conn is freed in the close callback (after CONN_FREED), never from inside a
+ * callback that is still using it. Every entry point checks `closing` first. */
 #ifndef BOXD_CONN_H
 #define BOXD_CONN_H
 
@@ -15,7 +18,17 @@
 #include "codec.h"
 #include "list.h"
 
-struct sub;
+struct conn;
+
+/* What a connection's hook is told (conn_hook_set). */
+enum conn_event {
+    CONN_WRITABLE, /* the queue has room again (conn_room): write more */
+    CONN_CLOSING,  /* it is closing: nothing more will be sent; it is freed later */
+    CONN_FREED,    /* it is being freed: let go of it (the last event) */
+};
+typedef void (*conn_hook_cb)(struct conn *c, enum conn_event ev, void *arg);
+/* A complete frame's body (borrowed: freed after the call). */
+typedef void (*conn_frame_cb)(struct conn *c, const uint8_t *body, size_t len);
 
 struct conn {
     struct agent *a;
@@ -42,10 +55,8 @@ struct conn {
     uint64_t accepted_ms; /* uv_now at accept, for the hello deadline */
 
     uint64_t queued; /* memory held by replies handed to uv_write and not yet written */
-    struct list subs;  /* struct sub.conn_link */
-    uint32_t n_subs;
-    struct list ready; /* subs with output or an end to send */
-    bool pumping;
+    conn_hook_cb hook; /* NULL, or who writes to it as it drains (sub.h) */
+    void *hook_arg;
 
     char peer[64]; /* who is at the other end, for logs: "uid 0", "cid 2", "virtio box.agent" */
     void (*on_free)(void *arg); /* called when the conn is freed (virtio port: wait again) */
@@ -70,9 +81,13 @@ struct conn *conn_from_fd(struct agent *a, int fd, const char *peer);
  * Returns 0, -ENOMEM, or -EPIPE if the connection is closing. */
 int conn_send(struct conn *c, struct msg_out *o);
 
-/* Puts s on the ready list and sends what the connection's window allows. */
-void conn_ready(struct conn *c, struct sub *s);
-void conn_pump(struct conn *c);
+/* Sets c's one hook (replacing any): cb(c, event, arg) for the events above. */
+void conn_hook_set(struct conn *c, conn_hook_cb cb, void *arg);
+/* The hook's arg, or NULL when c has no hook. */
+void *conn_hook_arg(const struct conn *c);
+/* About how many bytes c may queue now before output should wait for CONN_WRITABLE: 0 while it
+ * is closing, over CONN_LOW_WATER, or the agent's queue_total is full. */
+uint64_t conn_room(const struct conn *c);
 
 void conn_close(struct conn *c);
 /* Stops reading and closes once what is queued has been written (after a final error). */
@@ -87,8 +102,10 @@ struct conn *conn_new_detached(struct agent *a, void (*sink)(void *, const char 
 void conn_feed(struct conn *c, const uint8_t *p, size_t n);
 void conn_detached_free(struct conn *c);
 
-/* Bytes a connection may have queued before output pumping stops. */
+/* Bytes a connection may have queued before output waits (conn_room). */
 #define CONN_LOW_WATER (256u * 1024u)
+/* What one pull may queue past the low water mark (an output event is at most max_event). */
+#define CONN_PULL_SLACK (64u * 1024u)
 /* The reply queue bound of a connection that has not passed hello (it gets one reply, hello or
  * an error, and is closed after an error). */
 #define CONN_PRE_QUEUE (4u * 1024u)
@@ -100,9 +117,10 @@ void conn_detached_free(struct conn *c);
 /* Connections that have not passed hello may hold at most this many slots. */
 uint32_t conn_prehello_max(const struct agent *a);
 
-/* The agent-wide part: the hello deadline timer. conns_init needs a->loop; conns_close closes
- * the timer (with the other handles, at teardown). */
-void conns_init(struct agent *a);
+/* The agent-wide part: the frame handler every connection hands its frames to, and the hello
+ * deadline timer. conns_init needs a->loop; conns_close closes the timer (with the other
+ * handles, at teardown). */
+void conns_init(struct agent *a, conn_frame_cb on_frame);
 void conns_close(struct agent *a);
 
 /* hello passed on c: it leaves the pre-hello accounting (no deadline, never evicted) and gets

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "alloc.h"
+
 int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req)
 {
     return ev_begin_sized(o, type, req, 256);
@@ -68,7 +70,7 @@ static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_
         truncated = true;
     }
     /* Decide on str vs bin over the whole value; gather into a temporary buffer. */
-    char *tmp = n ? malloc(n) : NULL;
+    char *tmp = n ? boxd_malloc(n) : NULL;
     if (n && tmp == NULL) {
         o->failed = true;
         return false;
@@ -150,6 +152,44 @@ int ev_end(struct msg_out *o, const struct reqtag *req, const struct run *r, boo
     }
     ev_close(o);
     return o->failed ? -ENOMEM : 0;
+}
+
+int ev_output(struct msg_out *o, const struct reqtag *req, const char *id, const struct runlog *l,
+              struct rl_cursor *cur, uint64_t limit)
+{
+    /* Sized for what this event may hold, so the buffer is not regrown while packing. */
+    uint64_t owed = l->end_cost - cur->cost + 256;
+    if (ev_begin_sized(o, "output", req, (size_t)(owed < limit ? owed : limit)) < 0)
+        return -ENOMEM;
+    msg_kv_str(o, "id", id);
+    msg_key(o, "lines");
+    size_t arr = msg_array_open(o);
+    uint32_t n = 0;
+    struct rl_cursor c = *cur;
+    struct rl_rec rec;
+    while (runlog_next(l, &c, &rec)) {
+        /* Records are <= max_line, which is well under max_event: one always fits. */
+        if (n > 0 && msg_out_size(o) + rec.len + 32 > limit)
+            break;
+        msg_line(o, rec.seq, rec.ts_ns, (uint64_t)rec.stream, rec.data, rec.len, rec.utf8);
+        n++;
+        *cur = c;
+    }
+    msg_array_close(o, arr, n);
+    ev_close(o);
+    return 0;
+}
+
+int ev_gap(struct msg_out *o, const struct reqtag *req, const char *id, uint64_t from_seq,
+           uint64_t to_seq)
+{
+    if (ev_begin(o, "gap", req) < 0)
+        return -ENOMEM;
+    msg_kv_str(o, "id", id);
+    msg_kv_u64(o, "from_seq", from_seq);
+    msg_kv_u64(o, "to_seq", to_seq);
+    ev_close(o);
+    return 0;
 }
 
 int ev_error(struct msg_out *o, const struct reqtag *req, const char *code, const char *id,

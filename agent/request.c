@@ -18,6 +18,9 @@
 #include "events.h"
 #include "log.h"
 #include "run.h"
+#include "runstart.h"
+#include "runtab.h"
+#include "sub.h"
 #include "sandbox.h"
 #include "signals.h"
 
@@ -345,7 +348,7 @@ void request_run_started(struct agent *a, struct run *r, uint64_t conn_no,
         return; /* gone, and its reservation with it */
     struct ctx x = {.c = c, .a = a, .m = NULL, .req = *req};
     if (follow)
-        c->n_subs--; /* the reservation run_launch made */
+        sub_unreserve(c); /* the reservation run_launch made */
     if (r->spawn_stage) {
         spawn_failed(&x, r, false);
         return;
@@ -501,7 +504,7 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
             }
             /* Else following again replaces the earlier subscription, as attach does: the
              * retry's req gets the whole run from seq 0, each record once. */
-            if (o->follow && !old && x->c->n_subs >= a->cfg.max_subs) {
+            if (o->follow && !old && sub_full(x->c)) {
                 limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
                             a->cfg.max_subs);
                 return -1;
@@ -516,7 +519,7 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
             return -1;
         }
     }
-    if (o->follow && x->c->n_subs >= a->cfg.max_subs) {
+    if (o->follow && sub_full(x->c)) {
         limit_error(x, NULL, "max_subs", "this connection already follows %u runs",
                     a->cfg.max_subs);
         return -1;
@@ -568,6 +571,27 @@ static int run_opts_env(struct ctx *x, struct run_opts *o)
     return 0;
 }
 
+/* Who asked for a run, kept until it has started or failed to (run_params.on_started). */
+struct starter {
+    uint64_t conn_no; /* conn_find: the connection may be gone by then */
+    struct reqtag req;
+    bool follow, want_output;
+};
+
+static void on_run_started(struct run *r, void *arg)
+{
+    struct starter *st = arg;
+    request_run_started(r->a, r, st->conn_no, &st->req, st->follow, st->want_output);
+    free(st);
+}
+
+/* A code run's directory, removed when its run ends (run_params.release). */
+static void release_tmpdir(void *arg, const char *run_id)
+{
+    code_dir_remove(arg, run_id);
+    free(arg);
+}
+
 /* Step 3: builds the environment (the base, then lang_env, then the request's env, each
  * overriding the one before) and starts the run, then answers started, spawn_failed, limit or
  * internal. argv, lang_env and desc are borrowed. tmpdir (heap, or NULL) goes to the run; when
@@ -583,10 +607,13 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
     uint64_t bytes = 64 + o->env_bytes + (o->cwd ? o->cwd->via.str.size + 1 : 0) +
                      (nenv + 1) * sizeof(char *);
     char *block = malloc(bytes);
-    if (block == NULL) {
+    struct starter *st = malloc(sizeof *st);
+    if (block == NULL || st == NULL) {
         error(x, "internal", NULL, "out of memory");
         goto out;
     }
+    *st = (struct starter){.conn_no = x->c->no, .req = x->req, .follow = o->follow,
+                           .want_output = o->want_output};
     char **envp = (char **)block;
     char *at = (char *)(envp + nenv + 1);
     char *cwd_s = NULL;
@@ -623,27 +650,29 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         .grace_ms = (uint32_t)o->grace_ms,
         .want_stdin = o->want_stdin,
         .desc = desc,
-        .tmpdir = tmpdir,
         .ident = o->ident,
         .seccomp = o->seccomp,
         .pre_err = o->user_err,
         .pre_stage = o->user_err ? "user" : NULL,
-        .conn_no = x->c->no,
-        .req = &x->req,
-        .follow = o->follow,
-        .want_output = o->want_output,
+        .on_started = on_run_started,
+        .started_arg = st,
+        .release = tmpdir ? release_tmpdir : NULL,
+        .release_arg = tmpdir,
     };
     struct run *r = NULL;
     /* The follow is counted against max_subs from now, though it begins once the run has
      * started (request_run_started). */
-    if (o->follow)
-        x->c->n_subs++;
+    if (o->follow && sub_reserve(x->c) < 0) {
+        error(x, "internal", NULL, "out of memory");
+        goto out;
+    }
     int e = run_start(a, &p, &r);
     if (e >= 0) {
         tmpdir = NULL; /* the run has it; the reply is request_run_started's */
+        st = NULL;
     } else {
         if (o->follow)
-            x->c->n_subs--;
+            sub_unreserve(x->c);
         if (e == -EAGAIN)
             limit_error(x, NULL, "max_runs", "%u runs are live (max_runs)", a->cfg.max_runs);
         else
@@ -654,6 +683,7 @@ out:
         code_dir_remove(tmpdir, "(not started)");
         free(tmpdir);
     }
+    free(st);
     free(block);
 }
 
@@ -960,13 +990,7 @@ static void do_cancel(struct ctx *x)
 
 static struct sub *find_sub(struct conn *c, struct run *r)
 {
-    struct list *pos;
-    for (pos = c->subs.next; pos != &c->subs; pos = pos->next) {
-        struct sub *s = container_of(pos, struct sub, conn_link);
-        if (s->run == r && !s->end_only)
-            return s;
-    }
-    return NULL;
+    return sub_find(c, r);
 }
 
 static void put_retention(struct msg_out *o, const struct run *r);
@@ -982,7 +1006,7 @@ static void do_attach(struct ctx *x)
         get_bool(x, "output", &want_output, false) < 0)
         return;
     struct sub *old = find_sub(x->c, r); /* attaching again replaces it (sub_replace) */
-    if (!old && x->c->n_subs >= x->a->cfg.max_subs) {
+    if (!old && sub_full(x->c)) {
         limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
                     x->a->cfg.max_subs);
         return;
@@ -1021,7 +1045,7 @@ static void do_wait(struct ctx *x)
     bool want_output;
     if (get_bool(x, "output", &want_output, false) < 0)
         return;
-    if (x->c->n_subs >= x->a->cfg.max_subs) {
+    if (sub_full(x->c)) {
         limit_error(x, r->id, "max_subs", "this connection already follows %u runs",
                     x->a->cfg.max_subs);
         return;

@@ -25,7 +25,7 @@ struct agent;
 void request_put_limits(struct msg_out *o, const struct agent *a);
 
 /* The reply to an exec or code request once its run has started (`started`, then the
- * connection follows the run with follow) or failed to (`spawn_failed`): called by run.c,
+ * connection follows the run with follow) or failed to (`spawn_failed`): from the run's on_started,
  * perhaps after the request. Nothing is sent if connection conn_no is gone. */
 struct run;
 struct reqtag;

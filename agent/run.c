@@ -1,3 +1,5 @@
+/* One run's state machine (run.h): output into its log with flow control for its readers, the
+ * end, lingering, killing, stdin, and keeping all runs' logs within log_total. */
 #include "run.h"
 
 #include <errno.h>
@@ -12,14 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "code.h"
-#include "conn.h"
-#include "events.h"
+#include "alloc.h"
 #include "log.h"
-#include "request.h"
+#include "runtab.h"
 #include "spawn.h"
 
-#define DESC_MAX 256u
 /* Reads per wakeup of one pipe, so one flooding run cannot starve the loop. */
 #define READS_PER_WAKEUP 4
 /* At the end of the drain window, read at most this much per pipe before ending the run. */
@@ -33,14 +32,14 @@
  * its pipes this much at a time, so what followers are owed grows by little past the bound. */
 #define FULL_LAG (64u * 1024u)
 #define FULL_READ 4096u
-/* A partial-line buffer larger than this is released once flushed: an idle run keeps none. */
-#define PARTIAL_KEEP 4096u
+/* pipe_read's reads argument for "until the pipe is empty or max is read": no pause check. */
+#define READS_UNBOUNDED (1 << 30)
 /* Freeing a retained log at least this big trims malloc's heap. */
 #define RUN_TRIM_BYTES (1u * 1024u * 1024u)
 
 static void run_finish(struct run *r);
 static void cg_watch(struct run *r);
-static void tmpdir_remove(struct run *r);
+static void run_release(struct run *r);
 static void run_notify(struct run *r);
 static void on_flush_timer(uv_timer_t *t);
 static void run_maybe_free(struct run *r);
@@ -49,85 +48,9 @@ static void runs_evict(struct agent *a);
 static void on_kill_timer(uv_timer_t *t);
 static void bg_signal(struct run *r, int sig);
 static void runs_log_trim(struct agent *a);
-
-/* ---- Tables ------------------------------------------------------------------------------- */
-
-static unsigned hash_str(const char *s, size_t n, unsigned buckets)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h % buckets;
-}
-
-static unsigned hash_pid(pid_t pid, unsigned buckets)
-{
-    return (unsigned)pid % buckets;
-}
-
-void runs_init(struct agent *a)
-{
-    list_init(&a->runs);
-    list_init(&a->starting);
-    list_init(&a->finished);
-    a->next_run_no = 1;
-}
-
-struct run *run_find(struct agent *a, const char *id, size_t len)
-{
-    if (len > BOXD_ID_MAX)
-        return NULL;
-    for (struct run *r = a->by_id[hash_str(id, len, a->n_buckets)]; r; r = r->id_next)
-        if (strlen(r->id) == len && memcmp(r->id, id, len) == 0)
-            return r;
-    return NULL;
-}
-
-static void id_insert(struct run *r)
-{
-    unsigned b = hash_str(r->id, strlen(r->id), r->a->n_buckets);
-    r->id_next = r->a->by_id[b];
-    r->a->by_id[b] = r;
-}
-
-static void id_remove(struct run *r)
-{
-    struct run **pp = &r->a->by_id[hash_str(r->id, strlen(r->id), r->a->n_buckets)];
-    for (; *pp; pp = &(*pp)->id_next)
-        if (*pp == r) {
-            *pp = r->id_next;
-            return;
-        }
-}
-
-static void pid_insert(struct run *r)
-{
-    unsigned b = hash_pid(r->pid, r->a->n_buckets);
-    r->pid_next = r->a->by_pid[b];
-    r->a->by_pid[b] = r;
-    r->in_pid_table = true;
-}
-
-static struct run *pid_find(struct agent *a, pid_t pid)
-{
-    struct run *r = a->by_pid[hash_pid(pid, a->n_buckets)];
-    while (r != NULL && r->pid != pid)
-        r = r->pid_next;
-    return r;
-}
-
-static struct run *pid_take(struct agent *a, pid_t pid)
-{
-    struct run **pp = &a->by_pid[hash_pid(pid, a->n_buckets)];
-    for (; *pp; pp = &(*pp)->pid_next)
-        if ((*pp)->pid == pid) {
-            struct run *r = *pp;
-            *pp = r->pid_next;
-            r->in_pid_table = false;
-            return r;
-        }
-    return NULL;
-}
+static void run_flow(struct run *r);
+static void stdin_close(struct run *r);
+static void pipe_poll_set(struct run_pipe *p, bool on);
 
 /* ---- Status --------------------------------------------------------------------------------- */
 
@@ -233,7 +156,7 @@ static void run_maybe_free(struct run *r)
     if (held >= RUN_TRIM_BYTES)
         malloc_trim(0);
     for (int i = 0; i < 2; i++)
-        free(r->out[i].partial);
+        linesplit_release(&r->out[i].split);
     free(r->desc);
     free(r->capture);
     free(r);
@@ -268,26 +191,22 @@ static void run_destroy(struct run *r)
 {
     struct agent *a = r->a;
     if (!r->internal)
-        id_remove(r);
+        runtab_id_remove(r);
     if (r->in_pid_table)
-        pid_take(a, r->pid);
+        runtab_pid_take(a, r->pid);
     list_del(&r->link);
     /* Out of the total with the run, and its memory with it: nothing reads a forgotten run's
      * log (it has no follower), and its handles may take a loop iteration to close. */
     runlog_destroy(&r->log);
     r->log.total = NULL;
-    for (int i = 0; i < 2; i++) {
-        a->log_held -= r->out[i].pcap;
-        free(r->out[i].partial);
-        r->out[i].partial = NULL;
-        r->out[i].plen = r->out[i].pcap = 0;
-    }
+    for (int i = 0; i < 2; i++)
+        linesplit_release(&r->out[i].split);
     if (list_linked(&r->fin_link)) {
         list_del(&r->fin_link);
         a->n_finished--;
     }
     r->freeing = true;
-    tmpdir_remove(r);
+    run_release(r);
     cg_release(r);
     for (int i = 0; i < 2; i++)
         pipe_close(&r->out[i]);
@@ -310,7 +229,7 @@ static void runs_evict(struct agent *a)
         if (a->n_finished <= a->cfg.max_finished && a->log_held <= a->cfg.log_total)
             break;
         struct run *r = container_of(pos, struct run, fin_link);
-        if (!list_empty(&r->subs) || r->lingering)
+        if (!list_empty(&r->readers) || r->lingering)
             continue;
         log_debug("run %s: forgotten", r->id);
         run_destroy(r);
@@ -355,16 +274,25 @@ void runs_destroy(struct agent *a)
     list_for_each_safe(pos, tmp, &a->runs)
     {
         struct run *r = container_of(pos, struct run, link);
+        /* Its readers let go first (a connection's subscriptions outlive no run). */
         struct list *sp, *st;
-        list_for_each_safe(sp, st, &r->subs) sub_free(container_of(sp, struct sub, run_link));
+        list_for_each_safe(sp, st, &r->readers)
+        {
+            struct run_reader *rd = container_of(sp, struct run_reader, link);
+            rd->notify(rd, RUN_GONE);
+        }
         run_destroy(r);
     }
 }
 
 /* ---- Output ----------------------------------------------------------------------------------- */
 
-static void emit(struct run *r, int stream, uint64_t ts, const char *d, size_t n)
+/* The line splitter's callback: one record of pipe p's stream. */
+static void emit(void *arg, uint64_t ts, const char *d, size_t n)
 {
+    struct run_pipe *p = arg;
+    struct run *r = p->run;
+    int stream = p->stream;
     if (r->internal) {
         /* Captured, not logged: the first capture_max bytes; the rest is discarded. */
         size_t room = r->capture_max - r->capture_len;
@@ -384,88 +312,16 @@ static void emit(struct run *r, int stream, uint64_t ts, const char *d, size_t n
         runs_log_trim(r->a); /* a chunk was added */
 }
 
-static void partial_put(struct run *r, struct run_pipe *p, const char *d, size_t n)
-{
-    if (p->plen + n > p->pcap) {
-        uint32_t cap = p->pcap ? p->pcap : 256;
-        while (cap < p->plen + n)
-            cap *= 2;
-        if (cap > r->a->cfg.max_line)
-            cap = r->a->cfg.max_line;
-        char *np = realloc(p->partial, cap);
-        if (np == NULL) {
-            /* Emit what we hold and the new bytes as pieces instead of keeping them. */
-            uint64_t ts = now_real_ns();
-            if (p->plen)
-                emit(r, p->stream, ts, p->partial, p->plen);
-            emit(r, p->stream, ts, d, n);
-            p->plen = 0;
-            return;
-        }
-        p->partial = np;
-        r->a->log_held += cap - p->pcap; /* output held, so within log_total too */
-        p->pcap = cap;
-        memcpy(p->partial + p->plen, d, n);
-        p->plen += (uint32_t)n;
-        runs_log_trim(r->a);
-        return;
-    }
-    memcpy(p->partial + p->plen, d, n);
-    p->plen += (uint32_t)n;
-}
 
-static void partial_flush(struct run *r, struct run_pipe *p, uint64_t ts)
-{
-    if (p->plen == 0)
-        return;
-    emit(r, p->stream, ts, p->partial, p->plen);
-    p->plen = 0;
-    if (p->pcap > PARTIAL_KEEP) {
-        r->a->log_held -= p->pcap;
-        free(p->partial);
-        p->partial = NULL;
-        p->pcap = 0;
-    }
-}
-
-/* Consumes seg bytes that end a line when complete (the last byte is '\n'), or are the
- * unterminated tail of a read when not. */
-static void feed(struct run *r, struct run_pipe *p, uint64_t ts, const char *d, size_t seg,
-                 bool complete)
-{
-    size_t max = r->a->cfg.max_line;
-    if (p->plen) {
-        size_t take = seg < max - p->plen ? seg : max - p->plen;
-        partial_put(r, p, d, take);
-        d += take;
-        seg -= take;
-        if (p->plen >= max || (seg == 0 && complete))
-            partial_flush(r, p, ts);
-        if (seg == 0)
-            return;
-    }
-    while (seg > max) {
-        emit(r, p->stream, ts, d, max);
-        d += max;
-        seg -= max;
-    }
-    if (complete || seg == max)
-        emit(r, p->stream, ts, d, seg);
-    else
-        partial_put(r, p, d, seg);
-}
-
+/* Bytes read from p: cut into records by its splitter. A partial line's buffer counts in
+ * log_total as well, so the logs are trimmed when it grew. */
 static void consume(struct run *r, struct run_pipe *p, const char *d, size_t n)
 {
-    uint64_t ts = now_real_ns();
-    while (n > 0) {
-        const char *nl = memchr(d, '\n', n);
-        size_t seg = nl ? (size_t)(nl - d) + 1 : n;
-        feed(r, p, ts, d, seg, nl != NULL);
-        d += seg;
-        n -= seg;
-    }
-    if (p->plen && !uv_is_active((uv_handle_t *)&r->flush_timer))
+    uint64_t held = r->a->log_held;
+    linesplit_feed(&p->split, now_real_ns(), d, n);
+    if (r->a->log_held > held)
+        runs_log_trim(r->a);
+    if (p->split.len && !uv_is_active((uv_handle_t *)&r->flush_timer))
         uv_timer_start(&r->flush_timer, on_flush_timer, r->a->cfg.flush_ms, 0);
 }
 
@@ -474,7 +330,7 @@ static void on_flush_timer(uv_timer_t *t)
     struct run *r = t->data;
     uint64_t ts = now_real_ns();
     for (int i = 0; i < 2; i++)
-        partial_flush(r, &r->out[i], ts);
+        linesplit_flush(&r->out[i].split, ts);
     run_notify(r);
 }
 
@@ -484,9 +340,9 @@ static uint64_t max_lag(struct run *r)
 {
     uint64_t lag = 0, protect = UINT64_MAX;
     const struct list *pos;
-    for (pos = r->subs.next; pos != &r->subs; pos = pos->next) {
-        const struct sub *s = container_of(pos, struct sub, run_link);
-        if (s->end_only || s->conn->closing)
+    for (pos = r->readers.next; pos != &r->readers; pos = pos->next) {
+        const struct run_reader *s = container_of(pos, struct run_reader, link);
+        if (s->end_only || s->idle)
             continue;
         uint64_t from = s->next_cost > r->log.first_cost ? s->next_cost : r->log.first_cost;
         uint64_t l = r->log.end_cost - from;
@@ -498,8 +354,6 @@ static uint64_t max_lag(struct run *r)
     r->log.protect_seq = protect;
     return lag;
 }
-
-static void pipe_poll_set(struct run_pipe *p, bool on);
 
 /* Flow control: stop reading while a follower is more than half the log behind, resume below
  * a quarter. The follower's unsent records are then always within the log, so nothing it is
@@ -529,12 +383,12 @@ static void run_flow(struct run *r)
 static void run_notify(struct run *r)
 {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &r->subs)
+    list_for_each_safe(pos, tmp, &r->readers)
     {
-        struct sub *s = container_of(pos, struct sub, run_link);
-        if (s->end_only && r->state != RUN_ENDED)
+        struct run_reader *rd = container_of(pos, struct run_reader, link);
+        if (rd->end_only && r->state != RUN_ENDED)
             continue;
-        conn_ready(s->conn, s);
+        rd->notify(rd, RUN_MORE);
     }
     run_flow(r);
 }
@@ -564,7 +418,7 @@ static void run_check_end(struct run *r);
 
 static void pipe_eof(struct run *r, struct run_pipe *p)
 {
-    partial_flush(r, p, now_real_ns());
+    linesplit_flush(&p->split, now_real_ns());
     pipe_close(p);
     run_check_end(r);
     linger_check(r);
@@ -580,7 +434,7 @@ static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
     size_t chunk = a->read_buf_size;
     if (chunk > r->log.cap / 4)
         chunk = (size_t)(r->log.cap / 4);
-    if (log_full(a) && !list_empty(&r->subs) && chunk > FULL_READ)
+    if (log_full(a) && !list_empty(&r->readers) && chunk > FULL_READ)
         chunk = FULL_READ; /* all it reads is owed until sent: see run_flow */
     for (int i = 0; i < reads && total < max; i++) {
         ssize_t n = read(p->fd, a->read_buf, chunk);
@@ -591,9 +445,9 @@ static int pipe_read(struct run *r, struct run_pipe *p, int reads, size_t max)
                 continue;
             }
             consume(r, p, a->read_buf, (size_t)n);
-            if (!list_empty(&r->subs)) {
-                run_notify(r); /* sends what the window allows, then decides on pausing */
-                if (r->paused && reads < (1 << 30))
+            if (!list_empty(&r->readers)) {
+                run_notify(r); /* readers take what they can, then flow control decides */
+                if (r->paused && reads < READS_UNBOUNDED)
                     return 0;
             }
             continue;
@@ -639,16 +493,17 @@ static void pipe_poll_set(struct run_pipe *p, bool on)
 
 /* ---- Ending --------------------------------------------------------------------------------- */
 
-/* A code run's snippet directory goes when the run ends, however it ends (exit, timeout,
- * cancel, spawn failure; run_destroy catches a run the agent forgets or stops with first). A
- * background process the run left behind may outlive it, but not its copy of the snippet. */
-static void tmpdir_remove(struct run *r)
+/* What the run holds for its caller (a code run's snippet directory) goes when the run ends,
+ * however it ends (exit, timeout, cancel, spawn failure; run_destroy catches a run the agent
+ * forgets or stops with first). A background process the run left behind may outlive it, but
+ * not its copy of the snippet. */
+static void run_release(struct run *r)
 {
-    if (r->tmpdir == NULL)
+    void (*cb)(void *, const char *) = r->release;
+    if (cb == NULL)
         return;
-    code_dir_remove(r->tmpdir, r->id);
-    free(r->tmpdir);
-    r->tmpdir = NULL;
+    r->release = NULL;
+    cb(r->release_arg, r->id);
 }
 
 /* Without a cgroup, LINGER_SLOT_MS after the end of a run that still lingers: it stays listed
@@ -694,7 +549,7 @@ static void run_finish(struct run *r)
     struct agent *a = r->a;
     uint64_t ts = now_real_ns();
     for (int i = 0; i < 2; i++)
-        partial_flush(r, &r->out[i], ts);
+        linesplit_flush(&r->out[i].split, ts);
     if (r->internal) {
         internal_finish(r);
         return;
@@ -723,7 +578,7 @@ static void run_finish(struct run *r)
     r->state = RUN_ENDED;
     r->ended_ns = ts;
     r->end_mono = now_mono_ns();
-    tmpdir_remove(r);
+    run_release(r);
     uv_timer_stop(&r->flush_timer);
     uv_timer_stop(&r->drain_timer);
     stdin_close(r);
@@ -788,8 +643,8 @@ static void on_drain_timer(uv_timer_t *t)
      * written before we give up waiting; take it, then end. What comes later is late output. */
     for (int i = 0; i < 2; i++) {
         struct run_pipe *p = &r->out[i];
-        if (p->open && pipe_read(r, p, 1 << 30, DRAIN_READ_MAX)) {
-            partial_flush(r, p, now_real_ns());
+        if (p->open && pipe_read(r, p, READS_UNBOUNDED, DRAIN_READ_MAX)) {
+            linesplit_flush(&p->split, now_real_ns());
             pipe_close(p);
         }
     }
@@ -962,47 +817,10 @@ static void on_kill_timer(uv_timer_t *t)
     }
 }
 
-/* The run whose main process pid is: in the pid table, or still starting (the kernel stored the
- * child's pid in its job before the child ran). */
-static struct run *main_find(struct agent *a, pid_t pid)
-{
-    struct run *r = pid_find(a, pid);
-    if (r != NULL || a->n_starting == 0)
-        return r;
-    struct list *pos;
-    for (pos = a->starting.next; pos != &a->starting; pos = pos->next) {
-        struct run *sr = container_of(pos, struct run, start_link);
-        if (spawn_job_pid(sr->job) == pid)
-            return sr->early_exit ? NULL : sr;
-    }
-    return NULL;
-}
-
-bool runs_is_main(struct agent *a, pid_t pid)
-{
-    return main_find(a, pid) != NULL;
-}
-
-bool runs_note_exit_peak(struct agent *a, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s)
-{
-    /* Called for every exit of the machine: one hash look-up for the others. */
-    struct run *r = main_find(a, pid);
-    if (r == NULL || r->exited)
-        return false;
-    /* A record still queued from an earlier process that had this pid (the pid was reused
-     * before the socket was read; pids are allocated cyclically, so this takes a wrap) began
-     * before the run did. The kernel's btime is in whole seconds, computed from the elapsed
-     * time: allow two seconds. */
-    if (btime_s + 2u < r->started_ns / 1000000000u)
-        return false;
-    r->exit_peak_kb = hiwater_kb;
-    r->have_exit_peak = true;
-    return true;
-}
 
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru)
 {
-    struct run *r = pid_take(a, pid);
+    struct run *r = runtab_pid_take(a, pid);
     if (r == NULL) {
         /* Maybe a run whose spawn is not yet done: the kernel stored the child's pid in its
          * job before the child ran. Kept until run_spawned. */
@@ -1148,7 +966,7 @@ int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin
     }
     if (r->in.queued + len > r->a->cfg.stdin_bytes)
         return -ENOBUFS;
-    struct stdin_write *sw = malloc(sizeof *sw + len);
+    struct stdin_write *sw = boxd_malloc(sizeof *sw + len);
     if (sw == NULL)
         return -ENOMEM;
     sw->run = r;
@@ -1168,126 +986,29 @@ int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin
     return 0;
 }
 
-/* ---- Starting ------------------------------------------------------------------------------- */
-
-static int make_pipe(int fds[2])
-{
-    if (pipe2(fds, O_CLOEXEC) < 0)
-        return -errno;
-    return 0;
-}
-
-/* The id the next run without a client's id gets: generated ids never collide with a
- * client's, so any taken one is skipped (next_run_no moves past it). */
-static void next_id(struct agent *a, char *id, size_t size)
-{
-    for (;;) {
-        snprintf(id, size, "r%llu", (unsigned long long)a->next_run_no);
-        if (run_find(a, id, strlen(id)) == NULL)
-            return;
-        a->next_run_no++;
-    }
-}
-
 void runs_spare(struct agent *a)
 {
     if (!a->shutting_down)
         cgroup_pool_fill(a);
 }
 
-static struct run *run_alloc(struct agent *a, const struct run_params *p)
-{
-    struct run *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        return NULL;
-    r->a = a;
-    if (p->id) {
-        memcpy(r->id, p->id, p->id_len);
-        r->id[p->id_len] = '\0';
-    } else {
-        next_id(a, r->id, sizeof r->id);
-        a->next_run_no++;
-    }
-    /* What list shows: the shell expression, or the argv as NUL-separated strings; both
-     * capped at DESC_MAX bytes (the last string cut short if need be). */
-    char desc[DESC_MAX];
-    size_t at = 0;
-    if (p->is_shell || p->desc) {
-        const char *text = p->desc ? p->desc : p->argv[3];
-        at = strnlen(text, DESC_MAX - 1);
-        memcpy(desc, text, at);
-        desc[at++] = '\0';
-        r->desc_argc = 1;
-    } else {
-        for (char **v = p->argv; *v && at < DESC_MAX; v++) {
-            size_t n = strnlen(*v, DESC_MAX - 1 - at);
-            memcpy(desc + at, *v, n);
-            at += n;
-            desc[at++] = '\0';
-            r->desc_argc++;
-        }
-    }
-    r->desc = malloc(at);
-    if (r->desc == NULL) {
-        free(r);
-        return NULL;
-    }
-    memcpy(r->desc, desc, at);
-    if (p->internal && (r->capture = malloc(p->capture ? p->capture : 1)) == NULL) {
-        free(r->desc);
-        free(r);
-        return NULL;
-    }
-    r->is_argv = !p->is_shell && !p->desc;
-    list_init(&r->subs);
-    list_init(&r->fin_link);
-    runlog_init(&r->log, a->cfg.log_bytes);
-    r->log.total = &a->log_held;
-    r->grace_ms = p->grace_ms;
-    r->timeout_ms = p->timeout_ms;
-    r->cg.dir_fd = r->cg.procs_fd = r->cg.events_fd = r->cg.cpu_fd = -1;
-    r->child_fd[0] = r->child_fd[1] = r->child_fd[2] = -1;
-    list_init(&r->start_link);
-    for (int i = 0; i < 2; i++) {
-        r->out[i].run = r;
-        r->out[i].fd = -1;
-        r->out[i].stream = i + 1;
-    }
-    uv_timer_init(a->loop, &r->kill_timer);
-    uv_timer_init(a->loop, &r->flush_timer);
-    uv_timer_init(a->loop, &r->drain_timer);
-    r->kill_timer.data = r->flush_timer.data = r->drain_timer.data = r;
-    r->handles_open = 3;
-    r->started_ns = now_real_ns();
-    r->start_mono = now_mono_ns();
-    if (p->internal) {
-        r->capture_max = p->capture;
-        r->internal = true;
-        r->on_end = p->on_end;
-        r->end_arg = p->end_arg;
-        list_add_tail(&a->runs, &r->link); /* for shutdown's cancel and teardown */
-        return r;
-    }
-    list_add_tail(&a->runs, &r->link);
-    id_insert(r);
-    a->n_live++;
-    a->started_total++;
-    r->tmpdir = p->tmpdir; /* from here on the run owns it, whatever happens */
-    return r;
-}
-
-/* The requester's reply (`started` or `spawn_failed`), once: request.c knows how. */
+/* Tells who started the run that it has started or failed to, once (run_params.on_started). */
 static void starter_reply(struct run *r)
 {
-    if (!r->starter.set)
+    void (*cb)(struct run *, void *) = r->on_started;
+    if (cb == NULL)
         return;
-    r->starter.set = false;
-    request_run_started(r->a, r, r->starter.conn_no, &r->starter.req, r->starter.follow,
-                        r->starter.want_output);
+    r->on_started = NULL;
+    cb(r, r->started_arg);
+}
+
+void run__stdin_close(struct run *r)
+{
+    stdin_close(r);
 }
 
 /* Records a run that could not start: ended at once, status failed, reason spawn. */
-static void run_spawn_failed(struct run *r, const char *stage, int err)
+void run__spawn_failed(struct run *r, const char *stage, int err)
 {
     r->spawn_stage = stage;
     r->spawn_err = err;
@@ -1305,7 +1026,7 @@ static void close_fd(int *fd)
 }
 
 /* The spawn is over (here, or on the spawner thread): the run is running, or has failed. */
-static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t failed_pid)
+void run__spawned(struct run *r, pid_t pid, const char *stage, pid_t failed_pid)
 {
     struct agent *a = r->a;
     for (int i = 0; i < 3; i++)
@@ -1315,14 +1036,15 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
         close_fd(&r->out[1].fd);
         stdin_close(r);
         r->pid = failed_pid;
-        run_spawn_failed(r, stage, (int)-pid);
+        run__spawn_failed(r, stage, (int)-pid);
         return;
     }
     r->pid = pid;
     r->state = RUN_RUNNING;
-    pid_insert(r);
+    runtab_pid_insert(r);
     for (int i = 0; i < 2; i++) {
         struct run_pipe *rp = &r->out[i];
+        linesplit_init(&rp->split, a->cfg.max_line, &a->log_held, emit, rp);
         int e = uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
         if (e < 0) {
             /* Not watchable (epoll out of memory or watches): the handle is not initialized
@@ -1358,297 +1080,24 @@ static void run_spawned(struct run *r, pid_t pid, const char *stage, pid_t faile
     }
 }
 
-/* Kills what a spawn that timed out left (spawn.h: the helper, stopped or traced by the run's
- * user). Its pid is not reaped (the run is still starting and the reaper has not had it), so it
- * cannot have been reused. */
-static void kill_timed_out(struct run *r, pid_t pid)
+
+/* ---- Readers -------------------------------------------------------------------------------- */
+
+void run_reader_add(struct run *r, struct run_reader *rd)
 {
-    if (r->early_exit || pid <= 0)
-        return;
-    if (r->cg.dir_fd >= 0)
-        cgroup_run_kill(&r->cg);
-    kill(-pid, SIGKILL);
-    kill(pid, SIGKILL);
+    list_add_tail(&r->readers, &rd->link);
+    run_flow(r); /* the log learns what rd is owed before anything is appended */
 }
 
-static void job_done(struct spawn_job *j)
+void run_reader_remove(struct run *r, struct run_reader *rd)
 {
-    struct run *r = j->owner;
-    list_del(&r->start_link);
-    r->a->n_starting--;
-    pid_t pid = j->pid, failed = j->failed_pid;
-    const char *stage = j->stage;
-    if (j->timed_out)
-        kill_timed_out(r, failed);
-    r->job = NULL;
-    spawn_job_free(j);
-    run_spawned(r, pid, stage, failed);
-}
-
-static void spawns_done(struct spawner *s)
-{
-    if (s == NULL)
-        return;
-    for (struct spawn_job *j = spawner_take_done(s), *next; j; j = next) {
-        next = j->next;
-        job_done(j);
-    }
-}
-
-void runs_spawns_done(struct agent *a)
-{
-    spawns_done(a->sandbox.spawner);
-    spawns_done(a->sandbox.spawner_none);
-}
-
-static void spawner_halt_one(struct agent *a, struct spawner *s)
-{
-    if (s == NULL)
-        return;
-    struct spawn_job *pending = spawner_halt(s);
-    runs_spawns_done(a);
-    /* Never begun: they fail as a spawn that could not fork. */
-    for (struct spawn_job *j = pending, *next; j; j = next) {
-        next = j->next;
-        j->pid = -ECANCELED;
-        j->stage = "fork";
-        j->failed_pid = 0;
-        job_done(j);
-    }
-}
-
-void runs_spawner_halt(struct agent *a)
-{
-    spawner_halt_one(a, a->sandbox.spawner);
-    spawner_halt_one(a, a->sandbox.spawner_none);
-}
-
-int run_start(struct agent *a, const struct run_params *p, struct run **out)
-{
-    if (!p->internal && (uint64_t)a->n_live + a->n_lingering >= a->cfg.max_runs)
-        return -EAGAIN;
-    struct run *r = run_alloc(a, p);
-    if (r == NULL)
-        return -ENOMEM;
-    *out = r;
-    if (p->req) {
-        r->starter.set = true;
-        r->starter.conn_no = p->conn_no;
-        r->starter.req = *p->req;
-        r->starter.follow = p->follow;
-        r->starter.want_output = p->want_output;
-    }
-    if (p->pre_err) {
-        /* Refused before any process (an unknown user): recorded like any spawn failure. */
-        run_spawn_failed(r, p->pre_stage, p->pre_err);
-        return 0;
-    }
-
-    if (a->cg.enabled) {
-        int e = cgroup_run_create(a, &r->cg);
-        if (e < 0)
-            log_warn("run %s: no cgroup (%s): process group only", r->id, strerror(-e));
-    }
-    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1};
-    int err;
-    if ((err = make_pipe(po)) < 0 || (err = make_pipe(pe)) < 0 ||
-        (p->want_stdin && (err = make_pipe(pi)) < 0)) {
-        for (int i = 0; i < 2; i++) {
-            if (po[i] >= 0)
-                close(po[i]);
-            if (pe[i] >= 0)
-                close(pe[i]);
-        }
-        run_spawn_failed(r, "pipe", -err);
-        return 0;
-    }
-    /* The parent's ends are the run's from now on; the child's stay open until it has
-     * started (run_spawned). */
-    r->out[0].fd = po[0];
-    r->out[1].fd = pe[0];
-    r->child_fd[0] = po[1];
-    r->child_fd[1] = pe[1];
-    r->child_fd[2] = pi[0];
-    if (p->want_stdin) {
-        /* Ready before the process is: what is written while it starts waits in the pipe. */
-        uv_pipe_init(a->loop, &r->in.h, 0);
-        r->in.h.data = r;
-        if (uv_pipe_open(&r->in.h, pi[1]) == 0) {
-            r->in.open = true;
-        } else {
-            close(pi[1]);
-        }
-        r->handles_open++;
-        if (!r->in.open) {
-            r->in.open = true;
-            stdin_close(r);
-        }
-    }
-
-    struct spawn_req sr = {
-        .argv = p->argv,
-        .envp = p->envp,
-        .search_path = p->path,
-        .cwd = p->cwd,
-        .fd_in = p->want_stdin ? pi[0] : a->devnull_fd,
-        .fd_out = po[1],
-        .fd_err = pe[1],
-        .cgroup_dir_fd = r->cg.dir_fd,
-        .cgroup_procs_fd = r->cg.procs_fd,
-        .id = p->ident ? p->ident : &a->ident,
-        .nofile = a->cfg.run_nofile,
-        .core = a->cfg.run_core,
-        .oom_adj = a->oom_adj,
-        .sig_reset = a->sig_nondefault,
-    };
-    struct spawner *via;
-    sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
-    if (via == NULL) {
-        /* Only where sandbox_init never ran (the connection fuzzer, BOXD_FUZZ): the loop's
-         * thread never starts a process itself. */
-        run_spawned(r, -ENOSYS, "fork", 0);
-        return 0;
-    }
-    /* Always on a spawner thread; the loop goes on meanwhile (runs_spawns_done). */
-    r->job = spawn_job_new(&sr, r);
-    if (r->job == NULL) {
-        run_spawned(r, -ENOMEM, "fork", 0);
-        return 0;
-    }
-    list_add_tail(&a->starting, &r->start_link);
-    a->n_starting++;
-    spawner_submit(via, r->job);
-    return 0;
-}
-
-/* ---- Subscriptions -------------------------------------------------------------------------- */
-
-struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uint64_t from_seq,
-                    bool end_only, bool want_output)
-{
-    struct sub *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
-    s->run = r;
-    s->conn = c;
-    if (req)
-        s->req = *req;
-    s->end_only = end_only;
-    s->want_output = want_output;
-    if (from_seq > r->log.next_seq)
-        from_seq = r->log.next_seq;
-    s->next_seq = from_seq;
-    if (from_seq <= r->log.first_seq) {
-        s->next_cost = r->log.first_cost;
-    } else {
-        struct rl_cursor cur;
-        runlog_seek(&r->log, from_seq, &cur);
-        s->next_cost = cur.cost;
-    }
-    list_add_tail(&r->subs, &s->run_link);
-    list_add_tail(&c->subs, &s->conn_link);
-    list_init(&s->ready_link);
-    c->n_subs++;
-    run_flow(r); /* the log learns what this follower is owed before anything is appended */
-    if (!end_only || r->state == RUN_ENDED)
-        conn_ready(c, s);
-    return s;
-}
-
-void sub_free(struct sub *s)
-{
-    struct run *r = s->run;
-    list_del(&s->run_link);
-    list_del(&s->conn_link);
-    if (list_linked(&s->ready_link))
-        list_del(&s->ready_link);
-    s->conn->n_subs--;
-    free(s);
+    list_del(&rd->link);
     run_flow(r);
-    if (r->state == RUN_ENDED && list_empty(&r->subs))
+    if (r->state == RUN_ENDED && list_empty(&r->readers))
         runs_evict(r->a);
 }
 
-struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from_seq,
-                        bool want_output)
+void run_reader_moved(struct run *r)
 {
-    /* Out of the connection's ready list first, so the pump that sub_new starts skips it. */
-    if (list_linked(&old->ready_link))
-        list_del(&old->ready_link);
-    list_init(&old->ready_link);
-    struct sub *s = sub_new(old->run, old->conn, req, from_seq, false, want_output);
-    sub_free(old);
-    return s;
-}
-
-/* Sends one output event with records from s->next_seq, up to budget bytes. */
-static int send_output(struct sub *s, uint64_t budget)
-{
-    struct run *r = s->run;
-    struct agent *a = r->a;
-    struct msg_out o;
-    uint64_t limit = budget < a->cfg.max_event ? budget : a->cfg.max_event;
-    /* Sized for what this event may hold, so the buffer is not regrown while packing. */
-    uint64_t owed = r->log.end_cost - s->next_cost + 256;
-    if (ev_begin_sized(&o, "output", &s->req, (size_t)(owed < limit ? owed : limit)) < 0)
-        return -ENOMEM;
-    msg_kv_str(&o, "id", r->id);
-    msg_key(&o, "lines");
-    size_t arr = msg_array_open(&o);
-    uint32_t n = 0;
-    struct rl_cursor c = s->cur;
-    struct rl_rec rec;
-    if (!runlog_valid(&r->log, &c, s->next_seq))
-        runlog_seek(&r->log, s->next_seq, &c);
-    struct rl_cursor at = c;
-    while (runlog_next(&r->log, &c, &rec)) {
-        /* Records are <= max_line, which is well under max_event: one always fits. */
-        if (n > 0 && msg_out_size(&o) + rec.len + 32 > limit)
-            break;
-        msg_line(&o, rec.seq, rec.ts_ns, (uint64_t)rec.stream, rec.data, rec.len, rec.utf8);
-        n++;
-        at = c;
-        s->next_seq = rec.seq + 1;
-        s->next_cost = rec.cost + rec.len + RL_REC_COST;
-    }
-    s->cur = at; /* positioned at next_seq: the next event goes on from here */
-    msg_array_close(&o, arr, n);
-    ev_close(&o);
-    return conn_send(s->conn, &o);
-}
-
-int sub_pump(struct sub *s, uint64_t budget)
-{
-    struct run *r = s->run;
-    if (!s->end_only) {
-        if (s->next_seq < r->log.first_seq) {
-            /* Records this follower never got were dropped by retention: say so once. */
-            struct msg_out o;
-            if (ev_begin(&o, "gap", &s->req) == 0) {
-                msg_kv_str(&o, "id", r->id);
-                msg_kv_u64(&o, "from_seq", s->next_seq);
-                msg_kv_u64(&o, "to_seq", r->log.first_seq);
-                ev_close(&o);
-                conn_send(s->conn, &o);
-            }
-            s->next_seq = r->log.first_seq;
-            s->next_cost = r->log.first_cost;
-        }
-        if (s->next_seq < r->log.next_seq) {
-            if (send_output(s, budget) < 0)
-                return 0;
-            run_flow(r);
-            if (s->next_seq < r->log.next_seq)
-                return 1;
-        }
-    }
-    if (r->state != RUN_ENDED)
-        return 0;
-    struct msg_out o;
-    if (ev_end(&o, &s->req, r, s->want_output, r->a->cfg.max_event) == 0)
-        conn_send(s->conn, &o);
-    else
-        msg_out_destroy(&o);
-    sub_free(s);
-    return -1;
+    run_flow(r);
 }

@@ -1,9 +1,13 @@
-/* One run's life: spawn, output, timeout and cancel, exit, retention, and the subscriptions of
- * the connections that follow it.
+/* One run's life, the state machine: output read into its log (with flow control for its
+ * readers), timeout and cancel, exit, the end, lingering, retention across runs. It knows
+ * nothing of connections or encoding: whoever reads its log (sub.h, the follower bridge)
+ * registers a struct run_reader, and the run reports through the callbacks its starter and its
+ * readers gave it, never by name. Starting a run is runstart.h; finding one, runtab.h.
  *
  * Ownership: the agent owns every run (a->runs). A run is freed only when it is evicted from the
- * finished list (no subscription and no open pipe left) or when the agent stops. Subscriptions
- * are owned by their connection and point at the run; a run with subscriptions is never freed. */
+ * finished list (no reader and no open pipe left) or when the agent stops. Readers are owned by
+ * whoever registered them; a run with readers is never forgotten, except at teardown, when each
+ * is told (RUN_GONE) and must let go. */
 #ifndef BOXD_RUN_H
 #define BOXD_RUN_H
 
@@ -18,13 +22,7 @@
 #include "list.h"
 #include "runlog.h"
 
-struct conn;
-
-/* A request's `req` value, kept as its msgpack encoding to be echoed in replies and events. */
-struct reqtag {
-    uint8_t len; /* 0: no req */
-    char buf[80];
-};
+#include "linesplit.h"
 
 /* STARTING: queued to, or being started by, the spawner thread (pid 0 until it is done). */
 enum run_state { RUN_STARTING, RUN_RUNNING, RUN_DRAINING, RUN_ENDED };
@@ -40,8 +38,7 @@ struct run_pipe {
     uv_poll_t poll;
     bool open;    /* fd valid and poll handle initialized */
     bool polling; /* poll started */
-    char *partial;
-    uint32_t plen, pcap;
+    struct linesplit split; /* bytes read, cut into records */
 };
 
 struct stdin_pipe {
@@ -56,7 +53,7 @@ struct run {
     char id[BOXD_ID_MAX + 1];
     struct list link;      /* a->runs */
     struct list fin_link;  /* a->finished, once ended */
-    struct list subs;      /* struct sub.run_link */
+    struct list readers;   /* struct run_reader.link */
     struct run *id_next, *pid_next;
     bool in_pid_table;
 
@@ -97,12 +94,9 @@ struct run {
     /* While STARTING. */
     struct spawn_job *job;  /* on the spawner (spawn.h), or NULL: started in the loop */
     struct list start_link; /* a->starting */
-    struct {
-        bool set;           /* the reply is still owed */
-        uint64_t conn_no;   /* conn_find: the connection may be gone by then */
-        struct reqtag req;
-        bool follow, want_output;
-    } starter;              /* who asked, for `started` or `spawn_failed` */
+    /* Who asked, told once when the run has started or failed to (run_params.on_started). */
+    void (*on_started)(struct run *r, void *arg);
+    void *started_arg;
     bool early_exit;        /* the reaper had the child before the spawn was done */
     bool have_exit_peak;    /* exit_peak_kb came from the main process's taskstats record */
     uint64_t exit_peak_kb;
@@ -110,7 +104,10 @@ struct run {
     struct rusage early_ru;
     uint64_t pending_sigs;  /* `signal`s to deliver once started (bit n-1 for n) */
     uint32_t cancel_grace;  /* with cancel_requested: `cancel` while starting */
-    char *tmpdir; /* a code run's private directory (code.h), removed when the run ends */
+    /* What the run holds for its caller until it ends (a code run's directory): released once
+     * (run_params.release). */
+    void (*release)(void *arg, const char *run_id);
+    void *release_arg;
 
     /* An internal run (run_params.internal): the agent's own, e.g. an interpreter probe. */
     bool internal;
@@ -127,89 +124,48 @@ struct run {
     bool slot_released;    /* lingering without a cgroup past LINGER_SLOT_MS: not counted */
 };
 
-/* A connection following a run (attach, exec with follow, or wait). */
-struct sub {
-    struct list run_link, conn_link, ready_link;
-    struct run *run;
-    struct conn *conn;
-    struct reqtag req;
-    uint64_t next_seq, next_cost;
-    struct rl_cursor cur; /* where next_seq is in the log, while the log's gen allows */
-    bool end_only;    /* wait: send only the end */
-    bool want_output; /* the end carries result/stdout/stderr */
+/* What a reader is told (run_reader.notify). */
+enum run_event {
+    RUN_MORE, /* more output, or the end: read it */
+    RUN_GONE, /* the run is being forgotten (teardown): run_reader_remove at once */
 };
 
-/* Parameters of a new run; strings are borrowed for the duration of run_start. Every field
- * is meant to be set (request.c's run_launch is the one caller): a zero seccomp is "none". */
-struct run_params {
-    /* Who asked: once the run has started or failed to, request_run_started answers there
-     * (req NULL: nobody). */
-    uint64_t conn_no;
-    const struct reqtag *req;
-    bool follow, want_output;
-    const char *id; /* NULL: generated */
-    size_t id_len;
-    char **argv;    /* NULL-terminated, owned by the caller */
-    bool is_shell;  /* argv is {"/bin/sh", "-c", "--", cmd} */
-    char **envp;    /* NULL-terminated, complete environment */
-    const char *path; /* PATH value searched for argv[0] */
-    const char *cwd;
-    uint64_t timeout_ms;
-    uint32_t grace_ms;
-    bool want_stdin;
-    const struct identity *ident;  /* who it runs as (NULL: the agent's default) */
-    enum seccomp_profile seccomp;  /* its filter */
-    int pre_err;                   /* non-zero: do not start; record a spawn failure */
-    const char *pre_stage;         /* with pre_err: the stage it failed at */
-    const char *desc; /* what list shows as cmd instead of the argv (code runs), or NULL */
-    char *tmpdir;     /* heap, or NULL: a directory the run removes when it ends (code runs).
-                       * run_start takes it when it returns 0 or 1; else the caller keeps it. */
-    /* An internal run: one the agent starts for itself (an interpreter probe, code.c), through
-     * the same path as every run (spawner thread, seccomp, its own cgroup, the run user,
-     * rlimits, oom_score_adj), but not a client's: it is not in the id table (no request can
-     * find, list, attach to or signal it), does not count against max_runs, runs_live or
-     * started_total (its caller bounds how many run), keeps no log (the first `capture`
-     * bytes of its output, stdout and stderr interleaved, are kept instead), and when its
-     * main process exits its whole tree is killed at once (what it left behind never
-     * lingers). Once it has ended - exit, timeout, cancel, spawn failure - on_end is called
-     * (unless the agent is tearing down; perhaps during run_start itself, on a spawn failure)
-     * and the run is forgotten right after: on_end must not keep r. id (given) is for logs. */
-    bool internal;
-    uint32_t capture;
-    void (*on_end)(struct run *r, void *arg);
-    void *end_arg;
+/* A reader of a run's log (sub.h embeds one in each subscription). The run knows where each
+ * reader is: flow control holds the run back for the slowest, and retention never drops a
+ * record a reader is owed. It calls notify when there is more to read (for an end_only reader:
+ * only at the end). The reader advances next_seq and next_cost itself and then calls
+ * run_reader_moved. */
+struct run_reader {
+    struct list link; /* r->readers */
+    uint64_t next_seq;  /* the first record it has not read */
+    uint64_t next_cost; /* the log's cost (runlog.h) before it */
+    bool end_only; /* reads only the end: never holds the run back */
+    bool idle;     /* reads nothing more for now (its connection is closing): holds nothing */
+    void (*notify)(struct run_reader *rd, enum run_event ev);
 };
 
-void runs_init(struct agent *a);
+/* Registers rd (next_seq, next_cost, end_only and notify set) with r. Does not notify. */
+void run_reader_add(struct run *r, struct run_reader *rd);
+/* Unregisters rd: r may resume, or, ended and without readers, be forgotten (r may be invalid
+ * afterwards). */
+void run_reader_remove(struct run *r, struct run_reader *rd);
+/* A reader advanced or went idle: flow control and retention look again. */
+void run_reader_moved(struct run *r);
+
+/* For runstart.c, the state machine's entries: the spawn is over (pid > 0: running; else -errno,
+ * failed at stage, with failed_pid the child's pid if there was one), a run refused before any
+ * process, its stdin closed. */
+void run__spawned(struct run *r, pid_t pid, const char *stage, pid_t failed_pid);
+void run__spawn_failed(struct run *r, const char *stage, int err);
+void run__stdin_close(struct run *r);
+
 /* Makes a cgroup ahead of time when none is ready for the next run (cgroup.h: pool). */
 void runs_spare(struct agent *a);
 void runs_destroy(struct agent *a);
 
-struct run *run_find(struct agent *a, const char *id, size_t len);
-
-/* Starts a run. Returns 0 and *out when the run exists: started, being started by the spawner
- * thread (RUN_STARTING), or already failed to start (ended, reason spawn). In each case the
- * requester's reply is request_run_started's, called once the outcome is known - during this
- * call or from runs_spawns_done. Else, with nothing created:
- *   -EAGAIN  max_runs reached
- *   -ENOMEM */
-int run_start(struct agent *a, const struct run_params *p, struct run **out);
-/* The loop's side of the spawner: finishes the runs whose spawns are done (called when the
- * spawner notifies). */
-void runs_spawns_done(struct agent *a);
-/* At teardown, before runs_destroy: stops the spawner after its current spawn, finishes that
- * run, and fails those never begun. */
-void runs_spawner_halt(struct agent *a);
-
 /* Reaper hook: the main process of some run (or an orphan) changed state. Returns true if pid
  * belonged to a run. */
 bool run_on_exit(struct agent *a, pid_t pid, int wstatus, const struct rusage *ru);
-/* True if pid is a live run's main process (one run_on_exit would take). */
-bool runs_is_main(struct agent *a, pid_t pid);
-/* Taskstats hook (taskstats.h): the exit record of pid says its own peak was hiwater_kb, and it
- * began at btime_s (seconds since 1970). Recorded on the run whose main process pid is, and
- * returns true; else false (another process of the machine: nothing is done). */
-bool runs_note_exit_peak(struct agent *a, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s);
 
 /* Cancel (TERM + CONT now, KILL after grace_ms; while it is starting: once it has started).
  * Returns false if the run has ended. */
@@ -223,21 +179,6 @@ int run_signal(struct run *r, int sig);
 typedef void (*stdin_done_cb)(void *arg, int status);
 int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
                     void *arg);
-
-/* Subscriptions. sub_new attaches conn to r from from_seq; the sub is made ready at once. */
-struct sub *sub_new(struct run *r, struct conn *c, const struct reqtag *req, uint64_t from_seq,
-                    bool end_only, bool want_output);
-/* Unlinks and frees; may resume a paused run. */
-void sub_free(struct sub *s);
-/* Replaces old (the same connection following the same run again: attach, a retried exec) by
- * a new subscription from from_seq; old sends nothing more. The new one exists before old goes,
- * so the run cannot be forgotten in between. Returns the new sub, or NULL (out of memory: old
- * is gone all the same, and the run may have been forgotten with it). */
-struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from_seq,
-                        bool want_output);
-/* Sends what the sub is owed, within budget bytes. Returns 1 if more remains, 0 if not, and -1
- * if the sub finished (end sent) and was freed. */
-int sub_pump(struct sub *s, uint64_t budget);
 
 const char *run_status_str(const struct run *r);
 /* The exit code as reported: the status, 128+N for signal N, 127/126 for a spawn failure. */

@@ -1,5 +1,6 @@
 #include "runlog.h"
 
+#include "alloc.h"
 #include "codec.h"
 
 #include <errno.h>
@@ -84,7 +85,7 @@ int runlog_append(struct runlog *l, uint64_t ts_ns, int stream, const char *data
             cap = max;
         if (cap < need)
             cap = need;
-        struct rl_chunk *c = malloc(sizeof *c + cap);
+        struct rl_chunk *c = boxd_malloc(sizeof *c + cap);
         if (c == NULL)
             return -ENOMEM;
         c->next = NULL;

@@ -17,6 +17,8 @@
 #include "log.h"
 #include "procfs.h"
 #include "run.h"
+#include "sub.h"
+#include "runtab.h"
 #include "taskstats.h"
 
 static void fill_blocked(sigset_t *s)
@@ -106,7 +108,7 @@ static bool all_done(struct agent *a)
     struct list *pos;
     for (pos = a->conns.next; pos != &a->conns; pos = pos->next) {
         struct conn *c = container_of(pos, struct conn, link);
-        if (!c->closing && (c->queued > 0 || !list_empty(&c->ready)))
+        if (!c->closing && (c->queued > 0 || sub_owed(c)))
             return false;
     }
     return true;

@@ -14,7 +14,6 @@
 
 #include "agent.h"
 #include "log.h"
-#include "run.h"
 
 #define CPULIST_MAX 256u     /* /sys/devices/system/cpu/possible, e.g. "0-63" */
 #define REPLY_WAIT_MS 1000   /* start-up only: the kernel answers within the send anyway */
@@ -196,7 +195,7 @@ static void one_record(struct agent *a, const unsigned char *p, size_t len)
                 in += NLA_ALIGN(ia.nla_len);
             }
             if (have_pid && have_stats && pid > 0 && pid <= INT32_MAX &&
-                runs_note_exit_peak(a, (pid_t)pid, hiwater, btime))
+                t->on_exit != NULL && t->on_exit(t->exit_arg, (pid_t)pid, hiwater, btime))
                 t->records++;
             return;
         }
@@ -257,8 +256,10 @@ static void on_readable(uv_poll_t *h, int status, int events)
 }
 #endif
 
-int taskstats_start(struct agent *a)
+int taskstats_start(struct agent *a, taskstats_exit_cb on_exit, void *arg)
 {
+    a->taskstats.on_exit = on_exit;
+    a->taskstats.exit_arg = arg;
     struct taskstats_listener *t = &a->taskstats;
 #ifdef BOXD_FUZZ
     /* The connection fuzzer holds no OS resource beyond its loop. */

@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #define TASKSTATS_RCVBUF (1u << 20)   /* the socket's receive buffer */
@@ -29,6 +30,10 @@
 
 struct agent;
 
+/* Told of each exit record: pid's own peak was hiwater_kb, and it began at btime_s (seconds
+ * since 1970). Returns true if the record was one of the runs' (counted in `records`). */
+typedef bool (*taskstats_exit_cb)(void *arg, pid_t pid, uint64_t hiwater_kb, uint64_t btime_s);
+
 struct taskstats_listener {
     int fd;            /* the netlink socket, or -1: not listening */
     uint16_t family;   /* the TASKSTATS family id */
@@ -36,17 +41,19 @@ struct taskstats_listener {
     bool polling;      /* poll was initialised (closed by taskstats_stop) */
     uint64_t overflows; /* ENOBUFS: records the kernel could not queue */
     uint64_t records;   /* records that were a run's main process's */
+    taskstats_exit_cb on_exit; /* who learns of each record (runtab.h: runs_note_exit_peak) */
+    void *exit_arg;
     unsigned char buf[TASKSTATS_BUF];
 };
 
 /* Before taskstats_start (and in the fuzz build, which never starts it): not listening. */
 void taskstats_init(struct taskstats_listener *t);
-/* Opens, registers and watches the socket on a->loop. Returns 0 (listening), or a negative errno
- * when the kernel or boxd's privileges do not allow it (not an error: a debug line is logged and
+/* Opens, registers and watches the socket on a->loop; each record goes to on_exit(arg, ...).
+ * Returns 0 (listening), or a negative errno when the kernel or boxd's privileges do not allow it (not an error: a debug line is logged and
  * boxd goes on without). Holds one descriptor while listening. */
-int taskstats_start(struct agent *a);
+int taskstats_start(struct agent *a, taskstats_exit_cb on_exit, void *arg);
 /* Reads up to max queued records without blocking, recording each run main process's peak
- * (run.h: runs_note_exit_peak). Returns the number read. */
+ * (through on_exit). Returns the number read. */
 unsigned taskstats_drain(struct agent *a, unsigned max);
 /* Closes the poll handle (its close runs on the next uv_run) and the socket. Idempotent. */
 void taskstats_stop(struct agent *a);

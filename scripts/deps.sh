@@ -3,7 +3,7 @@
 # Idempotent; needs root (apt-get). Nothing is downloaded except Debian packages.
 set -eu
 PKGS="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libseccomp-dev
-      python3 python3-pytest python3-msgpack procps iproute2 util-linux sudo"
+      python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -5,13 +5,17 @@
 #include "client.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/vm_sockets.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include <inttypes.h>
 
 /* ---- Messages ------------------------------------------------------------------------------ */
 
@@ -57,6 +61,11 @@ int box_msg_error(const struct box_msg *m, const char **code, size_t *code_len,
 
 /* ---- Connection ---------------------------------------------------------------------------- */
 
+static int64_t now_ms(void);
+static int remaining(int64_t deadline);
+static int wait_fd(int fd, short events, int64_t deadline);
+static int send_all(struct box_client *c, const uint8_t *buf, size_t len);
+
 void box_client_init_fd(struct box_client *c, int fd)
 {
     memset(c, 0, sizeof *c);
@@ -96,6 +105,217 @@ int box_client_connect(struct box_client *c, const char *path)
         return -e;
     }
     box_client_init_fd(c, fd);
+    return 0;
+}
+
+/* ---- Endpoints ----------------------------------------------------------------------------- */
+
+/* A decimal uint32 spanning [s, end). */
+static bool parse_u32(const char *s, const char *end, uint32_t *v)
+{
+    if (s == end || end - s > 10)
+        return false;
+    uint64_t x = 0;
+    for (const char *p = s; p < end; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        x = x * 10 + (uint64_t)(*p - '0');
+    }
+    if (x > UINT32_MAX)
+        return false;
+    *v = (uint32_t)x;
+    return true;
+}
+
+static int set_path(struct box_endpoint *ep, const char *s, size_t n, const char **why)
+{
+    if (n == 0) {
+        *why = "the socket path is empty";
+        return -EINVAL;
+    }
+    if (n > BOX_ENDPOINT_PATH_MAX) {
+        *why = "the socket path is longer than a unix socket address allows (107 bytes)";
+        return -EINVAL;
+    }
+    memcpy(ep->path, s, n);
+    ep->path[n] = '\0';
+    return 0;
+}
+
+int box_endpoint_parse(const char *s, struct box_endpoint *ep, const char **why)
+{
+    const char *dummy;
+    if (why == NULL)
+        why = &dummy;
+    memset(ep, 0, sizeof *ep);
+    if (strncmp(s, "unix:", 5) == 0) {
+        ep->kind = BOX_EP_UNIX;
+        return set_path(ep, s + 5, strlen(s + 5), why);
+    }
+    if (strncmp(s, "serial:", 7) == 0) {
+        ep->kind = BOX_EP_SERIAL;
+        return set_path(ep, s + 7, strlen(s + 7), why);
+    }
+    if (strncmp(s, "vsock:", 6) == 0) {
+        ep->kind = BOX_EP_VSOCK;
+        const char *cid = s + 6, *colon = strchr(cid, ':');
+        if (colon == NULL || !parse_u32(cid, colon, &ep->cid) ||
+            !parse_u32(colon + 1, colon + 1 + strlen(colon + 1), &ep->port)) {
+            *why = "vsock needs vsock:CID:PORT with two decimal numbers, e.g. vsock:3:5000";
+            return -EINVAL;
+        }
+        if (ep->cid < 2 && ep->cid != 1) {
+            *why = "vsock CID 0 is not an address; the guest's CID is 3 or more (2 is the host)";
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (strncmp(s, "fc:", 3) == 0) {
+        ep->kind = BOX_EP_FC;
+        const char *path = s + 3, *colon = strrchr(path, ':');
+        if (colon == NULL || !parse_u32(colon + 1, colon + 1 + strlen(colon + 1), &ep->port)) {
+            *why = "fc needs fc:UDS:PORT: the hypervisor's vsock unix socket and the guest port, "
+                   "e.g. fc:/run/vm/v.sock:5000";
+            return -EINVAL;
+        }
+        return set_path(ep, path, (size_t)(colon - path), why);
+    }
+    ep->kind = BOX_EP_UNIX;
+    return set_path(ep, s, strlen(s), why);
+}
+
+void box_endpoint_format(const struct box_endpoint *ep, char *buf, size_t size)
+{
+    switch (ep->kind) {
+    case BOX_EP_VSOCK:
+        snprintf(buf, size, "vsock:%" PRIu32 ":%" PRIu32, ep->cid, ep->port);
+        break;
+    case BOX_EP_FC:
+        snprintf(buf, size, "fc:%s:%" PRIu32, ep->path, ep->port);
+        break;
+    case BOX_EP_SERIAL:
+        snprintf(buf, size, "serial:%s", ep->path);
+        break;
+    default:
+        snprintf(buf, size, "%s", ep->path);
+        break;
+    }
+}
+
+/* connect() that survives EINTR. For unix sockets a retry is correct: see box_client_connect.
+ * For vsock an interrupted connect goes on in the background, so wait for it instead. */
+static int connect_retry(int fd, const struct sockaddr *sa, socklen_t len, int64_t deadline)
+{
+    if (connect(fd, sa, len) == 0)
+        return 0;
+    if (errno != EINTR && errno != EINPROGRESS)
+        return -errno;
+    if (sa->sa_family == AF_UNIX) {
+        int r;
+        do
+            r = connect(fd, sa, len);
+        while (r < 0 && errno == EINTR);
+        return r < 0 ? -errno : 0;
+    }
+    int r = wait_fd(fd, POLLOUT, deadline);
+    if (r < 0)
+        return r;
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+        return -errno;
+    return err != 0 ? -err : 0;
+}
+
+/* Reads the hypervisor's one-line answer to CONNECT, a byte at a time so that nothing of the
+ * boxd stream after it is taken. Returns the line's length (without the newline) or -errno. */
+static int read_line(int fd, char *line, size_t cap, int64_t deadline)
+{
+    size_t n = 0;
+    for (;;) {
+        int r = wait_fd(fd, POLLIN, deadline);
+        if (r < 0)
+            return r;
+        char ch;
+        ssize_t got = read(fd, &ch, 1);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        if (got == 0)
+            return n == 0 ? -ECONNRESET : -EPROTO;
+        if (ch == '\n')
+            return (int)n;
+        if (n + 1 >= cap)
+            return -EPROTO; /* no hypervisor answers with a line this long */
+        line[n++] = ch;
+        line[n] = '\0';
+    }
+}
+
+static void copy_detail(char *detail, size_t size, const char *s)
+{
+    if (detail == NULL || size == 0)
+        return;
+    size_t i = 0;
+    for (; s[i] != '\0' && i + 1 < size; i++)
+        detail[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    detail[i] = '\0';
+}
+
+int box_client_open(struct box_client *c, const struct box_endpoint *ep, int timeout_ms,
+                    char *detail, size_t detail_size)
+{
+    copy_detail(detail, detail_size, "");
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int fd, r;
+    if (ep->kind == BOX_EP_VSOCK) {
+        fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        struct sockaddr_vm sv;
+        memset(&sv, 0, sizeof sv);
+        sv.svm_family = AF_VSOCK;
+        sv.svm_cid = ep->cid;
+        sv.svm_port = ep->port;
+        r = connect_retry(fd, (const struct sockaddr *)&sv, sizeof sv, deadline);
+    } else {
+        struct sockaddr_un sa;
+        size_t n = strlen(ep->path);
+        if (n == 0)
+            return -ENOENT;
+        if (n >= sizeof sa.sun_path)
+            return -ENAMETOOLONG;
+        memset(&sa, 0, sizeof sa);
+        sa.sun_family = AF_UNIX;
+        memcpy(sa.sun_path, ep->path, n + 1);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        r = connect_retry(fd, (const struct sockaddr *)&sa, sizeof sa, deadline);
+    }
+    if (r == 0 && ep->kind == BOX_EP_FC) {
+        char req[32], line[BOX_FC_REPLY_MAX + 1] = "";
+        int len = snprintf(req, sizeof req, "CONNECT %" PRIu32 "\n", ep->port);
+        box_client_init_fd(c, fd);
+        r = send_all(c, (const uint8_t *)req, (size_t)len);
+        if (r == 0) {
+            r = read_line(fd, line, sizeof line, deadline);
+            if (r >= 0 && strncmp(line, "OK ", 3) != 0 && strcmp(line, "OK") != 0)
+                r = -EPROTO;
+            if (r == -EPROTO)
+                copy_detail(detail, detail_size, line);
+            if (r > 0 || (r == 0 && strcmp(line, "OK") == 0))
+                r = 0;
+        }
+    }
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    box_client_init_fd(c, fd);
+    c->rehello = ep->kind == BOX_EP_SERIAL;
     return 0;
 }
 
@@ -146,7 +366,10 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
-static int write_all(struct box_client *c, const uint8_t *buf, size_t len)
+/* Not util_write_all (protocol/common): a socket is written with send(MSG_NOSIGNAL), so that an
+ * agent gone away is -EPIPE for the caller rather than a SIGPIPE for the whole process, and a
+ * partial frame marks the connection broken. */
+static int send_all(struct box_client *c, const uint8_t *buf, size_t len)
 {
     if (c->broken || c->fd < 0)
         return -ENOTCONN;
@@ -176,7 +399,7 @@ static int write_all(struct box_client *c, const uint8_t *buf, size_t len)
 
 int box_client_write(struct box_client *c, const void *buf, size_t len)
 {
-    return write_all(c, buf, len);
+    return send_all(c, buf, len);
 }
 
 /* ---- Requests ------------------------------------------------------------------------------ */
@@ -206,7 +429,7 @@ int box_client_send(struct box_client *c, struct msg_out *o)
         r = -EMSGSIZE;
         goto out;
     }
-    r = write_all(c, (const uint8_t *)o->sb.data, msg_out_size(o));
+    r = send_all(c, (const uint8_t *)o->sb.data, msg_out_size(o));
 out:
     msg_out_destroy(o);
     return r;
@@ -383,18 +606,71 @@ static uint32_t clamp_limit(uint64_t v, uint32_t fallback)
     return (uint32_t)v;
 }
 
-int box_client_hello(struct box_client *c, const char *client_name, int timeout_ms,
-                     struct box_msg *reply)
+/* Sends one hello request; *req gets its req. */
+static int send_hello(struct box_client *c, const char *client_name, const void *token,
+                      size_t token_len, uint64_t *req)
 {
     struct msg_out o;
-    uint64_t req;
-    int r = box_req_begin(c, &o, "hello", client_name != NULL ? 2 : 1, &req);
+    int r = box_req_begin(c, &o, "hello", 1 + (client_name != NULL) + (token != NULL), req);
     if (r < 0)
         return r;
     msg_kv_u64(&o, "version", BOX_PROTOCOL_VERSION);
     if (client_name != NULL)
         msg_kv_str(&o, "client", client_name);
-    r = box_client_call(c, &o, req, reply, timeout_ms);
+    if (token != NULL) {
+        msg_key(&o, "token");
+        msg_data_known(&o, token, token_len, false); /* bin: compared byte for byte */
+    }
+    return box_client_send(c, &o);
+}
+
+/* Sends hello (again every BOX_SERIAL_REHELLO_MS on a virtio-serial session) and reads until a
+ * reply to one of them, or an error without req, arrives. */
+static int hello_exchange(struct box_client *c, const char *client_name, const void *token,
+                          size_t token_len, int timeout_ms, struct box_msg *reply)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    uint64_t first, last;
+    int r = send_hello(c, client_name, token, token_len, &first);
+    if (r < 0)
+        return r;
+    last = first;
+    int64_t resend = c->rehello ? now_ms() + BOX_SERIAL_REHELLO_MS : -1;
+    for (;;) {
+        int64_t until = deadline;
+        if (resend >= 0 && (until < 0 || resend < until))
+            until = resend;
+        r = box_client_recv(c, reply, remaining(until));
+        if (r == -ETIMEDOUT && resend >= 0 && (deadline < 0 || now_ms() < deadline)) {
+            if (c->filling != NULL)
+                continue; /* a reply is arriving: let it finish */
+            r = send_hello(c, client_name, token, token_len, &last);
+            if (r < 0)
+                return r;
+            resend = now_ms() + BOX_SERIAL_REHELLO_MS;
+            continue;
+        }
+        if (r == -EBADMSG)
+            continue;
+        if (r < 0)
+            return r;
+        bool err = box_msg_is(reply, "error");
+        if ((reply->has_req && reply->req >= first && reply->req <= last) ||
+            (err && msg_get(&reply->root, "req") == NULL))
+            return err ? -EREMOTEIO : 0;
+    }
+}
+
+int box_client_hello(struct box_client *c, const char *client_name, int timeout_ms,
+                     struct box_msg *reply)
+{
+    return box_client_hello_token(c, client_name, NULL, 0, timeout_ms, reply);
+}
+
+int box_client_hello_token(struct box_client *c, const char *client_name, const void *token,
+                           size_t token_len, int timeout_ms, struct box_msg *reply)
+{
+    int r = hello_exchange(c, client_name, token, token_len, timeout_ms, reply);
     if (r == -EREMOTEIO) {
         const char *code = "";
         size_t n = 0;

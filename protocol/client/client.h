@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Largest frame body accepted before `hello` has told us the agent's max_event. A hello reply is
  * a few hundred bytes; the protocol's default max_frame is 1 MiB. */
@@ -82,6 +83,7 @@ struct box_client {
     uint32_t max_in;     /* largest frame body accepted from the agent */
     uint32_t max_out;    /* largest frame body sent to the agent */
     uint64_t next_req;   /* the `req` value box_req_begin() hands out next */
+    bool rehello;        /* a virtio-serial session: hello is resent until answered */
     bool hello_done;     /* the fields below are filled in */
     char boot_id[BOX_CLIENT_ID_MAX + 1];
     char agent[BOX_CLIENT_ID_MAX + 1];
@@ -112,6 +114,52 @@ int box_msg_error(const struct box_msg *m, const char **code, size_t *code_len,
 
 /* ---- Connection ---------------------------------------------------------------------------- */
 
+/* ---- Endpoints ----------------------------------------------------------------------------- */
+
+/* Every way into a box from its host (or from inside it). The text forms, for -s and
+ * $BOXD_SOCKET:
+ *   unix:PATH         the agent's unix socket (also a bare PATH with none of these prefixes)
+ *   vsock:CID:PORT    AF_VSOCK to the guest CID's PORT (QEMU/vhost-vsock, any vsock host)
+ *   fc:UDS:PORT       Firecracker / Cloud Hypervisor hybrid vsock: connect to the unix socket
+ *                     UDS, write "CONNECT PORT\n", read the hypervisor's "OK <n>\n"; from then
+ *                     on the stream is the boxd protocol (PROTOCOL.md section 1)
+ *   serial:PATH       QEMU's unix socket for a virtio-serial port (-chardev socket,path=PATH):
+ *                     a unix connect whose session is opened the virtio way, resending `hello`
+ *                     until it is answered (PROTOCOL.md section 1)
+ */
+enum box_endpoint_kind { BOX_EP_UNIX, BOX_EP_VSOCK, BOX_EP_FC, BOX_EP_SERIAL };
+
+/* Longest path a unix endpoint may name (sun_path holds 108 bytes with the NUL). */
+#define BOX_ENDPOINT_PATH_MAX 107
+/* Longest line a hybrid-vsock hypervisor may answer CONNECT with. */
+#define BOX_FC_REPLY_MAX 64
+/* How long a virtio-serial session waits for a `hello` reply before sending `hello` again. */
+#define BOX_SERIAL_REHELLO_MS 200
+
+struct box_endpoint {
+    enum box_endpoint_kind kind;
+    char path[BOX_ENDPOINT_PATH_MAX + 1]; /* unix, fc, serial */
+    uint32_t cid;                         /* vsock */
+    uint32_t port;                        /* vsock, fc */
+};
+
+/* Parses one of the forms above into ep. Returns 0, or -EINVAL with *why (when why is not NULL)
+ * pointing at a static sentence that says what is wrong and what the form is. */
+int box_endpoint_parse(const char *s, struct box_endpoint *ep, const char **why);
+
+/* Writes ep back in its text form ("vsock:3:5000") into buf. */
+void box_endpoint_format(const struct box_endpoint *ep, char *buf, size_t size);
+
+/* Connects to ep; for fc: also the CONNECT handshake, bounded by timeout_ms (< 0: no bound).
+ * Returns 0 (c is set up as by box_client_init_fd), or a negative errno: the connect's own
+ * (-ENOENT, -ECONNREFUSED, -EACCES, for vsock -ENODEV/-EAFNOSUPPORT when the host has no vsock
+ * transport, -ETIMEDOUT...), and for the handshake -EPROTO when the hypervisor answered
+ * something other than "OK ..." (its line, sanitised, is copied to detail), -ECONNRESET when it
+ * closed the connection instead (nothing listens on that guest port), -ETIMEDOUT. detail (may be
+ * NULL) is set to "" when there is nothing to add. On failure nothing is left open. */
+int box_client_open(struct box_client *c, const struct box_endpoint *ep, int timeout_ms,
+                    char *detail, size_t detail_size);
+
 /* Connects to the unix stream socket at path. Returns 0, -ENAMETOOLONG for a path that does not
  * fit sockaddr_un, -ENOMEM, or the errno of socket()/connect() (-ENOENT, -ECONNREFUSED, ...).
  * On failure nothing is left open and c must not be closed. */
@@ -129,6 +177,13 @@ void box_client_close(struct box_client *c);
  * reply, -EBADMSG for a reply that is not a well-formed hello, or an I/O error. */
 int box_client_hello(struct box_client *c, const char *client_name, int timeout_ms,
                      struct box_msg *reply);
+
+/* As box_client_hello, with the agent's token (token_len bytes, sent as `bin`; NULL for none).
+ * A refused token is -EREMOTEIO with the `unauthorized` error in reply (the agent then closes
+ * the connection). On a virtio-serial endpoint (c->rehello) `hello` is sent again every
+ * BOX_SERIAL_REHELLO_MS until one is answered, and a reply to any of them is taken. */
+int box_client_hello_token(struct box_client *c, const char *client_name, const void *token,
+                           size_t token_len, int timeout_ms, struct box_msg *reply);
 
 /* ---- Requests ------------------------------------------------------------------------------ */
 

@@ -1,5 +1,6 @@
 /* Shared helpers for the boxd benchmarks. See bench.h. */
 #include "bench.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +18,6 @@
 
 extern char **environ;
 
-#define IN_BUF_INITIAL (1u << 20)
 
 uint64_t bench_now_ns(void)
 {
@@ -50,116 +50,35 @@ uint64_t bench_env_u64(const char *name, uint64_t def)
 
 int bench_connect_fd(const char *path)
 {
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int e;
-    do
-        e = connect(fd, (struct sockaddr *)&sa, sizeof sa);
-    while (e < 0 && errno == EINTR);
-    if (e < 0) {
-        e = -errno;
-        close(fd);
+    struct box_client cl;
+    int e = box_client_connect(&cl, path);
+    if (e < 0)
         return e;
-    }
     struct timeval tv = {BENCH_RECV_TIMEOUT_S, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
+    setsockopt(cl.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return cl.fd; /* the fd is the caller's now; nothing else in cl needs releasing */
 }
 
 void bench_conn_close(struct bench_conn *c)
 {
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-    free(c->in);
-    c->in = NULL;
-    if (c->zone_ok)
-        msgpack_zone_destroy(&c->zone);
-    c->zone_ok = false;
+    box_client_close(&c->cl);
+    if (c->m_ok)
+        box_msg_destroy(&c->m);
+    c->m_ok = false;
 }
 
 int bench_send(struct bench_conn *c, struct msg_out *o)
 {
-    int e = msg_out_finish(o);
-    if (e < 0) {
-        msg_out_destroy(o);
-        return e;
-    }
-    const char *p = o->sb.data;
-    size_t left = o->sb.size;
-    while (left > 0) {
-        ssize_t n = write(c->fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            e = -errno;
-            break;
-        }
-        p += n;
-        left -= (size_t)n;
-    }
-    msg_out_destroy(o);
-    return e;
-}
-
-/* Makes at least need unconsumed bytes available at c->in + c->in_pos. */
-static int fill(struct bench_conn *c, size_t need)
-{
-    if (c->in_len - c->in_pos >= need)
-        return 0;
-    if (c->in_pos > 0) {
-        memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
-        c->in_len -= c->in_pos;
-        c->in_pos = 0;
-    }
-    if (need > c->in_cap) {
-        size_t cap = c->in_cap * 2;
-        if (cap < need)
-            cap = need;
-        uint8_t *p = realloc(c->in, cap);
-        if (p == NULL)
-            return -ENOMEM;
-        c->in = p;
-        c->in_cap = cap;
-    }
-    while (c->in_len < need) {
-        ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
-        if (n > 0) {
-            c->in_len += (size_t)n;
-            continue;
-        }
-        if (n == 0)
-            return -ECONNRESET;
-        if (errno == EINTR)
-            continue;
-        return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
-    }
-    return 0;
+    return box_client_send(&c->cl, o);
 }
 
 int bench_recv(struct bench_conn *c)
 {
-    int e = fill(c, BOX_FRAME_HDR);
+    int e = box_client_recv(&c->cl, &c->m, BENCH_RECV_TIMEOUT_S * 1000);
     if (e < 0)
         return e;
-    uint32_t len;
-    e = frame_header_decode(c->in + c->in_pos, BOX_FRAME_HDR, BENCH_MAX_FRAME, &len);
-    if (e < 0)
-        return e == -EMSGSIZE ? e : -EBADMSG;
-    e = fill(c, BOX_FRAME_HDR + (size_t)len);
-    if (e < 0)
-        return e;
-    const uint8_t *body = c->in + c->in_pos + BOX_FRAME_HDR;
-    c->in_pos += BOX_FRAME_HDR + (size_t)len;
-    msgpack_zone_clear(&c->zone);
-    return msg_parse(body, len, &c->zone, &c->msg);
+    c->msg = c->m.root;
+    return 0;
 }
 
 bool bench_is(const struct bench_conn *c, const char *type)
@@ -196,45 +115,28 @@ static void print_error(const struct bench_conn *c, const char *what)
 int bench_conn_open(struct bench_conn *c, const char *path)
 {
     memset(c, 0, sizeof *c);
-    c->fd = -1;
-    int e;
-    c->in = malloc(IN_BUF_INITIAL);
-    if (c->in == NULL)
-        return -ENOMEM;
-    c->in_cap = IN_BUF_INITIAL;
-    if (!msgpack_zone_init(&c->zone, 64u * 1024u)) {
-        e = -ENOMEM;
-        goto fail;
+    int e = box_msg_init(&c->m);
+    if (e < 0)
+        return e;
+    c->m_ok = true;
+    e = box_client_connect(&c->cl, path);
+    if (e < 0) {
+        box_msg_destroy(&c->m);
+        c->m_ok = false;
+        return e;
     }
-    c->zone_ok = true;
-    c->fd = bench_connect_fd(path);
-    if (c->fd < 0) {
-        e = c->fd;
-        goto fail;
+    e = box_client_hello(&c->cl, "boxd-bench/1", BENCH_RECV_TIMEOUT_S * 1000, &c->m);
+    if (e < 0) {
+        if (e == -EREMOTEIO) {
+            c->msg = c->m.root;
+            print_error(c, "hello");
+            e = -EPROTO;
+        }
+        bench_conn_close(c);
+        return e;
     }
-    struct msg_out o;
-    if (msg_out_init(&o, 64) < 0) {
-        e = -ENOMEM;
-        goto fail;
-    }
-    msg_map_open(&o);
-    msg_kv_str(&o, "type", "hello");
-    msg_kv_u64(&o, "version", BOX_PROTOCOL_VERSION);
-    msg_kv_str(&o, "client", "boxd-bench/1");
-    msg_map_close(&o);
-    if ((e = bench_send(c, &o)) < 0 || (e = bench_recv(c)) < 0)
-        goto fail;
-    if (!bench_is(c, "hello")) {
-        print_error(c, "hello");
-        e = -EPROTO;
-        goto fail;
-    }
-    if (msg_get_i64(&c->msg, "pid", &c->agent_pid) < 0)
-        c->agent_pid = -1;
+    c->agent_pid = c->cl.agent_pid > 0 ? c->cl.agent_pid : -1;
     return 0;
-fail:
-    bench_conn_close(c);
-    return e;
 }
 
 int bench_exec_true(struct bench_conn *c, bool argv)
@@ -379,17 +281,8 @@ long bench_cpu_ms(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (util_read_small_file(path, buf, sizeof buf, NULL) < 0)
         return -1;
-    ssize_t n;
-    do
-        n = read(fd, buf, sizeof buf - 1);
-    while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     /* Fields after the command name, which is in parentheses and may contain anything. */
     char *p = strrchr(buf, ')');
     if (p == NULL)

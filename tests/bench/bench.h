@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "client.h"
 #include "codec.h"
 
 /* Largest frame the client accepts from boxd (boxd's --max-event is at most 64 MiB). */
@@ -32,14 +33,14 @@ uint64_t bench_env_u64(const char *name, uint64_t def);
 
 /* ---- Client --------------------------------------------------------------------------------- */
 
-/* One connection to boxd. The last received message, c->msg, and every pointer into it stay
- * valid until the next bench_recv on the same connection. */
+/* One connection to boxd, through the client library (protocol/client): the benchmarks measure
+ * boxd through the same code boxctl uses. The last received message, c->msg (a copy of
+ * c->m.root), and every pointer into it stay valid until the next bench_recv on the same
+ * connection. */
 struct bench_conn {
-    int fd;
-    uint8_t *in; /* read buffer: bytes [in_pos, in_len) are received and not yet consumed */
-    size_t in_cap, in_pos, in_len;
-    bool zone_ok;
-    msgpack_zone zone;
+    struct box_client cl;
+    struct box_msg m;
+    bool m_ok;
     msgpack_object msg;
     int64_t agent_pid; /* from hello */
 };
@@ -49,7 +50,7 @@ int bench_connect_fd(const char *path);
 /* Connects and completes the hello exchange. On failure nothing is left to release. */
 int bench_conn_open(struct bench_conn *c, const char *path);
 void bench_conn_close(struct bench_conn *c);
-/* Finishes o's frame and writes all of it (short writes and EINTR handled). Always destroys o. */
+/* Finishes o's frame and writes all of it. Always destroys o. */
 int bench_send(struct bench_conn *c, struct msg_out *o);
 /* Reads the next frame and parses it into c->msg. -ECONNRESET when boxd closed the connection,
  * -ETIMEDOUT after BENCH_RECV_TIMEOUT_S without a frame, -EBADMSG for a malformed one. */

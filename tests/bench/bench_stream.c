@@ -1,6 +1,6 @@
 /* Benchmark 3: streaming throughput of 100-byte lines through boxd, against a raw pipe.
  *
- * usage: bench_stream SOCKET
+ * usage: bench_stream SOCKET [BOXCTL]
  *   BENCH_STREAM_BYTES   bytes the command writes (default 1073741824, 1 GiB)
  *
  * The command is `yes P | head -c N`, P being 99 letters and digits, so the output is N bytes of
@@ -9,7 +9,12 @@
  * one at its offset; at `end`, the status, the total length and next_seq. The
  * baseline runs the same command piped through `cat` into this process, which checks every
  * byte the same way as it reads the pipe. BENCH_STREAM_ROUNDS (default 3) alternating rounds of
- * the two; the row has their medians. */
+ * the two; the row has their medians.
+ *
+ * With BOXCTL (the boxctl binary), each round also runs `BOXCTL -s SOCKET exec CMD | cat` into
+ * this process, checked like the baseline, and a second row gives boxctl's throughput into a
+ * pipe against the same round's plain pipe: what a script that pipes boxctl into another
+ * program gets. */
 #include "bench.h"
 
 #include <errno.h>
@@ -268,8 +273,8 @@ static double median(double *v, uint64_t n)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: bench_stream SOCKET\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: bench_stream SOCKET [BOXCTL]\n");
         return 2;
     }
     uint64_t bytes = bench_env_u64("BENCH_STREAM_BYTES", 1ull << 30);
@@ -283,6 +288,15 @@ int main(int argc, char **argv)
     char *raw_cmd = make_cmd(pattern, bytes, true), *cmd = make_cmd(pattern, bytes, false);
     if (raw_cmd == NULL || cmd == NULL)
         return 1;
+    /* boxctl into a pipe: the same command through boxctl exec, then | cat. */
+    char *ctl_cmd = NULL;
+    if (argc == 3) {
+        size_t n = strlen(argv[1]) + strlen(argv[2]) + strlen(cmd) + 64;
+        ctl_cmd = malloc(n);
+        if (ctl_cmd == NULL)
+            return 1;
+        snprintf(ctl_cmd, n, "'%s' -s '%s' exec '%s' | cat", argv[2], argv[1], cmd);
+    }
 
     /* Rounds alternate the baseline and boxd, so drift in what else the machine does lands on
      * both; the row gives the medians, a note the spread of the rounds' ratios. */
@@ -293,7 +307,8 @@ int main(int argc, char **argv)
         rounds = 15;
     fprintf(stderr, "bench_stream: %llu bytes, %llu rounds of raw pipe then boxd\n",
             (unsigned long long)bytes, (unsigned long long)rounds);
-    double raws[15] = {0}, boxds[15] = {0}, ratios[15] = {0};
+    double raws[15] = {0}, boxds[15] = {0}, ratios[15] = {0}, ctls[15] = {0}, cratios[15] = {0};
+    int e3 = 0;
     uint64_t done = 0;
     long cpu_all = 0;
     uint64_t events = 0;
@@ -306,6 +321,14 @@ int main(int argc, char **argv)
             e2 = run_boxd(argv[1], k, cmd, bytes, &boxds[i], &cpu_ms, &ev);
         if (e2 < 0)
             fprintf(stderr, "bench_stream: boxd: %s\n", strerror(-e2));
+        if (!e1 && !e2 && ctl_cmd != NULL && !e3) {
+            e3 = run_raw(k, ctl_cmd, bytes, &ctls[i]);
+            if (e3 == 0) {
+                cratios[i] = raws[i] / ctls[i];
+                fprintf(stderr, "bench_stream: round %llu: boxctl | cat %.1f MB/s, %.2fx\n",
+                        (unsigned long long)i + 1, (double)bytes / ctls[i] / 1e6, cratios[i]);
+            }
+        }
         if (!e1 && !e2) {
             ratios[i] = raws[i] / boxds[i];
             fprintf(stderr, "bench_stream: round %llu: raw %.1f MB/s, boxd %.1f MB/s, %.2fx\n",
@@ -352,8 +375,27 @@ int main(int argc, char **argv)
         bench_note("stream: medians of %llu alternating rounds; the rounds' ratios ranged from "
                    "%.2fx to %.2fx",
                    (unsigned long long)rounds, rlo, rhi);
+    if (ctl_cmd != NULL) {
+        double ctl_s = median(ctls, done);
+        double ctl_mbs = e3 || e1 ? 0 : (double)bytes / ctl_s / 1e6;
+        double cr = e1 || e3 ? NAN : ctl_mbs / raw_mbs;
+        double clo = cratios[0], chi = cratios[0];
+        for (uint64_t i = 1; i < done; i++) {
+            clo = cratios[i] < clo ? cratios[i] : clo;
+            chi = cratios[i] > chi ? cratios[i] : chi;
+        }
+        char cm[128], cb[32], ct[64];
+        snprintf(cm, sizeof cm, "boxctl exec ... | cat, %s", metric + strlen("stream "));
+        bench_row(cm, e3 ? "error" : bench_fmt(cb, sizeof cb, ctl_mbs, 1),
+                  e1 ? "error" : bench_fmt(f, sizeof f, raw_mbs, 1), cr,
+                  bench_target(ct, sizeof ct, ">= 0.5x", !isnan(cr) && cr >= 0.5));
+        if (!e1 && !e3 && rounds > 1)
+            bench_note("stream: boxctl | cat: the rounds' ratios ranged from %.2fx to %.2fx", clo,
+                       chi);
+        free(ctl_cmd);
+    }
     free(raw_cmd);
     free(cmd);
     free(k);
-    return e1 || e2 ? 1 : 0;
+    return e1 || e2 || e3 ? 1 : 0;
 }

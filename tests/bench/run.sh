@@ -56,7 +56,7 @@ BENCHES="bench_exec bench_conc bench_stream bench_rss bench_code"
 echo "run.sh: building boxd and the benchmarks in $OUT" >&2
 build() {
     cmake -S "$ROOT" -B "$OUT" -DBOXD_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-        cmake --build "$OUT" --target boxd boxcodec -j2
+        cmake --build "$OUT" --target boxd boxctl boxclient -j2
 }
 if ! build >"$OUT/build.log" 2>&1; then
     cat "$OUT/build.log" >&2
@@ -72,15 +72,18 @@ else
     # Standalone: the same flags as the project's, against the libboxcodec.a just built.
     CFLAGS=(-std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
             -Wmissing-prototypes -Wformat=2 -Wvla -fno-strict-aliasing
-            -I"$ROOT/protocol/codec" -I"$ROOT/tests/bench")
+            -I"$ROOT/protocol/codec" -I"$ROOT/protocol/client" -I"$ROOT/protocol/common"
+            -I"$ROOT/tests/bench")
     BIN=$OUT/bench
     mkdir -p "$BIN"
     CODEC=$(find "$OUT" -maxdepth 2 -name libboxcodec.a | head -n 1)
+    CLIENT=$(find "$OUT" -maxdepth 2 -name libboxclient.a | head -n 1)
+    COMMON=$(find "$OUT" -maxdepth 2 -name libboxcommon.a | head -n 1)
     # shellcheck disable=SC2046
     {
         cc "${CFLAGS[@]}" -c "$ROOT/tests/bench/bench.c" -o "$BIN/bench.o" &&
             for b in $BENCHES; do
-                cc "${CFLAGS[@]}" "$ROOT/tests/bench/$b.c" "$BIN/bench.o" "$CODEC" \
+                cc "${CFLAGS[@]}" "$ROOT/tests/bench/$b.c" "$BIN/bench.o" "$CLIENT" "$CODEC" "$COMMON" \
                     $(pkg-config --libs msgpack) -lpthread -lm -o "$BIN/$b" || exit 1
             done
     } >>"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; exit 1; }
@@ -165,7 +168,7 @@ bench() { # name, command...
 }
 bench exec "$BIN/bench_exec" "$SOCK"
 bench conc "$BIN/bench_conc" "$SOCK"
-bench stream "$BIN/bench_stream" "$SOCK"
+bench stream "$BIN/bench_stream" "$SOCK" "$OUT/boxctl"
 bench code "$BIN/bench_code" "$SOCK"
 # The shared boxd keeps finished runs with their logs (up to --max-finished, each up to
 # --log-bytes), so after the stream benchmark this includes its runs' retained logs (one per

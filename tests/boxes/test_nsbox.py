@@ -12,18 +12,11 @@ import time
 import pytest
 
 import minibox
+from boxtest import wait_for
 from minibox import ok, text
 
 pytestmark = pytest.mark.boxes
 
-
-def wait_for(pred, timeout, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 def gone(pid):

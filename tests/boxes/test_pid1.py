@@ -18,6 +18,7 @@ import time
 import pytest
 
 import minibox
+from boxtest import wait_for
 from conftest import started_box
 from minibox import ok, text
 
@@ -25,14 +26,6 @@ pytestmark = pytest.mark.boxes
 
 PR_SET_CHILD_SUBREAPER = 36
 
-
-def wait_for(pred, timeout, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import msgpack
 import pytest
 
 import minibox
+from boxtest import wait_for
 from minibox import ok, text
 
 pytestmark = [pytest.mark.boxes, pytest.mark.vm]
@@ -67,14 +68,6 @@ except OSError as e:
 print("reply", data.hex())
 """
 
-
-def wait_for(pred, timeout, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

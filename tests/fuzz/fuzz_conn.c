@@ -7,7 +7,10 @@
  *
  * Input: byte 0 picks the mode: bit 0 set sends a valid hello first (so most inputs reach the
  * handlers behind the gate); bits 1-7 choose the chunk size in which the rest is fed (1 to 128
- * bytes), so frames split at every boundary are exercised.
+ * bytes), so frames split at every boundary are exercised. When the last byte has its high bit
+ * set (and the input is longer than two bytes), it is not fed: it arms the allocation fault
+ * (agent/alloc.h), so that allocation number N = 1 + (its low 7 bits) from the start of the
+ * input (after the hello) fails, and the out-of-memory branches behind it run.
  *
  * Invariants, after every input:
  *   - every frame the agent sent is a well-formed frame holding one msgpack map with a `type`;
@@ -20,9 +23,11 @@
 #include <string.h>
 
 #include "agent.h"
+#include "alloc.h"
 #include "codec.h"
 #include "conn.h"
 #include "log.h"
+#include "request.h"
 #include "run.h"
 #include "sandbox.h"
 
@@ -62,6 +67,7 @@ static void setup(void)
     /* A `shutdown` request starts the shutdown timer; it is reset after every input. */
     uv_timer_init(A.loop, &A.shutdown_timer);
     A.shutdown_timer.data = &A;
+    conns_init(&A, request_frame);
     ready = 1;
 }
 
@@ -76,6 +82,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t mode = data[0];
     data++;
     size--;
+    uint64_t fail_at = 0;
+    if (size > 1 && (data[size - 1] & 0x80)) {
+        fail_at = 1u + (uint64_t)(data[size - 1] & 0x7f);
+        size--;
+    }
     if (mode & 1) {
         static const uint8_t hello[] = {0, 0, 0, 16, 0x82, 0xa4, 't', 'y', 'p', 'e', 0xa5, 'h',
                                         'e', 'l', 'l', 'o', 0xa7, 'v', 'e', 'r', 's', 'i', 'o',
@@ -87,6 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         conn_feed(c, h, sizeof h);
         FUZZ_CHECK(c->hello);
     }
+    alloc_fail_nth(fail_at); /* after the hello, which must pass */
     size_t chunk = (size_t)(mode >> 1) + 1;
     for (size_t at = 0; at < size && !c->closing; at += chunk) {
         size_t n = size - at < chunk ? size - at : chunk;
@@ -94,6 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     conn_close(c);
     conn_detached_free(c);
+    alloc_fail_nth(0);
     /* A shutdown request is honoured as far as the agent goes (no new runs, listeners closed);
      * the harness takes it back so the next input starts from a serving agent. */
     uv_timer_stop(&A.shutdown_timer);

@@ -113,7 +113,22 @@ def main():
     write(frame_dir, "stream-empty-frame-then-ping", b"\x00\x00\x00\x00" + frame(bodies["ping"]))
     write(frame_dir, "stream-too-large", struct.pack(">I", 1048577) + bodies["ping"])
     write(frame_dir, "stream-partial-body", frame(bodies["exec-argv"])[:20])
-    print("wrote %d msg seeds and %d frame seeds" % (len(bodies), len(bodies) + 4))
+    # One connection's requests with the allocation fault armed (fuzz_conn.c: the last byte,
+    # high bit set, fails allocation 1 + (its low 7 bits) after the hello): every out of
+    # memory branch on the way of an exec that is followed, attached to, waited for and listed.
+    conn_dir = os.path.join(HERE, "corpus", "conn")
+    reqs = [{"type": "exec", "req": 1, "id": "oom", "cmd": "echo hi", "follow": True, "output": True},
+            {"type": "attach", "req": 2, "id": "oom", "from_seq": 0},
+            {"type": "wait", "req": 3, "id": "oom", "output": True},
+            {"type": "logs", "req": 4, "id": "oom"},
+            {"type": "list", "req": 5},
+            {"type": "ping", "req": 6}]
+    stream = b"".join(frame(msgpack.packb(r, use_bin_type=True)) for r in reqs)
+    n_oom = 16
+    for k in range(n_oom):
+        write(conn_dir, "oom-%02d" % k, bytes([0x01 | (63 << 1)]) + stream + bytes([0x80 | k]))
+    print("wrote %d msg seeds, %d frame seeds and %d conn seeds"
+          % (len(bodies), len(bodies) + 4, n_oom))
     return 0
 
 

@@ -30,116 +30,13 @@ import boxd_client  # noqa: E402
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(REPO, "build", "boxd"))
 BOXCTL_BIN = os.environ.get("BOXCTL_BIN", os.path.join(REPO, "build", "boxctl"))
-SLOW = float(os.environ.get("BOXD_TEST_SLOW", "1"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-
-def _find_cgroup2():
-    """The host's cgroup2 mount: /sys/fs/cgroup/unified (hybrid) or /sys/fs/cgroup (pure v2)."""
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = {p[1]: p[2] for p in (line.split() for line in f) if len(p) >= 3}
-    except OSError:
-        return None
-    for d in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-        if mounts.get(d) == "cgroup2":
-            return d
-    return None
-
-
-CGROOT = _find_cgroup2() or "/sys/fs/cgroup/unified"
-
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
-                     "ERROR: ThreadSanitizer", "WARNING: ThreadSanitizer")
-
-
-def T(seconds):
-    """A time limit scaled by BOXD_TEST_SLOW."""
-    return seconds * SLOW
-
-
-def cgroup2_available():
-    return _find_cgroup2() is not None and os.access(os.path.join(CGROOT, "cgroup.procs"), os.W_OK)
-
-
-# ---- /proc helpers ------------------------------------------------------------------------------
-
-def read_stat(pid):
-    """Returns (state, ppid, pgrp, session) of pid, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            s = f.read().decode("latin-1")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    rest = s[s.rindex(")") + 2:].split()
-    return rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-
-
-def all_pids():
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def zombie_children(pid):
-    """Pids of zombie processes whose parent is pid."""
-    out = []
-    for p in all_pids():
-        st = read_stat(p)
-        if st and st[0] == "Z" and st[1] == pid:
-            out.append(p)
-    return out
-
-
-def proc_status(pid):
-    fields = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            fields[k] = v.strip()
-    return fields
-
-
-def proc_counts(pid):
-    """(open fds, VmRSS kB, threads, zombie children) of pid, for leak checks."""
-    nfd = len(os.listdir("/proc/%d/fd" % pid))
-    st = proc_status(pid)
-    rss = int(st.get("VmRSS", "0 kB").split()[0])
-    threads = int(st["Threads"])
-    return nfd, rss, threads, len(zombie_children(pid))
-
-
-def procs_in_pgrp(pgid):
-    out = []
-    for p in all_pids():
-        st = read_stat(p)
-        if st and st[2] == pgid:
-            out.append(p)
-    return out
-
-
-def procs_with_env(key, value):
-    """Pids of live (non-zombie) processes whose environment has key=value."""
-    needle = ("%s=%s" % (key, value)).encode()
-    out = []
-    for p in all_pids():
-        try:
-            with open("/proc/%d/environ" % p, "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in env:
-            st = read_stat(p)
-            if st and st[0] != "Z":
-                out.append(p)
-    return out
-
-
-def wait_for(pred, timeout, interval=0.02):
-    """Polls pred until it returns a truthy value or timeout s pass; returns the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
+# The shared helpers (tests/lib/boxtest.py), re-exported: tests here import them from conftest.
+from boxtest import (  # noqa: E402,F401
+    CGROOT, SANITIZER_MARKERS, SLOW, T, _find_cgroup2, all_pids, cgroup2_available, p99,
+    ping_latencies, proc_counts, proc_status, procs_in_pgrp, procs_with_env, read_stat,
+    wait_for, zombie_children)
 
 
 def marker():
@@ -192,6 +89,8 @@ class Daemon:
         # Sanitizers, when the binary has them: fail loudly and make leaks an error.
         full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        # A loop that still holds handles at exit is a failure: boxd exits 70 and says which.
+        full_env.setdefault("BOXD_STRICT_EXIT", "1")
         full_env.update(env or {})
 
         preexec = None
@@ -345,6 +244,9 @@ class Daemon:
         if rc is not None and rc != 0 and self.stopped_rc is None:
             problems.append("boxd exited with status %r (expected 0 after SIGTERM)" % rc)
         text = self.stderr_saved
+        if "still open at exit" in text or "still busy after its handles" in text:
+            problems.append("boxd's loop still held handles at exit: %s" % " | ".join(
+                l for l in text.splitlines() if "at exit" in l or "still busy" in l)[:2000])
         for m in SANITIZER_MARKERS:
             if m in text:
                 problems.append("sanitizer report in boxd stderr (%s)" % m)

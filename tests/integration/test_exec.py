@@ -418,7 +418,8 @@ def test_end_fields_and_timestamps(client):
     assert ts[2] - ts[1] >= 150 * 10**6  # `c` came after the sleep
 
 
-def test_cpu_accounting(client):
+@pytest.mark.serial
+def test_cpu_accounting(client):  # a busy neighbour would take its CPU
     res = client.exec_run(argv=["awk", "BEGIN{for(i=0;i<4000000;i++)s+=i; print s}"],
                           timeout=T(30))
     end = ok(res)

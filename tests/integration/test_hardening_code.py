@@ -241,6 +241,7 @@ def test_probe_runs_guarded_and_its_daemon_dies(user_boxd):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.serial
 def test_ping_answers_while_a_probe_hangs(user_boxd):
     a, b = user_boxd.client(), user_boxd.client()
     d = user_dir()

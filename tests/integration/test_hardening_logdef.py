@@ -29,7 +29,8 @@ import pytest
 
 import boxd_client
 from conftest import (BOXD_BIN, CGROOT, Daemon, T, cgroup2_available, new_workdir, wait_for)
-from test_security import (assert_clean_exit, expect_refused, hello_frame, ok_run, p99)
+from boxtest import p99
+from test_security import assert_clean_exit, expect_refused, hello_frame, ok_run
 
 
 @pytest.fixture
@@ -211,6 +212,7 @@ def wrong_hellos(sock_path, n, timeout):
 
 @pytest.mark.parametrize("sink,level", [("pipe", "info"), ("pipe", "debug"), ("socket", "debug"),
                                         ("pty", "debug")])
+@pytest.mark.serial
 def test_log_never_blocks_on_a_stalled_stderr(pipe_boxd, token_file, sink, level):
     """At info, the rate limit alone keeps the wrong-token lines few (they wait in boxd's queue);
     at debug, every connection adds lines of its own, the queue fills and lines are dropped. A

@@ -5,6 +5,7 @@ that failed (PROTOCOL.md 4.1, 4.5, 4.7)."""
 import os
 import time
 
+import boxd_client
 from conftest import T, proc_status, wait_for
 
 MiB = 1 << 20
@@ -243,8 +244,12 @@ def test_retry_pipelined_while_starting_delivers_each_record_once(client):
     # Both requests in one write: the retry is read while the run is still starting.
     for _ in range(5):
         rid = "pipe%d" % client.next_req()
-        client.send({"type": "exec", "req": "one", "id": rid, "cmd": "seq 1 10"})
-        client.send({"type": "exec", "req": "two", "id": rid, "cmd": "seq 1 10"})
+        # (Two send()s would be two writes: on a busy machine the run could start and deliver
+        # its output to "one" before the retry is even read.)
+        client.raw_send(boxd_client.frame(boxd_client.pack(
+            {"type": "exec", "req": "one", "id": rid, "cmd": "seq 1 10"})) +
+            boxd_client.frame(boxd_client.pack(
+                {"type": "exec", "req": "two", "id": rid, "cmd": "seq 1 10"})))
         res = client.collect("two", timeout=T(10))
         assert res.started["existing"] is True
         seqs_once(res.records)

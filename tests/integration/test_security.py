@@ -27,6 +27,7 @@ import pytest
 
 import boxd_client
 from conftest import T, Daemon, new_workdir, wait_for
+from boxtest import PIDS_V1, p99, pids_cgroup, ping_latencies, pids_current, read_int, v1_pids_path  # noqa: F401
 
 PY = "/usr/bin/python3"  # Debian's, with msgpack; runs search a clean PATH that has it too
 NOBODY = 65534
@@ -63,21 +64,8 @@ def assert_clean_exit(problems, text):
     assert problems == [], "%s\n%s" % (problems, text[-3000:])
 
 
-def p99(xs):
-    s = sorted(xs)
-    return s[max(0, int(math.ceil(0.99 * len(s))) - 1)]
 
 
-def ping_latencies(c, n, interval=0.01):
-    """n pings on c, interval s apart; returns their round-trip times in s."""
-    lats = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = c.ping(timeout=T(5))
-        lats.append(time.perf_counter() - t0)
-        assert r["type"] == "pong", r
-        time.sleep(interval)
-    return lats
 
 
 def hello_frame(**fields):
@@ -304,6 +292,7 @@ def test_token_file_readable_by_others_refused(token_file):
         assert_clean_exit(problems, text)
 
 
+@pytest.mark.serial
 def test_token_compare_timing(start_boxd, token_file):
     path, tok = token_file
     d = start_boxd("--token-file", path, "--user", "nobody", "--log-level", "error")
@@ -412,6 +401,7 @@ def test_token_sent_late(start_boxd, token_file):
     c.close()
 
 
+@pytest.mark.serial
 def test_connection_flood(start_boxd):
     d = start_boxd("--log-level", "error")
     live = d.client()
@@ -848,51 +838,15 @@ def test_run_limits_configured(start_boxd):
 
 # ---- 5. containment ------------------------------------------------------------------------------
 
-PIDS_V1 = "/sys/fs/cgroup/pids"
 
 
-def v1_pids_path(pid):
-    with open("/proc/%d/cgroup" % pid) as f:
-        for line in f:
-            _, ctrls, path = line.rstrip("\n").split(":", 2)
-            if "pids" in ctrls.split(","):
-                return path
-    return None
 
 
-def read_int(path):
-    with open(path) as f:
-        return int(f.read().strip())
 
 
-@pytest.fixture
-def pids_cgroup():
-    """A cgroup v1 pids group of our own, removed after the daemons (requested before
-    start_boxd, so torn down after it: whatever it holds has been killed by then)."""
-    if not os.access(os.path.join(PIDS_V1, "cgroup.procs"), os.W_OK):
-        pytest.skip("no writable cgroup v1 pids hierarchy at %s" % PIDS_V1)
-    cg = os.path.join(PIDS_V1, "boxd-sec-" + secrets.token_hex(6))
-    os.mkdir(cg)
-    yield cg
-
-    def remove():
-        try:
-            os.rmdir(cg)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
-    if not wait_for(remove, 10, interval=0.05):
-        with open(os.path.join(cg, "cgroup.procs")) as f:
-            left = f.read().split()
-        pytest.fail("could not remove %s (holds %s)" % (cg, left), pytrace=False)
 
 
-def pids_current(cg):
-    return read_int(os.path.join(cg, "pids.current"))
-
-
+@pytest.mark.serial
 def test_fork_bomb(pids_cgroup, start_boxd):
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
@@ -974,6 +928,7 @@ def test_fork_bomb(pids_cgroup, start_boxd):
     assert d.alive()
 
 
+@pytest.mark.serial
 def test_output_flood(start_boxd):
     d = start_boxd()
     c = d.client()

@@ -4,7 +4,7 @@ One source of truth: the daemon fixtures and /proc helpers are the integration s
 (tests/integration/conftest.py, loaded here as the module `boxd_it_conftest` and re-exported), so
 every daemon is fenced exactly as there: its own cgroup v2 directory, killed whole at teardown,
 teardown failing on a non-zero exit or a sanitizer report. The fork bomb's cgroup v1 pids fixture
-and the ping helpers are test_security.py's. What is added here:
+and the ping helpers are tests/lib/boxtest.py's. What is added here:
 
 - start_boxd_tmpfs: a daemon in its own mount namespace whose /tmp is a small tmpfs;
 - FrameReader: a fast reader for big output streams (one msgpack.Unpacker over raw socket reads);
@@ -47,14 +47,13 @@ def _load_integration_conftest():
 it = _load_integration_conftest()
 
 # Re-exported: the fixtures (pytest registers fixtures found in a conftest's namespace) and the
-# helpers the tests import with `from conftest import ...`. test_security.py, imported below,
-# also does `from conftest import T, Daemon, new_workdir, wait_for`: it finds these.
+# helpers the tests import with `from conftest import ...`.
 from boxd_it_conftest import (  # noqa: E402,F401
     REPO, SLOW, T, Daemon, all_pids, boxd_option, marker, new_workdir, proc_counts,
     proc_status, procs_with_env, read_stat, start_boxd, wait_for, zombie_children)
 import boxd_client  # noqa: E402,F401
-from test_security import (  # noqa: E402,F401
-    p99, ping_latencies, pids_cgroup, pids_current, v1_pids_path)
+from boxtest import (  # noqa: E402,F401
+    p99, pids_cgroup, ping_latencies, pids_current, v1_pids_path)
 
 SANITIZED = os.environ.get("BOXD_SANITIZED") == "1"
 SEQ_RUNS = int(os.environ.get("BOXD_LOAD_SEQ_RUNS", "100000"))

@@ -1,0 +1,251 @@
+/* boxctl's option table and the one parser over it.
+ *
+ * Every option is declared once, below: its long name, short letter, whether it takes a value,
+ * the value's name, its help text and the function that stores it. A command says which options
+ * it takes by listing their long names in its row of the command table (main.c); global options
+ * (-s, --token-file, --help...) are taken everywhere, before or after the command name. --help
+ * and the man page are printed from this table and the command table (usage.c), so they cannot
+ * drift from what the parser accepts.
+ *
+ * To add an option: one row here (and a field in struct opts if it stores something new), then
+ * its name in the `options` of each command row that takes it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* also set by the build; here for builds without it */
+#endif
+#include "boxctl.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int set_ms(const char *cmd, const char *opt, const char *arg, uint64_t *v, bool *has)
+{
+    if (parse_u64(arg, v) < 0)
+        return usage_error(cmd, "--%s needs a number of milliseconds, not '%s'", opt, arg);
+    if (has != NULL)
+        *has = true;
+    return 0;
+}
+
+static int set_socket(const char *c, struct opts *o, const char *a) { (void)c; o->socket = a; return 0; }
+static int set_token_file(const char *c, struct opts *o, const char *a) { (void)c; o->token_file = a; return 0; }
+static int set_help(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->help = true; return 0; }
+static int set_version(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->version = true; return 0; }
+static int set_man(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->man = true; return 0; }
+static int set_argv(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->use_argv = true; return 0; }
+static int set_stdin(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->feed = true; return 0; }
+static int set_detach(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->detach = true; return 0; }
+static int set_json(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->json = true; return 0; }
+static int set_follow(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->follow = true; return 0; }
+static int set_eof(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->eof = true; return 0; }
+static int set_reboot(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->reboot = true; return 0; }
+static int set_cwd(const char *c, struct opts *o, const char *a) { (void)c; o->cwd = a; return 0; }
+static int set_file(const char *c, struct opts *o, const char *a) { (void)c; o->file = a; return 0; }
+static int set_lang(const char *c, struct opts *o, const char *a) { (void)c; o->lang = a; return 0; }
+
+static int set_timeout(const char *c, struct opts *o, const char *a)
+{
+    return set_ms(c, "timeout", a, &o->timeout_ms, &o->has_timeout);
+}
+
+static int set_grace(const char *c, struct opts *o, const char *a)
+{
+    return set_ms(c, "grace", a, &o->grace_ms, &o->has_grace);
+}
+
+static int set_wait_start(const char *c, struct opts *o, const char *a)
+{
+    return set_ms(c, "wait-start", a, &o->wait_start_ms, &o->has_wait_start);
+}
+
+static int set_from(const char *c, struct opts *o, const char *a)
+{
+    if (parse_u64(a, &o->from) < 0)
+        return usage_error(c, "--from needs a sequence number, not '%s'", a);
+    return 0;
+}
+
+static int set_env(const char *c, struct opts *o, const char *a)
+{
+    if (strchr(a, '=') == NULL || a[0] == '=')
+        return usage_error(c, "-e needs K=V with a non-empty K, not '%s'", a);
+    o->env[o->nenv++] = a; /* sized for every argument by main() */
+    return 0;
+}
+
+static int set_id(const char *c, struct opts *o, const char *a)
+{
+    if (!valid_run_id(a))
+        return usage_error(c, "'%s' is not a run id (1-64 of A-Z a-z 0-9 . _ : -)", a);
+    o->id = a;
+    return 0;
+}
+
+static int set_user(const char *c, struct opts *o, const char *a)
+{
+    if (a[0] == '\0' || strlen(a) > 63 || strchr(a, ':') != NULL)
+        return usage_error(c, "--user needs a user name (1-63 bytes, no ':'), not '%s'", a);
+    o->user = a;
+    return 0;
+}
+
+static int set_seccomp(const char *c, struct opts *o, const char *a)
+{
+    if (strcmp(a, "none") != 0 && strcmp(a, "default") != 0 && strcmp(a, "strict") != 0)
+        return usage_error(c, "--seccomp takes none, default or strict, not '%s'", a);
+    o->seccomp = a;
+    return 0;
+}
+
+/* clang-format off */
+const struct option_def option_table[] = {
+    /* Global: before the command or among its options. */
+    {"socket", 's', ARG_REQUIRED, "ENDPOINT",
+     "the agent to talk to (default: $BOXD_SOCKET, else " DEFAULT_SOCKET "):\n"
+     "unix:PATH or PATH, vsock:CID:PORT, fc:UDS:PORT (Firecracker/Cloud Hypervisor\n"
+     "hybrid vsock), serial:PATH (QEMU's virtio-serial chardev socket)",
+     set_socket, true},
+    {"token-file", 0, ARG_REQUIRED, "FILE",
+     "send the token in FILE in hello (default: the file $BOXD_TOKEN_FILE names);\n"
+     "trailing newlines are dropped, as boxd --token-file does",
+     set_token_file, true},
+    {"help", 'h', ARG_NONE, NULL, "show help (boxctl --help, boxctl COMMAND --help)", set_help, true},
+    {"version", 0, ARG_NONE, NULL, "show boxctl's version and protocol version", set_version, true},
+    {"man", 0, ARG_NONE, NULL, "print the man page (roff) on stdout", set_man, true},
+    /* Starting runs. */
+    {"argv", 0, ARG_NONE, NULL,
+     "the operands are an argv array, executed directly (PATH searched), not /bin/sh -c",
+     set_argv, false},
+    {"lang", 'l', ARG_REQUIRED, "LANG",
+     "the snippet's language: a name or alias (python, py, js, node, ts, bash, sh...)",
+     set_lang, false},
+    {"file", 'f', ARG_REQUIRED, "FILE", "read the snippet from FILE ('-': boxctl's stdin)",
+     set_file, false},
+    {"timeout", 0, ARG_REQUIRED, "MS",
+     "stop the run after MS milliseconds (TERM, then KILL after the grace); boxctl\n"
+     "says on stderr when it fired",
+     set_timeout, false},
+    {"grace", 0, ARG_REQUIRED, "MS", "time between TERM and KILL on timeout and cancel", set_grace,
+     false},
+    {"cwd", 0, ARG_REQUIRED, "DIR", "working directory (default: the run user's HOME, else /)",
+     set_cwd, false},
+    {"env", 'e', ARG_REQUIRED, "K=V", "add K=V to the run's environment (repeatable)", set_env,
+     false},
+    {"id", 0, ARG_REQUIRED, "RUN_ID",
+     "choose the run's id; when a run with that id exists nothing is started and\n"
+     "boxctl says so on stderr, then streams that run from its start",
+     set_id, false},
+    {"user", 'u', ARG_REQUIRED, "USER",
+     "run as USER (the agent allows only its run user and its --allow-request-user list)",
+     set_user, false},
+    {"seccomp", 0, ARG_REQUIRED, "PROFILE",
+     "seccomp profile: none, default or strict (never weaker than the agent's default\n"
+     "unless it was started with --allow-seccomp-none)",
+     set_seccomp, false},
+    {"stdin", 0, ARG_NONE, NULL,
+     "copy boxctl's stdin to the run's stdin; end-of-file closes it (without it the\n"
+     "run's stdin is /dev/null)",
+     set_stdin, false},
+    {"detach", 'd', ARG_NONE, NULL,
+     "start the run, print its id once it has started, and return", set_detach, false},
+    /* Output and runs. */
+    {"json", 'j', ARG_NONE, NULL, "print JSON instead of text (the command's description says what)",
+     set_json, false},
+    {"from", 0, ARG_REQUIRED, "SEQ", "start at record SEQ (default 0)", set_from, false},
+    {"follow", 'F', ARG_NONE, NULL, "after the retained records, stream new ones until the run ends",
+     set_follow, false},
+    {"wait-start", 'w', ARG_REQUIRED, "MS",
+     "when the run id is not known yet (a run another boxctl is starting), ask again\n"
+     "for up to MS milliseconds before giving up with not_found",
+     set_wait_start, false},
+    {"eof", 0, ARG_NONE, NULL, "close the run's stdin (after DATA, if given)", set_eof, false},
+    {"reboot", 0, ARG_NONE, NULL, "reboot instead of powering off (a VM; elsewhere boxd just exits)",
+     set_reboot, false},
+};
+/* clang-format on */
+const size_t option_count = sizeof option_table / sizeof option_table[0];
+
+const struct option_def *option_find(const char *name)
+{
+    for (size_t i = 0; i < option_count; i++)
+        if (strcmp(option_table[i].name, name) == 0)
+            return &option_table[i];
+    return NULL;
+}
+
+static const struct option_def *find_short(char ch)
+{
+    for (size_t i = 0; i < option_count; i++)
+        if (option_table[i].shortname == ch)
+            return &option_table[i];
+    return NULL;
+}
+
+static bool allowed(const struct command *cmd, const struct option_def *d)
+{
+    return d->global || (cmd != NULL && command_takes(cmd, d->name));
+}
+
+int options_parse(const struct command *cmd, int argc, char **argv, int first, struct opts *o,
+                  char ***operands, int *noperands)
+{
+    const char *cname = cmd != NULL ? cmd->name : NULL;
+    /* Operands are gathered in place at the front of argv[first..): argv is ours to reorder. */
+    int nops = 0;
+    bool only_operands = false;
+    for (int i = first; i < argc; i++) {
+        char *a = argv[i];
+        if (only_operands || a[0] != '-' || a[1] == '\0') {
+            argv[first + nops++] = a;
+            if (cmd == NULL || cmd->stop_at_operand)
+                only_operands = true;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_operands = true;
+            continue;
+        }
+        const struct option_def *d;
+        const char *val = NULL;
+        if (a[1] == '-') {
+            char name[64];
+            const char *eq = strchr(a + 2, '=');
+            size_t n = eq != NULL ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+            if (n >= sizeof name)
+                return usage_error(cname, "unknown option '%s'", a);
+            memcpy(name, a + 2, n);
+            name[n] = '\0';
+            d = option_find(name);
+            if (d == NULL || !allowed(cmd, d))
+                return usage_error(cname, "unknown option '--%s'", name);
+            if (eq != NULL) {
+                if (d->arg == ARG_NONE)
+                    return usage_error(cname, "option '--%s' takes no value", name);
+                val = eq + 1;
+            }
+        } else {
+            d = find_short(a[1]);
+            if (d == NULL || !allowed(cmd, d))
+                return usage_error(cname, "unknown option '-%c'", a[1]);
+            if (a[2] != '\0') {
+                if (d->arg == ARG_NONE)
+                    return usage_error(cname, "option '-%c' takes no value (write '-%c -%c')",
+                                       a[1], a[1], a[2]);
+                val = a + 2;
+            }
+        }
+        if (d->arg == ARG_REQUIRED && val == NULL) {
+            if (i + 1 >= argc)
+                return usage_error(cname, "option '--%s' needs a value (%s)", d->name,
+                                   d->metavar);
+            val = argv[++i];
+        }
+        int r = d->set(cname, o, val);
+        if (r != 0)
+            return r;
+    }
+    *operands = argv + first;
+    *noperands = nops;
+    return 0;
+}
