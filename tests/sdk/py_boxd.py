@@ -4,7 +4,8 @@ Self-contained (the patterns of tests/integration/conftest.py, reduced): the dae
 a unix socket in a private /tmp directory and is fenced in a cgroup v2 directory of its own
 when the host allows it (else its own session and process group), killed whole at teardown.
 
-Environment: BOXD_BIN (default <repo>/build/boxd), BOXD_TEST_SLOW (time multiplier).
+Environment: BOXD_BIN (default <repo>/build/boxd), BOXD_TEST_SLOW (time multiplier, through
+tests/lib/boxtest.py, whose helpers this suite shares).
 """
 
 import os
@@ -13,40 +14,24 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+
+from boxtest import CGROOT, SANITIZER_MARKERS, T, cgroup2_available, wait_for  # noqa: E402
+
+wait_until = wait_for
+
 BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(REPO, "build", "boxd"))
 SDK_DIR = os.path.join(REPO, "protocol", "sdk", "python")
-SLOW = float(os.environ.get("BOXD_TEST_SLOW", "1"))
-
-
-def T(seconds):
-    return seconds * SLOW
-
-
-def wait_until(pred, timeout, interval=0.02):
-    """Polls pred until it is true or timeout s pass; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 def _cgroup2_root():
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = {p[1]: p[2] for p in (line.split() for line in f) if len(p) >= 3}
-    except OSError:
-        return None
-    for d in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-        if mounts.get(d) == "cgroup2" and os.access(os.path.join(d, "cgroup.procs"), os.W_OK):
-            return d
-    return None
+    return CGROOT if cgroup2_available() else None
 
 
 class Daemon:
@@ -94,6 +79,11 @@ class Daemon:
             finally:
                 s.close()
         raise RuntimeError("boxd did not listen on %s within 5 s" % self.sock)
+
+    def sanitizer_report(self):
+        """The first sanitizer marker in boxd's stderr, or None."""
+        text = self.stderr_text()
+        return next((m for m in SANITIZER_MARKERS if m in text), None)
 
     def stderr_text(self):
         try:

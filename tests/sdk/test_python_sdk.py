@@ -43,6 +43,7 @@ pytestmark = pytest.mark.skipif(not os.access(py_boxd.BOXD_BIN, os.X_OK),
 def daemon():
     d = Daemon().start()
     yield d
+    assert d.sanitizer_report() is None, d.stderr_text()[-4000:]
     rc = d.stop()
     assert rc == 0, "boxd exited %r after SIGTERM: %s" % (rc, d.stderr_text()[-2000:])
 
