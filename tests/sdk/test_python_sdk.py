@@ -581,3 +581,32 @@ def test_files_resume_across_dropped_connections(daemon, relay):
         assert w["size"] == len(data) and got == data
         assert b._abox._session.reconnects >= 1
         b.files.remove(path)
+
+
+def test_files_tree_with_symlinks(files_box, tmp_path):
+    b = files_box
+    root = "/tmp/boxd-sdk-links-" + os.urandom(4).hex()
+    try:
+        b.files.symlink(root + "-probe", "x")
+        b.files.remove(root + "-probe")
+    except boxd.UnknownTypeError:
+        pytest.skip("this agent has no file_symlink")
+    try:
+        tree = tmp_path / "tree"
+        (tree / "lib").mkdir(parents=True)
+        (tree / "lib" / "real.txt").write_text("real\n")
+        os.symlink("real.txt", tree / "lib" / "link.txt")
+        os.symlink("lib", tree / "libdir")
+        os.symlink("/etc/passwd", tree / "outside")
+        b.files.upload([{"path": str(tree), "destination": root}])
+        assert b.files.stat(root + "/lib/link.txt")["kind"] == "symlink"
+        assert b.files.stat(root + "/outside")["target"] == "/etc/passwd"
+        assert b.exec.command("cat %s/libdir/link.txt" % root).result == "real"
+        out = b.files.download(folder=root, destination=str(tmp_path / "back"))
+        assert os.readlink(os.path.join(out, "lib", "link.txt")) == "real.txt"
+        assert os.readlink(os.path.join(out, "libdir")) == "lib"
+        assert os.readlink(os.path.join(out, "outside")) == "/etc/passwd"
+        with open(os.path.join(out, "lib", "real.txt")) as f:
+            assert f.read() == "real\n"
+    finally:
+        b.files.remove(root, recursive=True)

@@ -112,14 +112,21 @@ class AsyncFiles:
     # ---- one path ----------------------------------------------------------------------------
 
     async def write(self, path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
-                    mkdir: bool = False, overwrite: bool = True, user: Optional[str] = None
-                    ) -> Dict[str, Any]:
+                    mkdir: bool = False, overwrite: bool = True, fsync: bool = True,
+                    user: Optional[str] = None) -> Dict[str, Any]:
         """Writes ``data`` to ``path`` in the box, atomically (a reader sees the old file or the
-        new one). ``mkdir`` creates missing parents. Returns the ``file_written`` reply
-        (``path``, ``size``, ``sha256``)."""
+        new one). ``mkdir`` creates missing parents; ``fsync=False`` skips the agent's fsync
+        before the rename (still atomic for readers; agents without the option fsync anyway).
+        Returns the ``file_written`` reply (``path``, ``size``, ``sha256``)."""
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         return await self._upload_bytes(path, _BytesSource(raw), mode=mode, mkdir=mkdir,
-                                        overwrite=overwrite, user=user)
+                                        overwrite=overwrite, user=user, fsync=fsync)
+
+    async def symlink(self, path: str, target: str, *, overwrite: bool = True,
+                      user: Optional[str] = None) -> None:
+        """Makes a symbolic link at ``path`` whose target is ``target``, stored as given."""
+        await self._s.request(_user({"type": "file_symlink", "path": path, "target": target,
+                                     "overwrite": bool(overwrite)}, user))
 
     async def read(self, path: str, *, user: Optional[str] = None) -> bytes:
         """The contents of a regular file in the box, as bytes."""
@@ -172,8 +179,9 @@ class AsyncFiles:
                      ) -> List[Dict[str, Any]]:
         """Uploads local files and directories: ``[{"path": "./src", "destination": "/work/src"},
         {"path": "package.json", "destination": "/work/package.json"}]``. A directory is copied
-        whole (its files, with their permission bits; missing directories are made). Returns
-        the ``file_written`` replies, one per file."""
+        whole: its files with their permission bits (without an fsync each, still atomic),
+        its symbolic links as links (``file_symlink``), missing directories made. Returns the
+        replies, one per file or link."""
         out: List[Dict[str, Any]] = []
         for item in items:
             local, dest = item["path"], item["destination"]
@@ -183,9 +191,17 @@ class AsyncFiles:
                     rel = os.path.relpath(root, local)
                     base = dest if rel == "." else dest.rstrip("/") + "/" + rel.replace(os.sep, "/")
                     await self.mkdir(base, parents=True, user=user)
-                    for name in sorted(files):
-                        out.append(await self._upload_file(os.path.join(root, name),
-                                                           base.rstrip("/") + "/" + name, user))
+                    for name in sorted(files) + sorted(d for d in dirs
+                                                        if os.path.islink(os.path.join(root, d))):
+                        lp = os.path.join(root, name)
+                        rp = base.rstrip("/") + "/" + name
+                        if os.path.islink(lp):
+                            # A link is copied as a link (its target as stored), never followed.
+                            await self.symlink(rp, os.readlink(lp), user=user)
+                            out.append({"type": "file_symlink", "path": rp,
+                                        "target": os.readlink(lp)})
+                        else:
+                            out.append(await self._upload_file(lp, rp, user, fsync=False))
             else:
                 out.append(await self._upload_file(local, dest, user, mkdir=True))
         return out
@@ -193,7 +209,8 @@ class AsyncFiles:
     async def download(self, folder: str, destination: Optional[str] = None, *,
                        user: Optional[str] = None) -> str:
         """Downloads a directory (or one file) of the box: by default into the current
-        directory under its own name (``/work/dist`` -> ``./dist``). Returns the local path."""
+        directory under its own name (``/work/dist`` -> ``./dist``); files keep their
+        permission bits, symbolic links are made as links. Returns the local path."""
         dest = destination if destination is not None else os.path.basename(folder.rstrip("/"))
         top = await self.stat(folder, user=user)
         if top.get("kind") != "dir":
@@ -211,6 +228,13 @@ class AsyncFiles:
                 if e.get("kind") == "dir":
                     os.makedirs(local, exist_ok=True)
                     pending.append((os.path.join(rel, name), remote.rstrip("/") + "/" + name))
+                elif e.get("kind") == "symlink" and e.get("target") is not None:
+                    target = e["target"]
+                    if isinstance(target, bytes):
+                        target = os.fsdecode(target)
+                    if os.path.lexists(local):
+                        os.unlink(local)
+                    os.symlink(target, local)
                 elif e.get("kind") == "file":
                     await self._download_file(remote.rstrip("/") + "/" + name, local, user)
                     os.chmod(local, int(e.get("mode", 0o644)) & 0o777)
@@ -219,18 +243,20 @@ class AsyncFiles:
     # ---- the transfers -------------------------------------------------------------------------
 
     async def _upload_file(self, local: str, dest: str, user: Optional[str],
-                           mkdir: bool = False) -> Dict[str, Any]:
+                           mkdir: bool = False, fsync: bool = True) -> Dict[str, Any]:
         with open(local, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode & 0o777
             return await self._upload_bytes(dest, _FileSource(f), mode=mode, mkdir=mkdir,
-                                            overwrite=True, user=user)
+                                            overwrite=True, user=user, fsync=fsync)
 
     async def _upload_bytes(self, path: str, src: "_Source", *, mode: Optional[int],
-                            mkdir: bool, overwrite: bool, user: Optional[str]
-                            ) -> Dict[str, Any]:
+                            mkdir: bool, overwrite: bool, user: Optional[str],
+                            fsync: bool = True) -> Dict[str, Any]:
         sha = src.sha256()
         msg: Dict[str, Any] = {"type": "file_write", "path": path, "mkdir": bool(mkdir),
                                "overwrite": bool(overwrite), "sha256": sha}
+        if not fsync:
+            msg["fsync"] = False  # the many small files of a tree (unknown to older agents)
         if mode is not None:
             msg["mode"] = int(mode)
         _user(msg, user)
