@@ -99,7 +99,8 @@ def test_readme_has_the_examples():
     names = " ".join(code for _, code, _ in EXAMPLES)
     for needle in ('exec.command("echo hello")', 'lang="py"', 'lang="js"',
                    "node -e 'process.exit(1)'", 'exec.start("sleep 10")', "run.logs()",
-                   "python3 --version && pip list", "exec.stream(", "AsyncBox"):
+                   "python3 --version && pip list", "exec.stream(", "AsyncBox",
+                   "npm install && npm test", "files.upload(", "files.download("):
         assert needle in names, "README lost the example with %s" % needle
     for _, code, _ in EXAMPLES:
         assert expected_prints(code), "an example without # prints: %s" % code[:80]
@@ -107,13 +108,13 @@ def test_readme_has_the_examples():
 
 @pytest.mark.parametrize("name,code,requires", EXAMPLES, ids=[e[0] for e in EXAMPLES])
 def test_readme_example(daemon, name, code, requires, tmp_path):
-    if requires == "node" and shutil.which("node") is None:
-        pytest.skip("node is not installed in this box (the example needs it)")
+    if requires in ("node", "npm") and shutil.which(requires) is None:
+        pytest.skip("%s is not installed in this box (the example needs it)" % requires)
     if requires == "files":
         with Box.connect(socket=daemon.sock) as b:
             if "files" not in b.capabilities:
                 pytest.skip("this boxd has no file protocol (hello capabilities lack files)")
-    if requires == "node":
+    if requires in ("node", "npm"):
         with Box.connect(socket=daemon.sock) as b:
             langs = {lang["name"] for lang in b.info()["languages"]}
         if "js" not in langs:
