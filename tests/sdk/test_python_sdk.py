@@ -611,3 +611,15 @@ def test_files_tree_with_symlinks(files_box, tmp_path):
             assert f.read() == "real\n"
     finally:
         b.files.remove(root, recursive=True)
+
+
+def test_files_chunks_follow_the_agents_max_frame(fresh_daemon):
+    d = fresh_daemon("--max-frame", "65536")
+    with Box.connect(socket=d.sock) as b:
+        if "files" not in b.capabilities:
+            pytest.skip("this boxd has no file protocol")
+        path = "/tmp/boxd-sdk-small-frames-" + os.urandom(4).hex()
+        data = os.urandom(1 << 20)
+        assert b.files.write(path, data)["size"] == len(data)
+        assert b.files.read(path) == data
+        b.files.remove(path)

@@ -299,12 +299,17 @@ class AsyncFiles:
     async def _send_chunks(self, upload_id: str, offset: int, src: "_Source",
                            eof_sent: List[bool]) -> Dict[str, Any]:
         size = src.size
+        limits = self._s.hello.get("limits") or {}
+        # Each chunk's frame stays within the agent's max_frame, the bytes in flight within
+        # its file_window (both from hello; the defaults are 1 MiB and 16 MiB).
+        chunk = max(4096, min(CHUNK, int(limits.get("max_frame", 1 << 20)) - 4096))
+        window = max(chunk, min(WINDOW, int(limits.get("file_window", 16 << 20)) - chunk))
         inflight: List["asyncio.Future[Dict[str, Any]]"] = []
         sizes: List[int] = []
         pos = offset
         try:
             while True:
-                data = src.read_at(pos, CHUNK)
+                data = src.read_at(pos, chunk)
                 eof = pos + len(data) >= size
                 req = self._s.next_req()
                 m = {"type": "file_data", "req": req, "upload_id": upload_id, "offset": pos,
@@ -320,7 +325,7 @@ class AsyncFiles:
                 pos += len(data)
                 if eof:
                     break
-                while sum(sizes) > WINDOW:
+                while sum(sizes) > window:
                     sizes.pop(0)
                     await inflight.pop(0)
             reply: Dict[str, Any] = {}
