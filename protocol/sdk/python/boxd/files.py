@@ -1,0 +1,440 @@
+"""Files: ``box.files`` on agents with the ``files`` capability (PROTOCOL.md section 12).
+
+``upload`` and ``download`` move local files and trees in and out of the box; ``read``,
+``write``, ``list``, ``stat``, ``mkdir``, ``remove`` and ``rename`` work on one path. Every call
+takes ``user=`` (default: the agent's run user), under the agent's policy for runs.
+
+Uploads are streamed in chunks, pipelined within a window, atomic on the agent's side (a temp
+file renamed into place, sha256 checked), and **resumed** after a dropped connection from the
+offset the agent reports. Downloads are streamed too and, after a drop, resumed as a range read
+from the bytes already received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from ._session import Session, _Op
+from .errors import (BoxError, ConnectionLostError, NotFoundError, ProtocolError,
+                     error_from_reply)
+
+if TYPE_CHECKING:
+    from .aio import AsyncBox
+
+__all__ = ["AsyncFiles"]
+
+#: Bytes per `file_data` chunk (a frame must stay within the agent's max_frame, 1 MiB default).
+CHUNK = 512 << 10
+#: Bytes sent but not yet acknowledged (the agent allows limits.file_window, 16 MiB default).
+WINDOW = 4 << 20
+#: How many times an upload or download is resumed after dropped connections.
+RESUMES = 5
+
+
+class _ReadOp(_Op):
+    """A ``file_read``: ``file_info``, then ``file_chunk`` events, then ``file_end``. After a
+    reconnect it is sent again as a range read from the bytes already received."""
+
+    __slots__ = ("out", "received", "start", "info", "done")
+
+    def __init__(self, req: int, msg: Dict[str, Any], out: Any):
+        super().__init__(req, msg, True)
+        self.out = out
+        self.start = int(msg.get("offset") or 0)
+        self.received = 0
+        self.info: Optional[Dict[str, Any]] = None
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def resend_msg(self) -> Dict[str, Any]:
+        msg = dict(self.msg, offset=self.start + self.received)
+        if "length" in self.msg:
+            msg["length"] = max(0, int(self.msg["length"]) - self.received)
+        return msg
+
+    def fail(self, err: BaseException) -> None:
+        super().fail(err)
+        if not self.done.done():
+            self.done.set_exception(err)
+
+    async def handle(self, sess: Session, m: Dict[str, Any]) -> None:
+        t = m["type"]
+        if t == "file_info":
+            if self.info is None:
+                self.info = m
+            if not self.first.done():
+                self.first.set_result(m)
+        elif t == "file_chunk":
+            off = int(m.get("offset", -1))
+            data = m.get("data") or b""
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            want = self.start + self.received
+            if off > want:
+                sess._ops.pop(self.req, None)
+                self.fail(ProtocolError("file_read: chunk at %d, expected %d" % (off, want)))
+                return
+            if off + len(data) <= want:
+                return  # already received before a reconnect
+            data = data[want - off:]
+            self.out.write(data)
+            self.received += len(data)
+        elif t == "file_end":
+            sess._ops.pop(self.req, None)
+            if not self.first.done():
+                self.first.set_result(m)
+            if not self.done.done():
+                self.done.set_result(m)
+        elif t == "error":
+            sess._ops.pop(self.req, None)
+            self.fail(error_from_reply(m))
+
+
+def _user(msg: Dict[str, Any], user: Optional[str]) -> Dict[str, Any]:
+    if user is not None:
+        msg["user"] = user
+    return msg
+
+
+class AsyncFiles:
+    """``box.files`` (asyncio). The sync ``Box`` offers the same methods without ``await``."""
+
+    def __init__(self, box: "AsyncBox"):
+        self._box = box
+
+    @property
+    def _s(self) -> Session:
+        return self._box._session
+
+    # ---- one path ----------------------------------------------------------------------------
+
+    async def write(self, path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
+                    mkdir: bool = False, overwrite: bool = True, fsync: bool = True,
+                    user: Optional[str] = None) -> Dict[str, Any]:
+        """Writes ``data`` to ``path`` in the box, atomically (a reader sees the old file or the
+        new one). ``mkdir`` creates missing parents; ``fsync=False`` skips the agent's fsync
+        before the rename (still atomic for readers; agents without the option fsync anyway).
+        Returns the ``file_written`` reply (``path``, ``size``, ``sha256``)."""
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        return await self._upload_bytes(path, _BytesSource(raw), mode=mode, mkdir=mkdir,
+                                        overwrite=overwrite, user=user, fsync=fsync)
+
+    async def symlink(self, path: str, target: str, *, overwrite: bool = True,
+                      user: Optional[str] = None) -> None:
+        """Makes a symbolic link at ``path`` whose target is ``target``, stored as given."""
+        await self._s.request(_user({"type": "file_symlink", "path": path, "target": target,
+                                     "overwrite": bool(overwrite)}, user))
+
+    async def read(self, path: str, *, user: Optional[str] = None) -> bytes:
+        """The contents of a regular file in the box, as bytes."""
+        buf = _Collect()
+        await self._read_into(path, buf, user=user)
+        return bytes(buf.data)
+
+    async def list(self, path: str, *, depth: int = 1, user: Optional[str] = None
+                   ) -> List[Dict[str, Any]]:
+        """The entries of a directory, ``depth`` levels deep: dicts with ``name`` (relative to
+        ``path``), ``kind`` (``file``, ``dir``, ``symlink``...), ``mode``, ``size``,
+        ``mtime_ns``, ``uid``, ``gid`` (``target`` for links). A listing the agent truncated
+        is completed by listing the deeper directories on their own."""
+        reply = await self._s.request(_user({"type": "file_list", "path": path,
+                                             "depth": int(depth)}, user))
+        entries = list(reply.get("entries") or [])
+        if reply.get("truncated"):
+            raise BoxError("file_list %s: more entries than the agent sends at once; list "
+                           "deeper directories on their own" % path, code="too_large")
+        return entries
+
+    async def stat(self, path: str, *, user: Optional[str] = None) -> Dict[str, Any]:
+        """The path itself, described (lstat): ``kind``, ``mode``, ``size``, ``mtime_ns``..."""
+        reply = await self._s.request(_user({"type": "file_stat", "path": path}, user))
+        return dict(reply.get("entry") or {})
+
+    async def mkdir(self, path: str, *, parents: bool = False, mode: Optional[int] = None,
+                    user: Optional[str] = None) -> None:
+        """Makes a directory (``parents=True``: ``mkdir -p``)."""
+        msg = {"type": "file_mkdir", "path": path, "parents": bool(parents)}
+        if mode is not None:
+            msg["mode"] = int(mode)
+        await self._s.request(_user(msg, user))
+
+    async def remove(self, path: str, *, recursive: bool = False, user: Optional[str] = None
+                     ) -> None:
+        """Removes a file, a link or an empty directory (``recursive=True``: a tree)."""
+        await self._s.request(_user({"type": "file_remove", "path": path,
+                                     "recursive": bool(recursive)}, user), idempotent=False)
+
+    async def rename(self, src: str, dst: str, *, overwrite: bool = False,
+                     user: Optional[str] = None) -> None:
+        """Renames within the box."""
+        await self._s.request(_user({"type": "file_rename", "from": src, "to": dst,
+                                     "overwrite": bool(overwrite)}, user), idempotent=False)
+
+    # ---- trees ---------------------------------------------------------------------------------
+
+    async def upload(self, items: Iterable[Mapping[str, str]], *, user: Optional[str] = None
+                     ) -> List[Dict[str, Any]]:
+        """Uploads local files and directories: ``[{"path": "./src", "destination": "/work/src"},
+        {"path": "package.json", "destination": "/work/package.json"}]``. A directory is copied
+        whole: its files with their permission bits (without an fsync each, still atomic),
+        its symbolic links as links (``file_symlink``), missing directories made. Returns the
+        replies, one per file or link."""
+        out: List[Dict[str, Any]] = []
+        for item in items:
+            local, dest = item["path"], item["destination"]
+            if os.path.isdir(local):
+                for root, dirs, files in os.walk(local):
+                    dirs.sort()
+                    rel = os.path.relpath(root, local)
+                    base = dest if rel == "." else dest.rstrip("/") + "/" + rel.replace(os.sep, "/")
+                    await self.mkdir(base, parents=True, user=user)
+                    for name in sorted(files) + sorted(d for d in dirs
+                                                        if os.path.islink(os.path.join(root, d))):
+                        lp = os.path.join(root, name)
+                        rp = base.rstrip("/") + "/" + name
+                        if os.path.islink(lp):
+                            # A link is copied as a link (its target as stored), never followed.
+                            await self.symlink(rp, os.readlink(lp), user=user)
+                            out.append({"type": "file_symlink", "path": rp,
+                                        "target": os.readlink(lp)})
+                        else:
+                            out.append(await self._upload_file(lp, rp, user, fsync=False))
+            else:
+                out.append(await self._upload_file(local, dest, user, mkdir=True))
+        return out
+
+    async def download(self, folder: str, destination: Optional[str] = None, *,
+                       user: Optional[str] = None) -> str:
+        """Downloads a directory (or one file) of the box: by default into the current
+        directory under its own name (``/work/dist`` -> ``./dist``); files keep their
+        permission bits, symbolic links are made as links. Returns the local path."""
+        dest = destination if destination is not None else os.path.basename(folder.rstrip("/"))
+        top = await self.stat(folder, user=user)
+        if top.get("kind") != "dir":
+            await self._download_file(folder, dest, user)
+            return dest
+        os.makedirs(dest, exist_ok=True)
+        pending = [("", folder)]
+        while pending:
+            rel, remote = pending.pop()
+            for e in await self.list(remote, user=user):
+                name = e["name"]
+                if isinstance(name, bytes):
+                    name = os.fsdecode(name)
+                local = os.path.join(dest, rel, name)
+                if e.get("kind") == "dir":
+                    os.makedirs(local, exist_ok=True)
+                    pending.append((os.path.join(rel, name), remote.rstrip("/") + "/" + name))
+                elif e.get("kind") == "symlink" and e.get("target") is not None:
+                    target = e["target"]
+                    if isinstance(target, bytes):
+                        target = os.fsdecode(target)
+                    if os.path.lexists(local):
+                        os.unlink(local)
+                    os.symlink(target, local)
+                elif e.get("kind") == "file":
+                    await self._download_file(remote.rstrip("/") + "/" + name, local, user)
+                    os.chmod(local, int(e.get("mode", 0o644)) & 0o777)
+        return dest
+
+    # ---- the transfers -------------------------------------------------------------------------
+
+    async def _upload_file(self, local: str, dest: str, user: Optional[str],
+                           mkdir: bool = False, fsync: bool = True) -> Dict[str, Any]:
+        with open(local, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777
+            return await self._upload_bytes(dest, _FileSource(f), mode=mode, mkdir=mkdir,
+                                            overwrite=True, user=user, fsync=fsync)
+
+    async def _upload_bytes(self, path: str, src: "_Source", *, mode: Optional[int],
+                            mkdir: bool, overwrite: bool, user: Optional[str],
+                            fsync: bool = True) -> Dict[str, Any]:
+        sha = src.sha256()
+        msg: Dict[str, Any] = {"type": "file_write", "path": path, "mkdir": bool(mkdir),
+                               "overwrite": bool(overwrite), "sha256": sha}
+        if not fsync:
+            msg["fsync"] = False  # the many small files of a tree (unknown to older agents)
+        if mode is not None:
+            msg["mode"] = int(mode)
+        _user(msg, user)
+        eof_sent = [False]
+        for attempt in range(RESUMES + 1):
+            try:
+                ack = await self._s.request(msg)
+            except NotFoundError:
+                if not eof_sent[0]:
+                    raise
+                # The last chunk reached the agent but its reply was lost with the connection:
+                # the upload is finished. Check that the file there is ours.
+                return await self._verify(path, sha, src.size, user)
+            upload_id = ack["upload_id"]
+            msg["upload_id"] = upload_id  # a resend resumes this upload
+            try:
+                return await self._send_chunks(upload_id, int(ack.get("offset", 0)), src,
+                                               eof_sent)
+            except NotFoundError:
+                if not eof_sent[0]:
+                    raise
+                # A resumed upload the agent finished meanwhile (its last chunk was in flight).
+                return await self._verify(path, sha, src.size, user)
+            except ConnectionLostError:
+                if attempt == RESUMES:
+                    raise
+                # The agent keeps the upload: file_write again with its id gives the offset.
+        raise AssertionError("unreachable")
+
+    async def _verify(self, path: str, sha: str, size: int, user: Optional[str]
+                      ) -> Dict[str, Any]:
+        sink = _Hash()
+        await self._read_into(path, sink, user=user)
+        if sink.digest() != sha or sink.size != size:
+            raise ConnectionLostError(
+                "upload to %s: the connection dropped as it finished and the file there is not "
+                "the one sent; upload it again" % path)
+        return {"type": "file_written", "path": path, "size": size, "sha256": sha}
+
+    async def _send_chunks(self, upload_id: str, offset: int, src: "_Source",
+                           eof_sent: List[bool]) -> Dict[str, Any]:
+        size = src.size
+        limits = self._s.hello.get("limits") or {}
+        # Each chunk's frame stays within the agent's max_frame, the bytes in flight within
+        # its file_window (both from hello; the defaults are 1 MiB and 16 MiB).
+        chunk = max(4096, min(CHUNK, int(limits.get("max_frame", 1 << 20)) - 4096))
+        window = max(chunk, min(WINDOW, int(limits.get("file_window", 16 << 20)) - chunk))
+        inflight: List["asyncio.Future[Dict[str, Any]]"] = []
+        sizes: List[int] = []
+        pos = offset
+        try:
+            while True:
+                data = src.read_at(pos, chunk)
+                eof = pos + len(data) >= size
+                req = self._s.next_req()
+                m = {"type": "file_data", "req": req, "upload_id": upload_id, "offset": pos,
+                     "data": data}
+                if eof:
+                    m["eof"] = True
+                    eof_sent[0] = True
+                # Not repeated after a drop: the caller resumes from the agent's offset instead.
+                op = _Op(req, m, False, resend_unsent=False)
+                await self._s._submit(op)
+                inflight.append(asyncio.ensure_future(self._s._await_first(op, None)))
+                sizes.append(len(data))
+                pos += len(data)
+                if eof:
+                    break
+                while sum(sizes) > window:
+                    sizes.pop(0)
+                    await inflight.pop(0)
+            reply: Dict[str, Any] = {}
+            while inflight:
+                sizes.pop(0)
+                reply = await inflight.pop(0)
+            return reply
+        finally:
+            for f in inflight:
+                if not f.done():
+                    f.cancel()
+                f.add_done_callback(lambda x: x.cancelled() or x.exception())
+
+    async def _read_into(self, path: str, out: Any, *, user: Optional[str]) -> Dict[str, Any]:
+        req = self._s.next_req()
+        op = _ReadOp(req, _user({"type": "file_read", "req": req, "path": path}, user), out)
+        await self._s._submit(op)
+        await self._s._await_first(op, None)
+        end = await op.done
+        if "sha256" in end and op.start == 0 and hasattr(out, "digest"):
+            if out.digest() != end["sha256"]:
+                raise BoxError("file_read %s: the data's sha256 is not the agent's; read it "
+                               "again" % path, code="checksum_mismatch")
+        return end
+
+    async def _download_file(self, remote: str, local: str, user: Optional[str]) -> None:
+        os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+        tmp = local + ".boxd-part"
+        with open(tmp, "wb") as f:
+            await self._read_into(remote, _FileSink(f), user=user)
+        os.replace(tmp, local)
+
+
+class _Source:
+    size: int
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        raise AssertionError("abstract")
+
+    def sha256(self) -> str:
+        raise AssertionError("abstract")
+
+
+class _BytesSource(_Source):
+    def __init__(self, data: bytes):
+        self.data = data
+        self.size = len(data)
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        return self.data[pos:pos + n]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+class _FileSource(_Source):
+    def __init__(self, f: Any):
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        return os.pread(self.f.fileno(), min(n, max(0, self.size - pos)), pos)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        pos = 0
+        while pos < self.size:
+            b = self.read_at(pos, 1 << 20)
+            if not b:
+                break
+            h.update(b)
+            pos += len(b)
+        return h.hexdigest()
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.h = hashlib.sha256()
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+        self.h.update(b)
+
+    def digest(self) -> str:
+        return self.h.hexdigest()
+
+
+class _FileSink:
+    def __init__(self, f: Any):
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def write(self, b: bytes) -> None:
+        self.f.write(b)
+        self.h.update(b)
+
+    def digest(self) -> str:
+        return self.h.hexdigest()
+
+
+class _Hash:
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> None:
+        self.h.update(b)
+        self.size += len(b)
+
+    def digest(self) -> str:
+        return self.h.hexdigest()
