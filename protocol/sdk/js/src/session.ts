@@ -87,9 +87,12 @@ interface Conn {
   readonly gen: number;
 }
 
-/** Resolves after ms milliseconds, without keeping the process alive. */
+/**
+ * Resolves after ms milliseconds. The timer keeps the process alive: between two reconnect
+ * attempts there is no socket, and the caller is waiting for what the session owes it.
+ */
 function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 export class Session {
