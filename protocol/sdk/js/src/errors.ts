@@ -132,7 +132,8 @@ export class UnknownLangError extends ProtocolError {
 /** `internal`: the agent failed internally; the request had no effect. Retry later. */
 export class InternalError extends ProtocolError {}
 
-type ProtocolErrorClass = new (code: string, message: string, reply?: ErrorReply) => ProtocolError;
+/** The constructor of a ProtocolError subclass. */
+export type ProtocolErrorClass = new (code: string, message: string, reply?: ErrorReply) => ProtocolError;
 
 /** The class of each protocol error code. */
 export const errorClasses: Readonly<Record<ProtocolErrorCode, ProtocolErrorClass>> = {
