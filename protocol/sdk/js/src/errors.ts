@@ -24,7 +24,16 @@ export type ProtocolErrorCode =
   | "spawn_failed"
   | "shutting_down"
   | "unknown_lang"
-  | "internal";
+  | "internal"
+  | "not_a_directory"
+  | "is_a_directory"
+  | "exists"
+  | "permission_denied"
+  | "no_space"
+  | "refused"
+  | "checksum_mismatch"
+  | "unsupported"
+  | "io_error";
 
 /** The codes of errors made by this client, not sent by the agent. */
 export type ClientErrorCode =
@@ -38,7 +47,7 @@ export type ClientErrorCode =
   | "wait_timeout"
   | "closed"
   | "protocol"
-  | "unsupported";
+  | "no_capability";
 
 /** The error message the agent sent, as a plain object (its keys as on the wire). */
 export type ErrorReply = Readonly<Record<string, unknown>>;
@@ -131,6 +140,24 @@ export class UnknownLangError extends ProtocolError {
 }
 /** `internal`: the agent failed internally; the request had no effect. Retry later. */
 export class InternalError extends ProtocolError {}
+/** `not_a_directory` (files): a component of the path, or what `list` names, is not a directory. */
+export class NotADirectoryError extends ProtocolError {}
+/** `is_a_directory` (files): the path is a directory where a file is needed. */
+export class IsADirectoryError extends ProtocolError {}
+/** `exists` (files): the path exists (`overwrite: false`, a directory not empty...). */
+export class ExistsError extends ProtocolError {}
+/** `permission_denied` (files): the acting user may not do this. */
+export class PermissionDeniedError extends ProtocolError {}
+/** `no_space` (files): the file system is full or the quota reached; nothing partial is left. */
+export class NoSpaceError extends ProtocolError {}
+/** `refused` (files): boxd never reads or writes this (a FIFO, a device, procfs, a magic link). */
+export class RefusedError extends ProtocolError {}
+/** `checksum_mismatch` (files): the uploaded data's sha256 is not the one given; nothing written. */
+export class ChecksumMismatchError extends ProtocolError {}
+/** `unsupported` (files): the box's kernel lacks what file requests need (`openat2`, Linux 5.6). */
+export class UnsupportedError extends ProtocolError {}
+/** `io_error` (files): the file system reported an I/O error. */
+export class IoError extends ProtocolError {}
 
 /** The constructor of a ProtocolError subclass. */
 export type ProtocolErrorClass = new (code: string, message: string, reply?: ErrorReply) => ProtocolError;
@@ -151,6 +178,15 @@ export const errorClasses: Readonly<Record<ProtocolErrorCode, ProtocolErrorClass
   shutting_down: ShuttingDownError,
   unknown_lang: UnknownLangError,
   internal: InternalError,
+  not_a_directory: NotADirectoryError,
+  is_a_directory: IsADirectoryError,
+  exists: ExistsError,
+  permission_denied: PermissionDeniedError,
+  no_space: NoSpaceError,
+  refused: RefusedError,
+  checksum_mismatch: ChecksumMismatchError,
+  unsupported: UnsupportedError,
+  io_error: IoError,
 };
 
 /** Makes the typed error for an `error` message of the agent. Unknown codes give a ProtocolError. */
@@ -253,15 +289,5 @@ export class ClosedError extends BoxError {
 export class MalformedReplyError extends BoxError {
   constructor(message: string) {
     super("protocol", message);
-  }
-}
-
-/** `unsupported`: the agent lacks a capability this call needs (see `box.capabilities`). */
-export class UnsupportedError extends BoxError {
-  /** The capability that is missing. */
-  readonly capability: string;
-  constructor(capability: string, message: string) {
-    super("unsupported", message);
-    this.capability = capability;
   }
 }

@@ -13,7 +13,16 @@
  */
 export { Box, type ConnectOptions, type RunSummary } from "./box.js";
 export { Exec, type CommandOptions, type CodeOptions } from "./exec.js";
-export { Files, FILES_CAPABILITY } from "./files.js";
+export {
+  Files,
+  FILES_CAPABILITY,
+  CapabilityError,
+  type FileEntry,
+  type FileKind,
+  type FileOptions,
+  type WriteOptions,
+  type WrittenFile,
+} from "./files.js";
 export {
   Run,
   type RunStatus,
