@@ -9,6 +9,8 @@ the integration suite's (tests/integration/conftest.py), then runs each file wit
   can be made, the project is a temp dir and the example's `cd /work` is pointed at it.
 - api.test.mjs: runs, stream, cancel, logs, timeouts, typed errors, tokens, transports
   (hybrid vsock handshake, vsock's error), CommonJS require.
+- files.test.mjs: box.files (skipped when the agent lacks the `files` capability): every call,
+  typed errors, a tree uploaded and downloaded back, a cut mid-upload and mid-download.
 - reconnect.test.mjs: connections cut mid-stream through a relay; the lines seen equal a direct
   run's output exactly; a frozen connection noticed by heartbeat; a changed boot_id.
 
@@ -133,7 +135,7 @@ def daemons():
             pytest.fail("; ".join(problems), pytrace=False)
 
 
-@pytest.mark.parametrize("name", ["examples", "api", "reconnect"])
+@pytest.mark.parametrize("name", ["examples", "api", "reconnect", "files"])
 def test_js(daemons, name):
     env = dict(os.environ)
     env.update(daemons)

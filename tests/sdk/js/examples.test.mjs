@@ -4,13 +4,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { SDK, need, projectDir } from "./lib.mjs";
+import { SDK, need, projectDir, sdk } from "./lib.mjs";
 
 const socket = need("BOXD_SOCKET");
 const work = process.env.BOXD_TEST_WORK ?? "/work";
 const readme = readFileSync(join(SDK, "README.md"), "utf8");
+const probe = await sdk.Box.connect({ socket });
+const hasFiles = probe.capabilities.includes("files");
+probe.close();
 const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
 
 // Each console.log call is written between markers that carry the caller's line number.
@@ -43,23 +46,32 @@ test("the README has the examples the issue lists", () => {
   const all = blocks.join("\n");
   for (const needle of ['"echo hello"', 'lang: "js"', 'lang: "python"', "process.exit(1)",
     "cd /work && npm install && npm test", '"sleep 10"', "run.logs()", "python3 --version && pip list",
-    'require("boxd")', 'from "boxd"']) {
+    'require("boxd")', 'from "boxd"', "box.files.upload", "box.files.download"]) {
     assert.ok(all.includes(needle), `no example with ${needle}`);
   }
 });
 
 blocks.forEach((src, i) => {
   const first = src.split("\n").find((l) => l.includes("exec.")) ?? "";
-  test(`example ${i + 1}: ${first.trim().slice(0, 70)}`, async () => {
+  const files = src.includes("box.files.");
+  const skip = files && !hasFiles ? "this boxd lacks the files capability (PROTOCOL.md 12)" : false;
+  test(`example ${i + 1}: ${first.trim().slice(0, 70)}`, { skip }, async () => {
     const connects = src.split("\n").filter((l) => /Box\.connect\(/.test(l));
     assert.equal(connects.length, 1, "each example connects once");
     let prog = src.replace(/Box\.connect\([^)]*\)/, "Box.connect()");
     if (work !== "/work") {
       // No /work here (or no mount namespace): the project is in a temp dir instead.
-      prog = prog.replaceAll("cd /work", `cd ${work}`);
+      prog = prog.replaceAll("/work", work);
     }
     const dir = projectDir();
     writeFileSync(join(dir, "tag.cjs"), TAG);
+    // What the files example uploads: ./src and package.json, whose build makes dist/app.js.
+    mkdirSync(join(dir, "src"));
+    writeFileSync(join(dir, "src", "main.js"), 'console.log("built from src");\n');
+    writeFileSync(join(dir, "package.json"), JSON.stringify({
+      name: "upload-example", version: "1.0.0", private: true,
+      scripts: { build: "mkdir -p dist && cp src/main.js dist/app.js" },
+    }));
     const cjs = /require\("boxd"\)/.test(prog);
     const file = join(dir, cjs ? "example.cjs" : "example.mjs");
     writeFileSync(file, prog);

@@ -10,6 +10,8 @@ export class Relay {
     this.target = target;
     this.pairs = new Set();
     this.accepted = 0;
+    this.upBytes = 0; // client to agent
+    this.downBytes = 0; // agent to client
     this.path = join(mkdtempSync(join(tmpdir(), "boxd-relay-")), "relay.sock");
     this.server = net.createServer((client) => {
       this.accepted++;
@@ -21,8 +23,16 @@ export class Relay {
         up.destroy();
         this.pairs.delete(pair);
       };
-      client.on("data", (d) => { if (!pair.frozen) up.write(d); });
-      up.on("data", (d) => { if (!pair.frozen) client.write(d); });
+      client.on("data", (d) => {
+        if (pair.frozen) return;
+        this.upBytes += d.length;
+        up.write(d);
+      });
+      up.on("data", (d) => {
+        if (pair.frozen) return;
+        this.downBytes += d.length;
+        client.write(d);
+      });
       client.on("close", drop);
       up.on("close", drop);
       client.on("error", drop);
@@ -39,6 +49,19 @@ export class Relay {
       p.up.destroy();
     }
     this.pairs.clear();
+  }
+  /** Cuts once `count()` has grown by `bytes` from now; resolves when it has cut. */
+  cutAfter(count, bytes) {
+    const mark = count();
+    return new Promise((resolve) => {
+      const t = setInterval(() => {
+        if (count() - mark >= bytes) {
+          clearInterval(t);
+          this.cut();
+          resolve();
+        }
+      }, 1);
+    });
   }
   /** Stops forwarding on the current connections without closing them. */
   freeze() {
