@@ -102,6 +102,8 @@ test("run timeout (the run's) and requestTimeoutMs (the client's) are separate",
   const t0 = Date.now();
   await assert.rejects(box.ping(), (e) => e instanceof sdk.RequestTimeoutError && /requestTimeoutMs/.test(e.message));
   assert.ok(Date.now() - t0 < 3000);
+  await assert.rejects(box.exec.start("true"), (e) => e instanceof sdk.RequestTimeoutError && /exec\.attach/.test(e.message),
+    "an exec nobody answers fails after requestTimeoutMs");
   assert.equal(box.capabilities.includes("files"), false);
   await assert.rejects(box.files.upload([{ path: "a", destination: "/tmp/a" }]),
     (e) => e instanceof sdk.CapabilityError && e.code === "no_capability" && e.capability === "files" && /upgrade boxd/.test(e.message));

@@ -4,7 +4,7 @@
  * @module
  */
 import { TextDecoder } from "node:util";
-import { BoxError, WaitTimeoutError, errorFromReply } from "./errors.js";
+import { BoxError, RequestTimeoutError, WaitTimeoutError, errorFromReply } from "./errors.js";
 import type { Outstanding, Session } from "./session.js";
 import { big, bytes, isoFromNs, num, text, type Message } from "./wire.js";
 
@@ -159,6 +159,26 @@ export class Run {
       fail: (err) => this.#fail(err),
     };
     session.track(this.#req, o);
+    // The reply to exec/code/attach is bounded by requestTimeoutMs like any reply; the run's
+    // end is not (that is the run's own timeout, or wait({ timeoutMs })).
+    const limit = session.options.requestTimeoutMs;
+    if (limit > 0 && !session.closed) {
+      const timer = setTimeout(() => {
+        if (this.#started || this.ended) return;
+        session.untrack(this.#req);
+        this.#fail(
+          new RequestTimeoutError(
+            `no reply to ${String(start.type)} of run ${id} within ${limit} ms (requestTimeoutMs); ` +
+              `the run may still start in the box: box.exec.attach("${id}") follows it`,
+          ),
+        );
+      }, limit);
+      timer.unref();
+      this.#startedD.promise.then(
+        () => clearTimeout(timer),
+        () => clearTimeout(timer),
+      );
+    }
   }
 
   /** @internal Resolves once the agent has started the run (rejects with its error). */
