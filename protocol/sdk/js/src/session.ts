@@ -402,7 +402,14 @@ export class Session {
         const old = this.hello;
         this.hello = hello;
         if (old && old.bootId !== hello.bootId) {
-          this.#failAll(new BootChangedError(old.bootId, hello.bootId));
+          // What was sent to the old agent is gone with it; requests made while reconnecting
+          // were never sent and go to the new one.
+          const err = new BootChangedError(old.bootId, hello.bootId);
+          for (const e of [...this.#entries.values()]) {
+            if (e.sentGen === 0) continue;
+            this.#entries.delete(e.req);
+            e.o.fail(err);
+          }
           this.#install(conn);
           return;
         }
