@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds and tests the TypeScript SDK (protocol/sdk/js) against real boxd daemons.
-#   1. installs Debian's nodejs and npm with apt-get if node is missing (Node.js 18 or later);
+#   1. installs Debian's nodejs, npm and python3-pip with apt-get where node, npm or pip is
+#      missing (Node.js 18 or later; pip for the examples' `pip list`);
 #   2. npm ci in protocol/sdk/js: the exact packages of package-lock.json into its node_modules
 #      (--prefer-offline: from npm's cache when it has them, the registry otherwise), which
 #      builds dist/esm and dist/cjs (the package's prepare script);
@@ -14,12 +15,20 @@ fail() {
     echo "tests/sdk/run-js.sh: FAIL ($1) after $(( $(date +%s) - t0 )) s"
     exit 1
 }
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+# node and npm run the SDK and the examples' `npm install`; pip the examples' `pip list`.
+missing=""
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
+command -v pip >/dev/null 2>&1 || missing="$missing python3-pip"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing nodejs and npm (Debian packages)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null || fail "apt-get install nodejs npm"
+        echo "== installing Debian packages:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        # shellcheck disable=SC2086
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
+            fail "apt-get install$missing"
     else
-        fail "node and npm are needed: apt-get install nodejs npm"
+        fail "these are needed:$missing (apt-get install$missing)"
     fi
 fi
 major=$(node -p 'process.versions.node.split(".")[0]')
