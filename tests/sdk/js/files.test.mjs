@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, chmodSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, chmodSync, symlinkSync, lstatSync } from "node:fs";
 import { join } from "node:path";
 import { need, projectDir, sdk } from "./lib.mjs";
 import { Relay } from "./relay.mjs";
@@ -75,6 +75,7 @@ test("upload a tree and download it back: same bytes, same modes", { skip }, asy
   writeFileSync(join(src, "lib", "deep", "x.sh"), "#!/bin/sh\necho x\n");
   chmodSync(join(src, "lib", "deep", "x.sh"), 0o755);
   writeFileSync(join(src, "empty"), "");
+  symlinkSync("lib/deep/x.sh", join(src, "run.sh"));
   writeFileSync(join(dir, "package.json"), '{"name":"t"}\n');
   await withBox(async (box) => {
     const up = await box.files.upload([
@@ -84,7 +85,10 @@ test("upload a tree and download it back: same bytes, same modes", { skip }, asy
     assert.deepEqual(up.map((u) => u.path.slice(base.length)).sort(),
       ["/work/package.json", "/work/src/empty", "/work/src/lib/big.bin", "/work/src/lib/deep/x.sh"]);
     assert.equal(up.find((u) => u.path.endsWith("big.bin")).sha256, sha(big));
-    const r = await box.exec.command(`sha256sum ${base}/work/src/lib/big.bin && ${base}/work/src/lib/deep/x.sh`);
+    const link = await box.files.stat(`${base}/work/src/run.sh`);
+    assert.equal(link.kind, "symlink");
+    assert.equal(link.target, "lib/deep/x.sh", "a link is uploaded as a link, its target as stored");
+    const r = await box.exec.command(`sha256sum ${base}/work/src/lib/big.bin && ${base}/work/src/run.sh`);
     assert.equal(r.stdout.split(" ")[0], sha(big));
     assert.ok(r.stdout.endsWith("x\n"));
     const out = join(dir, "back");
@@ -94,6 +98,7 @@ test("upload a tree and download it back: same bytes, same modes", { skip }, asy
     assert.equal(readFileSync(join(out, "src", "empty")).length, 0);
     assert.equal(statSync(join(out, "src", "lib", "deep", "x.sh")).mode & 0o777, 0o755);
     assert.deepEqual(readdirSync(out).sort(), ["package.json", "src"]);
+    assert.throws(() => lstatSync(join(out, "src", "run.sh")), "the box's links are not made here");
     // The default destination: the current directory, under the folder's name.
     const cwd = process.cwd();
     process.chdir(dir);

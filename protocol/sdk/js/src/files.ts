@@ -10,7 +10,7 @@
  * @module
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, stat as lstatLocal, lstat } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, readlink, stat as lstatLocal } from "node:fs/promises";
 import { basename, join, posix, resolve as resolveLocal } from "node:path";
 import { BoxError, ConnectionLostError, errorFromReply } from "./errors.js";
 import type { Outstanding, Session } from "./session.js";
@@ -62,6 +62,11 @@ export interface WriteOptions extends FileOptions {
   mkdir?: boolean;
   /** Replace an existing file (default true); false: `ExistsError` if it exists. */
   overwrite?: boolean;
+  /**
+   * fsync before the rename (default true). false: still atomic for readers, but after a crash
+   * of the box the file may be empty or missing; for the many small files of a tree.
+   */
+  fsync?: boolean;
 }
 
 /** What an upload or write made. */
@@ -165,6 +170,11 @@ export class Files {
     await this.#req({ type: "file_rename", from, to, user: opts.user, overwrite: opts.overwrite }, false);
   }
 
+  /** Makes a symbolic link at `path` to `target`, stored as given (never resolved by boxd). */
+  async symlink(path: string, target: string, opts: FileOptions & { overwrite?: boolean } = {}): Promise<void> {
+    await this.#req({ type: "file_symlink", path, target, user: opts.user, overwrite: opts.overwrite }, true);
+  }
+
   /** Sets the permission bits of a file or directory. */
   async chmod(path: string, mode: number, opts: FileOptions = {}): Promise<void> {
     await this.#req({ type: "file_chmod", path, mode, user: opts.user }, true);
@@ -226,8 +236,11 @@ export class Files {
         await this.#uploadDir(lp, rp, opts, out);
       } else if (st.isFile()) {
         out.push(await this.#uploadFile(lp, rp, st.mode & 0o7777, opts));
+      } else if (st.isSymbolicLink()) {
+        // Made in the box with its target as stored (node_modules/.bin links stay links).
+        await this.symlink(rp, await readlink(lp), opts);
       }
-      // Symbolic links and special files are not uploaded: a link's target means nothing in the box.
+      // Special files (FIFOs, sockets, devices) are not uploaded.
     }
   }
 
@@ -264,6 +277,7 @@ export class Files {
       mode: opts.mode,
       mkdir: opts.mkdir ?? true,
       overwrite: opts.overwrite,
+      fsync: opts.fsync,
     };
     let resumes = 0;
     let lostAny = false;
