@@ -208,9 +208,13 @@ export class Files {
   /**
    * Uploads local files or directories: `[{path, destination}]`, `path` local (a directory is
    * uploaded with everything in it), `destination` the absolute path in the box. Each file keeps
-   * its permission bits and is written atomically; missing directories are made.
+   * its permission bits and is written atomically; missing directories are made. `fsync: false`
+   * skips each file's fsync (still atomic for readers): faster for trees of many small files.
    */
-  async upload(entries: ReadonlyArray<{ path: string; destination: string }>, opts: FileOptions = {}): Promise<WrittenFile[]> {
+  async upload(
+    entries: ReadonlyArray<{ path: string; destination: string }>,
+    opts: FileOptions & { fsync?: boolean } = {},
+  ): Promise<WrittenFile[]> {
     this.#need();
     const out: WrittenFile[] = [];
     for (const e of entries) {
@@ -225,7 +229,7 @@ export class Files {
     return out;
   }
 
-  async #uploadDir(local: string, remote: string, opts: FileOptions, out: WrittenFile[]): Promise<void> {
+  async #uploadDir(local: string, remote: string, opts: FileOptions & { fsync?: boolean }, out: WrittenFile[]): Promise<void> {
     const names = (await readdir(local)).sort();
     for (const name of names) {
       const lp = join(local, name);
@@ -244,7 +248,7 @@ export class Files {
     }
   }
 
-  async #uploadFile(local: string, remote: string, mode: number, opts: FileOptions): Promise<WrittenFile> {
+  async #uploadFile(local: string, remote: string, mode: number, opts: FileOptions & { fsync?: boolean }): Promise<WrittenFile> {
     const fh = await open(local, "r");
     const size = (await fh.stat()).size;
     const src: Source = {
