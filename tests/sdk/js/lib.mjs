@@ -1,6 +1,6 @@
 // Shared helpers of the JS SDK tests: where the SDK is, and a temp dir whose node_modules/boxd
 // links to it, so that programs there can `import ... from "boxd"` and `require("boxd")`.
-import { mkdtempSync, mkdirSync, symlinkSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, symlinkSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -18,9 +18,15 @@ export function need(name) {
   return v;
 }
 
-/** A fresh directory with node_modules/boxd -> the SDK. */
+const made = [];
+process.on("exit", () => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh directory with node_modules/boxd -> the SDK, removed when the test file ends. */
 export function projectDir() {
   const dir = mkdtempSync(join(tmpdir(), "boxd-sdkjs-"));
+  made.push(dir);
   mkdirSync(join(dir, "node_modules"));
   symlinkSync(SDK, join(dir, "node_modules", "boxd"));
   return dir;

@@ -1,9 +1,9 @@
 // A unix socket relay between the SDK and boxd, which a test can cut (every connection through
 // it dropped at once), freeze (bytes held, sockets left open) or point at another agent.
 import * as net from "node:net";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 export class Relay {
   constructor(target) {
@@ -70,5 +70,6 @@ export class Relay {
   close() {
     this.cut();
     this.server.close();
+    rmSync(dirname(this.path), { recursive: true, force: true });
   }
 }
