@@ -190,7 +190,7 @@ if [ -n "$STOP" ]; then
     cgr=$(cgroup_root) && [ -n "$cgr" ] && stop_cg=$cgr/boxd-box-$STOP
     if [ ! -d "$BOXES_DIR/$STOP" ] && { [ -z "$stop_cg" ] || [ ! -d "$stop_cg" ]; }; then
         known=$(ls "$BOXES_DIR" 2>/dev/null | tr '\n' ' ')
-        die "no box named $STOP (no $BOXES_DIR/$STOP${stop_cg:+, no $stop_cg}); running: ${known:-none}; start one with nsbox.sh --name $STOP)"
+        die "no box named $STOP (no $BOXES_DIR/$STOP${stop_cg:+, no $stop_cg}); running: ${known:-none}. Start one with: nsbox.sh --name $STOP"
     fi
     stop_box "$STOP" "$GRACE"
     log "box $STOP stopped"

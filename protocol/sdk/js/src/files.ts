@@ -1,0 +1,463 @@
+/**
+ * `box.files`: upload, download, read, write, list and manage files in the box, over the file
+ * requests of PROTOCOL.md section 12 (the agent's `files` capability).
+ *
+ * Uploads stream from disk in chunks pipelined under the agent's `file_window`, and are atomic
+ * (the file appears whole at its path, or not at all); a dropped connection resumes the upload
+ * by its id from the offset the agent reports. Downloads are written to disk as the chunks come,
+ * and a dropped connection resumes the read from the bytes already received.
+ *
+ * @module
+ */
+import { randomBytes } from "node:crypto";
+import { lstat, mkdir, open, readdir, readlink, stat as lstatLocal } from "node:fs/promises";
+import { basename, join, posix, resolve as resolveLocal } from "node:path";
+import { BoxError, ConnectionLostError, errorFromReply } from "./errors.js";
+import type { Outstanding, Session } from "./session.js";
+import { big, bytes, num, text, type Message } from "./wire.js";
+
+/** The capability the agent lists in `hello` when it serves the file requests. */
+export const FILES_CAPABILITY = "files";
+
+/** `no_capability`: the agent does not list a capability this call needs. */
+export class CapabilityError extends BoxError {
+  /** The capability that is missing. */
+  readonly capability: string;
+  constructor(capability: string, message: string) {
+    super("no_capability", message);
+    this.capability = capability;
+  }
+}
+
+/** What a path is, in {@link FileEntry.kind}. */
+export type FileKind = "file" | "dir" | "symlink" | "fifo" | "socket" | "char" | "block" | "other";
+
+/** A file or directory of the box, from {@link Files.stat} and {@link Files.list}. */
+export interface FileEntry {
+  /** For `stat`, the path; for `list`, the path relative to the listed directory. */
+  name: string;
+  kind: FileKind;
+  /** Permission bits (0 to 0o7777). */
+  mode: number;
+  size: number;
+  /** Modification time, ISO-8601 UTC. */
+  mtime: string;
+  uid: number;
+  gid: number;
+  /** A symbolic link's target. */
+  target?: string;
+}
+
+/** Options every file call takes. */
+export interface FileOptions {
+  /** Act as this user (only one the agent's policy allows); default the agent's run user. */
+  user?: string;
+}
+
+/** Options of {@link Files.write}. */
+export interface WriteOptions extends FileOptions {
+  /** Permission bits of the new file (default 0o644). */
+  mode?: number;
+  /** Create missing parent directories (default true here). */
+  mkdir?: boolean;
+  /** Replace an existing file (default true); false: `ExistsError` if it exists. */
+  overwrite?: boolean;
+  /**
+   * fsync before the rename (default true). false: still atomic for readers, but after a crash
+   * of the box the file may be empty or missing; for the many small files of a tree.
+   */
+  fsync?: boolean;
+}
+
+/** What an upload or write made. */
+export interface WrittenFile {
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+/** How many times an upload or download resumes after dropped connections before it gives up. */
+const MAX_RESUMES = 5;
+/** Bytes of a download received but not yet on disk past which reading from the agent pauses. */
+const DOWNLOAD_HIGH = 8 << 20;
+
+function entryOf(m: unknown): FileEntry {
+  const e = (m ?? {}) as Message;
+  const out: FileEntry = {
+    name: text(e.name),
+    kind: text(e.kind) as FileKind,
+    mode: num(e.mode) ?? 0,
+    size: num(e.size) ?? 0,
+    mtime: new Date(Number((big(e.mtime_ns) ?? 0n) / 1000000n)).toISOString(),
+    uid: num(e.uid) ?? 0,
+    gid: num(e.gid) ?? 0,
+  };
+  if (e.target !== undefined) out.target = text(e.target);
+  return out;
+}
+
+/** A source of upload bytes: a buffer, or a local file read chunk by chunk. */
+interface Source {
+  size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+/** Files in the box. Reached as `box.files`. */
+export class Files {
+  readonly #session: Session;
+
+  /** @internal */
+  constructor(session: Session) {
+    this.#session = session;
+  }
+
+  #need(): void {
+    const caps = this.#session.hello?.capabilities ?? [];
+    if (!caps.includes(FILES_CAPABILITY)) {
+      throw new CapabilityError(
+        FILES_CAPABILITY,
+        `this agent (${this.#session.hello?.agent ?? "boxd"}) does not list the "${FILES_CAPABILITY}" capability: ` +
+          "it predates the file requests (PROTOCOL.md section 12); upgrade boxd, or move files with box.exec.command (cat, tar)",
+      );
+    }
+  }
+
+  #limit(name: string, dflt: number): number {
+    return this.#session.hello?.limits[name] ?? dflt;
+  }
+
+  #req(msg: Message, idempotent: boolean): Promise<Message> {
+    this.#need();
+    return this.#session.request(msg, { idempotent });
+  }
+
+  /** Describes a path (a symbolic link itself, not its target). */
+  async stat(path: string, opts: FileOptions = {}): Promise<FileEntry> {
+    const r = await this.#req({ type: "file_stat", path, user: opts.user }, true);
+    return entryOf(r.entry);
+  }
+
+  /** Whether a path exists. */
+  async exists(path: string, opts: FileOptions = {}): Promise<boolean> {
+    try {
+      await this.stat(path, opts);
+      return true;
+    } catch (e) {
+      if (e instanceof BoxError && e.code === "not_found") return false;
+      throw e;
+    }
+  }
+
+  /** Lists a directory, `depth` levels deep (default 1). */
+  async list(path: string, opts: FileOptions & { depth?: number } = {}): Promise<FileEntry[]> {
+    const r = await this.#req({ type: "file_list", path, user: opts.user, depth: opts.depth }, true);
+    return Array.isArray(r.entries) ? r.entries.map(entryOf) : [];
+  }
+
+  /** Makes a directory; `parents` (default true here) is `mkdir -p`. */
+  async mkdir(path: string, opts: FileOptions & { parents?: boolean; mode?: number } = {}): Promise<void> {
+    await this.#req({ type: "file_mkdir", path, user: opts.user, parents: opts.parents ?? true, mode: opts.mode }, true);
+  }
+
+  /** Removes a file, a symbolic link or an empty directory; `recursive` removes a tree. */
+  async remove(path: string, opts: FileOptions & { recursive?: boolean } = {}): Promise<void> {
+    await this.#req({ type: "file_remove", path, user: opts.user, recursive: opts.recursive }, false);
+  }
+
+  /** Renames within the box. */
+  async rename(from: string, to: string, opts: FileOptions & { overwrite?: boolean } = {}): Promise<void> {
+    await this.#req({ type: "file_rename", from, to, user: opts.user, overwrite: opts.overwrite }, false);
+  }
+
+  /** Makes a symbolic link at `path` to `target`, stored as given (never resolved by boxd). */
+  async symlink(path: string, target: string, opts: FileOptions & { overwrite?: boolean } = {}): Promise<void> {
+    await this.#req({ type: "file_symlink", path, target, user: opts.user, overwrite: opts.overwrite }, true);
+  }
+
+  /** Sets the permission bits of a file or directory. */
+  async chmod(path: string, mode: number, opts: FileOptions = {}): Promise<void> {
+    await this.#req({ type: "file_chmod", path, mode, user: opts.user }, true);
+  }
+
+  /** Reads a file of the box as UTF-8 text. */
+  async read(path: string, opts: FileOptions = {}): Promise<string> {
+    return new TextDecoder().decode(await this.readBytes(path, opts));
+  }
+
+  /** Reads a file of the box as bytes. */
+  async readBytes(path: string, opts: FileOptions = {}): Promise<Uint8Array> {
+    const parts: Uint8Array[] = [];
+    await this.#download(path, opts.user, (chunk) => {
+      parts.push(chunk);
+    });
+    return Buffer.concat(parts);
+  }
+
+  /** Writes a file of the box, atomically (the file appears whole or not at all). */
+  async write(path: string, data: string | Uint8Array, opts: WriteOptions = {}): Promise<WrittenFile> {
+    const buf = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    const src: Source = {
+      size: buf.length,
+      read: async (offset, length) => buf.subarray(offset, offset + length),
+      close: async () => undefined,
+    };
+    return this.#upload(path, src, opts);
+  }
+
+  /**
+   * Uploads local files or directories: `[{path, destination}]`, `path` local (a directory is
+   * uploaded with everything in it), `destination` the absolute path in the box. Each file keeps
+   * its permission bits and is written atomically; missing directories are made. `fsync: false`
+   * skips each file's fsync (still atomic for readers): faster for trees of many small files.
+   */
+  async upload(
+    entries: ReadonlyArray<{ path: string; destination: string }>,
+    opts: FileOptions & { fsync?: boolean } = {},
+  ): Promise<WrittenFile[]> {
+    this.#need();
+    const out: WrittenFile[] = [];
+    for (const e of entries) {
+      const st = await lstatLocal(e.path);
+      if (st.isDirectory()) {
+        await this.mkdir(e.destination, { ...opts, parents: true });
+        await this.#uploadDir(e.path, e.destination, opts, out);
+      } else {
+        out.push(await this.#uploadFile(e.path, e.destination, st.mode & 0o7777, opts));
+      }
+    }
+    return out;
+  }
+
+  async #uploadDir(local: string, remote: string, opts: FileOptions & { fsync?: boolean }, out: WrittenFile[]): Promise<void> {
+    const names = (await readdir(local)).sort();
+    for (const name of names) {
+      const lp = join(local, name);
+      const rp = posix.join(remote, name);
+      const st = await lstat(lp);
+      if (st.isDirectory()) {
+        await this.mkdir(rp, { ...opts, parents: true, mode: st.mode & 0o7777 });
+        await this.#uploadDir(lp, rp, opts, out);
+      } else if (st.isFile()) {
+        out.push(await this.#uploadFile(lp, rp, st.mode & 0o7777, opts));
+      } else if (st.isSymbolicLink()) {
+        // Made in the box with its target as stored (node_modules/.bin links stay links).
+        await this.symlink(rp, await readlink(lp), opts);
+      }
+      // Special files (FIFOs, sockets, devices) are not uploaded.
+    }
+  }
+
+  async #uploadFile(local: string, remote: string, mode: number, opts: FileOptions & { fsync?: boolean }): Promise<WrittenFile> {
+    const fh = await open(local, "r");
+    const size = (await fh.stat()).size;
+    const src: Source = {
+      size,
+      read: async (offset, length) => {
+        const b = Buffer.alloc(Math.min(length, size - offset));
+        let got = 0;
+        while (got < b.length) {
+          const r = await fh.read(b, got, b.length - got, offset + got);
+          if (r.bytesRead === 0) break;
+          got += r.bytesRead;
+        }
+        return b.subarray(0, got);
+      },
+      close: () => fh.close(),
+    };
+    return this.#upload(remote, src, { ...opts, mode, mkdir: true });
+  }
+
+  async #upload(path: string, src: Source, opts: WriteOptions): Promise<WrittenFile> {
+    this.#need();
+    const uploadId = randomBytes(8).toString("hex");
+    const chunkSize = Math.max(1024, Math.min(512 << 10, this.#limit("max_frame", 1 << 20) - 4096));
+    const window = Math.max(chunkSize, Math.min(this.#limit("file_window", 16 << 20), 8 << 20));
+    const open: Message = {
+      type: "file_write",
+      path,
+      user: opts.user,
+      upload_id: uploadId,
+      mode: opts.mode,
+      mkdir: opts.mkdir ?? true,
+      overwrite: opts.overwrite,
+      fsync: opts.fsync,
+    };
+    let resumes = 0;
+    let lostAny = false;
+    const inflightAll: Promise<Message>[] = [];
+    try {
+      for (;;) {
+        try {
+          // file_write with our upload_id opens the upload, or resumes it where the agent has it.
+          inflightAll.length = 0;
+          const ack = await this.#session.request(open, { idempotent: true });
+          let offset = num(ack.offset) ?? 0;
+          const inflight: Promise<Message>[] = [];
+          let unacked = 0;
+          const sizes: number[] = [];
+          let result: Message | null = null;
+          for (;;) {
+            const length = Math.min(chunkSize, src.size - offset);
+            const data = length > 0 ? await src.read(offset, length) : new Uint8Array(0);
+            const eof = offset + data.length >= src.size;
+            while (inflight.length > 0 && unacked + data.length > window) {
+              await inflight.shift();
+              unacked -= sizes.shift() ?? 0;
+            }
+            const p = this.#session.request(
+              { type: "file_data", upload_id: uploadId, offset, data, eof: eof ? true : undefined },
+              { idempotent: false },
+            );
+            p.catch((err: unknown) => {
+              if (err instanceof ConnectionLostError) lostAny = true;
+            });
+            inflight.push(p);
+            inflightAll.push(p);
+            sizes.push(data.length);
+            unacked += data.length;
+            offset += data.length;
+            if (eof) {
+              const replies = await Promise.all(inflight);
+              result = replies[replies.length - 1] ?? null;
+              break;
+            }
+          }
+          return { path: text(result?.path) || path, size: num(result?.size) ?? src.size, sha256: text(result?.sha256) };
+        } catch (e) {
+          // A chunk sent while the connection was down may be refused for its offset: what
+          // counts is whether the connection dropped under this upload.
+          await Promise.allSettled(inflightAll);
+          if (!(e instanceof ConnectionLostError || lostAny) || ++resumes > MAX_RESUMES) throw e;
+          lostAny = false;
+          // The connection dropped mid-upload: the agent keeps the upload; ask where it is.
+        }
+      }
+    } finally {
+      await src.close();
+    }
+  }
+
+  /** Streams one file of the box to `sink`, resuming by offset after a dropped connection. */
+  #download(path: string, user: string | undefined, sink: (chunk: Uint8Array) => void | Promise<void>): Promise<{ size: number; mode: number }> {
+    this.#need();
+    const session = this.#session;
+    return new Promise((resolve, reject) => {
+      const req = session.nextReq();
+      let received = 0;
+      let resumes = 0;
+      let info: { size: number; mode: number } | null = null;
+      let pending = Promise.resolve();
+      let queued = 0;
+      const holder = {};
+      let failed = false;
+      const fail = (err: unknown): void => {
+        if (failed) return;
+        failed = true;
+        session.release(holder);
+        session.untrack(req);
+        reject(err);
+      };
+      const push = (chunk: Uint8Array): void => {
+        queued += chunk.length;
+        if (queued > DOWNLOAD_HIGH) session.hold(holder);
+        pending = pending.then(async () => {
+          await sink(chunk);
+          queued -= chunk.length;
+          if (queued < DOWNLOAD_HIGH / 4) session.release(holder);
+        });
+        pending.catch(fail);
+      };
+      const o: Outstanding = {
+        follows: true,
+        first: () => ({ type: "file_read", req, path, user }),
+        again: () => (++resumes > MAX_RESUMES ? null : { type: "file_read", req, path, user, offset: received }),
+        onMessage: (m) => {
+          switch (m.type) {
+            case "file_info":
+              if (!info) info = { size: num(m.size) ?? 0, mode: num(m.mode) ?? 0o644 };
+              return false;
+            case "file_chunk": {
+              const off = num(m.offset) ?? received;
+              const data = bytes(m.data);
+              if (off !== received) {
+                fail(new BoxError("protocol", `file_read ${path}: a chunk at offset ${off}, expected ${received}`));
+                return true;
+              }
+              received += data.length;
+              if (data.length > 0) push(data);
+              return false;
+            }
+            case "file_end": {
+              const done = info ?? { size: received, mode: 0o644 };
+              pending.then(() => {
+                if (failed) return;
+                session.release(holder);
+                resolve(done);
+              }, fail);
+              return true;
+            }
+            case "error":
+              fail(errorFromReply(m));
+              return true;
+            default:
+              return false;
+          }
+        },
+        fail,
+      };
+      session.track(req, o);
+    });
+  }
+
+  /**
+   * Downloads a folder of the box with everything in it, into `destination` (default: the
+   * current directory, under the folder's name). Returns the local path. Regular files keep
+   * their permission bits; symbolic links and special files are skipped.
+   */
+  async download(opts: FileOptions & { folder: string; destination?: string }): Promise<string> {
+    this.#need();
+    const dest = resolveLocal(opts.destination ?? join(process.cwd(), basename(opts.folder)));
+    await mkdir(dest, { recursive: true });
+    await this.#downloadDir(opts.folder, dest, opts.user);
+    return dest;
+  }
+
+  async #downloadDir(remote: string, local: string, user: string | undefined): Promise<void> {
+    // One level at a time, so no listing is truncated by list_max or max_event.
+    const entries = await this.list(remote, { user, depth: 1 });
+    for (const e of entries) {
+      if (e.name === "" || e.name.includes("/") || e.name === "." || e.name === "..") {
+        throw new BoxError("protocol", `file_list ${remote}: an entry named ${JSON.stringify(e.name)}`);
+      }
+      const rp = posix.join(remote, e.name);
+      const lp = join(local, e.name);
+      if (e.kind === "dir") {
+        await mkdir(lp, { recursive: true });
+        await this.#downloadDir(rp, lp, user);
+      } else if (e.kind === "file") {
+        await this.#downloadFile(rp, lp, e.mode, user);
+      }
+    }
+  }
+
+  async #downloadFile(remote: string, local: string, mode: number, user: string | undefined): Promise<void> {
+    // "wx" never writes through something already at the path (a link planted there).
+    const tmp = `${local}.boxd-${randomBytes(4).toString("hex")}`;
+    const fh = await open(tmp, "wx", 0o600);
+    try {
+      await this.#download(remote, user, async (chunk) => {
+        await fh.write(chunk);
+      });
+      await fh.chmod(mode & 0o7777);
+      await fh.close();
+      const { rename } = await import("node:fs/promises");
+      await rename(tmp, local);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      const { rm } = await import("node:fs/promises");
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+}
