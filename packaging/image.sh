@@ -105,7 +105,11 @@ install_boxd() {
     case $1 in
     deb)
         cp "$2" "$root/tmp/boxd.deb"
-        chroot "$root" dpkg -i /tmp/boxd.deb >&2 || die "dpkg -i of $2 in the image failed"
+        # The image writes its own /etc/boxd/languages.conf, which the .deb ships as a conffile:
+        # --force-confold keeps the image's without asking (dpkg would otherwise prompt, and
+        # fail on the closed stdin).
+        chroot "$root" dpkg --force-confold -i /tmp/boxd.deb </dev/null >&2 ||
+            die "dpkg -i of $2 in the image failed"
         rm -f "$root/tmp/boxd.deb"
         ;;
     bin)
