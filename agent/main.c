@@ -20,6 +20,7 @@
 #include "code.h"
 #include "conn.h"
 #include "environ.h"
+#include "files.h"
 #include "init.h"
 #include "listen.h"
 #include "log.h"
@@ -421,6 +422,7 @@ static void teardown(struct agent *a)
     runs_spawner_halt(a);
     uv_close((uv_handle_t *)&a->spawn_async, NULL);
     runs_destroy(a);
+    files_stop(a);
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
     uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
@@ -561,6 +563,8 @@ int main(int argc, char **argv)
     if (a->sandbox.spawner_none)
         spawner_set_notify(a->sandbox.spawner_none, notify_loop, &a->spawn_async);
     conns_init(a);
+    if (files_start(a) < 0)
+        log_warn("files: no I/O threads: file requests are answered `internal`");
     if (signals_start(a) < 0) {
         perror("boxd: signalfd");
         return startup_failed(a, 1);

@@ -16,6 +16,7 @@
 #include "conn.h"
 #include "environ.h"
 #include "events.h"
+#include "files.h"
 #include "log.h"
 #include "run.h"
 #include "sandbox.h"
@@ -196,6 +197,7 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, "drain_ms", c->drain_ms);
     msg_kv_u64(o, "flush_ms", c->flush_ms);
     msg_kv_u64(o, "max_code", CODE_MAX_BYTES);
+    files_put_limits(o);
     msg_map_close(o);
 }
 
@@ -240,7 +242,8 @@ static void do_hello(struct ctx *x)
     put_identity(&o, x->a);
     msg_key(&o, "capabilities");
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
-                                       "logs", "list", "info", "ping", "argv", "run_id", "code"};
+                                       "logs", "list", "info", "ping", "argv", "run_id", "code",
+                                       "files"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);
@@ -1219,6 +1222,11 @@ static void dispatch(struct conn *c, const uint8_t *body, size_t len, uint64_t h
         error(&x, "bad_request", NULL, "type must be a string");
         goto out;
     }
+    int fr = files_request(c, &m, &x.req, type, tlen); /* files/files.h */
+    if (fr < 0)
+        error(&x, "need_hello", NULL, "send hello first");
+    if (fr != 0)
+        goto out;
     for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
         if (strlen(handlers[i].type) == tlen && memcmp(handlers[i].type, type, tlen) == 0) {
             if (!c->hello && handlers[i].fn != do_hello)
