@@ -83,13 +83,14 @@ static void send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *r
     const char *hint = "";
     if (err == -ENOSYS)
         hint = " (this kernel has no openat2: Linux 5.6 or later is needed for file requests)";
-    else if (err == -EPERM)
+    else if (err == -FS_EREFUSED || err == -ELOOP || err == -ENXIO)
         hint = " (FIFOs, devices, sockets, /proc, /sys and magic links are refused)";
     else if (err == -ENOSPC || err == -EDQUOT)
         hint = " (free space on that file system; nothing was left behind)";
-    else if (err == -EACCES)
+    else if (err == -EACCES || err == -EPERM)
         hint = " (the acting user lacks permission; name another `user` or change modes)";
-    send_error(a, conn_no, req, code, "%s %s: %s%s", what, path, strerror(-err), hint);
+    send_error(a, conn_no, req, code, "%s %s: %s%s", what, path,
+               err == -FS_EREFUSED ? "not a regular file, or on procfs/sysfs" : strerror(-err), hint);
 }
 
 static void limit_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
@@ -498,7 +499,7 @@ static void upload_work(struct fsjob *j)
             else if (!u->overwrite)
                 e = -EEXIST;
             else if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
-                e = -EPERM;
+                e = -FS_EREFUSED;
         }
         if (e == 0 && u->atomic) {
             snprintf(u->tmp, sizeof u->tmp, ".%.200s.boxd-%s", u->base, u->id);
@@ -518,7 +519,7 @@ static void upload_work(struct fsjob *j)
                         RESOLVE_BENEATH);
             if (e >= 0) {
                 u->fd = e;
-                e = fstat(u->fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EPERM;
+                e = fstat(u->fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -FS_EREFUSED;
             }
         }
         u->open_err = e;

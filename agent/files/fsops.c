@@ -19,9 +19,9 @@ static const struct {
 } codes[] = {
     {ENOENT, "not_found"},          {ENOTDIR, "not_a_directory"}, {EISDIR, "is_a_directory"},
     {EEXIST, "exists"},             {ENOTEMPTY, "exists"},        {EACCES, "permission_denied"},
-    {EPERM, "refused"},             {EROFS, "permission_denied"}, {ENOSPC, "no_space"},
+    {EPERM, "permission_denied"},             {EROFS, "permission_denied"}, {ENOSPC, "no_space"},
     {EDQUOT, "no_space"},           {EFBIG, "too_large"},         {E2BIG, "too_large"},
-    {ELOOP, "refused"},             {EXDEV, "refused"},           {ENXIO, "refused"},
+    {ELOOP, "refused"},             {EXDEV, "refused"},           {ENXIO, "refused"},          {FS_EREFUSED, "refused"},
     {ENOSYS, "unsupported"},        {EINVAL, "bad_request"},      {ENAMETOOLONG, "bad_request"},
     {EBADMSG, "checksum_mismatch"}, {ETIMEDOUT, "io_error"},      {EIO, "io_error"},
 };
@@ -117,7 +117,7 @@ static int refuse_special_fs(int fd)
         return -errno;
     if (sf.f_type == PROC_SUPER_MAGIC || sf.f_type == SYSFS_MAGIC ||
         sf.f_type == DEBUGFS_MAGIC || sf.f_type == SECURITYFS_MAGIC)
-        return -EPERM;
+        return -FS_EREFUSED;
     return 0;
 }
 
@@ -135,7 +135,7 @@ int fs_open_read(const char *path, int *fdp, struct stat *st)
     else if (S_ISDIR(ps.st_mode))
         e = -EISDIR;
     else if (!S_ISREG(ps.st_mode))
-        e = -EPERM; /* a FIFO, device or socket is never opened */
+        e = -FS_EREFUSED; /* a FIFO, device or socket is never opened */
     else
         e = refuse_special_fs(pfd);
     close(pfd);
@@ -147,7 +147,7 @@ int fs_open_read(const char *path, int *fdp, struct stat *st)
     if (fstat(fd, st) < 0)
         e = -errno;
     else if (!S_ISREG(st->st_mode) || st->st_ino != ps.st_ino || st->st_dev != ps.st_dev)
-        e = -EPERM; /* replaced between the two opens */
+        e = -FS_EREFUSED; /* replaced between the two opens */
     else
         e = refuse_special_fs(fd);
     if (e < 0) {
@@ -397,7 +397,7 @@ int fs_chmod(const char *path, mode_t mode)
     if (fstatat(fd, "", &st, AT_EMPTY_PATH) < 0)
         e = -errno;
     else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
-        e = -EPERM;
+        e = -FS_EREFUSED;
     else {
         int rfd = fs_open(AT_FDCWD, path, (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0) | O_RDONLY |
                                               O_NONBLOCK | O_NOCTTY, 0, 0);

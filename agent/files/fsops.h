@@ -9,6 +9,7 @@
 #ifndef BOXD_FILES_FSOPS_H
 #define BOXD_FILES_FSOPS_H
 
+#include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -20,6 +21,10 @@
 #define FILES_MAX_DEPTH 64u
 /* Entries a recursive remove visits at most (then it stops with too_large). */
 #define FILES_REMOVE_MAX 1000000u
+
+/* The errno these functions use for what boxd refuses (a FIFO, device or socket, a file on
+ * procfs or sysfs): code `refused`. The kernel does not return it from these calls. */
+#define FS_EREFUSED EMEDIUMTYPE
 
 /* The stable error code of an errno (PROTOCOL.md 12.6). */
 const char *fs_code(int err);
@@ -33,8 +38,8 @@ int fs_open(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolv
 int fs_parent(const char *path, bool mkdir_p, char base[NAME_MAX + 1], int *dirfd);
 
 /* Opens a regular file for reading. It is looked at through an O_PATH descriptor first, so a
- * FIFO, device or socket is never opened (-EPERM, code `refused`); a file on procfs or sysfs is
- * refused too (-EPERM), so no symbolic link can make a download read /proc or /sys. The real
+ * FIFO, device or socket is never opened (-FS_EREFUSED, code `refused`); a file on procfs or
+ * sysfs is refused too, so no symbolic link can make a download read /proc or /sys. The real
  * open is O_NONBLOCK and checked again to be the same regular file. */
 int fs_open_read(const char *path, int *fd, struct stat *st);
 

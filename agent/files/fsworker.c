@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,6 +66,13 @@ static uint64_t mono_ns(void)
 static void *thread_main(void *arg)
 {
     struct fsworker *w = arg;
+    /* Below the loop thread's priority (this thread only: Linux applies it per thread), so
+     * that on a busy machine the loop preempts a transfer instead of waiting for it. */
+    errno = 0;
+    int base = getpriority(PRIO_PROCESS, 0);
+    int nice = base + FILES_WORKER_NICE > 19 ? 19 : base + FILES_WORKER_NICE;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) < 0)
+        log_debug("files: I/O thread nice %d: %s", FILES_WORKER_NICE, strerror(errno));
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->stop && w->q_head == NULL)

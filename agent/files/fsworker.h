@@ -22,6 +22,8 @@
 
 /* Threads doing file I/O: a slow disk or a hung network file system holds at most these. */
 #define FILES_WORKERS 4
+/* The I/O threads' nice value above boxd's own (the loop thread keeps boxd's), at most 19. */
+#define FILES_WORKER_NICE 5
 
 /* Who a job acts as. ngroups -1: boxd's own supplementary groups. */
 struct fscred {
