@@ -220,7 +220,7 @@ static int get_mode(struct req *x, uint32_t *mode, uint32_t dflt)
 
 /* ---- one-shot operations: stat, list, mkdir, remove, rename, chmod -------------------------- */
 
-enum op_kind { OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE, OP_RENAME, OP_CHMOD };
+enum op_kind { OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE, OP_RENAME, OP_CHMOD, OP_SYMLINK };
 
 struct op {
     struct fsjob j;
@@ -272,6 +272,9 @@ static void op_work(struct fsjob *j)
     case OP_CHMOD:
         op->err = fs_chmod(op->path, op->mode);
         break;
+    case OP_SYMLINK:
+        op->err = fs_symlink(op->path2, op->path, op->flag);
+        break;
     }
     if (op->err == 0 && op->kind >= OP_MKDIR && ev_begin(o, "ok", &op->req) < 0)
         op->err = -ENOMEM;
@@ -283,7 +286,8 @@ static void op_done(struct fsjob *j)
 {
     struct op *op = (struct op *)j;
     struct agent *a = op->f->a;
-    static const char *const what[] = {"stat", "list", "mkdir", "remove", "rename", "chmod"};
+    static const char *const what[] = {"stat", "list", "mkdir", "remove", "rename", "chmod",
+                                       "symlink"};
     if (j->cred_err)
         send_errno(a, op->conn_no, &op->req, j->cred_err, "acting as the user for", op->path);
     else if (op->err == -ENOMEM)
@@ -340,6 +344,20 @@ static void do_op(struct req *x, enum op_kind kind)
         if (get_mode(x, &op->mode, 0) < 0)
             goto fail;
         break;
+    case OP_SYMLINK: {
+        const char *tg;
+        size_t tl;
+        if (msg_get_bytes(x->m, "target", &tg, &tl) < 0 || tl == 0 || tl >= PATH_MAX ||
+            memchr(tg, '\0', tl)) {
+            bad(x, "target must be a non-empty string without NUL, under %u bytes", PATH_MAX);
+            goto fail;
+        }
+        memcpy(op->path2, tg, tl);
+        op->path2[tl] = '\0';
+        if (get_bool(x, "overwrite", &op->flag, true) < 0)
+            goto fail;
+        break;
+    }
     case OP_STAT:
         break;
     }
@@ -1196,6 +1214,7 @@ static const struct {
 } ops[] = {
     {"file_stat", OP_STAT},     {"file_list", OP_LIST},     {"file_mkdir", OP_MKDIR},
     {"file_remove", OP_REMOVE}, {"file_rename", OP_RENAME}, {"file_chmod", OP_CHMOD},
+    {"file_symlink", OP_SYMLINK},
 };
 
 int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *req,

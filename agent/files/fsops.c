@@ -420,3 +420,30 @@ int fs_chmod(const char *path, mode_t mode)
     close(fd);
     return e;
 }
+
+int fs_symlink(const char *target, const char *path, bool overwrite)
+{
+    char base[NAME_MAX + 1];
+    int dfd;
+    int e = fs_parent(path, false, base, &dfd);
+    if (e < 0)
+        return e;
+    if (symlinkat(target, dfd, base) < 0) {
+        e = -errno;
+        struct stat st;
+        /* Replace an existing file or link (never a directory), as an upload replaces. */
+        if (e == -EEXIST && overwrite && fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            !S_ISDIR(st.st_mode)) {
+            char tmp[NAME_MAX + 1];
+            snprintf(tmp, sizeof tmp, ".%.200s.boxd-link", base);
+            unlinkat(dfd, tmp, 0);
+            e = 0;
+            if (symlinkat(target, dfd, tmp) < 0 || renameat(dfd, tmp, dfd, base) < 0) {
+                e = -errno;
+                unlinkat(dfd, tmp, 0);
+            }
+        }
+    }
+    close(dfd);
+    return e;
+}

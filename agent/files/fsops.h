@@ -58,5 +58,8 @@ int fs_mkdir(const char *path, mode_t mode, bool parents);
 int fs_remove(const char *path, bool recursive);
 int fs_rename(const char *from, const char *to, bool overwrite);
 int fs_chmod(const char *path, mode_t mode);
+/* Makes a symbolic link at path to target (stored as given, never resolved); with overwrite
+ * an existing file or link there is replaced atomically. */
+int fs_symlink(const char *target, const char *path, bool overwrite);
 
 #endif

@@ -16,6 +16,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "client.h"
+#include "cmd_files.h"
 #include "json.h"
 
 #include <errno.h>
@@ -950,6 +951,10 @@ static const char usage_main[] =
     "  list     list the agent's runs\n"
     "  info     show the agent's state and limits\n"
     "  ping     measure the round trip to the agent\n"
+    "  cp       copy files and directories into or out of the box (':PATH' is in the box)\n"
+    "  ls       list a directory in the box\n"
+    "  rm       remove files or directory trees in the box\n"
+    "  mkdir    make directories in the box\n"
     "\n"
     "Exit status: 2 for a usage error; 1 when the agent cannot be reached, the connection\n"
     "breaks or the agent answers with an error; exec, attach and wait exit with the run's\n"
@@ -2490,18 +2495,22 @@ int main(int argc, char **argv)
     if (strcmp(name, "help") == 0) {
         if (optind + 1 >= argc)
             return print_usage(usage_main);
+        if (cmd_files_usage(argv[optind + 1]))
+            return print_usage(cmd_files_usage(argv[optind + 1]));
         const struct command *cmd = find_command(argv[optind + 1]);
         if (cmd == NULL)
             return usage_error(NULL, "unknown command '%s'", argv[optind + 1]);
         return print_usage(cmd->usage);
     }
-    const struct command *cmd = find_command(name);
-    if (cmd == NULL)
-        return usage_error(NULL, "unknown command '%s'", name);
     if (x.sock == NULL) {
         const char *env = getenv("BOXD_SOCKET");
         x.sock = env != NULL && env[0] != '\0' ? env : DEFAULT_SOCKET;
     }
+    if (cmd_files_has(name)) /* cp, ls, rm, mkdir: cmd_files.c */
+        return cmd_files_main(name, argc - optind, argv + optind, x.sock);
+    const struct command *cmd = find_command(name);
+    if (cmd == NULL)
+        return usage_error(NULL, "unknown command '%s'", name);
     int ret = cmd->run(&x, argc - optind, argv + optind);
     ctl_close(&x);
     return ret;
