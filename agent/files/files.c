@@ -233,6 +233,8 @@ struct op {
     bool flag; /* mkdir parents, remove recursive, rename overwrite */
     unsigned depth;
     size_t max_bytes;
+    bool has_mtime;
+    int64_t mtime_ns;
     int err;
     struct msg_out out; /* the reply, built on the worker */
 };
@@ -270,7 +272,7 @@ static void op_work(struct fsjob *j)
         op->err = fs_rename(op->path, op->path2, op->flag);
         break;
     case OP_CHMOD:
-        op->err = fs_chmod(op->path, op->mode);
+        op->err = fs_chmod(op->path, op->mode, op->has_mtime ? &op->mtime_ns : NULL);
         break;
     case OP_SYMLINK:
         op->err = fs_symlink(op->path2, op->path, op->flag);
@@ -336,14 +338,21 @@ static void do_op(struct req *x, enum op_kind kind)
         if (get_path(x, "to", op->path2) < 0 || get_bool(x, "overwrite", &op->flag, false) < 0)
             goto fail;
         break;
-    case OP_CHMOD:
+    case OP_CHMOD: {
         if (msg_get(x->m, "mode") == NULL) {
             bad(x, "chmod needs a mode");
             goto fail;
         }
         if (get_mode(x, &op->mode, 0) < 0)
             goto fail;
+        int me = msg_get_i64(x->m, "mtime_ns", &op->mtime_ns);
+        if (me == -EINVAL) {
+            bad(x, "mtime_ns must be an integer");
+            goto fail;
+        }
+        op->has_mtime = me == 0;
         break;
+    }
     case OP_SYMLINK: {
         const char *tg;
         size_t tl;

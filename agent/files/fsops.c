@@ -384,8 +384,17 @@ int fs_rename(const char *from, const char *to, bool overwrite)
     return e;
 }
 
-int fs_chmod(const char *path, mode_t mode)
+int fs_chmod(const char *path, mode_t mode, const int64_t *mtime_ns)
 {
+    struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_nsec = UTIME_OMIT}};
+    if (mtime_ns) {
+        ts[1].tv_sec = *mtime_ns / 1000000000;
+        ts[1].tv_nsec = *mtime_ns % 1000000000;
+        if (ts[1].tv_nsec < 0) {
+            ts[1].tv_sec--;
+            ts[1].tv_nsec += 1000000000;
+        }
+    }
     /* Through an O_PATH descriptor of the file itself: chmod follows a final symlink (as
      * chmod(1) does) but never a magic one. fchmodat on "" needs Linux 6.6's AT_EMPTY_PATH
      * support, so the change goes through the parent directory and the resolved name. */
@@ -408,12 +417,16 @@ int fs_chmod(const char *path, mode_t mode)
             e = fs_parent(path, false, base, &dfd);
             if (e == 0) {
                 e = fchmodat(dfd, base, mode, 0) < 0 ? -errno : 0;
+                if (e == 0 && mtime_ns && utimensat(dfd, base, ts, 0) < 0)
+                    e = -errno;
                 close(dfd);
             }
         } else if (rfd < 0) {
             e = rfd;
         } else {
             e = fchmod(rfd, mode) < 0 ? -errno : 0;
+            if (e == 0 && mtime_ns && futimens(rfd, ts) < 0)
+                e = -errno;
             close(rfd);
         }
     }

@@ -57,7 +57,8 @@ int fs_list(struct msg_out *o, const char *path, unsigned depth, size_t max_byte
 int fs_mkdir(const char *path, mode_t mode, bool parents);
 int fs_remove(const char *path, bool recursive);
 int fs_rename(const char *from, const char *to, bool overwrite);
-int fs_chmod(const char *path, mode_t mode);
+/* Sets the mode, and the mtime when mtime_ns is not NULL. */
+int fs_chmod(const char *path, mode_t mode, const int64_t *mtime_ns);
 /* Makes a symbolic link at path to target (stored as given, never resolved); with overwrite
  * an existing file or link there is replaced atomically. */
 int fs_symlink(const char *target, const char *path, bool overwrite);

@@ -266,10 +266,24 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     struct msg_out o;
     uint64_t req;
     mode_t mode = x->archive ? st->st_mode & 07777 : st->st_mode & 0777 & ~x->umask;
-    if (box_req_begin(&x->c, &o, "file_write", 2 + (x->user != NULL) + x->archive, &req) < 0)
+    /* The upload's id is a hash of what is copied where: a boxctl killed mid-upload and run
+     * again gets the same id, and the agent says how much of the file it already holds. */
+    char uid[20];
+    uint64_t h = 1469598103934665603ull;
+    char key[PATH_MAX + 128];
+    int kl = snprintf(key, sizeof key, "%s|%llu|%lld|%llu|%s", remote,
+                      (unsigned long long)st->st_size,
+                      (long long)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+                      (unsigned long long)st->st_ino, x->user ? x->user : "");
+    for (int i = 0; i < kl && i < (int)sizeof key; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    snprintf(uid, sizeof uid, "cp-%016llx", (unsigned long long)h);
+    if (box_req_begin(&x->c, &o, "file_write", 3 + (x->user != NULL) + x->archive, &req) < 0)
         goto oom;
     msg_key(&o, "path");
     msg_str(&o, remote);
+    msg_key(&o, "upload_id");
+    msg_str(&o, uid);
     msg_key(&o, "mode");
     msg_u64(&o, mode);
     if (x->archive) {
@@ -290,6 +304,16 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     if (buf == NULL)
         goto oom;
     uint64_t off = 0, acked = 0, final_req = 0;
+    if (msg_get_u64(&x->m.root, "offset", &off) == 0 && off > 0) {
+        /* Resumed: go on from what the agent holds. */
+        if (lseek(fd, (off_t)off, SEEK_SET) < 0) {
+            entry_failed(x, local, "local", strerror(errno));
+            free(buf);
+            close(fd);
+            return 1;
+        }
+        acked = off;
+    }
     bool eof = false, failed = false;
     unsigned inflight = 0;
     int ret = 0;
@@ -445,11 +469,13 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
     if (ret == 0 && x->archive) {
         struct msg_out o;
         uint64_t req;
-        if (box_req_begin(&x->c, &o, "file_chmod", 2 + (x->user != NULL), &req) == 0) {
+        if (box_req_begin(&x->c, &o, "file_chmod", 3 + (x->user != NULL), &req) == 0) {
             msg_key(&o, "path");
             msg_str(&o, remote);
             msg_key(&o, "mode");
             msg_u64(&o, st.st_mode & 07777);
+            msg_key(&o, "mtime_ns");
+            msg_i64(&o, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
             put_user(x, &o);
             if (call(x, &o, req) == 1)
                 reply_failed(x, remote);
@@ -575,7 +601,8 @@ static char *dupobj(const msgpack_object *m, const char *key)
     return p;
 }
 
-static int download_tree(struct fx *x, const char *remote, const char *local)
+static int download_tree(struct fx *x, const char *remote, const char *local, unsigned depth,
+                         const struct rentry *self)
 {
     struct msg_out o;
     uint64_t req;
@@ -584,8 +611,13 @@ static int download_tree(struct fx *x, const char *remote, const char *local)
     msg_key(&o, "path");
     msg_str(&o, remote);
     msg_key(&o, "depth");
-    msg_u64(&o, 64);
+    msg_u64(&o, 1); /* one directory at a time: each listing fits one frame */
     put_user(x, &o);
+    if (depth > 64) {
+        msg_out_destroy(&o);
+        entry_failed(x, remote, "too_large", "deeper than 64 levels");
+        return 1;
+    }
     int r = call(x, &o, req);
     if (r == 1) {
         reply_failed(x, remote);
@@ -630,11 +662,7 @@ static int download_tree(struct fx *x, const char *remote, const char *local)
         }
         int e = 0;
         if (es[i].kind == 'd') {
-            if (mkdir(l, 0700) < 0 && errno != EEXIST) {
-                entry_failed(x, l, "local", strerror(errno));
-                e = 1;
-            } else
-                x->dirs++;
+            e = download_tree(x, rp, l, depth + 1, &es[i]);
         } else if (es[i].kind == 'f') {
             e = download_file(x, rp, l);
         } else if (es[i].kind == 'l' && es[i].target) {
@@ -660,25 +688,22 @@ static int download_tree(struct fx *x, const char *remote, const char *local)
         else if (e > 0)
             ret = 1;
     }
-    /* Directory modes and mtimes last, deepest first, once nothing more is written in them. */
-    for (uint32_t i = n; i-- > 0;) {
-        if (es[i].kind != 'd' || !es[i].name)
-            continue;
-        char l[PATH_MAX];
-        if (snprintf(l, sizeof l, "%s/%s", local, es[i].name) >= (int)sizeof l)
-            continue;
-        chmod(l, x->archive ? (mode_t)es[i].mode : (mode_t)es[i].mode & 0777 & ~x->umask);
+    /* The directory's own mode and mtime last, once nothing more is written in it (it was
+     * made 0700 while it was filled). */
+    if (self) {
+        chmod(local, x->archive ? (mode_t)self->mode : (mode_t)self->mode & 0777 & ~x->umask);
         if (x->archive) {
             struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
-                                     {.tv_sec = es[i].mtime / 1000000000,
-                                      .tv_nsec = es[i].mtime % 1000000000}};
-            utimensat(AT_FDCWD, l, ts, 0);
+                                     {.tv_sec = self->mtime / 1000000000,
+                                      .tv_nsec = self->mtime % 1000000000}};
+            utimensat(AT_FDCWD, local, ts, 0);
         }
+    } else {
+        chmod(local, 0777 & ~x->umask);
     }
-    chmod(local, 0777 & ~x->umask); /* made 0700 while it was filled */
     if (truncated) {
         entry_failed(x, remote, "too_large",
-                     "more entries than one listing holds; copy its subdirectories one by one");
+                     "more entries in one directory than one listing holds");
         ret = ret < 0 ? ret : 1;
     }
 out:
@@ -818,7 +843,7 @@ static int cmd_cp(struct fx *x, int argc, char **argv, const char *sock)
                 reply_failed(x, rp);
                 e = 1;
             } else if (kind == 'd')
-                e = download_tree(x, rp, l);
+                e = download_tree(x, rp, l, 0, NULL);
             else if (kind == 'l') {
                 /* A link named on the command line is followed, as cp and docker cp do. */
                 e = download_file(x, rp, l);

@@ -25,7 +25,7 @@ def test_every_file_message_matches_its_schema(start_boxd):
         fc.op(c, "file_list", path=t, depth=2)
         fc.op(c, "file_mkdir", path=t + "/b/c", parents=True)
         fc.op(c, "file_rename", **{"from": t + "/a/f.bin", "to": t + "/b/g"})
-        fc.op(c, "file_chmod", path=t + "/b/g", mode=0o644)
+        fc.op(c, "file_chmod", path=t + "/b/g", mode=0o644, mtime_ns=1700000000000000000)
         fc.op(c, "file_symlink", path=t + "/b/l", target="../dangling", overwrite=True)
         ack = fc.upload_open(c, t + "/z", upload_id="doc-abort")
         assert c.request("file_abort", upload_id=ack["upload_id"])["type"] == "ok"
