@@ -407,7 +407,7 @@ struct upload {
     struct reqtag open_req;
     enum up_phase phase;
     int dirfd, fd;
-    bool atomic, overwrite, mkdir_p, has_sha, has_mtime;
+    bool atomic, overwrite, mkdir_p, has_sha, has_mtime, sync;
     uint8_t want_sha[32];
     char got_sha[65];
     struct sha256 sha;
@@ -483,7 +483,7 @@ static int upload_commit(struct upload *u)
         if (futimens(u->fd, ts) < 0)
             return -errno;
     }
-    if (fsync(u->fd) < 0)
+    if (u->sync && fsync(u->fd) < 0)
         return -errno;
     if (!u->atomic)
         return 0;
@@ -757,13 +757,14 @@ static void do_write(struct req *x)
         upload_reply_ack(u, x->c->no, x->req, u->accepted);
         return;
     }
-    bool atomic, overwrite, mkdir_p;
+    bool atomic, overwrite, mkdir_p, sync;
     uint32_t mode;
     const char *sha = NULL;
     size_t shal = 0;
     int64_t mtime = 0;
     if (get_bool(x, "atomic", &atomic, true) < 0 || get_bool(x, "overwrite", &overwrite, true) < 0 ||
-        get_bool(x, "mkdir", &mkdir_p, false) < 0 || get_mode(x, &mode, 0644) < 0)
+        get_bool(x, "mkdir", &mkdir_p, false) < 0 || get_bool(x, "fsync", &sync, true) < 0 ||
+        get_mode(x, &mode, 0644) < 0)
         return;
     int se = msg_get_str(x->m, "sha256", &sha, &shal);
     uint8_t want[32];
@@ -806,6 +807,7 @@ static void do_write(struct req *x)
     u->atomic = atomic;
     u->overwrite = overwrite;
     u->mkdir_p = mkdir_p;
+    u->sync = sync;
     u->mode = mode;
     u->has_sha = se == 0;
     memcpy(u->want_sha, want, sizeof want);

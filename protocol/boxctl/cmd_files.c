@@ -38,8 +38,9 @@ static const char usage_cp[] =
     "  - SRC a directory, DST missing: DST is created with SRC's contents.\n"
     "  - several SRCs: DST must be a directory (it is created when missing).\n"
     "Symbolic links are kept as links, both ways, with their targets unchanged. FIFOs, devices and sockets are\n"
-    "refused and reported. Files are written atomically (temp file, fsync, rename) and checked\n"
-    "by sha256 both ways.\n"
+    "refused and reported. Files are written atomically (temp file, rename); a file named on the\n"
+    "command line is fsynced before its rename, the entries of a directory are not (run\n"
+    "'sync' in the box when they must be on disk at once).\n"
     "\n"
     "Options:\n"
     "  -a, --archive   keep modes (all permission bits) and mtimes; without it files get\n"
@@ -256,7 +257,8 @@ static int remote_mkdir(struct fx *x, const char *path_in, mode_t mode)
 
 /* ---- into the box ----------------------------------------------------------------------- */
 
-static int upload_file(struct fx *x, const char *local, const char *remote, const struct stat *st)
+static int upload_file(struct fx *x, const char *local, const char *remote, const struct stat *st,
+                       bool in_tree)
 {
     int fd = open(local, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -278,8 +280,11 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     for (int i = 0; i < kl && i < (int)sizeof key; i++)
         h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
     snprintf(uid, sizeof uid, "cp-%016llx", (unsigned long long)h);
-    if (box_req_begin(&x->c, &o, "file_write", 3 + (x->user != NULL) + x->archive, &req) < 0)
+    if (box_req_begin(&x->c, &o, "file_write", 3 + (x->user != NULL) + x->archive + in_tree,
+                      &req) < 0)
         goto oom;
+    if (in_tree)
+        msg_kv_bool(&o, "fsync", false); /* not one by one: --help says so */
     msg_key(&o, "path");
     msg_str(&o, remote);
     msg_key(&o, "upload_id");
@@ -404,7 +409,7 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         return 1;
     }
     if (S_ISREG(st.st_mode))
-        return upload_file(x, local, remote, &st);
+        return upload_file(x, local, remote, &st, depth > 0);
     if (S_ISLNK(st.st_mode)) {
         char target[PATH_MAX];
         ssize_t n = readlink(local, target, sizeof target - 1);
