@@ -561,7 +561,8 @@ static int download_file(struct fx *x, const char *remote, const char *local)
     }
     if (fd >= 0) {
         mode_t m = x->archive ? (mode_t)mode : (mode_t)mode & 0777 & ~x->umask;
-        if (!failed && (fchmod(fd, m) < 0 || fsync(fd) < 0)) {
+        /* No fsync, as cp(1) and tar(1): the rename makes it atomic for readers. */
+        if (!failed && fchmod(fd, m) < 0) {
             entry_failed(x, local, "local", strerror(errno));
             failed = true;
         }
