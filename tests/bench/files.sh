@@ -2,6 +2,7 @@
 # The file transfer benchmark: boxctl cp against plain pipes, in one run, as ratios.
 #
 #   1 GiB up and down: `boxctl cp FILE :DST` and `boxctl cp :SRC FILE` against `cat SRC | cat > DST`
+#     (and up against `cat | dd conv=fsync`, since an atomic upload fsyncs before its rename)
 #     (and against `ssh HOST 'cat > DST'` when BENCH_SSH_HOST is set and answers; else skipped);
 #   a 10 000-file tree up and down: `boxctl cp -a` against `tar c | tar x` through a pipe.
 #
@@ -50,6 +51,8 @@ fi
 NFILES=$(find "$WORK/tree" -type f | wc -l)
 
 pipe_up() { cat "$WORK/big" | cat >"$WORK/pipe.out"; }
+# The same with the fsync an atomic upload makes before its rename (dd conv=fsync).
+sync_up() { cat "$WORK/big" | dd of="$WORK/sync.out" bs=1M conv=fsync status=none; }
 box_up() { $CTL cp "$WORK/big" ":$WORK/box.out"; }
 pipe_down() { cat "$WORK/box.out" | cat >"$WORK/pipe.back"; }
 box_down() { $CTL cp ":$WORK/box.out" "$WORK/box.back"; }
@@ -60,7 +63,7 @@ tree_down() { rm -rf "$WORK/tree.back"; $CTL cp -a ":$WORK/tree.box" "$WORK/tree
 ssh_up() { ssh -o BatchMode=yes "$BENCH_SSH_HOST" "cat > $WORK/ssh.out" <"$WORK/big"; }
 
 declare -A RES
-for pair in "pipe_up box_up" "pipe_down box_down" "tar_up tree_up" "tar_down tree_down"; do
+for pair in "sync_up box_up" "pipe_up box_up" "pipe_down box_down" "tar_up tree_up" "tar_down tree_down"; do
   set -- $pair
   : >"$WORK/a"; : >"$WORK/b"
   for _ in $(seq "$ROUNDS"); do
@@ -68,6 +71,7 @@ for pair in "pipe_up box_up" "pipe_down box_down" "tar_up tree_up" "tar_down tre
     secs "$2" >>"$WORK/b"
   done
   RES[$1]=$(median <"$WORK/a"); RES[$2]=$(median <"$WORK/b")
+  [ "$1" = sync_up ] && RES[box_up_s]=${RES[box_up]}
 done
 SSH_LINE="| 1 GiB up vs \`ssh HOST 'cat > f'\` | skipped: set BENCH_SSH_HOST to a host whose sshd answers | | | |"
 if [ -n "${BENCH_SSH_HOST:-}" ] && ssh -o BatchMode=yes -o ConnectTimeout=3 "$BENCH_SSH_HOST" true 2>/dev/null; then
@@ -80,6 +84,7 @@ ratio() { echo "$1 / $2" | bc -l; }
 echo "| transfer | boxd | baseline | ratio | target |"
 echo "|---|---:|---:|---:|---|"
 printf "| %d MiB up (boxctl cp) vs cat \\| cat | %.2f s | %.2f s | %.2fx | >= 0.7x |\n" "$MB" "${RES[box_up]}" "${RES[pipe_up]}" "$(ratio "${RES[pipe_up]}" "${RES[box_up]}")"
+printf "| %d MiB up vs cat \\| dd conv=fsync (the upload's own fsync in the baseline too) | %.2f s | %.2f s | %.2fx | |\n" "$MB" "${RES[box_up_s]}" "${RES[sync_up]}" "$(ratio "${RES[sync_up]}" "${RES[box_up_s]}")"
 printf "| %d MiB down vs cat \\| cat | %.2f s | %.2f s | %.2fx | >= 0.7x |\n" "$MB" "${RES[box_down]}" "${RES[pipe_down]}" "$(ratio "${RES[pipe_down]}" "${RES[box_down]}")"
 printf "| tree (%s, %d files) up (boxctl cp -a) vs tar c \\| tar x | %.2f s | %.2f s | %.2fx | >= 0.5x |\n" "$TREE_HOW" "$NFILES" "${RES[tree_up]}" "${RES[tar_up]}" "$(ratio "${RES[tar_up]}" "${RES[tree_up]}")"
 printf "| tree down vs tar c \\| tar x | %.2f s | %.2f s | %.2fx | >= 0.5x |\n" "${RES[tree_down]}" "${RES[tar_down]}" "$(ratio "${RES[tar_down]}" "${RES[tree_down]}")"
