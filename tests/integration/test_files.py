@@ -27,6 +27,8 @@ import files_client as fc
 from conftest import T, wait_for
 
 NOBODY = pwd.getpwnam("nobody")
+# ASan's quarantine holds freed memory: RSS says nothing about boxd's bounds there.
+RSS_MEANINGFUL = os.environ.get("BOXD_SANITIZED") != "1"
 
 
 @pytest.fixture
@@ -289,7 +291,7 @@ def test_slow_reader_pauses_disk_reads_memory_bounded(boxd, tdir):
     c.send({"type": "file_read", "req": 99, "path": path})
     time.sleep(T(1.5))  # the client reads nothing meanwhile
     rss = boxd.counts()[1]
-    assert rss - rss0 < 16 * 1024, (rss0, rss)
+    assert rss - rss0 < 16 * 1024 or not RSS_MEANINGFUL, (rss0, rss)
     # It then reads everything.
     got = 0
     while True:
@@ -423,4 +425,4 @@ def test_big_file_both_ways_ping_and_rss(boxd, tdir):
     bound = max(0.005, 2 * idle_p99) * conftest.SLOW
     assert p99 < bound, "ping p99 %.2f ms during the transfer (idle %.2f ms)" % (
         p99 * 1000, idle_p99 * 1000)
-    assert peak[0] - rss0 <= 16 * 1024, (rss0, peak[0])
+    assert peak[0] - rss0 <= 16 * 1024 or not RSS_MEANINGFUL, (rss0, peak[0])
