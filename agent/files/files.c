@@ -19,6 +19,7 @@
 #include "events.h"
 #include "fsops.h"
 #include "fsworker.h"
+#include "fswatch.h"
 #include "log.h"
 #include "run.h"
 #include "sha256.h"
@@ -40,6 +41,7 @@ struct files {
     unsigned n_downloads, n_paused;
     uv_timer_t tick;
     unsigned tick_ms;
+    struct fswatches *watches;
 };
 
 /* ---- replies ------------------------------------------------------------------------------- */
@@ -76,7 +78,7 @@ static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *r
 }
 
 /* An error for a failed file system call: the code of err, and what to do next. */
-static void send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *req, int err,
+void files_send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *req, int err,
                        const char *what, const char *path)
 {
     const char *code = fs_code(err);
@@ -291,11 +293,11 @@ static void op_done(struct fsjob *j)
     static const char *const what[] = {"stat", "list", "mkdir", "remove", "rename", "chmod",
                                        "symlink"};
     if (j->cred_err)
-        send_errno(a, op->conn_no, &op->req, j->cred_err, "acting as the user for", op->path);
+        files_send_errno(a, op->conn_no, &op->req, j->cred_err, "acting as the user for", op->path);
     else if (op->err == -ENOMEM)
         send_error(a, op->conn_no, &op->req, "internal", "out of memory");
     else if (op->err < 0)
-        send_errno(a, op->conn_no, &op->req, op->err, what[op->kind], op->path);
+        files_send_errno(a, op->conn_no, &op->req, op->err, what[op->kind], op->path);
     else {
         send_to(a, op->conn_no, &op->out);
         free(op);
@@ -617,12 +619,12 @@ static void upload_done(struct fsjob *j)
         return;
     }
     if (j->cred_err) {
-        send_errno(a, u->conn_no, &u->open_req, j->cred_err, "acting as the user for",
+        files_send_errno(a, u->conn_no, &u->open_req, j->cred_err, "acting as the user for",
                    u->path);
         u->dead = true;
     } else if (u->phase == UP_OPEN) {
         if (u->open_err < 0) {
-            send_errno(a, u->conn_no, &u->open_req, u->open_err, "write", u->path);
+            files_send_errno(a, u->conn_no, &u->open_req, u->open_err, "write", u->path);
             u->dead = true;
         } else {
             u->phase = UP_WRITE;
@@ -655,7 +657,7 @@ static void upload_done(struct fsjob *j)
                                "upload %s to %s: the data's sha256 is %s, not the one given; "
                                "nothing was written, upload again", u->id, u->path, u->got_sha);
                 else
-                    send_errno(a, c->conn_no, &c->req, c->res, "write", u->path);
+                    files_send_errno(a, c->conn_no, &c->req, c->res, "write", u->path);
                 u->dead = true;
             }
             free(c);
@@ -1033,7 +1035,7 @@ static void dl_done(struct fsjob *j)
         if (e == -ENOMEM)
             send_error(a, d->conn_no, &d->req, "internal", "out of memory");
         else
-            send_errno(a, d->conn_no, &d->req, e, "read", d->path);
+            files_send_errno(a, d->conn_no, &d->req, e, "read", d->path);
         dl_free(d);
         return;
     }
@@ -1145,6 +1147,7 @@ static void on_tick(uv_timer_t *t)
             upload_drop(u);
         }
     }
+    fswatches_tick(f->watches);
     tick_set(f);
 }
 
@@ -1169,6 +1172,8 @@ void files_put_limits(struct msg_out *o)
     msg_kv_u64(o, "list_max", FILES_LIST_MAX);
     msg_kv_u64(o, "file_depth", FILES_MAX_DEPTH);
     msg_kv_u64(o, "file_workers", FILES_WORKERS);
+    msg_kv_u64(o, "max_watches", FILES_MAX_WATCHES);
+    msg_kv_u64(o, "watch_dirs", FILES_WATCH_DIRS);
 }
 
 int files_start(struct agent *a)
@@ -1181,6 +1186,12 @@ int files_start(struct agent *a)
     list_init(&f->downloads);
     f->w = fsworker_start(a->loop);
     if (f->w == NULL) {
+        free(f);
+        return -ENOMEM;
+    }
+    f->watches = fswatches_new(a, f->w);
+    if (f->watches == NULL) {
+        fsworker_stop(f->w);
         free(f);
         return -ENOMEM;
     }
@@ -1203,6 +1214,7 @@ void files_stop(struct agent *a)
     if (f == NULL)
         return;
     fsworker_stop(f->w);
+    fswatches_free(f->watches);
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &f->downloads) dl_free(container_of(pos, struct download, link));
     list_for_each_safe(pos, tmp, &f->uploads) upload_free(container_of(pos, struct upload, link));
@@ -1211,10 +1223,45 @@ void files_stop(struct agent *a)
     uv_close((uv_handle_t *)&f->tick, on_tick_closed);
 }
 
+static void do_watch(struct req *x)
+{
+    char path[PATH_MAX];
+    bool rec;
+    struct fscred cred;
+    if (get_path(x, "path", path) < 0 || get_bool(x, "recursive", &rec, false) < 0 ||
+        get_cred(x, &cred) < 0)
+        return;
+    uint64_t id;
+    int e = fswatch_start(x->f->watches, x->c->no, x->req, path, rec, &cred, &id);
+    if (e == -ENOSPC)
+        limit_error(x->a, x->c->no, x->req, "max_watches",
+                    "64 watches are open: file_unwatch some first");
+    else if (e < 0)
+        files_send_errno(x->a, x->c->no, x->req, e, "watch", path);
+}
+
+static void do_unwatch(struct req *x)
+{
+    uint64_t id;
+    if (get_u64(x, "watch", &id, 0, UINT64_MAX) < 0)
+        return;
+    if (fswatch_stop(x->f->watches, x->c->no, id) < 0) {
+        send_error(x->a, x->c->no, x->req, "not_found", "this connection has no watch %llu",
+                   (unsigned long long)id);
+        return;
+    }
+    struct msg_out o;
+    if (ev_begin(&o, "ok", x->req) == 0) {
+        ev_close(&o);
+        conn_send(x->c, &o);
+    }
+}
+
 static const struct {
     const char *type;
     void (*fn)(struct req *);
 } handlers[] = {
+    {"file_watch", do_watch}, {"file_unwatch", do_unwatch},
     {"file_write", do_write}, {"file_data", do_data}, {"file_abort", do_abort},
     {"file_read", do_read},
 };

@@ -426,3 +426,47 @@ def test_big_file_both_ways_ping_and_rss(boxd, tdir):
     assert p99 < bound, "ping p99 %.2f ms during the transfer (idle %.2f ms)" % (
         p99 * 1000, idle_p99 * 1000)
     assert peak[0] - rss0 <= 16 * 1024 or not RSS_MEANINGFUL, (rss0, peak[0])
+
+
+def test_watch_recursive_with_seq_and_overflow(boxd, tdir):
+    c = boxd.client()
+    os.makedirs(tdir + "/a/b")
+    r = c.request("file_watch", path=tdir, recursive=True)
+    assert r["type"] == "file_watching" and r["dirs"] == 3, r
+    wid = r["watch"]
+    with open(tdir + "/a/b/new.txt", "w") as f:
+        f.write("x")
+    os.mkdir(tdir + "/c")
+    time.sleep(0.3)  # the new directory's watch is added by an I/O thread
+    with open(tdir + "/c/inner", "w") as f:
+        f.write("y")
+    seen = []
+    deadline = time.monotonic() + T(5)
+    while time.monotonic() < deadline and not any(e.get("name") == "c/inner" for e in seen):
+        try:
+            m = c.recv(0.5)
+        except Exception:
+            continue
+        if m["type"] == "file_event":
+            seen.append(m)
+    names = [(e["event"], e.get("name")) for e in seen]
+    assert ("create", "a/b/new.txt") in names and ("create", "c") in names, names
+    assert ("create", "c/inner") in names, names
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    # A reader that stops reading gets an explicit overflow, and boxd's memory stays bounded.
+    req = c.next_req()
+    for i in range(40000):
+        open("%s/a/f%d" % (tdir, i % 500), "w").close()
+    time.sleep(1)
+    got_overflow = False
+    deadline = time.monotonic() + T(20)
+    while time.monotonic() < deadline and not got_overflow:
+        try:
+            m = c.recv(1)
+        except Exception:
+            break
+        got_overflow = m.get("type") == "file_event" and m["event"] == "overflow"
+    assert got_overflow
+    assert c.request("file_unwatch", watch=wid, req=req)["type"] == "ok"
+    assert c.request("file_unwatch", watch=wid)["code"] == "not_found"

@@ -29,6 +29,21 @@ def test_every_file_message_matches_its_schema(start_boxd):
         fc.op(c, "file_symlink", path=t + "/b/l", target="../dangling", overwrite=True)
         ack = fc.upload_open(c, t + "/z", upload_id="doc-abort")
         assert c.request("file_abort", upload_id=ack["upload_id"])["type"] == "ok"
+        wr = fc.op(c, "file_watch", path=t, recursive=True)
+        with open(t + "/watched", "w") as f:
+            f.write("w")
+        for _ in range(20):
+            m = c.recv(5)
+            if m["type"] == "file_event":
+                break
+        # An overflow: many events while this client reads nothing.
+        for i in range(30000):
+            open(t + "/o%d" % (i % 300), "w").close()
+        for _ in range(100000):
+            m = c.recv(5)
+            if m["type"] == "file_event" and m["event"] == "overflow":
+                break
+        assert c.request("file_unwatch", watch=wr["watch"])["type"] == "ok"
         fc.op(c, "file_remove", path=t + "/b", recursive=True)
         os.mkfifo(t + "/fifo")
         with open(t + "/x", "w") as f:

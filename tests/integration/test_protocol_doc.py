@@ -137,9 +137,10 @@ SCHEMAS = parse_schemas(doc_text())
 # The file requests (PROTOCOL.md 10.4 and 12): test_files_doc.py drives them and checks their
 # messages; the run-centred test below leaves them out.
 FILE_REQUESTS = {"file_write", "file_data", "file_abort", "file_read", "file_stat", "file_list",
-                 "file_mkdir", "file_remove", "file_rename", "file_chmod", "file_symlink"}
+                 "file_mkdir", "file_remove", "file_rename", "file_chmod", "file_symlink",
+                 "file_watch", "file_unwatch"}
 FILE_REPLIES = {"file_ack", "file_written", "file_info", "file_chunk", "file_end", "file_stat",
-                "file_list"}
+                "file_list", "file_watching", "file_event"}
 FILE_CODES = {"not_a_directory", "is_a_directory", "exists", "permission_denied", "no_space",
               "refused", "checksum_mismatch", "unsupported", "io_error"}
 
