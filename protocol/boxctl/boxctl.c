@@ -955,6 +955,7 @@ static const char usage_main[] =
     "  ls       list a directory in the box\n"
     "  rm       remove files or directory trees in the box\n"
     "  mkdir    make directories in the box\n"
+    "  watch    print changes under a directory in the box\n"
     "\n"
     "Exit status: 2 for a usage error; 1 when the agent cannot be reached, the connection\n"
     "breaks or the agent answers with an error; exec, attach and wait exit with the run's\n"
@@ -2506,7 +2507,7 @@ int main(int argc, char **argv)
         const char *env = getenv("BOXD_SOCKET");
         x.sock = env != NULL && env[0] != '\0' ? env : DEFAULT_SOCKET;
     }
-    if (cmd_files_has(name)) /* cp, ls, rm, mkdir: cmd_files.c */
+    if (cmd_files_has(name)) /* cp, ls, rm, mkdir, watch: cmd_files.c */
         return cmd_files_main(name, argc - optind, argv + optind, x.sock);
     const struct command *cmd = find_command(name);
     if (cmd == NULL)

@@ -68,10 +68,17 @@ static const char usage_mkdir[] =
     "Make directories in the box; -p makes parents and accepts existing ones; -m sets the mode\n"
     "(octal, default 755).\n";
 
+static const char usage_watch[] =
+    "Usage: boxctl watch [-r] [--user U] [--json] :PATH\n"
+    "\n"
+    "Print changes under a directory in the box as they happen, one line each (SEQ EVENT NAME),\n"
+    "until interrupted; -r watches its subdirectories too. 'overflow' means events were lost:\n"
+    "list the directory again. --json prints each event as a JSON object.\n";
+
 bool cmd_files_has(const char *cmd)
 {
     return strcmp(cmd, "cp") == 0 || strcmp(cmd, "ls") == 0 || strcmp(cmd, "rm") == 0 ||
-           strcmp(cmd, "mkdir") == 0;
+           strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "watch") == 0;
 }
 
 const char *cmd_files_usage(const char *cmd)
@@ -84,6 +91,8 @@ const char *cmd_files_usage(const char *cmd)
         return usage_rm;
     if (strcmp(cmd, "mkdir") == 0)
         return usage_mkdir;
+    if (strcmp(cmd, "watch") == 0)
+        return usage_watch;
     return NULL;
 }
 
@@ -929,8 +938,10 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, cons
     int mode = 0755;
     int ch;
     optind = 1;
-    const char *shorts = strcmp(cmd, "rm") == 0 ? "+rfu:h" : strcmp(cmd, "mkdir") == 0 ? "+pm:u:h"
-                                                                                        : "+lRu:h";
+    const char *shorts = strcmp(cmd, "rm") == 0      ? "+rfu:h"
+                         : strcmp(cmd, "mkdir") == 0 ? "+pm:u:h"
+                         : strcmp(cmd, "watch") == 0 ? "+ru:h"
+                                                     : "+lRu:h";
     while ((ch = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
         switch (ch) {
         case 'r': case 'R': rec = true; break;
@@ -968,7 +979,59 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, cons
     for (int i = optind; i < argc && ret >= 0; i++) {
         const char *p = argv[i] + 1;
         int r;
-        if (strcmp(cmd, "rm") == 0)
+        if (strcmp(cmd, "watch") == 0) {
+            struct msg_out o;
+            uint64_t req;
+            if (box_req_begin(&x->c, &o, "file_watch", 2 + (x->user != NULL), &req) < 0)
+                return 1;
+            msg_key(&o, "path");
+            msg_str(&o, p);
+            msg_kv_bool(&o, "recursive", rec);
+            put_user(x, &o);
+            r = call(x, &o, req);
+            if (r == 1) {
+                reply_failed(x, p);
+                break;
+            }
+            setvbuf(stdout, NULL, _IOLBF, 0);
+            while (r == 0) {
+                int e = box_client_recv(&x->c, &x->m, -1);
+                if (e < 0) {
+                    err("the connection to the agent failed: %s", strerror(-e));
+                    r = -1;
+                    break;
+                }
+                if (!box_msg_is(&x->m, "file_event"))
+                    continue;
+                char ev[32], name[PATH_MAX];
+                uint64_t seq = 0;
+                bool dir = false;
+                reply_str(&x->m, "event", ev, sizeof ev);
+                reply_str(&x->m, "name", name, sizeof name);
+                msg_get_u64(&x->m.root, "seq", &seq);
+                msg_get_bool(&x->m.root, "dir", &dir);
+                if (x->json) {
+                    struct json j;
+                    json_init(&j, 1u << 16);
+                    json_object_begin(&j);
+                    json_key(&j, "seq");
+                    json_uint(&j, seq);
+                    json_key(&j, "event");
+                    json_cstr(&j, ev);
+                    json_key(&j, "name");
+                    json_cstr(&j, name);
+                    json_key(&j, "dir");
+                    json_bool(&j, dir);
+                    json_object_end(&j);
+                    json_newline(&j);
+                    json_flush(&j, STDOUT_FILENO);
+                    json_destroy(&j);
+                } else {
+                    printf("%llu %s %s%s\n", (unsigned long long)seq, ev, name,
+                           dir ? "/" : "");
+                }
+            }
+        } else if (strcmp(cmd, "rm") == 0)
             r = simple(x, "file_remove", p, "recursive", rec, -1);
         else if (strcmp(cmd, "mkdir") == 0)
             r = simple(x, "file_mkdir", p, "parents", parents, mode);

@@ -174,3 +174,28 @@ def test_boxctl_killed_mid_upload_then_resumed(boxd):
         print("resumed after %d MiB held, %.2f s" % (held >> 20, time.monotonic() - t0))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_boxctl_ls_mkdir_rm_watch(boxd):
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        assert boxctl(boxd.sock, "mkdir", "-p", ":" + work + "/x/y").returncode == 0
+        with open(work + "/x/y/f", "w") as f:
+            f.write("abc")
+        r = boxctl(boxd.sock, "ls", "-l", "-R", ":" + work + "/x")
+        assert r.returncode == 0 and b"y/f" in r.stdout and b" 3 " in r.stdout, r.stdout
+        w = subprocess.Popen([conftest.BOXCTL_BIN, "-s", boxd.sock, "watch", "-r", ":" + work],
+                             stdout=subprocess.PIPE)
+        time.sleep(0.5)
+        open(work + "/x/y/g", "w").close()
+        line = w.stdout.readline()
+        w.kill()
+        w.wait()
+        assert line.split()[1:] == [b"create", b"x/y/g"], line
+        assert boxctl(boxd.sock, "rm", ":" + work + "/x").returncode == 1  # not empty
+        assert boxctl(boxd.sock, "rm", "-r", ":" + work + "/x").returncode == 0
+        assert os.listdir(work) == []
+        r = boxctl(boxd.sock, "ls", ":" + work + "/missing")
+        assert r.returncode == 1 and b"not_found" in r.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
