@@ -409,7 +409,7 @@ struct upload {
     struct reqtag open_req;
     enum up_phase phase;
     int dirfd, fd;
-    bool atomic, overwrite, mkdir_p, has_sha, has_mtime, sync;
+    bool atomic, overwrite, mkdir_p, has_sha, has_mtime, sync, hash;
     uint8_t want_sha[32];
     char got_sha[65];
     struct sha256 sha;
@@ -468,8 +468,10 @@ static int upload_commit(struct upload *u)
 {
     uint8_t d[32];
     struct sha256 s = u->sha;
-    sha256_final(&s, d);
-    sha256_hex(d, u->got_sha);
+    if (u->hash) {
+        sha256_final(&s, d);
+        sha256_hex(d, u->got_sha);
+    }
     if (u->has_sha && memcmp(d, u->want_sha, 32) != 0)
         return -EBADMSG; /* checked before the rename: nothing appears at the path */
     if (fchmod(u->fd, u->mode) < 0)
@@ -569,7 +571,8 @@ static void upload_work(struct fsjob *j)
             done += (size_t)n;
         }
         if (c->res == 0) {
-            sha256_update(&u->sha, c->data, c->len);
+            if (u->hash)
+                sha256_update(&u->sha, c->data, c->len);
             u->written += c->len;
             if (c->eof)
                 c->res = upload_commit(u);
@@ -643,7 +646,8 @@ static void upload_done(struct fsjob *j)
                     msg_kv_str(&o, "upload_id", u->id);
                     msg_kv_str(&o, "path", u->path);
                     msg_kv_u64(&o, "size", u->written);
-                    msg_kv_str(&o, "sha256", u->got_sha);
+                    if (u->hash)
+                        msg_kv_str(&o, "sha256", u->got_sha);
                     ev_close(&o);
                     send_to(a, c->conn_no, &o);
                 }
@@ -759,13 +763,14 @@ static void do_write(struct req *x)
         upload_reply_ack(u, x->c->no, x->req, u->accepted);
         return;
     }
-    bool atomic, overwrite, mkdir_p, sync;
+    bool atomic, overwrite, mkdir_p, sync, hash;
     uint32_t mode;
     const char *sha = NULL;
     size_t shal = 0;
     int64_t mtime = 0;
     if (get_bool(x, "atomic", &atomic, true) < 0 || get_bool(x, "overwrite", &overwrite, true) < 0 ||
         get_bool(x, "mkdir", &mkdir_p, false) < 0 || get_bool(x, "fsync", &sync, true) < 0 ||
+        get_bool(x, "hash", &hash, true) < 0 ||
         get_mode(x, &mode, 0644) < 0)
         return;
     int se = msg_get_str(x->m, "sha256", &sha, &shal);
@@ -810,6 +815,7 @@ static void do_write(struct req *x)
     u->overwrite = overwrite;
     u->mkdir_p = mkdir_p;
     u->sync = sync;
+    u->hash = hash || se == 0; /* a given sha256 is always checked */
     u->mode = mode;
     u->has_sha = se == 0;
     memcpy(u->want_sha, want, sizeof want);
@@ -931,6 +937,7 @@ struct download {
     struct stat st;
     struct sha256 sha;
     bool whole; /* from offset 0 to the end: the sha256 is the file's */
+    bool hash;  /* the request wants it (default) */
     bool opened, eof, paused;
     int err;
     uint32_t chunk;
@@ -951,7 +958,7 @@ static void dl_work(struct fsjob *j)
         d->off = d->start;
         if (d->end == UINT64_MAX || d->end > (uint64_t)d->st.st_size)
             d->end = (uint64_t)d->st.st_size;
-        d->whole = d->start == 0 && d->end == (uint64_t)d->st.st_size;
+        d->whole = d->hash && d->start == 0 && d->end == (uint64_t)d->st.st_size;
         return;
     }
     d->nframes = 0;
@@ -1094,7 +1101,8 @@ static void do_read(struct req *x)
     d->fd = -1;
     uint64_t len;
     if (get_path(x, "path", d->path) < 0 || get_u64(x, "offset", &d->start, 0, INT64_MAX) < 0 ||
-        get_u64(x, "length", &len, UINT64_MAX, UINT64_MAX) < 0 || get_cred(x, &d->j.cred) < 0) {
+        get_u64(x, "length", &len, UINT64_MAX, UINT64_MAX) < 0 ||
+        get_bool(x, "sha256", &d->hash, true) < 0 || get_cred(x, &d->j.cred) < 0) {
         free(d);
         return;
     }

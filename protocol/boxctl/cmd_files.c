@@ -289,9 +289,10 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     for (int i = 0; i < kl && i < (int)sizeof key; i++)
         h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
     snprintf(uid, sizeof uid, "cp-%016llx", (unsigned long long)h);
-    if (box_req_begin(&x->c, &o, "file_write", 3 + (x->user != NULL) + x->archive + in_tree,
+    if (box_req_begin(&x->c, &o, "file_write", 4 + (x->user != NULL) + x->archive + in_tree,
                       &req) < 0)
         goto oom;
+    msg_kv_bool(&o, "hash", false); /* the connection's own integrity is boxctl's check */
     if (in_tree)
         msg_kv_bool(&o, "fsync", false); /* not one by one: --help says so */
     msg_key(&o, "path");
@@ -504,8 +505,9 @@ static int download_file(struct fx *x, const char *remote, const char *local)
 {
     struct msg_out o;
     uint64_t req;
-    if (box_req_begin(&x->c, &o, "file_read", 1 + (x->user != NULL), &req) < 0)
+    if (box_req_begin(&x->c, &o, "file_read", 2 + (x->user != NULL), &req) < 0)
         return -1;
+    msg_kv_bool(&o, "sha256", false);
     msg_key(&o, "path");
     msg_str(&o, remote);
     put_user(x, &o);
