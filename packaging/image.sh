@@ -105,7 +105,10 @@ install_boxd() {
     case $1 in
     deb)
         cp "$2" "$root/tmp/boxd.deb"
-        chroot "$root" dpkg -i /tmp/boxd.deb >&2 || die "dpkg -i of $2 in the image failed"
+        # The image's own /etc/boxd/languages.conf (written above) is a conffile of the package:
+        # keep it, never prompt (--force-confold), as an upgrade in a running box would.
+        chroot "$root" dpkg -i --force-confdef --force-confold /tmp/boxd.deb >&2 ||
+            die "dpkg -i of $2 in the image failed"
         rm -f "$root/tmp/boxd.deb"
         ;;
     bin)
