@@ -60,6 +60,7 @@ void config_defaults(struct config *c);
 struct run;
 struct conn;
 struct code_table;
+struct files;
 
 struct agent {
     uv_loop_t *loop;
@@ -113,6 +114,7 @@ struct agent {
     uint64_t next_conn_no;
     struct list listeners;
     struct code_table *code; /* the language table (code.h): made on first use, code_destroy */
+    struct files *files;     /* file requests (files/files.h): files_start, files_stop */
 
     struct cgroups cg;
     struct auth auth;

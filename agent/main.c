@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "decode.h"
 #include "environ.h"
+#include "files.h"
 #include "init.h"
 #include "io.h"
 #include "listen.h"
@@ -436,6 +437,7 @@ static unsigned teardown(struct agent *a)
     runs_spawner_halt(a);
     uv_close((uv_handle_t *)&a->spawn_async, NULL);
     runs_destroy(a);
+    files_stop(a);
     uv_poll_stop(&a->sig_poll);
     uv_close((uv_handle_t *)&a->sig_poll, NULL);
     uv_close((uv_handle_t *)&a->shutdown_timer, NULL);
@@ -573,6 +575,12 @@ int main(int argc, char **argv)
         return 1;
     }
     snprintf(a->oom_adj, sizeof a->oom_adj, "%d", a->cfg.run_oom_score_adj);
+    /* The loop, and the file I/O threads before the filters: the filters guard their tids as
+     * they guard boxd's pid (sandbox.h). */
+    a->loop = uv_default_loop();
+    if (files_start(a) < 0)
+        log_warn("files: no I/O threads: file requests are answered `internal`");
+    a->sandbox.n_guard_tids = files_tids(a, a->sandbox.guard_tids, SANDBOX_GUARD_TIDS);
     if (sandbox_init(a) < 0) {
         fprintf(stderr, "boxd: cannot set up the sandbox (the seccomp filters, the exec helper "
                         "or the spawner thread): see the log above\n");
@@ -591,7 +599,6 @@ int main(int argc, char **argv)
         agent_release(a);
         return 1;
     }
-    a->loop = uv_default_loop();
     if (log_start(a->loop) < 0)
         log_warn("log: no timer: lines the console cannot take at once are dropped");
     /* The spawner thread's "spawns done": uv_async_send is its one thread-safe call. */

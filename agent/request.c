@@ -13,6 +13,7 @@
 #include "code.h"
 #include "conn.h"
 #include "events.h"
+#include "files.h"
 #include "log.h"
 #include "request_priv.h"
 #include "sub.h"
@@ -198,6 +199,11 @@ static void dispatch(struct conn *c, const uint8_t *body, size_t len, uint64_t h
         request__error(&x, BOX_ERR_BAD_REQUEST, NULL, "type must be a string");
         goto out;
     }
+    int fr = files_request(c, &m, &x.req, type, tlen); /* files/files.h */
+    if (fr < 0)
+        request__error(&x, BOX_ERR_NEED_HELLO, NULL, "send hello first");
+    if (fr != 0)
+        goto out;
     int t = box_type_lookup(type, tlen);
     if (t >= 0 && handlers[t] != NULL) {
         if (!c->hello && t != BOX_T_HELLO)

@@ -10,6 +10,7 @@
 #include "conn.h"
 #include "events.h"
 #include "log.h"
+#include "files.h"
 #include "request_priv.h"
 #include "runlimits.h"
 #include "shutdown.h"
@@ -36,6 +37,7 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, box_limit_str(BOX_LIM_DRAIN_MS), c->drain_ms);
     msg_kv_u64(o, box_limit_str(BOX_LIM_FLUSH_MS), c->flush_ms);
     msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_CODE), CODE_MAX_BYTES);
+    files_put_limits(o);
     msg_map_close(o);
 }
 
@@ -78,7 +80,8 @@ void request__hello(struct ctx *x)
     put_identity(&o, x->a);
     msg_key(&o, "capabilities");
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
-                                       "logs", "list", "info", "ping", "argv", "run_id", "code"};
+                                       "logs", "list", "info", "ping", "argv", "run_id", "code",
+                                       "files"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);

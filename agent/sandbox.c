@@ -142,8 +142,11 @@ static int deny(scmp_filter_ctx ctx, const char *name)
     return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
 }
 
-/* The values target stands for in this boxd; returns how many (at most 3). */
-static size_t target_values(const struct agent *a, enum target t, uint32_t v[3])
+/* The most values a target stands for: boxd's pid, two spawner threads, the guarded threads. */
+#define TARGET_VALUES_MAX (3u + SANDBOX_GUARD_TIDS)
+
+/* The values target stands for in this boxd; returns how many (at most TARGET_VALUES_MAX). */
+static size_t target_values(const struct agent *a, enum target t, uint32_t v[TARGET_VALUES_MAX])
 {
     size_t n = 0;
     pid_t pg = getpgrp();
@@ -155,6 +158,9 @@ static size_t target_values(const struct agent *a, enum target t, uint32_t v[3])
         /* The second spawner, for runs under --seccomp none: boxd too. */
         if (a->sandbox.spawner_none_tid > 0)
             v[n++] = (uint32_t)a->sandbox.spawner_none_tid;
+        /* The file I/O threads: a run must not signal, renice or migrate them either. */
+        for (size_t i = 0; i < a->sandbox.n_guard_tids && i < SANDBOX_GUARD_TIDS; i++)
+            v[n++] = (uint32_t)a->sandbox.guard_tids[i];
         break;
     case T_PGRP:
     case T_NEG_PGRP:
@@ -208,7 +214,7 @@ static int add_guard(const struct agent *a, scmp_filter_ctx ctx, const struct gu
         }
         return e;
     }
-    uint32_t v[3];
+    uint32_t v[TARGET_VALUES_MAX];
     size_t nv = target_values(a, g->target, v);
     int e = 0;
     for (size_t i = 0; e == 0 && i < nv; i++) {

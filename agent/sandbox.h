@@ -56,6 +56,9 @@ struct spawner;
 
 enum seccomp_profile { SECCOMP_NONE, SECCOMP_DEFAULT, SECCOMP_STRICT, SECCOMP_N };
 
+/* The most threads besides boxd's main thread and its spawners that the filters guard. */
+#define SANDBOX_GUARD_TIDS 8u
+
 struct sandbox {
     struct sock_fprog prog[SECCOMP_N]; /* each whole profile; .filter NULL for none */
     struct sock_fprog strict_extra;    /* strict's rules alone, loaded over default */
@@ -65,6 +68,10 @@ struct sandbox {
     struct spawner *spawner_none;      /* unfiltered, for `seccomp: none` requests when the
                                           agent allows them and spawner is filtered; or NULL */
     pid_t spawner_none_tid;
+    /* boxd's other threads (the file I/O threads, files.h), guarded like its pid; set before
+     * sandbox_init builds the filters. */
+    pid_t guard_tids[SANDBOX_GUARD_TIDS];
+    size_t n_guard_tids;
     enum seccomp_profile dflt;
 };
 

@@ -728,6 +728,7 @@ static void jobs_abandon(struct spawner *s)
 static void *spawner_main(void *p)
 {
     struct spawner *s = p;
+    prctl(PR_SET_NAME, "boxd-spawn", 0, 0, 0); /* what /proc/PID/task/TID/comm shows */
     pthread_mutex_lock(&s->mu);
     s->tid = (pid_t)syscall(SYS_gettid);
     s->state = ARMING;

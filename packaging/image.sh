@@ -105,10 +105,9 @@ install_boxd() {
     case $1 in
     deb)
         cp "$2" "$root/tmp/boxd.deb"
-        # The image writes its own /etc/boxd/languages.conf, which the .deb ships as a conffile:
-        # --force-confold keeps the image's without asking (dpkg would otherwise prompt, and
-        # fail on the closed stdin).
-        chroot "$root" dpkg --force-confold -i /tmp/boxd.deb </dev/null >&2 ||
+        # The image's own /etc/boxd/languages.conf (written above) is a conffile of the package:
+        # keep it, never prompt (--force-confold), as an upgrade in a running box would.
+        chroot "$root" dpkg -i --force-confdef --force-confold /tmp/boxd.deb >&2 ||
             die "dpkg -i of $2 in the image failed"
         rm -f "$root/tmp/boxd.deb"
         ;;

@@ -1,7 +1,7 @@
 #!/bin/sh
 # vmbox/run.sh: boots the microVM box under QEMU (TCG, -M microvm) with boxd as PID 1.
 #
-#   run.sh [--name NAME] [--disk DISK] [--ports N] [--net] [--mem MB] [--cpus N] [--timeout S] [--fg]
+#   run.sh [--name NAME] [--disk DISK] [--ports N] [--direct K] [--net] [--mem MB] [--cpus N] [--timeout S] [--fg]
 #          [-- BOXD_ARGS...]
 #       Boots box NAME (default "vm") in the background from vmbox/build.sh's cache and waits
 #       for boxd's "ready" line on the console. Prints the host end of the agent's virtio-serial
@@ -18,12 +18,17 @@
 #       With more than one, agent.sock is served by portmux.py, which gives each host client a
 #       port of its own, so clients do not wait for each other; with 1, agent.sock is QEMU's
 #       own chardev socket, which serves one client at a time.
+#       --direct K: the last K of those ports are left out of portmux.py, for host clients that
+#       open QEMU's chardev socket themselves (boxctl -s serial:/run/boxd-vms/NAME/port-J.sock,
+#       one client at a time on each); their paths are listed in /run/boxd-vms/NAME/direct
+#       (default 0, $BOXD_VM_DIRECT; at least one port stays with agent.sock).
 #   run.sh --stop NAME
 #       Stops QEMU (SIGTERM, then SIGKILL after 5 s) and removes the box's state.
 #
 # State under /run/boxd-vms/NAME ($BOXD_VMS_DIR/NAME): qemu.pid, console.log (the serial
 # console: the kernel's and boxd's log), agent.sock (the host clients' socket), port-K.sock
-# (QEMU's chardev socket of port K: box.agent, box.agent.1, ...), portmux.pid and portmux.log,
+# (QEMU's chardev socket of port K: box.agent, box.agent.1, ...), direct (the port sockets left
+# to direct clients by --direct, one a line), portmux.pid and portmux.log,
 # boot_ms (QEMU start to boxd's ready line). The cached disk is never written: QEMU
 # runs it with snapshot=on (writes go to a temporary file that is dropped at exit).
 #
@@ -52,6 +57,7 @@ STOP=
 DISK=
 NET=
 PORTS=${BOXD_VM_PORTS:-8}
+DIRECT=${BOXD_VM_DIRECT:-0}
 while [ $# -gt 0 ]; do
     case $1 in
     --name) NAME=${2:?}; shift 2 ;;
@@ -61,6 +67,7 @@ while [ $# -gt 0 ]; do
     --fg) FG=1; shift ;;
     --disk) DISK=${2:?}; shift 2 ;;
     --ports) PORTS=${2:?}; shift 2 ;;
+    --direct) DIRECT=${2:?}; shift 2 ;;
     --net) NET=1; shift ;;
     --stop) STOP=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//' >&2; exit 2 ;;
@@ -130,10 +137,15 @@ if [ -n "$STOP" ]; then
 fi
 case $PORTS in '' | *[!0-9]* | 0) die "--ports takes a number from 1 to 12" ;; esac
 [ "$PORTS" -le 12 ] || die "--ports: at most 12 (boxd takes 16 --listen, the rest are for BOXD_ARGS)"
+case $DIRECT in '' | *[!0-9]*) die "--direct takes a number of ports (0 for none)" ;; esac
+[ "$DIRECT" -lt "$PORTS" ] || die "--direct $DIRECT: leaves no port for agent.sock (--ports $PORTS; give more ports)"
 if [ "$PORTS" -gt 1 ] && [ ! -x /usr/bin/python3 ]; then
     log "no /usr/bin/python3 for portmux.py: one port, so host clients take turns (apt-get install python3)"
     PORTS=1
+    DIRECT=0
 fi
+# Ports 0 .. MUXED-1 are portmux's (or agent.sock's), the rest are for direct clients.
+MUXED=$((PORTS - DIRECT))
 
 check_name "$NAME"
 for f in vmlinuz initrd.img; do
@@ -222,9 +234,12 @@ while [ $k -lt "$PORTS" ]; do
         -device "virtserialport,chardev=c$k,name=$name"
     k=$((k + 1))
 done
-if [ "$PORTS" = 1 ] || [ "$FG" = 1 ]; then
+if [ "$MUXED" = 1 ] || [ "$FG" = 1 ]; then
     ln -s port-0.sock "$STATE/agent.sock"
 fi
+: >"$STATE/direct"
+k=$MUXED
+while [ $k -lt "$PORTS" ]; do echo "$STATE/port-$k.sock" >>"$STATE/direct"; k=$((k + 1)); done
 
 if [ "$FG" = 1 ]; then
     exec "$@" -serial mon:stdio
@@ -233,10 +248,10 @@ fi
 t0=$(now_ms)
 "$@" -serial "file:$STATE/console.log" -pidfile "$STATE/qemu.pid" -daemonize ||
     die "QEMU did not start"
-if [ "$PORTS" -gt 1 ]; then
+if [ "$MUXED" -gt 1 ]; then
     k=0
     socks=
-    while [ $k -lt "$PORTS" ]; do socks="$socks $STATE/port-$k.sock"; k=$((k + 1)); done
+    while [ $k -lt "$MUXED" ]; do socks="$socks $STATE/port-$k.sock"; k=$((k + 1)); done
     # shellcheck disable=SC2086
     setsid /usr/bin/python3 "$HERE/portmux.py" "$STATE/agent.sock" $socks \
         </dev/null >>"$STATE/portmux.log" 2>&1 &

@@ -187,8 +187,10 @@ static void connect_failed(struct ctl *x, int r, const char *detail)
 
 /* A virtio-serial port has no connection boundaries: a `hello` can be answered by the session
  * of the client before us, which then ends, and our first request meets `need_hello`
- * (PROTOCOL.md section 1). So confirm the session with a ping, and say hello again while the
- * answer is need_hello, at most SERIAL_HELLO_TRIES times. */
+ * (PROTOCOL.md section 1). So confirm the session with a ping. The client library already says
+ * hello again and resends once when a request meets need_hello (box_client_recv), for this ping
+ * and every later request; here the ping is tried again, after another hello, while sessions
+ * keep starting over, at most SERIAL_HELLO_TRIES times. */
 #define SERIAL_HELLO_TRIES 5
 static int serial_confirm(struct ctl *x, int token_ok)
 {

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
+#include "cmd_files.h"
 #include "io.h"
 
 #include <stdlib.h>
@@ -170,21 +171,30 @@ int main(int argc, char **argv)
         name = ops[1];
         o.help = true;
     }
-    const struct command *cmd = command_find(name);
-    if (cmd == NULL) {
+    /* The file commands (cmd_files.c) parse their own options after the global ones. */
+    bool files = cmd_files_has(name);
+    const struct command *cmd = files ? NULL : command_find(name);
+    if (!files && cmd == NULL) {
         ret = usage_error(NULL, "unknown command '%s'", name);
         goto out;
     }
+    if (files && o.help) {
+        fputs(cmd_files_usage(name), stdout);
+        ret = 0;
+        goto out;
+    }
     if (o.help) {
         ret = print_command_help(cmd);
         goto out;
     }
-    ret = options_parse(cmd, nops, ops, 1, &o, &ops, &nops);
-    if (ret != 0)
-        goto out;
-    if (o.help) {
-        ret = print_command_help(cmd);
-        goto out;
+    if (!files) {
+        ret = options_parse(cmd, nops, ops, 1, &o, &ops, &nops);
+        if (ret != 0)
+            goto out;
+        if (o.help) {
+            ret = print_command_help(cmd);
+            goto out;
+        }
     }
 
     struct ctl x;
@@ -204,7 +214,7 @@ int main(int argc, char **argv)
         const char *env = getenv("BOXD_TOKEN_FILE");
         x.token_file = env != NULL && env[0] != '\0' ? env : NULL;
     }
-    ret = cmd->run(&x, &o, nops, ops);
+    ret = files ? cmd_files_main(name, nops, ops, &x) : cmd->run(&x, &o, nops, ops);
     ctl_close(&x);
 out:
     free(o.env);

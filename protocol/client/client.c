@@ -327,6 +327,12 @@ void box_client_close(struct box_client *c)
     c->fd = -1;
     c->broken = true;
     c->filling = NULL;
+    free(c->last_frame);
+    c->last_frame = NULL;
+    c->last_len = c->last_cap = 0;
+    explicit_bzero(c->hello_token, sizeof c->hello_token);
+    c->hello_token_len = 0;
+    c->hello_has_token = false;
 }
 
 /* ---- Low-level I/O ------------------------------------------------------------------------- */
@@ -412,12 +418,32 @@ int box_req_begin(struct box_client *c, struct msg_out *o, const char *type, uin
     if (r < 0)
         return r;
     uint64_t id = c->next_req++;
+    c->begun_req = id;
     msg_map(o, nfields + 2);
     msg_kv_str(o, "type", type);
     msg_kv_u64(o, "req", id);
     if (req != NULL)
         *req = id;
     return 0;
+}
+
+/* A virtio-serial session keeps a copy of the last request frame it wrote, to send again if
+ * the agent answers it need_hello (box_client_recv). Without memory for the copy nothing is
+ * kept, and a need_hello is then returned to the caller as without this. */
+static void keep_frame(struct box_client *c, const uint8_t *frame, size_t len)
+{
+    c->last_len = 0;
+    if (c->last_cap < len) {
+        uint8_t *p = realloc(c->last_frame, len); /* len <= max_out + header, checked */
+        if (p == NULL)
+            return;
+        c->last_frame = p;
+        c->last_cap = len;
+    }
+    memcpy(c->last_frame, frame, len);
+    c->last_len = len;
+    c->last_req = c->begun_req;
+    c->last_resent = false;
 }
 
 int box_client_send(struct box_client *c, struct msg_out *o)
@@ -430,6 +456,8 @@ int box_client_send(struct box_client *c, struct msg_out *o)
         r = -EMSGSIZE;
         goto out;
     }
+    if (c->rehello && c->hello_done && !c->in_resume)
+        keep_frame(c, (const uint8_t *)o->sb.data, msg_out_size(o));
     r = send_all(c, (const uint8_t *)o->sb.data, msg_out_size(o));
 out:
     msg_out_destroy(o);
@@ -504,7 +532,7 @@ static int frame_end(struct box_client *c, struct box_msg *m)
     return 0;
 }
 
-int box_client_recv(struct box_client *c, struct box_msg *m, int timeout_ms)
+static int recv_one(struct box_client *c, struct box_msg *m, int timeout_ms)
 {
     if (c->broken || c->fd < 0)
         return -ENOTCONN;
@@ -559,6 +587,59 @@ int box_client_recv(struct box_client *c, struct box_msg *m, int timeout_ms)
         }
         if (c->hdr_have == BOX_FRAME_HDR && c->filling == m && c->body_have == c->body_len)
             return frame_end(c, m);
+    }
+}
+
+static int hello_exchange(struct box_client *c, const char *client_name, const void *token,
+                          size_t token_len, int timeout_ms, struct box_msg *reply);
+
+/* m answers the kept frame with need_hello, and the frame may be sent again (box_client_recv). */
+static bool wants_resume(const struct box_client *c, const struct box_msg *m)
+{
+    if (!c->rehello || !c->hello_done || !c->hello_kept || c->in_resume || c->last_len == 0 || c->last_resent)
+        return false;
+    if (!m->has_req || m->req != c->last_req || !box_msg_is(m, box_type_str(BOX_T_ERROR)))
+        return false;
+    const char *code = "";
+    size_t n = 0;
+    box_msg_error(m, &code, &n, NULL, NULL);
+    return box_err_is(code, n, BOX_ERR_NEED_HELLO);
+}
+
+/* The agent's session on the port started over: hello again, then the kept frame again. The
+ * hello gets at least BOX_SERIAL_RESUME_MS even when the caller only polls (timeout 0): a rare
+ * wait is better than a session given up. */
+static int resume(struct box_client *c, struct box_msg *m, int timeout_ms)
+{
+    char boot_id[sizeof c->boot_id];
+    memcpy(boot_id, c->boot_id, sizeof boot_id);
+    c->in_resume = true;
+    int r = box_client_hello_token(c, c->hello_has_name ? c->hello_name : NULL,
+                                   c->hello_has_token ? c->hello_token : NULL,
+                                   c->hello_token_len,
+                                   timeout_ms < BOX_SERIAL_RESUME_MS ? BOX_SERIAL_RESUME_MS
+                                                                     : timeout_ms,
+                                   m);
+    c->in_resume = false;
+    if (r < 0)
+        return r;
+    if (boot_id[0] != '\0' && strcmp(boot_id, c->boot_id) != 0)
+        return -ECONNRESET; /* another boot: what the frame referred to may be gone */
+    c->last_resent = true;
+    c->resumes++;
+    return send_all(c, c->last_frame, c->last_len);
+}
+
+int box_client_recv(struct box_client *c, struct box_msg *m, int timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    for (;;) {
+        int r = recv_one(c, m, remaining(deadline));
+        if (r != 0 || !wants_resume(c, m))
+            return r;
+        r = resume(c, m, remaining(deadline));
+        if (r < 0)
+            return r;
     }
 }
 
@@ -718,6 +799,20 @@ int box_client_hello_token(struct box_client *c, const char *client_name, const 
     }
     c->max_in = clamp_limit(c->limits.max_event, BOX_CLIENT_DEFAULT_MAX_IN);
     c->max_out = clamp_limit(c->limits.max_frame, BOX_CLIENT_DEFAULT_MAX_OUT);
+    if (c->rehello && !c->in_resume) {
+        /* What a later re-hello sends (box_client_recv); a longer name or token is not kept,
+         * and that session is then not resumed. */
+        size_t nl = client_name != NULL ? strlen(client_name) : 0;
+        bool keep = nl < sizeof c->hello_name && token_len <= sizeof c->hello_token;
+        c->hello_has_name = client_name != NULL;
+        if (client_name != NULL && keep)
+            memcpy(c->hello_name, client_name, nl + 1);
+        c->hello_has_token = token != NULL;
+        c->hello_token_len = token != NULL && keep ? token_len : 0;
+        if (token != NULL && keep)
+            memcpy(c->hello_token, token, token_len);
+        c->hello_kept = keep;
+    }
     c->hello_done = true;
     return 0;
 }

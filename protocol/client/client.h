@@ -77,6 +77,11 @@ struct box_msg {
     uint64_t req;
 };
 
+/* The longest token a virtio-serial client keeps to say hello again (boxd's AUTH_TOKEN_MAX). */
+#define BOX_CLIENT_TOKEN_MAX 256
+/* How long a re-hello after need_hello may take when the caller waits forever. */
+#define BOX_SERIAL_RESUME_MS 10000
+
 struct box_client {
     int fd;              /* owned; -1 when closed */
     bool broken;         /* framing lost or peer gone: every call but close fails */
@@ -89,6 +94,23 @@ struct box_client {
     char agent[BOX_CLIENT_ID_MAX + 1];
     int64_t agent_pid;
     struct box_limits limits;
+
+    /* How a virtio-serial session starts over after `need_hello` (box_client_recv): what the
+     * last hello sent, and a copy of the last request frame written with its `req`. */
+    char hello_name[BOX_CLIENT_ID_MAX + 1];
+    bool hello_has_name;
+    uint8_t hello_token[BOX_CLIENT_TOKEN_MAX];
+    size_t hello_token_len;
+    bool hello_has_token;
+    bool hello_kept;     /* the fields above hold the last hello (name and token fitted) */
+    uint64_t begun_req;  /* the req box_req_begin() gave the frame being built */
+    uint8_t *last_frame; /* owned; NULL or last_len bytes, the whole frame with its header */
+    size_t last_len;
+    size_t last_cap;
+    uint64_t last_req;
+    bool last_resent;    /* last_frame was sent again once already */
+    bool in_resume;      /* a re-hello is under way: no nested resume, no frame kept */
+    unsigned resumes;    /* sessions started over so far */
 
     /* The frame being read: the header bytes so far, then the body into `filling`. */
     uint8_t hdr[BOX_FRAME_HDR];
@@ -208,7 +230,17 @@ int box_client_write(struct box_client *c, const void *buf, size_t len);
  * -ETIMEDOUT (partial frame kept: call again with the same m; another msg gets -EBUSY),
  * -ECONNRESET, -EMSGSIZE (connection now broken), -EBADMSG (the body is not a map with str keys
  * and a str `type`; the frame was consumed and the connection stays usable), -ENOMEM, -ENOTCONN,
- * or another errno from poll()/read(). */
+ * or another errno from poll()/read().
+ *
+ * On a virtio-serial session (c->rehello) after hello has passed, an `error` `need_hello` that
+ * answers the last request frame sent (its `req`) is not returned: the port's agent session
+ * started over under us (PROTOCOL.md section 1), and need_hello proves the request was read by
+ * a session without hello, which did nothing with it. So the client says hello again with what
+ * the last hello sent (BOX_SERIAL_REHELLO_MS resends; within timeout_ms, but never
+ * less than BOX_SERIAL_RESUME_MS, so a caller that polls with 0 may wait that long once), sends that frame again once (c->resumes counts these)
+ * and reads on. A need_hello for any other frame, or for the same frame a second time, is
+ * returned as usual; so is -ECONNRESET when the new hello shows another boot_id (the box
+ * restarted: its runs are gone). A request that was never answered is never sent again. */
 int box_client_recv(struct box_client *c, struct box_msg *m, int timeout_ms);
 
 /* Sends o (see box_client_send) and reads frames into reply until the answer to `req` arrives:

@@ -34,7 +34,7 @@ static const char *const field_names[] = {
 #undef X
 };
 
-_Static_assert(BOX_F__COUNT <= 32, "box_fieldset holds at most 32 fields");
+_Static_assert(BOX_F__COUNT <= 64, "box_fieldset holds at most 64 fields");
 
 #define F(x) BOX_FS(BOX_F_##x)
 /* Every request carries type and req (10.1). */
@@ -59,6 +59,20 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_WAIT] = COMMON | F(ID) | F(OUTPUT),
     [BOX_T_LOGS] = COMMON | F(ID) | F(FROM_SEQ) | F(MAX_RECORDS) | F(MAX_BYTES),
     [BOX_T_LIST] = COMMON,
+    /* The file requests (12). */
+    [BOX_T_FILE_WRITE] = COMMON | F(SHA256) | F(PATH) | F(USER) | F(UPLOAD_ID) | F(MODE) | F(MKDIR) | F(OVERWRITE) | F(ATOMIC) | F(HASH) | F(FSYNC) | F(MTIME_NS),
+    [BOX_T_FILE_DATA] = COMMON | F(UPLOAD_ID) | F(OFFSET) | F(DATA) | F(EOF_),
+    [BOX_T_FILE_ABORT] = COMMON | F(UPLOAD_ID),
+    [BOX_T_FILE_READ] = COMMON | F(SHA256) | F(PATH) | F(USER) | F(OFFSET) | F(LENGTH),
+    [BOX_T_FILE_STAT] = COMMON | F(PATH) | F(USER),
+    [BOX_T_FILE_LIST] = COMMON | F(PATH) | F(USER) | F(DEPTH),
+    [BOX_T_FILE_MKDIR] = COMMON | F(PATH) | F(USER) | F(PARENTS) | F(MODE),
+    [BOX_T_FILE_REMOVE] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
+    [BOX_T_FILE_RENAME] = COMMON | F(FROM) | F(TO) | F(USER) | F(OVERWRITE),
+    [BOX_T_FILE_CHMOD] = COMMON | F(PATH) | F(USER) | F(MODE) | F(MTIME_NS),
+    [BOX_T_FILE_SYMLINK] = COMMON | F(PATH) | F(TARGET) | F(USER) | F(OVERWRITE),
+    [BOX_T_FILE_WATCH] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
+    [BOX_T_FILE_UNWATCH] = COMMON | F(WATCH),
 };
 #undef F
 

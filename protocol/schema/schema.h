@@ -41,7 +41,27 @@
     X(ATTACHED, "attached", BOX_DIR_AGENT)                                                        \
     X(OUTPUT, "output", BOX_DIR_AGENT)                                                            \
     X(GAP, "gap", BOX_DIR_AGENT)                                                                  \
-    X(END, "end", BOX_DIR_AGENT)
+    X(END, "end", BOX_DIR_AGENT)                                                                    \
+    X(FILE_WRITE, "file_write", BOX_DIR_REQUEST)                                                    \
+    X(FILE_DATA, "file_data", BOX_DIR_REQUEST)                                                      \
+    X(FILE_ABORT, "file_abort", BOX_DIR_REQUEST)                                                    \
+    X(FILE_READ, "file_read", BOX_DIR_REQUEST)                                                      \
+    X(FILE_STAT, "file_stat", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                      \
+    X(FILE_LIST, "file_list", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                      \
+    X(FILE_MKDIR, "file_mkdir", BOX_DIR_REQUEST)                                                    \
+    X(FILE_REMOVE, "file_remove", BOX_DIR_REQUEST)                                                  \
+    X(FILE_RENAME, "file_rename", BOX_DIR_REQUEST)                                                  \
+    X(FILE_CHMOD, "file_chmod", BOX_DIR_REQUEST)                                                    \
+    X(FILE_SYMLINK, "file_symlink", BOX_DIR_REQUEST)                                                \
+    X(FILE_WATCH, "file_watch", BOX_DIR_REQUEST)                                                    \
+    X(FILE_UNWATCH, "file_unwatch", BOX_DIR_REQUEST)                                                \
+    X(FILE_ACK, "file_ack", BOX_DIR_AGENT)                                                          \
+    X(FILE_WRITTEN, "file_written", BOX_DIR_AGENT)                                                  \
+    X(FILE_INFO, "file_info", BOX_DIR_AGENT)                                                        \
+    X(FILE_CHUNK, "file_chunk", BOX_DIR_AGENT)                                                      \
+    X(FILE_END, "file_end", BOX_DIR_AGENT)                                                          \
+    X(FILE_WATCHING, "file_watching", BOX_DIR_AGENT)                                                \
+    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)
 
 /* The error codes of section 6: X(ENUM, "code"). */
 #define BOX_ERRORS(X)                                                                             \
@@ -58,7 +78,16 @@
     X(SPAWN_FAILED, "spawn_failed")                                                               \
     X(SHUTTING_DOWN, "shutting_down")                                                             \
     X(UNKNOWN_LANG, "unknown_lang")                                                               \
-    X(INTERNAL, "internal")
+    X(INTERNAL, "internal")                                                                         \
+    X(NOT_A_DIRECTORY, "not_a_directory")                                                           \
+    X(IS_A_DIRECTORY, "is_a_directory")                                                             \
+    X(EXISTS, "exists")                                                                             \
+    X(PERMISSION_DENIED, "permission_denied")                                                       \
+    X(NO_SPACE, "no_space")                                                                         \
+    X(REFUSED, "refused")                                                                           \
+    X(CHECKSUM_MISMATCH, "checksum_mismatch")                                                       \
+    X(UNSUPPORTED, "unsupported")                                                                   \
+    X(IO_ERROR, "io_error")
 
 /* Where a limit's name appears: a key of `hello.limits` (and `info.limits`), and/or the `limit`
  * field of an `error` `limit` (the limit a request would exceed). */
@@ -84,7 +113,17 @@
     X(DRAIN_MS, "drain_ms", BOX_LIM_HELLO)                                                        \
     X(FLUSH_MS, "flush_ms", BOX_LIM_HELLO)                                                        \
     X(MAX_CODE, "max_code", BOX_LIM_HELLO)                                                        \
-    X(CODE_WAITING, "code_waiting", BOX_LIM_ERROR)
+    X(CODE_WAITING, "code_waiting", BOX_LIM_ERROR)                                                  \
+    X(FILE_CHUNK, "file_chunk", BOX_LIM_HELLO)                                                      \
+    X(FILE_WINDOW, "file_window", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
+    X(MAX_UPLOADS, "max_uploads", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
+    X(UPLOAD_TTL_MS, "upload_ttl_ms", BOX_LIM_HELLO)                                                \
+    X(MAX_DOWNLOADS, "max_downloads", BOX_LIM_HELLO | BOX_LIM_ERROR)                                \
+    X(LIST_MAX, "list_max", BOX_LIM_HELLO)                                                          \
+    X(FILE_DEPTH, "file_depth", BOX_LIM_HELLO)                                                      \
+    X(FILE_WORKERS, "file_workers", BOX_LIM_HELLO)                                                  \
+    X(MAX_WATCHES, "max_watches", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
+    X(WATCH_DIRS, "watch_dirs", BOX_LIM_HELLO)
 
 /* The fields of requests (section 10.2, top level): X(ENUM, "name"). */
 #define BOX_FIELDS(X)                                                                             \
@@ -114,7 +153,26 @@
     X(SIGNAL, "signal")                                                                           \
     X(FROM_SEQ, "from_seq")                                                                       \
     X(MAX_RECORDS, "max_records")                                                                 \
-    X(MAX_BYTES, "max_bytes")
+    X(MAX_BYTES, "max_bytes")                                                                       \
+    X(PATH, "path")                                                                                 \
+    X(UPLOAD_ID, "upload_id")                                                                       \
+    X(MODE, "mode")                                                                                 \
+    X(MKDIR, "mkdir")                                                                               \
+    X(OVERWRITE, "overwrite")                                                                       \
+    X(ATOMIC, "atomic")                                                                             \
+    X(HASH, "hash")                                                                                 \
+    X(FSYNC, "fsync")                                                                               \
+    X(MTIME_NS, "mtime_ns")                                                                         \
+    X(OFFSET, "offset")                                                                             \
+    X(LENGTH, "length")                                                                             \
+    X(DEPTH, "depth")                                                                               \
+    X(PARENTS, "parents")                                                                           \
+    X(RECURSIVE, "recursive")                                                                       \
+    X(FROM, "from")                                                                                 \
+    X(TO, "to")                                                                                     \
+    X(TARGET, "target")                                                                             \
+    X(WATCH, "watch")                                                                             \
+    X(SHA256, "sha256")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,
@@ -145,8 +203,8 @@ enum box_field {
 };
 
 /* A set of fields, bit (1 << enum box_field). */
-typedef uint32_t box_fieldset;
-#define BOX_FS(f) ((box_fieldset)1u << (f))
+typedef uint64_t box_fieldset;
+#define BOX_FS(f) ((box_fieldset)1 << (f))
 
 /* The names (static strings). An out-of-range value gives "?". */
 const char *box_type_str(enum box_type t);

@@ -5,7 +5,8 @@ kernel, initramfs and disk (about 10 s, cached in /var/cache/boxd/vm). Skipped w
 when the machine cannot (no QEMU and no apt, no kernel package, not root).
 
 - `vm`: boxd with its default vsock policy (the host only) on vsock:5000 and per-run limits
-  (`--run-memory-max 64 MiB --run-pids-max 64`). Its last test shuts it down (`reboot`, which
+  (`--run-memory-max 64 MiB --run-pids-max 64`); two of its eight virtio-serial ports are left out
+  of portmux.py (`run.sh --direct 2`) for boxctl's `-s serial:PORT_SOCKET`. Its last test shuts it down (`reboot`, which
   QEMU's -no-reboot turns into an exit), so tests on it run in file order.
 - `vm_any`: boxd with `--vsock-any-cid` and a 500 ms grace; its last test powers it off with runs
   still going.
@@ -34,6 +35,8 @@ pytestmark = [pytest.mark.boxes, pytest.mark.vm]
 
 VMBOX = os.path.join(minibox.PACKAGING, "vmbox")
 BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(minibox.REPO, "build", "boxd"))
+BOXCTL_BIN = os.environ.get("BOXCTL_BIN", os.path.join(minibox.REPO, "build", "boxctl"))
+DIRECT_PORTS = 2  # ports of `vm` left out of portmux.py for boxctl -s serial: (run.sh --direct)
 VMS_DIR = os.environ.get("BOXD_VMS_DIR", "/run/boxd-vms")
 VSOCK_PORT = 5000
 MEMORY_MAX = 64 << 20
@@ -85,15 +88,18 @@ def vm_cache(rootfs):
 
 
 class Vm:
-    def __init__(self, name, boxd_args):
+    def __init__(self, name, boxd_args, run_args=()):
         self.name = name
         self.state = os.path.join(VMS_DIR, name)
-        p = subprocess.run([os.path.join(VMBOX, "run.sh"), "--name", name, "--"] + boxd_args,
+        p = subprocess.run([os.path.join(VMBOX, "run.sh"), "--name", name] + list(run_args) +
+                           ["--"] + boxd_args,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
         self.socket = p.stdout.decode().strip()
         with open(os.path.join(self.state, "qemu.pid")) as f:
             self.qemu_pid = int(f.read())
+        with open(os.path.join(self.state, "direct")) as f:
+            self.direct = f.read().split()
 
     def console(self):
         with open(os.path.join(self.state, "console.log"), errors="replace") as f:
@@ -144,8 +150,8 @@ class Vm:
         assert not os.path.exists(self.state)
 
 
-def boot(name, boxd_args):
-    vm = Vm("%s%d" % (name, os.getpid()), boxd_args)
+def boot(name, boxd_args, run_args=()):
+    vm = Vm("%s%d" % (name, os.getpid()), boxd_args, run_args)
     try:
         yield vm
     finally:
@@ -155,7 +161,8 @@ def boot(name, boxd_args):
 @pytest.fixture(scope="module")
 def vm(vm_cache):
     yield from boot("tv", ["--listen", "vsock:%d" % VSOCK_PORT, "--grace-ms", "500",
-                           "--run-memory-max", str(MEMORY_MAX), "--run-pids-max", str(PIDS_MAX)])
+                           "--run-memory-max", str(MEMORY_MAX), "--run-pids-max", str(PIDS_MAX)],
+                    ["--direct", str(DIRECT_PORTS)])
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +442,83 @@ def test_virtio_serial_immediate_reconnect(vm, vsession):
             assert attempt < 5, (i, attempt)
         finally:
             vm.close_client(b)
+
+
+# ---- boxctl from the host: -s serial: on a raw port, -s unix: through portmux ---------------------
+
+def boxctl(*args, timeout=60):
+    return subprocess.run([BOXCTL_BIN] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout)
+
+
+def boxctl_popen(*args):
+    return subprocess.Popen([BOXCTL_BIN] + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def test_boxctl_serial_on_a_raw_port(vm):
+    """boxctl opens QEMU's chardev socket of a port portmux does not serve (serial:): ping,
+    exec with its output and exit code, and the same through portmux's agent.sock (unix:)."""
+    assert len(vm.direct) == DIRECT_PORTS, vm.direct
+    assert os.path.basename(vm.direct[0]) == "port-%d.sock" % (8 - DIRECT_PORTS), vm.direct
+    for spec in ("serial:" + vm.direct[0], "unix:" + vm.socket):
+        p = boxctl("-s", spec, "ping")
+        assert p.returncode == 0 and b"pong" in p.stdout, (spec, p)
+        p = boxctl("-s", spec, "exec", "echo out-$((6*7)); echo err >&2; exit 3")
+        assert p.returncode == 3 and p.stdout == b"out-42\n" and p.stderr == b"err\n", (spec, p)
+        p = boxctl("-s", spec, "exec", "--json", "seq 3")
+        assert p.returncode == 0 and b'"stdout":"1\\n2\\n3\\n"' in p.stdout, (spec, p)
+
+
+def test_boxctl_on_two_paths_at_once(vm):
+    """While one boxctl follows a run on a raw port, others on the second raw port and through
+    portmux answer at once: they finish while the first still runs."""
+    long = boxctl_popen("-s", "serial:" + vm.direct[0], "exec",
+                        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done")
+    try:
+        # The follower's run has started (its first line is out) before the others go.
+        assert long.stdout.readline() == b"tick 1\n"
+        t0 = time.monotonic()
+        others = [boxctl_popen("-s", "serial:" + vm.direct[1], "exec", "echo second-raw"),
+                  boxctl_popen("-s", "unix:" + vm.socket, "exec", "echo via-mux"),
+                  boxctl_popen("-s", vm.socket, "ping")]
+        outs = [o.communicate(timeout=60) for o in others]
+        dt = time.monotonic() - t0
+        assert [o.returncode for o in others] == [0, 0, 0], outs
+        assert outs[0][0] == b"second-raw\n" and outs[1][0] == b"via-mux\n", outs
+        # They did not wait for the follower's 3 s run to end.
+        assert long.poll() is None, "the follower ended first: the others waited %.1f s" % dt
+        rest, err = long.communicate(timeout=60)
+        assert long.returncode == 0, err
+        assert rest.split(b"\n")[-2] == b"tick 6", rest
+        print("three clients beside a follower on a raw port: %.0f ms" % (dt * 1000))
+    finally:
+        if long.poll() is None:
+            long.kill()
+            long.wait()
+
+
+def test_boxctl_serial_reconnects_at_once(vm):
+    """boxctl after boxctl on the same raw port, each connecting the moment the last has left:
+    the agent may still hold the previous session when the new hello arrives, and answer it, and
+    then end that session under the next request (need_hello). boxctl says hello again and
+    resends; every command must succeed."""
+    port = "serial:" + vm.direct[1]
+    started0, ended0 = vm.sessions()
+    for i in range(12):
+        p = boxctl("-s", port, "exec", "echo round-%d" % i, timeout=60)
+        assert p.returncode == 0 and p.stdout == b"round-%d\n" % i, (i, p)
+        p = boxctl("-s", port, "ping", timeout=60)
+        assert p.returncode == 0, (i, p)
+    # Fewer sessions than boxctls: a boxctl that arrives before the agent saw the last one leave
+    # is served by the old session (hello is answered in any session). None is left open.
+    def left():
+        started, ended = vm.sessions()
+        return started - ended == started0 - ended0
+    assert wait_for(left, 10), (started0, ended0, vm.sessions())
+    print("24 boxctls back to back on one raw port: %d agent sessions"
+          % (vm.sessions()[0] - started0))
+    assert vm.sessions()[0] > started0
 
 
 # ---- shutdown (each ends its VM: keep these last) ------------------------------------------------

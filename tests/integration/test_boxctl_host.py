@@ -21,11 +21,18 @@ class Relay:
       session of a virtio-serial port), so only a re-sent hello is answered;
     - "serial-reset": the first hello is answered by one boxd connection, which then ends (the
       old session's end seen late), and the port goes on with a new one each time boxd closes
-      the current one: the next request meets need_hello, as a virtio-serial port can do."""
+      the current one: the next request meets need_hello, as a virtio-serial port can do;
+    - "serial-reset-at": relays frame by frame and, before the client's frame number `at` (1 is
+      the hello), ends the boxd session and hands that frame to a new one, which answers
+      need_hello and closes (an `at` that is a request type: before every frame of that type);
+      each later boxd close is followed by a new session. `sent` lists
+      (session number, request type) of every frame passed on."""
 
-    def __init__(self, path, target, mode, port=5000):
+    def __init__(self, path, target, mode, port=5000, at=None):
         self.path, self.target, self.mode, self.port = path, target, mode, port
+        self.at = at if isinstance(at, (list, tuple, set)) else [at]
         self.lines = []
+        self.sent = []
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
         self.srv.listen(8)
@@ -85,6 +92,9 @@ class Relay:
                 c.sendall(b"OK 1\n")
             if self.mode == "serial-reset":
                 self._serve_reset(c)
+                return
+            if self.mode == "serial-reset-at":
+                self._serve_reset_at(c)
                 return
             b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             b.connect(self.target)
@@ -150,6 +160,57 @@ class Relay:
             if b is not None:
                 b.close()
 
+    def _serve_reset_at(self, c):
+        import select
+        import msgpack
+        session, nframes, inbuf, b = 0, 0, b"", None
+        try:
+            while True:
+                if b is None:
+                    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    b.connect(self.target)
+                    session += 1
+                r, _, _ = select.select([c, b], [], [], 10)
+                if not r:
+                    return
+                if c in r:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    inbuf += d
+                    while len(inbuf) >= 4 and len(inbuf) >= 4 + struct.unpack(">I", inbuf[:4])[0]:
+                        n = 4 + struct.unpack(">I", inbuf[:4])[0]
+                        frame, inbuf = inbuf[:n], inbuf[n:]
+                        nframes += 1
+                        typ = msgpack.unpackb(frame[4:], raw=False)["type"]
+                        if nframes in self.at or typ in self.at:
+                            # The session this client had ends; its next frame starts a new one.
+                            b.close()
+                            self.lines.append(b"reset")
+                            b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                            b.connect(self.target)
+                            session += 1
+                        self.sent.append((session, typ))
+                        try:
+                            b.sendall(frame)
+                        except OSError:
+                            pass  # boxd closed that session: the frame is lost, as on a port
+                if b in r:
+                    try:
+                        d = b.recv(65536)
+                    except OSError:
+                        d = b""
+                    if not d:
+                        b.close()
+                        b = None
+                        continue
+                    c.sendall(d)
+        except OSError as e:
+            self.lines.append(repr(e).encode())  # a relay that failed says why
+        finally:
+            if b is not None:
+                b.close()
+
     @staticmethod
     def _recv_exact(c, n):
         out = b""
@@ -165,8 +226,9 @@ class Relay:
 def relay(boxd):
     made = []
 
-    def make(mode, port=5000):
-        r = Relay(os.path.join(boxd.workdir, "relay%d.sock" % len(made)), boxd.sock, mode, port)
+    def make(mode, port=5000, at=None):
+        r = Relay(os.path.join(boxd.workdir, "relay%d.sock" % len(made)), boxd.sock, mode, port,
+                  at)
         made.append(r)
         return r
     yield make
@@ -263,3 +325,64 @@ def test_connect_failure_says_what_to_do(boxctl, boxd):
     assert p.returncode == 1
     for needle in ("-s", "$BOXD_SOCKET", "scripts/local-box.sh"):
         assert needle in err, err
+
+
+def exec_sessions(sent, kind="exec"):
+    return [n for n, t in sent if t == kind]
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_serial_resends_a_request_met_by_need_hello(boxctl, boxd, relay, json):
+    """The session restarts under a request after hello and the confirming ping have passed
+    (frame 3, the exec): boxd answers it need_hello, and boxctl says hello again and sends that
+    exec once more. It runs once: need_hello means the first copy did nothing."""
+    r = relay("serial-reset-at", at=3)
+    tag = "resent-%d" % json
+    args = ["exec", "--id", tag] + (["--json"] if json else []) + ["echo %s; seq 2" % tag]
+    p = boxctl.run("-s", "serial:" + r.path, *args, sock=False, timeout=T(20))
+    assert p.returncode == 0, (p, r.lines, r.sent)
+    if json:
+        assert b'"stdout":"%s\\n1\\n2\\n"' % tag.encode() in p.stdout, p
+    else:
+        assert p.stdout == b"%s\n1\n2\n" % tag.encode(), p
+    assert r.lines == [b"reset"], r.lines
+    # The exec went to the new session (need_hello), then after a hello to the next one.
+    assert [t for _, t in r.sent][:3] == ["hello", "ping", "exec"], r.sent
+    ex = exec_sessions(r.sent)
+    assert len(ex) == 2 and ex[1] > ex[0], r.sent
+    assert ("hello" in [t for n, t in r.sent if n == ex[1]]), r.sent
+    # One run, not two.
+    q = boxctl.run("list", "--json")
+    assert q.returncode == 0, q
+    assert q.stdout.count(b'"id":"%s"' % tag.encode()) == 1, q.stdout
+
+
+@pytest.mark.parametrize("cmd,at", [
+    (["info"], 3), (["list"], 3), (["ping"], 3), (["wait", "--json", "RID"], 3),
+    (["logs", "RID"], 3), (["cancel", "RID"], 3)])
+def test_serial_every_request_survives_need_hello(boxctl, relay, cmd, at):
+    """Every boxctl command's request is resent after the need_hello of a restarted session."""
+    rid = "every-%s" % cmd[0]
+    p = boxctl.run("exec", "--id", rid, "--detach", "echo x; sleep %d" % (30 if cmd[0] == "cancel" else 0))
+    assert p.returncode == 0, p
+    if cmd[0] in ("wait", "logs"):
+        assert boxctl.run("wait", rid).returncode == 0
+    r = relay("serial-reset-at", at=at)
+    p = boxctl.run("-s", "serial:" + r.path, *[rid if a == "RID" else a for a in cmd],
+                   sock=False, timeout=T(20))
+    assert p.returncode == 0, (cmd, p)
+    assert r.lines == [b"reset"], r.lines
+    types = [t for _, t in r.sent]
+    assert types[2:].count(types[2]) >= 2, r.sent  # the request, then the same again
+    if cmd[0] == "logs":
+        assert p.stdout == b"x\n", p
+
+
+def test_serial_need_hello_twice_is_an_error_not_a_loop(boxctl, relay):
+    """A request resent once and met by need_hello again is reported, not sent a third time."""
+    r = relay("serial-reset-at", at="exec")  # the exec, and (after the re-hello) its resend
+    p = boxctl.run("-s", "serial:" + r.path, "exec", "--id", "twice", "echo no",
+                   sock=False, timeout=T(20))
+    assert p.returncode != 0, (p, r.sent)
+    assert b"need_hello" in p.stderr, p
+    assert len(exec_sessions(r.sent)) == 2, r.sent

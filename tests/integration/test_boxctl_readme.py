@@ -41,6 +41,11 @@ def test_readme_examples_run_as_written(boxd, tmp_path):
     (work / "build").mkdir(parents=True)
     os.symlink(BOXCTL_BIN, work / "build" / "boxctl")
     (work / "script.py").write_text("print('from script.py')\n")
+    # The files example starts in a project directory (README "Files").
+    (work / "src").mkdir()
+    (work / "src" / "main.js").write_text("console.log('built')\n")
+    (work / "package.json").write_text(
+        '{"name": "demo", "scripts": {"build": "mkdir -p dist && cp src/main.js dist/"}}\n')
     lines = ["cd '%s'" % work]
     for i, (cmd, _) in enumerate(examples):
         lines.append("{ %s\n} >out.%d 2>err.%d; echo $? >rc.%d" % (cmd, i, i, i))
@@ -53,7 +58,7 @@ def test_readme_examples_run_as_written(boxd, tmp_path):
         rc = int((work / ("rc.%d" % i)).read_text())
         out = (work / ("out.%d" % i)).read_bytes().decode()
         err = (work / ("err.%d" % i)).read_bytes().decode()
-        needs_node = "node" in cmd or "--lang js" in cmd
+        needs_node = "node" in cmd or "--lang js" in cmd or "npm" in cmd
         if needs_node and not have_node:
             continue
         shows_error = any(e.startswith("boxctl: ") for e in expected)
@@ -66,5 +71,7 @@ def test_readme_examples_run_as_written(boxd, tmp_path):
         plain = [e for e in expected if not re.search(r"[{\[]|\.\.\.", e)]
         if plain and len(plain) == len(expected):
             assert out.splitlines() == plain, (cmd, out)
+        if cmd.startswith("build/boxctl cp -a --json :/tmp/work/dist"):
+            assert (work / "dist" / "main.js").read_text() == "console.log('built')\n", cmd
         if "wait --json" in cmd:
             assert '"status":"cancelled"' in out, (cmd, out)

@@ -714,26 +714,38 @@ def test_seccomp_protects_boxd(start_boxd):
     assert ok_run(c, "sleep 10 & kill -9 $!; wait $!; echo $?", output=True).end["result"] == "137"
 
 
+def thread_names(pid):
+    """{tid: comm} for every thread of pid (boxd names its threads boxd-spawn and boxd-io)."""
+    out = {}
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+            out[int(t)] = f.read().strip()
+    return out
+
+
 def test_seccomp_protects_boxd_spawner_thread(start_boxd):
-    """boxd's other thread (the spawner) is boxd too: a fatal signal sent to its tid kills the
-    whole process, a ptrace of it reaches boxd's memory. The same guards apply to it."""
+    """boxd's other threads (the spawner, the file I/O threads) are boxd too: a fatal signal
+    sent to a tid kills the whole process, a ptrace of it reaches boxd's memory. The same
+    guards apply to each of them."""
     if os.uname().machine != "x86_64":
         pytest.skip("the probe's system call numbers are x86_64's")
     d = start_boxd()
     c = d.client()
-    tids = [int(t) for t in os.listdir("/proc/%d/task" % d.pid) if int(t) != d.pid]
-    assert len(tids) == 1, tids
-    res = ok_run(c, argv=[PY, "-c", GUARD, str(tids[0])], output=True)
-    out = json.loads(res.stdout)
-    print("guards for the spawner thread %d: %s" % (tids[0], out))
-    for k in ("kill_0_boxd", "kill_9_boxd", "kill_term_boxd", "tkill_boxd",
-              "rt_sigqueueinfo_boxd", "pidfd_open_boxd", "prlimit64_boxd",
-              "process_vm_readv_boxd", "ptrace_attach_boxd"):
-        assert out[k] == "EPERM", (k, out)
-    assert d.alive()
-    assert c.ping()["type"] == "pong"
-    with open("/proc/%d/task/%d/status" % (d.pid, tids[0])) as f:
-        assert "TracerPid:\t0\n" in f.read()
+    names = thread_names(d.pid)
+    tids = sorted(t for t in names if t != d.pid)
+    assert sorted(names[t] for t in tids) == ["boxd-io"] * 4 + ["boxd-spawn"], names
+    for tid in tids:
+        res = ok_run(c, argv=[PY, "-c", GUARD, str(tid)], output=True)
+        out = json.loads(res.stdout)
+        print("guards for thread %d (%s): %s" % (tid, names[tid], out))
+        for k in ("kill_0_boxd", "kill_9_boxd", "kill_term_boxd", "tkill_boxd",
+                  "rt_sigqueueinfo_boxd", "pidfd_open_boxd", "prlimit64_boxd",
+                  "process_vm_readv_boxd", "ptrace_attach_boxd"):
+            assert out[k] == "EPERM", (tid, names[tid], k, out)
+        assert d.alive()
+        assert c.ping()["type"] == "pong"
+        with open("/proc/%d/task/%d/status" % (d.pid, tid)) as f:
+            assert "TracerPid:\t0\n" in f.read()
 
 
 def test_seccomp_signal_by_proc_fd(start_boxd):

@@ -1,0 +1,1316 @@
+#include "files.h"
+
+#include <errno.h>
+#include <linux/openat2.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "auth.h"
+#include "conn.h"
+#include "events.h"
+#include "fsops.h"
+#include "fsworker.h"
+#include "fswatch.h"
+#include "log.h"
+#include "run.h"
+#include "sha256.h"
+
+/* Bytes of file_chunk events a download may have queued on its connection before it stops
+ * reading the disk; it reads again when the queue is under it (checked every
+ * FILES_PAUSE_TICK_MS while paused). */
+#define FILES_DL_WINDOW (2u * 1024u * 1024u)
+#define FILES_DL_STEP (2u * FILES_CHUNK) /* bytes one read job reads at most */
+#define FILES_PAUSE_TICK_MS 2u
+#define FILES_IDLE_TICK_MS 1000u
+
+struct files {
+    struct agent *a;
+    struct fsworker *w;
+    struct list uploads;
+    unsigned n_uploads;
+    struct list downloads;
+    unsigned n_downloads, n_paused;
+    uv_timer_t tick;
+    unsigned tick_ms;
+    struct fswatches *watches;
+};
+
+/* ---- replies ------------------------------------------------------------------------------- */
+
+static void send_to(struct agent *a, uint64_t conn_no, struct msg_out *o)
+{
+    struct conn *c = conn_find(a, conn_no);
+    if (c == NULL || c->closing) {
+        msg_out_destroy(o);
+        return;
+    }
+    conn_send(c, o);
+}
+
+static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
+                       const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
+                       const char *code, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    struct msg_out o;
+    if (ev_begin(&o, "error", req) < 0)
+        return;
+    msg_kv_str(&o, "code", code);
+    msg_kv_str(&o, "message", text);
+    ev_close(&o);
+    send_to(a, conn_no, &o);
+}
+
+/* An error for a failed file system call: the code of err, and what to do next. */
+void files_send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *req, int err,
+                       const char *what, const char *path)
+{
+    const char *code = fs_code(err);
+    const char *hint = "";
+    if (err == -ENOSYS)
+        hint = " (this kernel has no openat2: Linux 5.6 or later is needed for file requests)";
+    else if (err == -FS_EREFUSED || err == -ELOOP || err == -ENXIO)
+        hint = " (FIFOs, devices, sockets, /proc, /sys and magic links are refused)";
+    else if (err == -ENOSPC || err == -EDQUOT)
+        hint = " (free space on that file system; nothing was left behind)";
+    else if (err == -EACCES || err == -EPERM)
+        hint = " (the acting user lacks permission; name another `user` or change modes)";
+    send_error(a, conn_no, req, code, "%s %s: %s%s", what, path,
+               err == -FS_EREFUSED ? "not a regular file, or on procfs/sysfs" : strerror(-err), hint);
+}
+
+static void limit_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
+                        const char *which, const char *text)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "error", req) < 0)
+        return;
+    msg_kv_str(&o, "code", "limit");
+    msg_kv_str(&o, "message", text);
+    msg_kv_str(&o, "limit", which);
+    ev_close(&o);
+    send_to(a, conn_no, &o);
+}
+
+/* ---- request fields --------------------------------------------------------------------------- */
+
+struct req {
+    struct conn *c;
+    struct agent *a;
+    struct files *f;
+    const msgpack_object *m;
+    const struct reqtag *req;
+};
+
+static void bad(struct req *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void bad(struct req *x, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    send_error(x->a, x->c->no, x->req, "bad_request", "%s", text);
+}
+
+/* An absolute path without NUL, shorter than PATH_MAX. Returns 0, or -1 when answered. */
+static int get_path(struct req *x, const char *key, char out[PATH_MAX])
+{
+    const char *s;
+    size_t n;
+    if (msg_get_str(x->m, key, &s, &n) < 0 || n == 0 || n >= PATH_MAX || s[0] != '/' ||
+        memchr(s, '\0', n)) {
+        bad(x, "%s must be an absolute path (a string starting with '/', at most %u bytes)", key,
+            PATH_MAX - 1);
+        return -1;
+    }
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 0;
+}
+
+static int get_bool(struct req *x, const char *key, bool *v, bool dflt)
+{
+    int e = msg_get_bool(x->m, key, v);
+    if (e == -ENOENT) {
+        *v = dflt;
+        return 0;
+    }
+    if (e < 0) {
+        bad(x, "%s must be a boolean", key);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_u64(struct req *x, const char *key, uint64_t *v, uint64_t dflt, uint64_t max)
+{
+    int e = msg_get_u64(x->m, key, v);
+    if (e == -ENOENT) {
+        *v = dflt;
+        return 0;
+    }
+    if (e < 0 || *v > max) {
+        bad(x, "%s must be an integer from 0 to %llu", key, (unsigned long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+/* Who the request acts as: the runs' user, or `user` under exec's policy (PROTOCOL.md 4.1).
+ * Returns 0, or -1 when answered. */
+static int get_cred(struct req *x, struct fscred *cred)
+{
+    struct agent *a = x->a;
+    const char *u;
+    size_t ul;
+    int e = msg_get_str(x->m, "user", &u, &ul);
+    if (e == -EINVAL ||
+        (e == 0 && (ul == 0 || ul >= AUTH_USER_MAX || memchr(u, '\0', ul) || memchr(u, ':', ul)))) {
+        bad(x, "user must be a user name");
+        return -1;
+    }
+    if (e == -ENOENT || (strlen(a->ident.user) == ul && memcmp(a->ident.user, u, ul) == 0)) {
+        fscred_from_identity(cred, &a->ident);
+        return 0;
+    }
+    if (!auth_request_user_allowed(&a->auth, u, ul)) {
+        send_error(a, x->c->no, x->req, "denied",
+                   "file requests act as %s; this agent does not let a request name %.*s "
+                   "(--allow-request-user)", a->ident.user, (int)ul, u);
+        return -1;
+    }
+    char name[AUTH_USER_MAX];
+    memcpy(name, u, ul);
+    name[ul] = '\0';
+    struct identity id;
+    int le = identity_lookup(name, &id);
+    if (le < 0) {
+        send_error(a, x->c->no, x->req, le == -ENOENT ? "not_found" : "internal",
+                   "user %s: %s", name, le == -ENOENT ? "no such user" : strerror(-le));
+        return -1;
+    }
+    fscred_from_identity(cred, &id);
+    return 0;
+}
+
+static int get_mode(struct req *x, uint32_t *mode, uint32_t dflt)
+{
+    uint64_t v;
+    if (get_u64(x, "mode", &v, dflt, 07777) < 0)
+        return -1;
+    *mode = (uint32_t)v;
+    return 0;
+}
+
+/* ---- one-shot operations: stat, list, mkdir, remove, rename, chmod -------------------------- */
+
+enum op_kind { OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE, OP_RENAME, OP_CHMOD, OP_SYMLINK };
+
+struct op {
+    struct fsjob j;
+    struct files *f;
+    uint64_t conn_no;
+    struct reqtag req;
+    enum op_kind kind;
+    char path[PATH_MAX], path2[PATH_MAX];
+    uint32_t mode;
+    bool flag; /* mkdir parents, remove recursive, rename overwrite */
+    unsigned depth;
+    size_t max_bytes;
+    bool has_mtime;
+    int64_t mtime_ns;
+    int err;
+    struct msg_out out; /* the reply, built on the worker */
+};
+
+static void op_work(struct fsjob *j)
+{
+    struct op *op = (struct op *)j;
+    struct msg_out *o = &op->out;
+    switch (op->kind) {
+    case OP_STAT:
+        if (ev_begin(o, "file_stat", &op->req) < 0) {
+            op->err = -ENOMEM;
+            return;
+        }
+        op->err = fs_stat(o, op->path);
+        break;
+    case OP_LIST: {
+        if (ev_begin_sized(o, "file_list", &op->req, 64u * 1024u) < 0) {
+            op->err = -ENOMEM;
+            return;
+        }
+        bool trunc = false;
+        uint32_t n = 0;
+        op->err = fs_list(o, op->path, op->depth, op->max_bytes, FILES_LIST_MAX, &trunc, &n);
+        msg_kv_bool(o, "truncated", trunc);
+        break;
+    }
+    case OP_MKDIR:
+        op->err = fs_mkdir(op->path, op->mode, op->flag);
+        break;
+    case OP_REMOVE:
+        op->err = fs_remove(op->path, op->flag);
+        break;
+    case OP_RENAME:
+        op->err = fs_rename(op->path, op->path2, op->flag);
+        break;
+    case OP_CHMOD:
+        op->err = fs_chmod(op->path, op->mode, op->has_mtime ? &op->mtime_ns : NULL);
+        break;
+    case OP_SYMLINK:
+        op->err = fs_symlink(op->path2, op->path, op->flag);
+        break;
+    }
+    if (op->err == 0 && op->kind >= OP_MKDIR && ev_begin(o, "ok", &op->req) < 0)
+        op->err = -ENOMEM;
+    if (op->err == 0)
+        ev_close(o);
+}
+
+static void op_done(struct fsjob *j)
+{
+    struct op *op = (struct op *)j;
+    struct agent *a = op->f->a;
+    static const char *const what[] = {"stat", "list", "mkdir", "remove", "rename", "chmod",
+                                       "symlink"};
+    if (j->cred_err)
+        files_send_errno(a, op->conn_no, &op->req, j->cred_err, "acting as the user for", op->path);
+    else if (op->err == -ENOMEM)
+        send_error(a, op->conn_no, &op->req, "internal", "out of memory");
+    else if (op->err < 0)
+        files_send_errno(a, op->conn_no, &op->req, op->err, what[op->kind], op->path);
+    else {
+        send_to(a, op->conn_no, &op->out);
+        free(op);
+        return;
+    }
+    msg_out_destroy(&op->out);
+    free(op);
+}
+
+static void do_op(struct req *x, enum op_kind kind)
+{
+    struct op *op = calloc(1, sizeof *op);
+    if (op == NULL) {
+        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        return;
+    }
+    op->f = x->f;
+    op->conn_no = x->c->no;
+    op->req = *x->req;
+    op->kind = kind;
+    uint64_t depth = 1;
+    if (get_path(x, kind == OP_RENAME ? "from" : "path", op->path) < 0)
+        goto fail;
+    switch (kind) {
+    case OP_LIST:
+        if (get_u64(x, "depth", &depth, 1, FILES_MAX_DEPTH) < 0)
+            goto fail;
+        op->depth = (unsigned)depth;
+        op->max_bytes = x->a->cfg.max_event - 4096u;
+        break;
+    case OP_MKDIR:
+        if (get_bool(x, "parents", &op->flag, false) < 0 || get_mode(x, &op->mode, 0755) < 0)
+            goto fail;
+        break;
+    case OP_REMOVE:
+        if (get_bool(x, "recursive", &op->flag, false) < 0)
+            goto fail;
+        break;
+    case OP_RENAME:
+        if (get_path(x, "to", op->path2) < 0 || get_bool(x, "overwrite", &op->flag, false) < 0)
+            goto fail;
+        break;
+    case OP_CHMOD: {
+        if (msg_get(x->m, "mode") == NULL) {
+            bad(x, "chmod needs a mode");
+            goto fail;
+        }
+        if (get_mode(x, &op->mode, 0) < 0)
+            goto fail;
+        int me = msg_get_i64(x->m, "mtime_ns", &op->mtime_ns);
+        if (me == -EINVAL) {
+            bad(x, "mtime_ns must be an integer");
+            goto fail;
+        }
+        op->has_mtime = me == 0;
+        break;
+    }
+    case OP_SYMLINK: {
+        const char *tg;
+        size_t tl;
+        if (msg_get_bytes(x->m, "target", &tg, &tl) < 0 || tl == 0 || tl >= PATH_MAX ||
+            memchr(tg, '\0', tl)) {
+            bad(x, "target must be a non-empty string without NUL, under %u bytes", PATH_MAX);
+            goto fail;
+        }
+        memcpy(op->path2, tg, tl);
+        op->path2[tl] = '\0';
+        if (get_bool(x, "overwrite", &op->flag, true) < 0)
+            goto fail;
+        break;
+    }
+    case OP_STAT:
+        break;
+    }
+    if (get_cred(x, &op->j.cred) < 0)
+        goto fail;
+    op->j.work = op_work;
+    op->j.done = op_done;
+    fsworker_submit(x->f->w, &op->j);
+    return;
+fail:
+    free(op);
+}
+
+/* ---- uploads -------------------------------------------------------------------------------- */
+
+struct chunk {
+    struct chunk *next;
+    uint64_t conn_no;
+    struct reqtag req;
+    uint64_t offset;
+    uint32_t len;
+    bool eof;
+    int res; /* set by the worker: 0 or -errno */
+    char data[];
+};
+
+enum up_phase { UP_OPEN, UP_WRITE, UP_DISCARD };
+
+struct upload {
+    struct fsjob j;
+    struct files *f;
+    struct list link;
+    char id[33];
+    char path[PATH_MAX];
+    char base[NAME_MAX + 1];
+    char tmp[NAME_MAX + 1];
+    uint64_t conn_no; /* the connection that last used it */
+    struct reqtag open_req;
+    enum up_phase phase;
+    int dirfd, fd;
+    bool atomic, overwrite, mkdir_p, has_sha, has_mtime, sync, hash;
+    uint8_t want_sha[32];
+    char got_sha[65];
+    struct sha256 sha;
+    uint32_t mode;
+    int64_t mtime_ns;
+    uint64_t accepted; /* bytes accepted: the offset the next file_data must carry */
+    uint64_t written;  /* bytes in the file (the worker's count) */
+    uint64_t queued;   /* bytes accepted and not yet written */
+    struct chunk *pend, *pend_tail; /* waiting for the worker */
+    struct chunk *batch;            /* with the worker */
+    bool busy;
+    bool dead;      /* failed or committed: no more data; freed when not busy */
+    bool committed;
+    int open_err;
+    uint64_t last_ms; /* last activity, for FILES_UPLOAD_TTL_MS */
+};
+
+static uint64_t now_ms(const struct files *f)
+{
+    return uv_now(f->a->loop);
+}
+
+static struct upload *upload_find(struct files *f, const char *id, size_t n)
+{
+    struct list *pos;
+    for (pos = f->uploads.next; pos != &f->uploads; pos = pos->next) {
+        struct upload *u = container_of(pos, struct upload, link);
+        if (strlen(u->id) == n && memcmp(u->id, id, n) == 0)
+            return u;
+    }
+    return NULL;
+}
+
+static void upload_free(struct upload *u)
+{
+    struct chunk *c, *n;
+    for (c = u->pend; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    for (c = u->batch; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    if (u->fd >= 0)
+        close(u->fd); /* never reached with a live fd: discard closes them on the worker */
+    if (u->dirfd >= 0)
+        close(u->dirfd);
+    list_del(&u->link);
+    u->f->n_uploads--;
+    free(u);
+}
+
+/* On the worker: writes each chunk of the batch, and commits at eof. */
+static int upload_commit(struct upload *u)
+{
+    uint8_t d[32];
+    struct sha256 s = u->sha;
+    if (u->hash) {
+        sha256_final(&s, d);
+        sha256_hex(d, u->got_sha);
+    }
+    if (u->has_sha && memcmp(d, u->want_sha, 32) != 0)
+        return -EBADMSG; /* checked before the rename: nothing appears at the path */
+    if (fchmod(u->fd, u->mode) < 0)
+        return -errno;
+    if (u->has_mtime) {
+        struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
+                                 {.tv_sec = u->mtime_ns / 1000000000,
+                                  .tv_nsec = u->mtime_ns % 1000000000}};
+        if (ts[1].tv_nsec < 0) {
+            ts[1].tv_sec--;
+            ts[1].tv_nsec += 1000000000;
+        }
+        if (futimens(u->fd, ts) < 0)
+            return -errno;
+    }
+    if (u->sync && fsync(u->fd) < 0)
+        return -errno;
+    if (!u->atomic)
+        return 0;
+    /* The rename is the commit: a reader of the path sees the old file or the new one. */
+    if (syscall(SYS_renameat2, u->dirfd, u->tmp, u->dirfd, u->base,
+                u->overwrite ? 0 : RENAME_NOREPLACE) < 0)
+        return -errno;
+    u->tmp[0] = '\0';
+    return 0;
+}
+
+static void upload_discard_files(struct upload *u)
+{
+    if (u->fd >= 0) {
+        close(u->fd);
+        u->fd = -1;
+    }
+    if (u->dirfd >= 0) {
+        if (u->tmp[0])
+            unlinkat(u->dirfd, u->tmp, 0);
+        close(u->dirfd);
+        u->dirfd = -1;
+    }
+    u->tmp[0] = '\0';
+}
+
+static void upload_work(struct fsjob *j)
+{
+    struct upload *u = (struct upload *)j;
+    if (u->phase == UP_DISCARD) {
+        upload_discard_files(u);
+        return;
+    }
+    if (u->phase == UP_OPEN) {
+        int e = fs_parent(u->path, u->mkdir_p, u->base, &u->dirfd);
+        struct stat st;
+        if (e == 0 && fstatat(u->dirfd, u->base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            if (S_ISDIR(st.st_mode))
+                e = -EISDIR;
+            else if (!u->overwrite)
+                e = -EEXIST;
+            else if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+                e = -FS_EREFUSED;
+        }
+        if (e == 0 && u->atomic) {
+            snprintf(u->tmp, sizeof u->tmp, ".%.200s.boxd-%s", u->base, u->id);
+            e = fs_open(u->dirfd, u->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600,
+                        RESOLVE_BENEATH);
+            if (e >= 0) {
+                u->fd = e;
+                e = 0;
+            } else {
+                u->tmp[0] = '\0';
+            }
+        } else if (e == 0) {
+            /* Not atomic: written in place. O_NONBLOCK: a FIFO at the path fails (ENXIO)
+             * instead of waiting for a reader; anything not regular is refused. */
+            e = fs_open(u->dirfd, u->base, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY |
+                                               (u->overwrite ? O_TRUNC : O_EXCL), u->mode,
+                        RESOLVE_BENEATH);
+            if (e >= 0) {
+                u->fd = e;
+                e = fstat(u->fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -FS_EREFUSED;
+            }
+        }
+        u->open_err = e;
+        if (e < 0)
+            upload_discard_files(u);
+        return;
+    }
+    for (struct chunk *c = u->batch; c; c = c->next) {
+        size_t done = 0;
+        while (done < c->len) {
+            ssize_t n = pwrite(u->fd, c->data + done, c->len - done, (off_t)(c->offset + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                c->res = n < 0 ? -errno : -EIO;
+                break;
+            }
+            done += (size_t)n;
+        }
+        if (c->res == 0) {
+            if (u->hash)
+                sha256_update(&u->sha, c->data, c->len);
+            u->written += c->len;
+            if (c->eof)
+                c->res = upload_commit(u);
+        }
+        if (c->res < 0) {
+            upload_discard_files(u); /* nothing partial is left at the path */
+            for (struct chunk *r = c->next; r; r = r->next)
+                r->res = -ECANCELED;
+            break;
+        }
+    }
+}
+
+static void upload_kick(struct upload *u);
+
+static void upload_reply_ack(struct upload *u, uint64_t conn_no, const struct reqtag *req,
+                             uint64_t offset)
+{
+    struct msg_out o;
+    if (ev_begin(&o, "file_ack", req) < 0)
+        return;
+    msg_kv_str(&o, "upload_id", u->id);
+    msg_kv_u64(&o, "offset", offset);
+    ev_close(&o);
+    send_to(u->f->a, conn_no, &o);
+}
+
+static void upload_fail_pending(struct upload *u, const char *why)
+{
+    struct chunk *c, *n;
+    for (c = u->pend; c; c = n) {
+        n = c->next;
+        send_error(u->f->a, c->conn_no, &c->req, "not_found", "upload %s: %s", u->id, why);
+        free(c);
+    }
+    u->pend = u->pend_tail = NULL;
+}
+
+static void upload_done(struct fsjob *j)
+{
+    struct upload *u = (struct upload *)j;
+    struct agent *a = u->f->a;
+    u->busy = false;
+    if (u->phase == UP_DISCARD) {
+        upload_fail_pending(u, "the upload was dropped");
+        upload_free(u);
+        return;
+    }
+    if (j->cred_err) {
+        files_send_errno(a, u->conn_no, &u->open_req, j->cred_err, "acting as the user for",
+                   u->path);
+        u->dead = true;
+    } else if (u->phase == UP_OPEN) {
+        if (u->open_err < 0) {
+            files_send_errno(a, u->conn_no, &u->open_req, u->open_err, "write", u->path);
+            u->dead = true;
+        } else {
+            u->phase = UP_WRITE;
+            upload_reply_ack(u, u->conn_no, &u->open_req, 0);
+        }
+    } else {
+        struct chunk *c, *n;
+        for (c = u->batch; c; c = n) {
+            n = c->next;
+            u->queued -= c->len;
+            if (c->res == 0 && !c->eof) {
+                upload_reply_ack(u, c->conn_no, &c->req, c->offset + c->len);
+            } else if (c->res == 0) {
+                struct msg_out o;
+                if (ev_begin(&o, "file_written", &c->req) == 0) {
+                    msg_kv_str(&o, "upload_id", u->id);
+                    msg_kv_str(&o, "path", u->path);
+                    msg_kv_u64(&o, "size", u->written);
+                    if (u->hash)
+                        msg_kv_str(&o, "sha256", u->got_sha);
+                    ev_close(&o);
+                    send_to(a, c->conn_no, &o);
+                }
+                u->committed = u->dead = true;
+            } else if (c->res == -ECANCELED) {
+                send_error(a, c->conn_no, &c->req, "not_found",
+                           "upload %s failed at an earlier chunk", u->id);
+            } else {
+                if (c->res == -EBADMSG)
+                    send_error(a, c->conn_no, &c->req, "checksum_mismatch",
+                               "upload %s to %s: the data's sha256 is %s, not the one given; "
+                               "nothing was written, upload again", u->id, u->path, u->got_sha);
+                else
+                    files_send_errno(a, c->conn_no, &c->req, c->res, "write", u->path);
+                u->dead = true;
+            }
+            free(c);
+        }
+        u->batch = NULL;
+    }
+    if (u->dead) {
+        upload_fail_pending(u, u->committed ? "already written" : "it failed");
+        if (u->fd >= 0 || u->dirfd >= 0) {
+            /* Close (and unlink a leftover temp file) on the worker, as the user. */
+            u->phase = UP_DISCARD;
+            u->busy = true;
+            fsworker_submit(u->f->w, &u->j);
+            return;
+        }
+        upload_free(u);
+        return;
+    }
+    upload_kick(u);
+}
+
+static void upload_kick(struct upload *u)
+{
+    if (u->busy || u->pend == NULL || u->phase != UP_WRITE)
+        return;
+    u->batch = u->pend;
+    u->pend = u->pend_tail = NULL;
+    u->busy = true;
+    fsworker_submit(u->f->w, &u->j);
+}
+
+static void upload_drop(struct upload *u)
+{
+    if (u->busy)
+        return; /* its job's done callback sees dead */
+    u->dead = true;
+    u->phase = UP_DISCARD;
+    u->busy = true;
+    fsworker_submit(u->f->w, &u->j);
+}
+
+static bool hex32(const char *s, size_t n, uint8_t out[32])
+{
+    if (n != 64)
+        return false;
+    for (size_t i = 0; i < 32; i++) {
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char ch = s[2 * i + (size_t)k];
+            int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                        : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+            if (d < 0)
+                return false;
+            v = v * 16 + d;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return true;
+}
+
+static bool id_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 32)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= 'A' && s[i] <= 'Z') || s[i] == '-' || s[i] == '_'))
+            return false;
+    return true;
+}
+
+static void do_write(struct req *x)
+{
+    struct files *f = x->f;
+    char path[PATH_MAX];
+    if (get_path(x, "path", path) < 0)
+        return;
+    const char *id = NULL;
+    size_t idl = 0;
+    int e = msg_get_str(x->m, "upload_id", &id, &idl);
+    if (e == -EINVAL || (e == 0 && !id_ok(id, idl))) {
+        bad(x, "upload_id must be 1-32 of [A-Za-z0-9_-]");
+        return;
+    }
+    struct fscred cred;
+    if (get_cred(x, &cred) < 0)
+        return;
+    struct upload *u = e == 0 ? upload_find(f, id, idl) : NULL;
+    if (u) {
+        /* Resume: the same path, the same user. */
+        if (strcmp(u->path, path) != 0 || u->j.cred.uid != cred.uid || u->dead) {
+            send_error(x->a, x->c->no, x->req, "exists",
+                       "upload %s is for another path or user, or finished; choose another "
+                       "upload_id", u->id);
+            return;
+        }
+        u->conn_no = x->c->no;
+        u->last_ms = now_ms(f);
+        upload_reply_ack(u, x->c->no, x->req, u->accepted);
+        return;
+    }
+    bool atomic, overwrite, mkdir_p, sync, hash;
+    uint32_t mode;
+    const char *sha = NULL;
+    size_t shal = 0;
+    int64_t mtime = 0;
+    if (get_bool(x, "atomic", &atomic, true) < 0 || get_bool(x, "overwrite", &overwrite, true) < 0 ||
+        get_bool(x, "mkdir", &mkdir_p, false) < 0 || get_bool(x, "fsync", &sync, true) < 0 ||
+        get_bool(x, "hash", &hash, true) < 0 ||
+        get_mode(x, &mode, 0644) < 0)
+        return;
+    int se = msg_get_str(x->m, "sha256", &sha, &shal);
+    uint8_t want[32];
+    if (se == -EINVAL || (se == 0 && !hex32(sha, shal, want))) {
+        bad(x, "sha256 must be 64 hex digits");
+        return;
+    }
+    int me = msg_get_i64(x->m, "mtime_ns", &mtime);
+    if (me == -EINVAL) {
+        bad(x, "mtime_ns must be an integer");
+        return;
+    }
+    if (f->n_uploads >= FILES_MAX_UPLOADS) {
+        limit_error(x->a, x->c->no, x->req, "max_uploads",
+                    "too many uploads held (64): finish or file_abort some, or wait for kept "
+                    "ones to expire");
+        return;
+    }
+    u = calloc(1, sizeof *u);
+    if (u == NULL) {
+        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        return;
+    }
+    u->f = f;
+    u->dirfd = u->fd = -1;
+    if (e == 0) {
+        memcpy(u->id, id, idl);
+    } else {
+        uint8_t r[8];
+        if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+            uint64_t t = now_mono_ns() ^ (uint64_t)x->c->no << 48;
+            memcpy(r, &t, sizeof r);
+        }
+        for (int i = 0; i < 8; i++)
+            snprintf(u->id + 2 * i, 3, "%02x", r[i]);
+    }
+    snprintf(u->path, sizeof u->path, "%s", path);
+    u->conn_no = x->c->no;
+    u->open_req = *x->req;
+    u->atomic = atomic;
+    u->overwrite = overwrite;
+    u->mkdir_p = mkdir_p;
+    u->sync = sync;
+    u->hash = hash || se == 0; /* a given sha256 is always checked */
+    u->mode = mode;
+    u->has_sha = se == 0;
+    memcpy(u->want_sha, want, sizeof want);
+    u->has_mtime = me == 0;
+    u->mtime_ns = mtime;
+    sha256_init(&u->sha);
+    u->j.cred = cred;
+    u->j.work = upload_work;
+    u->j.done = upload_done;
+    u->last_ms = now_ms(f);
+    list_add_tail(&f->uploads, &u->link);
+    f->n_uploads++;
+    u->busy = true;
+    fsworker_submit(f->w, &u->j);
+}
+
+static struct upload *get_upload(struct req *x)
+{
+    const char *id;
+    size_t n;
+    if (msg_get_str(x->m, "upload_id", &id, &n) < 0 || !id_ok(id, n)) {
+        bad(x, "upload_id must be 1-32 of [A-Za-z0-9_-]");
+        return NULL;
+    }
+    struct upload *u = upload_find(x->f, id, n);
+    if (u == NULL || u->dead) {
+        send_error(x->a, x->c->no, x->req, "not_found",
+                   "no upload %.*s (finished, failed, expired, or never opened): start again "
+                   "with file_write", (int)n, id);
+        return NULL;
+    }
+    return u;
+}
+
+static void do_data(struct req *x)
+{
+    struct upload *u = get_upload(x);
+    if (u == NULL)
+        return;
+    uint64_t off;
+    bool eof;
+    const char *data = "";
+    size_t n = 0;
+    if (get_u64(x, "offset", &off, UINT64_MAX, UINT64_MAX) < 0 || get_bool(x, "eof", &eof, false) < 0)
+        return;
+    int e = msg_get_bytes(x->m, "data", &data, &n);
+    if (e == -EINVAL) {
+        bad(x, "data must be a str or bin");
+        return;
+    }
+    if (off != u->accepted) {
+        bad(x, "upload %s continues at offset %llu, not %llu (file_write with this upload_id "
+               "says where)", u->id, (unsigned long long)u->accepted, (unsigned long long)off);
+        return;
+    }
+    if (u->queued + n > FILES_WINDOW) {
+        limit_error(x->a, x->c->no, x->req, "file_window",
+                    "more than file_window bytes of this upload are not yet written: wait for "
+                    "file_ack replies before sending more");
+        return;
+    }
+    struct chunk *c = malloc(sizeof *c + n);
+    if (c == NULL) {
+        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        return;
+    }
+    c->next = NULL;
+    c->conn_no = x->c->no;
+    c->req = *x->req;
+    c->offset = off;
+    c->len = (uint32_t)n;
+    c->eof = eof;
+    c->res = 0;
+    memcpy(c->data, data, n);
+    if (u->pend_tail)
+        u->pend_tail->next = c;
+    else
+        u->pend = c;
+    u->pend_tail = c;
+    u->accepted += n;
+    u->queued += n;
+    u->conn_no = x->c->no;
+    u->last_ms = now_ms(x->f);
+    upload_kick(u);
+    if (eof) {
+        /* No more data is accepted once the last chunk is in. */
+        u->accepted = UINT64_MAX;
+    }
+}
+
+static void do_abort(struct req *x)
+{
+    struct upload *u = get_upload(x);
+    if (u == NULL)
+        return;
+    struct msg_out o;
+    if (ev_begin(&o, "ok", x->req) == 0) {
+        ev_close(&o);
+        conn_send(x->c, &o);
+    }
+    upload_fail_pending(u, "aborted");
+    upload_drop(u);
+}
+
+/* ---- downloads ------------------------------------------------------------------------------ */
+
+#define DL_FRAMES 2u
+
+struct download {
+    struct fsjob j;
+    struct files *f;
+    struct list link;
+    uint64_t conn_no;
+    struct reqtag req;
+    char path[PATH_MAX];
+    int fd;
+    uint64_t off, end; /* reading [off, end) */
+    uint64_t start;
+    struct stat st;
+    struct sha256 sha;
+    bool whole; /* from offset 0 to the end: the sha256 is the file's */
+    bool hash;  /* the request wants it (default) */
+    bool opened, eof, paused;
+    int err;
+    uint32_t chunk;
+    char *buf;
+    struct msg_out frames[DL_FRAMES];
+    unsigned nframes;
+};
+
+static void dl_work(struct fsjob *j)
+{
+    struct download *d = (struct download *)j;
+    if (!d->opened) {
+        d->err = fs_open_read(d->path, &d->fd, &d->st);
+        if (d->err < 0)
+            return;
+        if (d->start > (uint64_t)d->st.st_size)
+            d->start = (uint64_t)d->st.st_size;
+        d->off = d->start;
+        if (d->end == UINT64_MAX || d->end > (uint64_t)d->st.st_size)
+            d->end = (uint64_t)d->st.st_size;
+        d->whole = d->hash && d->start == 0 && d->end == (uint64_t)d->st.st_size;
+        return;
+    }
+    d->nframes = 0;
+    while (d->nframes < DL_FRAMES && d->off < d->end) {
+        uint64_t want = d->end - d->off < d->chunk ? d->end - d->off : d->chunk;
+        ssize_t n = pread(d->fd, d->buf, (size_t)want, (off_t)d->off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            d->err = -errno;
+            return;
+        }
+        if (n == 0) {
+            d->end = d->off; /* the file shrank: what is there is sent */
+            break;
+        }
+        struct msg_out *o = &d->frames[d->nframes];
+        if (ev_begin_sized(o, "file_chunk", &d->req, (size_t)n + 128) < 0) {
+            d->err = -ENOMEM;
+            return;
+        }
+        msg_kv_u64(o, "offset", d->off);
+        msg_key(o, "data");
+        msgpack_pack_bin(&o->pk, (size_t)n);
+        msgpack_pack_bin_body(&o->pk, d->buf, (size_t)n);
+        ev_close(o);
+        d->nframes++;
+        if (d->whole)
+            sha256_update(&d->sha, d->buf, (size_t)n);
+        d->off += (uint64_t)n;
+    }
+    if (d->off >= d->end)
+        d->eof = true;
+}
+
+static void dl_free(struct download *d)
+{
+    for (unsigned i = 0; i < d->nframes; i++)
+        msg_out_destroy(&d->frames[i]);
+    if (d->fd >= 0)
+        close(d->fd); /* read-only regular file: close does not wait on a writer */
+    if (d->paused)
+        d->f->n_paused--;
+    list_del(&d->link);
+    d->f->n_downloads--;
+    free(d->buf);
+    free(d);
+}
+
+static void tick_set(struct files *f);
+
+/* Reads more if the connection's queue has room; else pauses (the tick looks again). */
+static void dl_next(struct download *d, struct conn *c)
+{
+    if (c->queued >= FILES_DL_WINDOW) {
+        if (!d->paused) {
+            d->paused = true;
+            d->f->n_paused++;
+            tick_set(d->f);
+        }
+        return;
+    }
+    if (d->paused) {
+        d->paused = false;
+        d->f->n_paused--;
+    }
+    fsworker_submit(d->f->w, &d->j);
+}
+
+static void dl_done(struct fsjob *j)
+{
+    struct download *d = (struct download *)j;
+    struct agent *a = d->f->a;
+    struct conn *c = conn_find(a, d->conn_no);
+    if (c == NULL || c->closing) {
+        dl_free(d); /* the reader is gone: stop reading */
+        return;
+    }
+    if (j->cred_err || d->err < 0) {
+        int e = j->cred_err ? j->cred_err : d->err;
+        if (e == -ENOMEM)
+            send_error(a, d->conn_no, &d->req, "internal", "out of memory");
+        else
+            files_send_errno(a, d->conn_no, &d->req, e, "read", d->path);
+        dl_free(d);
+        return;
+    }
+    if (!d->opened) {
+        d->opened = true;
+        struct msg_out o;
+        if (ev_begin(&o, "file_info", &d->req) == 0) {
+            msg_kv_str(&o, "path", d->path);
+            msg_kv_u64(&o, "size", (uint64_t)d->st.st_size);
+            msg_kv_u64(&o, "mode", d->st.st_mode & 07777);
+            msg_kv_i64(&o, "mtime_ns",
+                       (int64_t)d->st.st_mtim.tv_sec * 1000000000 + d->st.st_mtim.tv_nsec);
+            msg_kv_u64(&o, "offset", d->start);
+            msg_kv_u64(&o, "length", d->end - d->start);
+            ev_close(&o);
+            conn_send(c, &o);
+        }
+    } else {
+        for (unsigned i = 0; i < d->nframes; i++)
+            conn_send(c, &d->frames[i]);
+        d->nframes = 0;
+    }
+    if (d->eof) {
+        struct msg_out o;
+        if (ev_begin(&o, "file_end", &d->req) == 0) {
+            msg_kv_u64(&o, "bytes", d->off - d->start);
+            if (d->whole) {
+                uint8_t dg[32];
+                char hex[65];
+                sha256_final(&d->sha, dg);
+                sha256_hex(dg, hex);
+                msg_kv_str(&o, "sha256", hex);
+            }
+            ev_close(&o);
+            conn_send(c, &o);
+        }
+        dl_free(d);
+        return;
+    }
+    dl_next(d, c);
+}
+
+static void do_read(struct req *x)
+{
+    struct files *f = x->f;
+    if (f->n_downloads >= FILES_MAX_DOWNLOADS) {
+        limit_error(x->a, x->c->no, x->req, "max_downloads",
+                    "too many file_read streams at once (64): wait for some to end");
+        return;
+    }
+    struct download *d = calloc(1, sizeof *d);
+    if (d == NULL) {
+        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        return;
+    }
+    d->fd = -1;
+    uint64_t len;
+    if (get_path(x, "path", d->path) < 0 || get_u64(x, "offset", &d->start, 0, INT64_MAX) < 0 ||
+        get_u64(x, "length", &len, UINT64_MAX, UINT64_MAX) < 0 ||
+        get_bool(x, "sha256", &d->hash, true) < 0 || get_cred(x, &d->j.cred) < 0) {
+        free(d);
+        return;
+    }
+    d->end = len == UINT64_MAX || d->start + len < d->start ? UINT64_MAX : d->start + len;
+    uint32_t room = x->a->cfg.max_event > 4096 ? x->a->cfg.max_event - 4096u : 4096u;
+    d->chunk = room < FILES_CHUNK ? room : FILES_CHUNK;
+    d->buf = malloc(d->chunk);
+    if (d->buf == NULL) {
+        free(d);
+        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        return;
+    }
+    d->f = f;
+    d->conn_no = x->c->no;
+    d->req = *x->req;
+    sha256_init(&d->sha);
+    d->j.work = dl_work;
+    d->j.done = dl_done;
+    list_add_tail(&f->downloads, &d->link);
+    f->n_downloads++;
+    fsworker_submit(f->w, &d->j);
+}
+
+/* ---- the tick: paused downloads, expired uploads -------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+    struct files *f = t->data;
+    struct list *pos, *tmp;
+    if (f->n_paused) {
+        list_for_each_safe(pos, tmp, &f->downloads)
+        {
+            struct download *d = container_of(pos, struct download, link);
+            if (!d->paused)
+                continue;
+            struct conn *c = conn_find(f->a, d->conn_no);
+            if (c == NULL || c->closing)
+                dl_free(d);
+            else
+                dl_next(d, c);
+        }
+    }
+    uint64_t now = now_ms(f);
+    list_for_each_safe(pos, tmp, &f->uploads)
+    {
+        struct upload *u = container_of(pos, struct upload, link);
+        if (!u->busy && !u->dead && now - u->last_ms >= FILES_UPLOAD_TTL_MS) {
+            log_info("files: upload %s to %s: nobody wrote to it for %u s, dropped", u->id,
+                     u->path, FILES_UPLOAD_TTL_MS / 1000u);
+            upload_drop(u);
+        }
+    }
+    fswatches_tick(f->watches);
+    tick_set(f);
+}
+
+static void tick_set(struct files *f)
+{
+    unsigned want = f->n_paused ? FILES_PAUSE_TICK_MS : FILES_IDLE_TICK_MS;
+    if (want != f->tick_ms) {
+        f->tick_ms = want;
+        uv_timer_start(&f->tick, on_tick, want, want);
+    }
+}
+
+/* ---- hooks ---------------------------------------------------------------------------------- */
+
+void files_put_limits(struct msg_out *o)
+{
+    msg_kv_u64(o, "file_chunk", FILES_CHUNK);
+    msg_kv_u64(o, "file_window", FILES_WINDOW);
+    msg_kv_u64(o, "max_uploads", FILES_MAX_UPLOADS);
+    msg_kv_u64(o, "upload_ttl_ms", FILES_UPLOAD_TTL_MS);
+    msg_kv_u64(o, "max_downloads", FILES_MAX_DOWNLOADS);
+    msg_kv_u64(o, "list_max", FILES_LIST_MAX);
+    msg_kv_u64(o, "file_depth", FILES_MAX_DEPTH);
+    msg_kv_u64(o, "file_workers", FILES_WORKERS);
+    msg_kv_u64(o, "max_watches", FILES_MAX_WATCHES);
+    msg_kv_u64(o, "watch_dirs", FILES_WATCH_DIRS);
+}
+
+int files_start(struct agent *a)
+{
+    struct files *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return -ENOMEM;
+    f->a = a;
+    list_init(&f->uploads);
+    list_init(&f->downloads);
+    f->w = fsworker_start(a->loop);
+    if (f->w == NULL) {
+        free(f);
+        return -ENOMEM;
+    }
+    f->watches = fswatches_new(a, f->w);
+    if (f->watches == NULL) {
+        fsworker_stop(f->w);
+        free(f);
+        return -ENOMEM;
+    }
+    uv_timer_init(a->loop, &f->tick);
+    f->tick.data = f;
+    uv_unref((uv_handle_t *)&f->tick);
+    tick_set(f);
+    a->files = f;
+    return 0;
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+size_t files_tids(const struct agent *a, pid_t *out, size_t max)
+{
+    return a->files != NULL ? fsworker_tids(a->files->w, out, max) : 0;
+}
+
+void files_stop(struct agent *a)
+{
+    struct files *f = a->files;
+    if (f == NULL)
+        return;
+    fsworker_stop(f->w);
+    fswatches_free(f->watches);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &f->downloads) dl_free(container_of(pos, struct download, link));
+    list_for_each_safe(pos, tmp, &f->uploads) upload_free(container_of(pos, struct upload, link));
+    a->files = NULL;
+    /* f itself is freed once the loop has closed the timer that lives in it. */
+    uv_close((uv_handle_t *)&f->tick, on_tick_closed);
+}
+
+static void do_watch(struct req *x)
+{
+    char path[PATH_MAX];
+    bool rec;
+    struct fscred cred;
+    if (get_path(x, "path", path) < 0 || get_bool(x, "recursive", &rec, false) < 0 ||
+        get_cred(x, &cred) < 0)
+        return;
+    uint64_t id;
+    int e = fswatch_start(x->f->watches, x->c->no, x->req, path, rec, &cred, &id);
+    if (e == -ENOSPC)
+        limit_error(x->a, x->c->no, x->req, "max_watches",
+                    "64 watches are open: file_unwatch some first");
+    else if (e < 0)
+        files_send_errno(x->a, x->c->no, x->req, e, "watch", path);
+}
+
+static void do_unwatch(struct req *x)
+{
+    uint64_t id;
+    if (get_u64(x, "watch", &id, 0, UINT64_MAX) < 0)
+        return;
+    if (fswatch_stop(x->f->watches, x->c->no, id) < 0) {
+        send_error(x->a, x->c->no, x->req, "not_found", "this connection has no watch %llu",
+                   (unsigned long long)id);
+        return;
+    }
+    struct msg_out o;
+    if (ev_begin(&o, "ok", x->req) == 0) {
+        ev_close(&o);
+        conn_send(x->c, &o);
+    }
+}
+
+static const struct {
+    const char *type;
+    void (*fn)(struct req *);
+} handlers[] = {
+    {"file_watch", do_watch}, {"file_unwatch", do_unwatch},
+    {"file_write", do_write}, {"file_data", do_data}, {"file_abort", do_abort},
+    {"file_read", do_read},
+};
+
+static const struct {
+    const char *type;
+    enum op_kind kind;
+} ops[] = {
+    {"file_stat", OP_STAT},     {"file_list", OP_LIST},     {"file_mkdir", OP_MKDIR},
+    {"file_remove", OP_REMOVE}, {"file_rename", OP_RENAME}, {"file_chmod", OP_CHMOD},
+    {"file_symlink", OP_SYMLINK},
+};
+
+int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *req,
+                  const char *type, size_t tlen)
+{
+    void (*fn)(struct req *) = NULL;
+    int kind = -1;
+    for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++)
+        if (strlen(handlers[i].type) == tlen && memcmp(handlers[i].type, type, tlen) == 0)
+            fn = handlers[i].fn;
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (strlen(ops[i].type) == tlen && memcmp(ops[i].type, type, tlen) == 0)
+            kind = (int)ops[i].kind;
+    if (fn == NULL && kind < 0)
+        return 0;
+    struct req x = {.c = c, .a = c->a, .f = c->a->files, .m = m, .req = req};
+    if (!c->hello)
+        return -1; /* the caller answers need_hello, as for every request before hello */
+    if (x.f == NULL) {
+        send_error(x.a, c->no, req, "internal", "file requests are not available (no I/O thread)");
+        return 1;
+    }
+    if (fn)
+        fn(&x);
+    else
+        do_op(&x, (enum op_kind)kind);
+    return 1;
+}

@@ -1,0 +1,1113 @@
+/* boxctl cp, ls, rm, mkdir: files in and out of the box over the file requests. */
+#include "cmd_files.h"
+#include "boxctl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "json.h"
+
+#define CP_CHUNK (512u * 1024u)
+#define CP_WINDOW (8u * 1024u * 1024u) /* under the agent's file_window */
+#define CP_TIMEOUT_MS 120000
+#define CP_MAX_ERRORS 1000
+
+static const char usage_cp[] =
+    "Usage: boxctl cp [-a] [--user U] [--json] SRC... DST\n"
+    "\n"
+    "Copy files and directories into or out of the box. A path inside the box starts with ':'\n"
+    "(':/work/app'); either every SRC is local and DST is in the box, or the reverse.\n"
+    "\n"
+    "  boxctl cp ./src package.json :/work/     two entries into /work\n"
+    "  boxctl cp :/work/dist ./dist             a directory out of the box\n"
+    "\n"
+    "Directory semantics are docker cp's and kubectl cp's:\n"
+    "  - SRC a file, DST an existing directory (or ending in '/'): copied into it as DST/NAME.\n"
+    "  - SRC a file, DST anything else: copied to DST (replaced atomically if it exists).\n"
+    "  - SRC a directory, DST an existing directory: copied into it as DST/NAME.\n"
+    "  - SRC a directory, DST missing: DST is created with SRC's contents.\n"
+    "  - several SRCs: DST must be a directory (it is created when missing).\n"
+    "Symbolic links are kept as links, both ways, with their targets unchanged. FIFOs, devices and sockets are\n"
+    "refused and reported. Files are written atomically (temp file, rename); a file named on the\n"
+    "command line is fsynced before its rename, the entries of a directory are not (run\n"
+    "'sync' in the box when they must be on disk at once).\n"
+    "\n"
+    "Options:\n"
+    "  -a, --archive   keep modes (all permission bits) and mtimes; without it files get\n"
+    "                  their mode less the umask, and the time of copying\n"
+    "  -u, --user U    act as user U in the box (the agent's policy for exec applies)\n"
+    "      --json      print {files, dirs, symlinks, bytes, seconds, errors: [...]} at the end\n"
+    "\n"
+    "Exit status: 0 when every entry was copied; 1 when any failed (each is named on stderr,\n"
+    "and in errors with --json) or the agent cannot be reached; 2 for a usage error.\n"
+    "A progress line is shown on a terminal (stderr) for copies that take over a second.\n";
+
+static const char usage_ls[] =
+    "Usage: boxctl ls [-l] [-R] [--user U] [--json] :PATH\n"
+    "\n"
+    "List a directory in the box (or describe a file). -l: mode, size, mtime; -R: recursive\n"
+    "(up to 64 levels); --json: the agent's entries as JSON.\n";
+static const char usage_rm[] =
+    "Usage: boxctl rm [-r] [--user U] :PATH...\n"
+    "\n"
+    "Remove files, symbolic links (never their targets) or empty directories in the box;\n"
+    "-r removes directory trees.\n";
+static const char usage_mkdir[] =
+    "Usage: boxctl mkdir [-p] [-m MODE] [--user U] :PATH...\n"
+    "\n"
+    "Make directories in the box; -p makes parents and accepts existing ones; -m sets the mode\n"
+    "(octal, default 755).\n";
+
+static const char usage_watch[] =
+    "Usage: boxctl watch [-r] [--user U] [--json] :PATH\n"
+    "\n"
+    "Print changes under a directory in the box as they happen, one line each (SEQ EVENT NAME),\n"
+    "until interrupted; -r watches its subdirectories too. 'overflow' means events were lost:\n"
+    "list the directory again. --json prints each event as a JSON object.\n";
+
+bool cmd_files_has(const char *cmd)
+{
+    return strcmp(cmd, "cp") == 0 || strcmp(cmd, "ls") == 0 || strcmp(cmd, "rm") == 0 ||
+           strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "watch") == 0;
+}
+
+const char *cmd_files_usage(const char *cmd)
+{
+    if (strcmp(cmd, "cp") == 0)
+        return usage_cp;
+    if (strcmp(cmd, "ls") == 0)
+        return usage_ls;
+    if (strcmp(cmd, "rm") == 0)
+        return usage_rm;
+    if (strcmp(cmd, "mkdir") == 0)
+        return usage_mkdir;
+    if (strcmp(cmd, "watch") == 0)
+        return usage_watch;
+    return NULL;
+}
+
+__attribute__((format(printf, 1, 2))) static void err(const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    fprintf(stderr, "boxctl: %.*s", n, buf);
+}
+
+/* ---- the session ------------------------------------------------------------------------ */
+
+struct fx {
+    struct box_client c;
+    struct box_msg m;
+    const char *user;
+    bool archive, json, tty;
+    mode_t umask;
+    uint64_t files, dirs, symlinks, bytes;
+    struct ferr {
+        char *path, *code, *msg;
+    } errs[CP_MAX_ERRORS];
+    unsigned n_errs;
+    struct timespec t0, last_progress;
+    bool progress_shown;
+};
+
+static double since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+static void progress(struct fx *x, bool final)
+{
+    if (!x->tty)
+        return;
+    double t = since(&x->t0);
+    if (!final && (t < 1.0 || since(&x->last_progress) < 0.2))
+        return;
+    if (final && !x->progress_shown)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &x->last_progress);
+    fprintf(stderr, "\r%llu files, %llu dirs, %.1f MiB, %.1f MiB/s%s",
+            (unsigned long long)x->files, (unsigned long long)x->dirs, (double)x->bytes / 1048576.0,
+            t > 0 ? (double)x->bytes / 1048576.0 / t : 0.0, final ? "\n" : "   ");
+    x->progress_shown = true;
+}
+
+/* Records a failed entry: on stderr, and in the JSON errors. */
+static void entry_failed(struct fx *x, const char *path, const char *code, const char *msg)
+{
+    if (x->tty && x->progress_shown)
+        fputc('\n', stderr);
+    err("%s: %s: %s", path, code, msg);
+    if (x->n_errs < CP_MAX_ERRORS) {
+        struct ferr *f = &x->errs[x->n_errs];
+        f->path = strdup(path);
+        f->code = strdup(code);
+        f->msg = strdup(msg);
+    }
+    x->n_errs++;
+}
+
+static int reply_str(const struct box_msg *m, const char *key, char *out, size_t cap)
+{
+    const char *s;
+    size_t n;
+    if (msg_get_bytes(&m->root, key, &s, &n) < 0) {
+        out[0] = '\0';
+        return -1;
+    }
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 0;
+}
+
+static void reply_failed(struct fx *x, const char *path)
+{
+    char code[64], text[512];
+    if (box_msg_is(&x->m, "error")) {
+        reply_str(&x->m, "code", code, sizeof code);
+        reply_str(&x->m, "message", text, sizeof text);
+    } else {
+        snprintf(code, sizeof code, "protocol");
+        snprintf(text, sizeof text, "unexpected reply");
+    }
+    entry_failed(x, path, code, text);
+}
+
+static void put_user(struct fx *x, struct msg_out *o)
+{
+    if (x->user) {
+        msg_key(o, "user");
+        msg_str(o, x->user);
+    }
+}
+
+/* Sends o (with nfields already counted by the caller) and waits for its answer in x->m.
+ * Returns 0 (a non-error reply), 1 (an error reply), or -1 (the connection failed). */
+static int call(struct fx *x, struct msg_out *o, uint64_t req)
+{
+    int r = box_client_call(&x->c, o, req, &x->m, CP_TIMEOUT_MS);
+    if (r == -EREMOTEIO)
+        return 1;
+    if (r < 0) {
+        err("the connection to the agent failed: %s", strerror(-r));
+        return -1;
+    }
+    return 0;
+}
+
+/* file_stat of a box path: 0 with *kind set ('f', 'd', 'l', other), 1 not found/error, -1. */
+static int remote_kind(struct fx *x, const char *path, char *kind)
+{
+    struct msg_out o;
+    uint64_t req;
+    if (box_req_begin(&x->c, &o, "file_stat", 1 + (x->user != NULL), &req) < 0)
+        return -1;
+    msg_key(&o, "path");
+    msg_str(&o, path);
+    put_user(x, &o);
+    int r = call(x, &o, req);
+    if (r != 0)
+        return r;
+    const msgpack_object *e = msg_get(&x->m.root, "entry");
+    const char *k;
+    size_t kl;
+    if (e == NULL || msg_get_str(e, "kind", &k, &kl) < 0)
+        return 1;
+    *kind = kl == 3 && memcmp(k, "dir", 3) == 0 ? 'd' : kl == 4 && memcmp(k, "file", 4) == 0 ? 'f'
+            : kl == 7 && memcmp(k, "symlink", 7) == 0 ? 'l' : '?';
+    return 0;
+}
+
+static int remote_mkdir(struct fx *x, const char *path_in, mode_t mode)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", path_in);
+    for (size_t n = strlen(path); n > 1 && path[n - 1] == '/'; n--)
+        path[n - 1] = '\0';
+    struct msg_out o;
+    uint64_t req;
+    if (box_req_begin(&x->c, &o, "file_mkdir", 3 + (x->user != NULL), &req) < 0)
+        return -1;
+    msg_key(&o, "path");
+    msg_str(&o, path);
+    msg_key(&o, "parents");
+    msgpack_pack_true(&o.pk);
+    msg_key(&o, "mode");
+    msg_u64(&o, mode & 07777);
+    put_user(x, &o);
+    int r = call(x, &o, req);
+    if (r == 1)
+        reply_failed(x, path);
+    else if (r == 0)
+        x->dirs++;
+    return r;
+}
+
+/* ---- into the box ----------------------------------------------------------------------- */
+
+static int upload_file(struct fx *x, const char *local, const char *remote, const struct stat *st,
+                       bool in_tree)
+{
+    int fd = open(local, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        entry_failed(x, local, "local", strerror(errno));
+        return 1;
+    }
+    struct msg_out o;
+    uint64_t req;
+    mode_t mode = x->archive ? st->st_mode & 07777 : st->st_mode & 0777 & ~x->umask;
+    /* The upload's id is a hash of what is copied where: a boxctl killed mid-upload and run
+     * again gets the same id, and the agent says how much of the file it already holds. */
+    char uid[20];
+    uint64_t h = 1469598103934665603ull;
+    char key[PATH_MAX + 128];
+    int kl = snprintf(key, sizeof key, "%s|%llu|%lld|%llu|%s", remote,
+                      (unsigned long long)st->st_size,
+                      (long long)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+                      (unsigned long long)st->st_ino, x->user ? x->user : "");
+    for (int i = 0; i < kl && i < (int)sizeof key; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    snprintf(uid, sizeof uid, "cp-%016llx", (unsigned long long)h);
+    if (box_req_begin(&x->c, &o, "file_write", 4 + (x->user != NULL) + x->archive + in_tree,
+                      &req) < 0)
+        goto oom;
+    msg_kv_bool(&o, "hash", false); /* the connection's own integrity is boxctl's check */
+    if (in_tree)
+        msg_kv_bool(&o, "fsync", false); /* not one by one: --help says so */
+    msg_key(&o, "path");
+    msg_str(&o, remote);
+    msg_key(&o, "upload_id");
+    msg_str(&o, uid);
+    msg_key(&o, "mode");
+    msg_u64(&o, mode);
+    if (x->archive) {
+        msg_key(&o, "mtime_ns");
+        msg_i64(&o, (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
+    }
+    put_user(x, &o);
+    int r = call(x, &o, req);
+    if (r != 0) {
+        if (r == 1)
+            reply_failed(x, local);
+        close(fd);
+        return r;
+    }
+    char id[40];
+    reply_str(&x->m, "upload_id", id, sizeof id);
+    char *buf = malloc(CP_CHUNK);
+    if (buf == NULL)
+        goto oom;
+    uint64_t off = 0, acked = 0, final_req = 0;
+    if (msg_get_u64(&x->m.root, "offset", &off) == 0 && off > 0) {
+        /* Resumed: go on from what the agent holds. */
+        if (lseek(fd, (off_t)off, SEEK_SET) < 0) {
+            entry_failed(x, local, "local", strerror(errno));
+            free(buf);
+            close(fd);
+            return 1;
+        }
+        acked = off;
+    }
+    bool eof = false, failed = false;
+    unsigned inflight = 0;
+    int ret = 0;
+    while (!eof || inflight > 0) {
+        /* Send while the window has room; else read one answer. */
+        if (!eof && off - acked + CP_CHUNK <= CP_WINDOW) {
+            ssize_t n = read(fd, buf, CP_CHUNK);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                entry_failed(x, local, "local", strerror(errno));
+                failed = true;
+                eof = true;
+                continue;
+            }
+            struct stat now;
+            bool last = n == 0 || (fstat(fd, &now) == 0 && off + (uint64_t)n >= (uint64_t)now.st_size);
+            if (box_req_begin(&x->c, &o, "file_data", 4, &req) < 0)
+                goto oom2;
+            msg_key(&o, "upload_id");
+            msg_str(&o, id);
+            msg_key(&o, "offset");
+            msg_u64(&o, off);
+            msg_key(&o, "data");
+            msgpack_pack_bin(&o.pk, (size_t)n);
+            msgpack_pack_bin_body(&o.pk, buf, (size_t)n);
+            msg_kv_bool(&o, "eof", last);
+            int e = box_client_send(&x->c, &o);
+            if (e < 0) {
+                err("the connection to the agent failed: %s", strerror(-e));
+                ret = -1;
+                break;
+            }
+            off += (uint64_t)n;
+            inflight++;
+            if (last) {
+                eof = true;
+                final_req = req;
+            }
+            progress(x, false);
+            continue;
+        }
+        int e = box_client_recv(&x->c, &x->m, CP_TIMEOUT_MS);
+        if (e < 0) {
+            err("the connection to the agent failed: %s", strerror(-e));
+            ret = -1;
+            break;
+        }
+        if (!x->m.has_req)
+            continue;
+        inflight--;
+        if (box_msg_is(&x->m, "error")) {
+            if (!failed)
+                reply_failed(x, local);
+            failed = true;
+        } else if (box_msg_is(&x->m, "file_ack")) {
+            uint64_t a;
+            if (msg_get_u64(&x->m.root, "offset", &a) == 0 && a > acked) {
+                x->bytes += a - acked;
+                acked = a;
+            }
+        } else if (x->m.req == final_req && box_msg_is(&x->m, "file_written")) {
+            x->bytes += off - acked;
+            acked = off;
+        }
+    }
+    free(buf);
+    close(fd);
+    if (ret < 0)
+        return -1;
+    if (failed)
+        return 1;
+    x->files++;
+    return 0;
+oom2:
+    free(buf);
+oom:
+    close(fd);
+    err("out of memory");
+    return -1;
+}
+
+static int upload_path(struct fx *x, const char *local, const char *remote, unsigned depth)
+{
+    struct stat st;
+    if (lstat(local, &st) < 0) {
+        entry_failed(x, local, "local", strerror(errno));
+        return 1;
+    }
+    if (S_ISREG(st.st_mode))
+        return upload_file(x, local, remote, &st, depth > 0);
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t n = readlink(local, target, sizeof target - 1);
+        if (n < 0) {
+            entry_failed(x, local, "local", strerror(errno));
+            return 1;
+        }
+        target[n] = '\0';
+        struct msg_out o;
+        uint64_t req;
+        if (box_req_begin(&x->c, &o, "file_symlink", 2 + (x->user != NULL), &req) < 0)
+            return -1;
+        msg_key(&o, "path");
+        msg_str(&o, remote);
+        msg_key(&o, "target");
+        msg_str(&o, target);
+        put_user(x, &o);
+        int r = call(x, &o, req);
+        if (r == 1)
+            reply_failed(x, local);
+        else if (r == 0)
+            x->symlinks++;
+        return r;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        entry_failed(x, local, "refused", "not a regular file, directory or symbolic link");
+        return 1;
+    }
+    if (depth > 64) {
+        entry_failed(x, local, "too_large", "deeper than 64 levels");
+        return 1;
+    }
+    int r = remote_mkdir(x, remote, x->archive ? st.st_mode : 0755);
+    if (r != 0)
+        return r;
+    DIR *d = opendir(local);
+    if (d == NULL) {
+        entry_failed(x, local, "local", strerror(errno));
+        return 1;
+    }
+    int ret = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char l[PATH_MAX], rp[PATH_MAX];
+        if (snprintf(l, sizeof l, "%s/%s", local, de->d_name) >= (int)sizeof l ||
+            snprintf(rp, sizeof rp, "%s/%s", remote, de->d_name) >= (int)sizeof rp) {
+            entry_failed(x, local, "too_large", "path too long");
+            ret = 1;
+            continue;
+        }
+        int e = upload_path(x, l, rp, depth + 1);
+        if (e < 0) {
+            ret = -1;
+            break;
+        }
+        if (e > 0)
+            ret = 1;
+    }
+    closedir(d);
+    if (ret == 0 && x->archive) {
+        struct msg_out o;
+        uint64_t req;
+        if (box_req_begin(&x->c, &o, "file_chmod", 3 + (x->user != NULL), &req) == 0) {
+            msg_key(&o, "path");
+            msg_str(&o, remote);
+            msg_key(&o, "mode");
+            msg_u64(&o, st.st_mode & 07777);
+            msg_key(&o, "mtime_ns");
+            msg_i64(&o, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
+            put_user(x, &o);
+            if (call(x, &o, req) == 1)
+                reply_failed(x, remote);
+        }
+    }
+    return ret;
+}
+
+/* ---- out of the box ---------------------------------------------------------------------- */
+
+static int download_file(struct fx *x, const char *remote, const char *local)
+{
+    struct msg_out o;
+    uint64_t req;
+    if (box_req_begin(&x->c, &o, "file_read", 2 + (x->user != NULL), &req) < 0)
+        return -1;
+    msg_kv_bool(&o, "sha256", false);
+    msg_key(&o, "path");
+    msg_str(&o, remote);
+    put_user(x, &o);
+    int r = call(x, &o, req);
+    if (r == 1) {
+        reply_failed(x, remote);
+        return 1;
+    }
+    if (r < 0)
+        return -1;
+    uint64_t mode = 0644;
+    int64_t mtime = 0;
+    msg_get_u64(&x->m.root, "mode", &mode);
+    msg_get_i64(&x->m.root, "mtime_ns", &mtime);
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.boxctl-%d", local, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        entry_failed(x, local, "local", strerror(errno));
+        /* Drain this read's events. */
+    }
+    bool failed = fd < 0;
+    for (;;) {
+        int e = box_client_recv(&x->c, &x->m, CP_TIMEOUT_MS);
+        if (e < 0) {
+            err("the connection to the agent failed: %s", strerror(-e));
+            if (fd >= 0) {
+                close(fd);
+                unlink(tmp);
+            }
+            return -1;
+        }
+        if (!x->m.has_req || x->m.req != req)
+            continue;
+        if (box_msg_is(&x->m, "file_chunk")) {
+            const char *d;
+            size_t n;
+            if (!failed && msg_get_bytes(&x->m.root, "data", &d, &n) == 0) {
+                while (n > 0) {
+                    ssize_t w = write(fd, d, n);
+                    if (w < 0 && errno == EINTR)
+                        continue;
+                    if (w < 0) {
+                        entry_failed(x, local, "local", strerror(errno));
+                        failed = true;
+                        break;
+                    }
+                    d += w;
+                    n -= (size_t)w;
+                    x->bytes += (uint64_t)w;
+                }
+            }
+            progress(x, false);
+            continue;
+        }
+        if (box_msg_is(&x->m, "error")) {
+            if (!failed)
+                reply_failed(x, remote);
+            failed = true;
+        }
+        break; /* file_end or error */
+    }
+    if (fd >= 0) {
+        mode_t m = x->archive ? (mode_t)mode : (mode_t)mode & 0777 & ~x->umask;
+        /* No fsync, as cp(1) and tar(1): the rename makes it atomic for readers. */
+        if (!failed && fchmod(fd, m) < 0) {
+            entry_failed(x, local, "local", strerror(errno));
+            failed = true;
+        }
+        if (!failed && x->archive) {
+            struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
+                                     {.tv_sec = mtime / 1000000000, .tv_nsec = mtime % 1000000000}};
+            futimens(fd, ts);
+        }
+        close(fd);
+        if (!failed && rename(tmp, local) < 0) {
+            entry_failed(x, local, "local", strerror(errno));
+            failed = true;
+        }
+        if (failed)
+            unlink(tmp);
+    }
+    if (failed)
+        return 1;
+    x->files++;
+    return 0;
+}
+
+struct rentry {
+    char *name; /* relative */
+    char kind;
+    uint64_t mode;
+    int64_t mtime;
+    char *target;
+};
+
+static char *dupobj(const msgpack_object *m, const char *key)
+{
+    const char *s;
+    size_t n;
+    if (msg_get_bytes(m, key, &s, &n) < 0)
+        return NULL;
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+static int download_tree(struct fx *x, const char *remote, const char *local, unsigned depth,
+                         const struct rentry *self)
+{
+    struct msg_out o;
+    uint64_t req;
+    if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
+        return -1;
+    msg_key(&o, "path");
+    msg_str(&o, remote);
+    msg_key(&o, "depth");
+    msg_u64(&o, 1); /* one directory at a time: each listing fits one frame */
+    put_user(x, &o);
+    if (depth > 64) {
+        msg_out_destroy(&o);
+        entry_failed(x, remote, "too_large", "deeper than 64 levels");
+        return 1;
+    }
+    int r = call(x, &o, req);
+    if (r == 1) {
+        reply_failed(x, remote);
+        return 1;
+    }
+    if (r < 0)
+        return -1;
+    bool truncated = false;
+    msg_get_bool(&x->m.root, "truncated", &truncated);
+    const msgpack_object *ents = msg_get(&x->m.root, "entries");
+    uint32_t n = ents && ents->type == MSGPACK_OBJECT_ARRAY ? ents->via.array.size : 0;
+    struct rentry *es = calloc(n ? n : 1, sizeof *es);
+    if (es == NULL)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &ents->via.array.ptr[i];
+        es[i].name = dupobj(e, "name");
+        char *k = dupobj(e, "kind");
+        es[i].kind = !k ? '?' : strcmp(k, "dir") == 0 ? 'd' : strcmp(k, "file") == 0 ? 'f'
+                     : strcmp(k, "symlink") == 0 ? 'l' : '?';
+        free(k);
+        msg_get_u64(e, "mode", &es[i].mode);
+        msg_get_i64(e, "mtime_ns", &es[i].mtime);
+        es[i].target = dupobj(e, "target");
+    }
+    int ret = 0;
+    if (mkdir(local, 0700) < 0 && errno != EEXIST) {
+        entry_failed(x, local, "local", strerror(errno));
+        ret = 1;
+        goto out;
+    }
+    x->dirs++;
+    for (uint32_t i = 0; i < n && ret >= 0; i++) {
+        char l[PATH_MAX], rp[PATH_MAX];
+        if (!es[i].name)
+            continue;
+        if (snprintf(l, sizeof l, "%s/%s", local, es[i].name) >= (int)sizeof l ||
+            snprintf(rp, sizeof rp, "%s/%s", remote, es[i].name) >= (int)sizeof rp) {
+            entry_failed(x, es[i].name, "too_large", "path too long");
+            ret = ret < 0 ? ret : 1;
+            continue;
+        }
+        int e = 0;
+        if (es[i].kind == 'd') {
+            e = download_tree(x, rp, l, depth + 1, &es[i]);
+        } else if (es[i].kind == 'f') {
+            e = download_file(x, rp, l);
+        } else if (es[i].kind == 'l' && es[i].target) {
+            unlink(l);
+            if (symlink(es[i].target, l) < 0) {
+                entry_failed(x, l, "local", strerror(errno));
+                e = 1;
+            } else {
+                x->symlinks++;
+                if (x->archive) {
+                    struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
+                                             {.tv_sec = es[i].mtime / 1000000000,
+                                              .tv_nsec = es[i].mtime % 1000000000}};
+                    utimensat(AT_FDCWD, l, ts, AT_SYMLINK_NOFOLLOW);
+                }
+            }
+        } else {
+            entry_failed(x, rp, "refused", "not a regular file, directory or symbolic link");
+            e = 1;
+        }
+        if (e < 0)
+            ret = -1;
+        else if (e > 0)
+            ret = 1;
+    }
+    /* The directory's own mode and mtime last, once nothing more is written in it (it was
+     * made 0700 while it was filled). */
+    if (self) {
+        chmod(local, x->archive ? (mode_t)self->mode : (mode_t)self->mode & 0777 & ~x->umask);
+        if (x->archive) {
+            struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
+                                     {.tv_sec = self->mtime / 1000000000,
+                                      .tv_nsec = self->mtime % 1000000000}};
+            utimensat(AT_FDCWD, local, ts, 0);
+        }
+    } else {
+        chmod(local, 0777 & ~x->umask);
+    }
+    if (truncated) {
+        entry_failed(x, remote, "too_large",
+                     "more entries in one directory than one listing holds");
+        ret = ret < 0 ? ret : 1;
+    }
+out:
+    for (uint32_t i = 0; i < n; i++) {
+        free(es[i].name);
+        free(es[i].target);
+    }
+    free(es);
+    return ret;
+}
+
+/* ---- the commands ------------------------------------------------------------------------ */
+
+/* Connects and says hello as every boxctl command does (ctl_connect: every -s form, the token,
+ * errors that say what to do), then takes the connection over from ctl. */
+static int connect_agent(struct fx *x, struct ctl *ctl)
+{
+    if (ctl_connect(ctl) != 0)
+        return -1;
+    if (box_msg_init(&x->m) < 0) {
+        err("out of memory");
+        return -1;
+    }
+    x->c = ctl->c;
+    ctl->connected = false; /* closed by this file (box_client_close(&x->c)), not by ctl_close */
+    return 0;
+}
+
+static const char *base_name(const char *p)
+{
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        n--;
+    const char *s = p + n;
+    while (s > p && s[-1] != '/')
+        s--;
+    return s;
+}
+
+static void join(char *out, size_t cap, const char *dir, const char *name)
+{
+    size_t n = strlen(name);
+    while (n > 1 && name[n - 1] == '/')
+        n--;
+    snprintf(out, cap, "%s%s%.*s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", (int)n, name);
+}
+
+static int cmd_cp(struct fx *x, int argc, char **argv, struct ctl *sock)
+{
+    static const struct option opts[] = {
+        {"archive", no_argument, NULL, 'a'}, {"user", required_argument, NULL, 'u'},
+        {"json", no_argument, NULL, 'j'},    {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "+au:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'a': x->archive = true; break;
+        case 'u': x->user = optarg; break;
+        case 'j': x->json = true; break;
+        case 'h': fputs(usage_cp, stdout); return 0;
+        default: fputs(usage_cp, stderr); return 2;
+        }
+    }
+    int nsrc = argc - optind - 1;
+    if (nsrc < 1) {
+        err("cp: needs SRC... DST ('boxctl cp --help')");
+        return 2;
+    }
+    char **src = argv + optind;
+    const char *dst = argv[argc - 1];
+    bool up = dst[0] == ':';
+    for (int i = 0; i < nsrc; i++)
+        if ((src[i][0] == ':') == up) {
+            err("cp: either every SRC is local and DST is in the box (':PATH'), or the reverse");
+            return 2;
+        }
+    if ((up ? dst[1] : src[0][1]) == '\0') {
+        err("cp: a box path is ':' followed by an absolute path");
+        return 2;
+    }
+    if (connect_agent(x, sock) < 0)
+        return 1;
+    clock_gettime(CLOCK_MONOTONIC, &x->t0);
+    x->last_progress = x->t0;
+    int ret = 0;
+    if (up) {
+        const char *d = dst + 1;
+        char kind = 0;
+        int k = remote_kind(x, d, &kind);
+        if (k < 0)
+            return 1;
+        bool dst_dir = k == 0 && kind == 'd';
+        bool want_dir = nsrc > 1 || d[strlen(d) - 1] == '/';
+        if (want_dir && !dst_dir) {
+            if (remote_mkdir(x, d, 0755) != 0)
+                ret = 1;
+            dst_dir = true;
+        }
+        for (int i = 0; i < nsrc && ret >= 0; i++) {
+            char rp[PATH_MAX];
+            if (dst_dir)
+                join(rp, sizeof rp, d, base_name(src[i]));
+            else
+                snprintf(rp, sizeof rp, "%s", d);
+            int e = upload_path(x, src[i], rp, 0);
+            if (e != 0)
+                ret = e < 0 ? -1 : 1;
+        }
+    } else {
+        struct stat st;
+        bool dst_dir = stat(dst, &st) == 0 && S_ISDIR(st.st_mode);
+        if ((nsrc > 1 || dst[strlen(dst) - 1] == '/') && !dst_dir) {
+            if (mkdir(dst, 0777) < 0 && errno != EEXIST) {
+                entry_failed(x, dst, "local", strerror(errno));
+                ret = 1;
+            }
+            dst_dir = true;
+        }
+        for (int i = 0; i < nsrc && ret >= 0; i++) {
+            const char *rp = src[i] + 1;
+            char l[PATH_MAX];
+            if (dst_dir)
+                join(l, sizeof l, dst, base_name(rp));
+            else
+                snprintf(l, sizeof l, "%s", dst);
+            char kind = 0;
+            int k = remote_kind(x, rp, &kind);
+            int e;
+            if (k < 0)
+                e = -1;
+            else if (k == 1) {
+                reply_failed(x, rp);
+                e = 1;
+            } else if (kind == 'd')
+                e = download_tree(x, rp, l, 0, NULL);
+            else if (kind == 'l') {
+                /* A link named on the command line is followed, as cp and docker cp do. */
+                e = download_file(x, rp, l);
+            } else
+                e = download_file(x, rp, l);
+            if (e != 0)
+                ret = e < 0 ? -1 : 1;
+        }
+    }
+    progress(x, true);
+    double secs = since(&x->t0);
+    if (x->json) {
+        struct json j;
+        json_init(&j, 2u << 20);
+        json_object_begin(&j);
+        json_key(&j, "files");
+        json_uint(&j, x->files);
+        json_key(&j, "dirs");
+        json_uint(&j, x->dirs);
+        json_key(&j, "symlinks");
+        json_uint(&j, x->symlinks);
+        json_key(&j, "bytes");
+        json_uint(&j, x->bytes);
+        json_key(&j, "seconds");
+        json_double(&j, secs);
+        json_key(&j, "errors");
+        json_array_begin(&j);
+        for (unsigned i = 0; i < x->n_errs && i < CP_MAX_ERRORS; i++) {
+            const struct ferr *f = &x->errs[i];
+            json_object_begin(&j);
+            json_key(&j, "path");
+            json_cstr(&j, f->path ? f->path : "");
+            json_key(&j, "code");
+            json_cstr(&j, f->code ? f->code : "");
+            json_key(&j, "message");
+            json_cstr(&j, f->msg ? f->msg : "");
+            json_object_end(&j);
+        }
+        json_array_end(&j);
+        json_object_end(&j);
+        json_newline(&j);
+        json_flush(&j, STDOUT_FILENO);
+        json_destroy(&j);
+    }
+    box_client_close(&x->c);
+    box_msg_destroy(&x->m);
+    return ret == 0 && x->n_errs == 0 ? 0 : 1;
+}
+
+static int simple(struct fx *x, const char *type, const char *path, const char *flag, bool on,
+                  int mode)
+{
+    struct msg_out o;
+    uint64_t req;
+    if (box_req_begin(&x->c, &o, type, 1 + (flag != NULL) + (mode >= 0) + (x->user != NULL),
+                      &req) < 0)
+        return -1;
+    msg_key(&o, "path");
+    msg_str(&o, path);
+    if (flag)
+        msg_kv_bool(&o, flag, on);
+    if (mode >= 0)
+        msg_kv_u64(&o, "mode", (uint64_t)mode);
+    put_user(x, &o);
+    int r = call(x, &o, req);
+    if (r == 1)
+        reply_failed(x, path);
+    return r;
+}
+
+static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, struct ctl *sock)
+{
+    static const struct option opts[] = {
+        {"user", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
+    bool rec = false, parents = false, lng = false;
+    int mode = 0755;
+    int ch;
+    optind = 1;
+    const char *shorts = strcmp(cmd, "rm") == 0      ? "+rfu:h"
+                         : strcmp(cmd, "mkdir") == 0 ? "+pm:u:h"
+                         : strcmp(cmd, "watch") == 0 ? "+ru:h"
+                                                     : "+lRu:h";
+    while ((ch = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        switch (ch) {
+        case 'r': case 'R': rec = true; break;
+        case 'f': break;
+        case 'p': parents = true; break;
+        case 'l': lng = true; break;
+        case 'm': {
+            char *end;
+            long v = strtol(optarg, &end, 8);
+            if (*end || v < 0 || v > 07777) {
+                err("%s: -m takes an octal mode", cmd);
+                return 2;
+            }
+            mode = (int)v;
+            break;
+        }
+        case 'u': x->user = optarg; break;
+        case 'j': x->json = true; break;
+        case 'h': fputs(cmd_files_usage(cmd), stdout); return 0;
+        default: fputs(cmd_files_usage(cmd), stderr); return 2;
+        }
+    }
+    if (optind >= argc) {
+        err("%s: needs :PATH", cmd);
+        return 2;
+    }
+    for (int i = optind; i < argc; i++)
+        if (argv[i][0] != ':' || argv[i][1] != '/') {
+            err("%s: %s: a box path is ':' followed by an absolute path", cmd, argv[i]);
+            return 2;
+        }
+    if (connect_agent(x, sock) < 0)
+        return 1;
+    int ret = 0;
+    for (int i = optind; i < argc && ret >= 0; i++) {
+        const char *p = argv[i] + 1;
+        int r;
+        if (strcmp(cmd, "watch") == 0) {
+            struct msg_out o;
+            uint64_t req;
+            if (box_req_begin(&x->c, &o, "file_watch", 2 + (x->user != NULL), &req) < 0)
+                return 1;
+            msg_key(&o, "path");
+            msg_str(&o, p);
+            msg_kv_bool(&o, "recursive", rec);
+            put_user(x, &o);
+            r = call(x, &o, req);
+            if (r == 1) {
+                reply_failed(x, p);
+                break;
+            }
+            setvbuf(stdout, NULL, _IOLBF, 0);
+            while (r == 0) {
+                int e = box_client_recv(&x->c, &x->m, -1);
+                if (e < 0) {
+                    err("the connection to the agent failed: %s", strerror(-e));
+                    r = -1;
+                    break;
+                }
+                if (!box_msg_is(&x->m, "file_event"))
+                    continue;
+                char ev[32], name[PATH_MAX];
+                uint64_t seq = 0;
+                bool dir = false;
+                reply_str(&x->m, "event", ev, sizeof ev);
+                reply_str(&x->m, "name", name, sizeof name);
+                msg_get_u64(&x->m.root, "seq", &seq);
+                msg_get_bool(&x->m.root, "dir", &dir);
+                if (x->json) {
+                    struct json j;
+                    json_init(&j, 1u << 16);
+                    json_object_begin(&j);
+                    json_key(&j, "seq");
+                    json_uint(&j, seq);
+                    json_key(&j, "event");
+                    json_cstr(&j, ev);
+                    json_key(&j, "name");
+                    json_cstr(&j, name);
+                    json_key(&j, "dir");
+                    json_bool(&j, dir);
+                    json_object_end(&j);
+                    json_newline(&j);
+                    json_flush(&j, STDOUT_FILENO);
+                    json_destroy(&j);
+                } else {
+                    printf("%llu %s %s%s\n", (unsigned long long)seq, ev, name,
+                           dir ? "/" : "");
+                }
+            }
+        } else if (strcmp(cmd, "rm") == 0)
+            r = simple(x, "file_remove", p, "recursive", rec, -1);
+        else if (strcmp(cmd, "mkdir") == 0)
+            r = simple(x, "file_mkdir", p, "parents", parents, mode);
+        else {
+            char kind = 0;
+            r = remote_kind(x, p, &kind);
+            if (r == 1)
+                reply_failed(x, p);
+            else if (r == 0 && kind == 'd') {
+                struct msg_out o;
+                uint64_t req;
+                if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
+                    return 1;
+                msg_key(&o, "path");
+                msg_str(&o, p);
+                msg_kv_u64(&o, "depth", rec ? 64 : 1);
+                put_user(x, &o);
+                r = call(x, &o, req);
+                if (r == 1)
+                    reply_failed(x, p);
+            }
+            if (r == 0) {
+                const msgpack_object *ents = msg_get(&x->m.root, "entries");
+                const msgpack_object *one = msg_get(&x->m.root, "entry");
+                uint32_t n = ents ? ents->via.array.size : one ? 1 : 0;
+                for (uint32_t k = 0; k < n; k++) {
+                    const msgpack_object *e = ents ? &ents->via.array.ptr[k] : one;
+                    char name[PATH_MAX], kd[16], target[PATH_MAX];
+                    const char *s;
+                    size_t sl;
+                    name[0] = kd[0] = target[0] = '\0';
+                    if (msg_get_bytes(e, "name", &s, &sl) == 0)
+                        snprintf(name, sizeof name, "%.*s", (int)sl, s);
+                    if (msg_get_str(e, "kind", &s, &sl) == 0)
+                        snprintf(kd, sizeof kd, "%.*s", (int)sl, s);
+                    if (msg_get_bytes(e, "target", &s, &sl) == 0)
+                        snprintf(target, sizeof target, " -> %.*s", (int)sl, s);
+                    uint64_t md = 0, sz = 0;
+                    int64_t mt = 0;
+                    msg_get_u64(e, "mode", &md);
+                    msg_get_u64(e, "size", &sz);
+                    msg_get_i64(e, "mtime_ns", &mt);
+                    if (x->json) {
+                        printf("{\"name\":\"%s\",\"kind\":\"%s\",\"mode\":%llu,\"size\":%llu,"
+                               "\"mtime_ns\":%lld}\n", name, kd, (unsigned long long)md,
+                               (unsigned long long)sz, (long long)mt);
+                    } else if (lng) {
+                        time_t t = (time_t)(mt / 1000000000);
+                        struct tm tm;
+                        char when[32];
+                        localtime_r(&t, &tm);
+                        strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
+                        printf("%-7s %04llo %12llu %s %s%s%s\n", kd, (unsigned long long)md,
+                               (unsigned long long)sz, when, name,
+                               strcmp(kd, "dir") == 0 ? "/" : "", target);
+                    } else {
+                        printf("%s%s\n", name, strcmp(kd, "dir") == 0 ? "/" : "");
+                    }
+                }
+            }
+        }
+        if (r != 0)
+            ret = r < 0 ? -1 : 1;
+    }
+    box_client_close(&x->c);
+    box_msg_destroy(&x->m);
+    return ret == 0 && x->n_errs == 0 ? 0 : 1;
+}
+
+int cmd_files_main(const char *cmd, int argc, char **argv, struct ctl *sock)
+{
+    static struct fx x; /* large (the error list): not on the stack */
+    memset(&x, 0, sizeof x);
+    x.tty = isatty(STDERR_FILENO);
+    x.umask = umask(022);
+    umask(x.umask);
+    if (strcmp(cmd, "cp") == 0)
+        return cmd_cp(&x, argc, argv, sock);
+    return cmd_simple(&x, cmd, argc, argv, sock);
+}
