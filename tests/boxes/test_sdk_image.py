@@ -15,7 +15,8 @@ uses). Against the box's socket, from the host:
 The blocks marked `<!-- requires: image -->` (which tests/sdk skips) are the ones that need this
 box: `sudo apt-get update && sudo apt-get install -y hello` as the box's user, and
 `cd /work && npm install && npm test` in the project in /work. `python3 --version && pip list`
-runs here against the image's own python and pip. Between the two languages hello is purged and
+runs here against the image's own python and pip, and the files blocks (upload ./src and
+package.json, build in the box, download the dist folder) against the agent's file protocol. Between the two languages hello is purged and
 /work's node_modules removed, so each SDK's example installs for real.
 
 Skipped, with the reason: the blocks that use apt-get when the Debian mirror is out of reach,
@@ -236,6 +237,9 @@ def test_js_examples(image_box, js_sdk):
         assert any(needle in name for name in ran), (needle, ran)
     if image_box.mirror:
         assert any("apt-get" in name for name in ran), ran
+    if "files" in image_box.capabilities:
+        # Uploads ./src and package.json, builds in /work, downloads /work/dist.
+        assert any("npm run build" in name for name in ran), ran
         assert text(image_box.c.run("hello").get("result")).strip() == "Hello, world!"
     # The JS npm example installed the project's dependency in the box's /work.
     assert image_box.sh("ls /work/node_modules/@msgpack").split() == ["msgpack"]
