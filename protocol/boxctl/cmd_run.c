@@ -204,7 +204,8 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
                 goto out;
             }
             if ((x->m.has_req && x->m.req == req) ||
-                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) && msg_get(&x->m.root, BOX_KEY(REQ)) == NULL))
+                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
+                 msg_get(&x->m.root, BOX_KEY(REQ)) == NULL))
                 break;
         }
         if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR))) {
@@ -221,7 +222,8 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             goto out;
         }
         struct bytes id = {NULL, 0};
-        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) || !get_bytes(&x->m.root, BOX_KEY(ID), &id)) {
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) ||
+            !get_bytes(&x->m.root, BOX_KEY(ID), &id)) {
             errmsg("unexpected reply to exec from the agent");
             goto out;
         }

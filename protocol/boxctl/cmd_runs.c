@@ -319,7 +319,8 @@ int cmd_signal(struct ctl *x, struct opts *o, int argc, char **argv)
     if (parse_u64(sig, &num) == 0)
         msg_kv_u64(&mo, BOX_REQ_KEY(SIGNAL), num);
     else
-        msg_kv_str(&mo, BOX_REQ_KEY(SIGNAL), sig); /* the agent knows the names: "TERM", "SIGTERM" */
+        /* The agent knows the names: "TERM", "SIGTERM". */
+        msg_kv_str(&mo, BOX_REQ_KEY(SIGNAL), sig);
     r = box_client_call(&x->c, &mo, req, &x->m, REPLY_TIMEOUT_MS);
     if (r < 0)
         return request_failed(x, r);

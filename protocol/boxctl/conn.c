@@ -71,10 +71,10 @@ void print_agent_error(const struct box_msg *m)
         enum box_err code;
         const char *hint;
     } hints[] = {
-        {BOX_ERR_NOT_FOUND, "; 'boxctl list' shows the runs the agent knows (a run another boxctl is "
-                      "still starting: --wait-start MS)"},
+        {BOX_ERR_NOT_FOUND, "; 'boxctl list' shows the runs the agent knows (a run another "
+                            "boxctl is still starting: --wait-start MS)"},
         {BOX_ERR_DENIED, "; the agent's policy decides this (boxd --allow-request-user, "
-                   "--allow-seccomp-none)"},
+                         "--allow-seccomp-none)"},
         {BOX_ERR_SHUTTING_DOWN, "; the agent is stopping: wait for the box to come back"},
         {BOX_ERR_RUN_ENDED, "; 'boxctl wait ID' shows how it ended"},
     };

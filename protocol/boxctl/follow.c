@@ -292,7 +292,8 @@ int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink *s)
         const msgpack_object *root = &x->m.root;
         uint64_t first_seq, next_seq;
         bool more = false;
-        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) || msg_get_u64(root, BOX_KEY(NEXT_SEQ), &next_seq) != 0)
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) ||
+            msg_get_u64(root, BOX_KEY(NEXT_SEQ), &next_seq) != 0)
             return -EBADMSG;
         if (msg_get_u64(root, BOX_KEY(FIRST_SEQ), &first_seq) == 0 && first_seq > *from) {
             warn_gap(id, *from, first_seq);

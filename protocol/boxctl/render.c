@@ -514,7 +514,8 @@ int print_json_value(const msgpack_object *o, bool skip_envelope)
         json_object_begin(&j);
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object *k = &o->via.map.ptr[i].key;
-            if (key_is(k, BOX_KEY(TYPE)) || key_is(k, BOX_KEY(REQ)) || k->type != MSGPACK_OBJECT_STR)
+            if (key_is(k, BOX_KEY(TYPE)) || key_is(k, BOX_KEY(REQ)) ||
+                k->type != MSGPACK_OBJECT_STR)
                 continue;
             json_keyn(&j, k->via.str.ptr, k->via.str.size);
             json_mp(&j, &o->via.map.ptr[i].val);

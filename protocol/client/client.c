@@ -576,7 +576,8 @@ int box_client_call(struct box_client *c, struct msg_out *o, uint64_t req, struc
         if (r < 0)
             return r;
         bool err = box_msg_is(reply, box_type_str(BOX_T_ERROR));
-        if ((reply->has_req && reply->req == req) || (err && msg_get(&reply->root, BOX_KEY(REQ)) == NULL))
+        if ((reply->has_req && reply->req == req) ||
+            (err && msg_get(&reply->root, BOX_KEY(REQ)) == NULL))
             return err ? -EREMOTEIO : 0;
     }
 }

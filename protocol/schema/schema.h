@@ -1,8 +1,8 @@
 /* The protocol's names, declared once (PROTOCOL.md sections 6 and 10): message types, error
- * codes, limit names, the fields of every request and those of every reply and event. The agent, the C client and boxctl take
- * their names from here instead of writing string literals, and tests/unit/test_schema.c holds
- * these tables against PROTOCOL.md (every name here is in the document and every name there is
- * here).
+ * codes, limit names, the fields of every request and those of every reply and event. The
+ * agent, the C client and boxctl take their names from here instead of writing string literals
+ * (ctest schema.literals checks it), and tests/unit/test_schema.c holds these tables against
+ * PROTOCOL.md (every name here is in the document and every name there is here).
  *
  * Each list is an X-macro, so an enum and its name table come from one line per name. The
  * tables are constant data; nothing here allocates. */
