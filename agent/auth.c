@@ -9,6 +9,7 @@
 
 #include "agent.h"
 #include "codec.h"
+#include "schema.h"
 #include "log.h"
 #include "io.h"
 #include "sandbox.h"
@@ -224,7 +225,7 @@ int auth_check_hello(const struct agent *a, const msgpack_object *hello)
         return 0;
     const char *t = "";
     size_t n = 0;
-    if (msg_get_bytes(hello, "token", &t, &n) < 0)
+    if (msg_get_bytes(hello, BOX_REQ_KEY(TOKEN), &t, &n) < 0)
         n = 0, t = "";
     return token_equal(au->token, au->token_len, t, n) ? 0 : -EACCES;
 }

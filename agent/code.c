@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "schema.h"
 #include "io.h"
 #include "pathwalk.h"
 #include "environ.h"
@@ -537,18 +538,18 @@ static int put_lang(void *arg, struct code_lang *l, const char *prog, const stru
     struct langs_out *lo = arg;
     struct msg_out *o = lo->o;
     msg_map_open(o);
-    msg_kv_str(o, "name", l->name);
-    msg_key(o, "aliases");
+    msg_kv_str(o, BOX_KEY(NAME), l->name);
+    msg_key(o, BOX_KEY(ALIASES));
     msg_array(o, l->n_aliases);
     for (unsigned i = 0; i < l->n_aliases; i++)
         msg_str(o, l->aliases[i]);
-    msg_kv_str(o, "path", prog);
+    msg_kv_str(o, BOX_KEY(PATH), prog);
     const char *v = version_of(lo->a, l, prog, st, NULL);
     if (v)
-        msg_kv_str(o, "version", v);
+        msg_kv_str(o, BOX_KEY(VERSION), v);
     else
-        msg_kv_nil(o, "version");
-    msg_kv_str(o, "file", l->file);
+        msg_kv_nil(o, BOX_KEY(VERSION));
+    msg_kv_str(o, BOX_KEY(FILE), l->file);
     msg_map_close(o);
     lo->n++;
     return 0;
@@ -557,7 +558,7 @@ static int put_lang(void *arg, struct code_lang *l, const char *prog, const stru
 void code_put_languages(struct msg_out *o, struct agent *a)
 {
     struct langs_out lo = {.a = a, .o = o, .n = 0};
-    msg_key(o, "languages");
+    msg_key(o, BOX_KEY(LANGUAGES));
     size_t arr = msg_array_open(o);
     each_available(a, ENVIRON_PATH, false, put_lang, &lo);
     msg_array_close(o, arr, lo.n);

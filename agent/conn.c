@@ -238,7 +238,7 @@ void conn_close_after_flush(struct conn *c)
         conn_close(c);
 }
 
-static void send_error_close(struct conn *c, const char *code, const char *text)
+static void send_error_close(struct conn *c, enum box_err code, const char *text)
 {
     struct msg_out o;
     if (ev_error(&o, NULL, code, NULL, "%s", text) == 0)
@@ -271,12 +271,12 @@ static void stash(struct conn *c, const uint8_t *p, size_t n)
     /* c->pend is empty here (resume takes it before parsing it), unless a detached conn was
      * fed while over its bound: then the bytes are appended. */
     if (c->pend_len > SIZE_MAX - n) {
-        send_error_close(c, "internal", "out of memory");
+        send_error_close(c, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     uint8_t *b = boxd_malloc(c->pend_len + n);
     if (b == NULL) {
-        send_error_close(c, "internal", "out of memory");
+        send_error_close(c, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     if (c->pend_len)
@@ -317,14 +317,14 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
                                 (uint32_t)c->hdr[2] << 8 | (uint32_t)c->hdr[3];
                 log_limited(LOG_RL_FRAME, LOG_WARN, "conn %llu: frame of %u bytes over the limit of %u, closing",
                          (unsigned long long)c->no, want, max);
-                send_error_close(c, "too_large", "frame larger than max_frame");
+                send_error_close(c, BOX_ERR_TOO_LARGE, "frame larger than max_frame");
                 return;
             }
             if (e == -EBADMSG) {
                 /* An empty frame: answer it, the stream stays in step. */
                 c->hdr_have = 0;
                 struct msg_out o;
-                if (ev_error(&o, NULL, "bad_request", NULL, "empty frame") == 0)
+                if (ev_error(&o, NULL, BOX_ERR_BAD_REQUEST, NULL, "empty frame") == 0)
                     conn_send(c, &o);
                 if (!c->hello)
                     conn_close_after_flush(c);
@@ -332,7 +332,7 @@ static void consume(struct conn *c, const uint8_t *p, size_t n)
             }
             c->frame = boxd_malloc(len);
             if (c->frame == NULL) {
-                send_error_close(c, "internal", "out of memory");
+                send_error_close(c, BOX_ERR_INTERNAL, "out of memory");
                 return;
             }
             c->frame_len = len;

@@ -10,19 +10,20 @@
 
 #include "alloc.h"
 
-int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req)
+int ev_begin(struct msg_out *o, enum box_type type, const struct reqtag *req)
 {
     return ev_begin_sized(o, type, req, 256);
 }
 
-int ev_begin_sized(struct msg_out *o, const char *type, const struct reqtag *req, size_t size)
+int ev_begin_sized(struct msg_out *o, enum box_type type, const struct reqtag *req,
+                   size_t size)
 {
     if (msg_out_init(o, size) < 0)
         return -ENOMEM;
     msg_map_open(o);
-    msg_kv_str(o, "type", type);
+    msg_kv_str(o, BOX_KEY(TYPE), box_type_str(type));
     if (req && req->len) {
-        msg_key(o, "req");
+        msg_key(o, BOX_KEY(REQ));
         msg_raw(o, req->buf, req->len);
     }
     return 0;
@@ -109,46 +110,46 @@ static bool put_stream(struct msg_out *o, const struct run *r, int stream, size_
 int ev_end(struct msg_out *o, const struct reqtag *req, const struct run *r, bool want_output,
            uint32_t max_event)
 {
-    if (ev_begin(o, "end", req) < 0)
+    if (ev_begin(o, BOX_T_END, req) < 0)
         return -ENOMEM;
-    msg_kv_str(o, "id", r->id);
-    msg_kv_str(o, "status", run_status_str(r));
-    msg_kv_str(o, "reason", run_reason_str(r));
+    msg_kv_str(o, BOX_KEY(ID), r->id);
+    msg_kv_str(o, BOX_KEY(STATUS), run_status_str(r));
+    msg_kv_str(o, BOX_KEY(REASON), run_reason_str(r));
     int st = r->wstatus;
-    msg_kv_i64(o, "exit_code", run_exit_code(r));
+    msg_kv_i64(o, BOX_KEY(EXIT_CODE), run_exit_code(r));
     if (r->spawn_stage) {
-        msg_kv_nil(o, "signal");
-        msg_kv_i64(o, "errno", r->spawn_err);
-        msg_kv_str(o, "errno_name", errno_name(r->spawn_err));
-        msg_kv_str(o, "stage", r->spawn_stage);
+        msg_kv_nil(o, BOX_KEY(SIGNAL));
+        msg_kv_i64(o, BOX_KEY(ERRNO), r->spawn_err);
+        msg_kv_str(o, BOX_KEY(ERRNO_NAME), errno_name(r->spawn_err));
+        msg_kv_str(o, BOX_KEY(STAGE), r->spawn_stage);
     } else if (WIFSIGNALED(st)) {
-        msg_kv_i64(o, "signal", WTERMSIG(st));
+        msg_kv_i64(o, BOX_KEY(SIGNAL), WTERMSIG(st));
     } else {
-        msg_kv_nil(o, "signal");
+        msg_kv_nil(o, BOX_KEY(SIGNAL));
     }
-    msg_kv_u64(o, "started_ns", r->started_ns);
-    msg_kv_u64(o, "ended_ns", r->ended_ns);
-    msg_kv_u64(o, "duration_ms", (r->end_mono - r->start_mono) / 1000000u);
-    msg_kv_u64(o, "cpu_user_us",
+    msg_kv_u64(o, BOX_KEY(STARTED_NS), r->started_ns);
+    msg_kv_u64(o, BOX_KEY(ENDED_NS), r->ended_ns);
+    msg_kv_u64(o, BOX_KEY(DURATION_MS), (r->end_mono - r->start_mono) / 1000000u);
+    msg_kv_u64(o, BOX_KEY(CPU_USER_US),
                (uint64_t)r->ru.ru_utime.tv_sec * 1000000u + (uint64_t)r->ru.ru_utime.tv_usec);
-    msg_kv_u64(o, "cpu_sys_us",
+    msg_kv_u64(o, BOX_KEY(CPU_SYS_US),
                (uint64_t)r->ru.ru_stime.tv_sec * 1000000u + (uint64_t)r->ru.ru_stime.tv_usec);
-    msg_kv_u64(o, "max_rss_kb", (uint64_t)r->ru.ru_maxrss);
-    msg_kv_u64(o, "next_seq", r->log.next_seq);
-    msg_kv_u64(o, "first_seq", r->log.first_seq);
-    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
-    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
+    msg_kv_u64(o, BOX_KEY(MAX_RSS_KB), (uint64_t)r->ru.ru_maxrss);
+    msg_kv_u64(o, BOX_KEY(NEXT_SEQ), r->log.next_seq);
+    msg_kv_u64(o, BOX_KEY(FIRST_SEQ), r->log.first_seq);
+    msg_kv_u64(o, BOX_KEY(DROPPED_RECORDS), r->log.dropped_records);
+    msg_kv_u64(o, BOX_KEY(DROPPED_BYTES), r->log.dropped_bytes);
     if (want_output) {
         size_t cap = max_event / 4;
         bool completed = strcmp(run_status_str(r), "completed") == 0;
         bool ok = true;
-        msg_key(o, "result");
+        msg_key(o, BOX_KEY(RESULT));
         ok &= put_stream(o, r, completed ? 1 : 2, cap, true);
-        msg_key(o, "stdout");
+        msg_key(o, BOX_KEY(STDOUT));
         ok &= put_stream(o, r, 1, cap, false);
-        msg_key(o, "stderr");
+        msg_key(o, BOX_KEY(STDERR));
         ok &= put_stream(o, r, 2, cap, false);
-        msg_kv_bool(o, "output_truncated", !ok);
+        msg_kv_bool(o, BOX_KEY(OUTPUT_TRUNCATED), !ok);
     }
     ev_close(o);
     return o->failed ? -ENOMEM : 0;
@@ -159,10 +160,10 @@ int ev_output(struct msg_out *o, const struct reqtag *req, const char *id, const
 {
     /* Sized for what this event may hold, so the buffer is not regrown while packing. */
     uint64_t owed = l->end_cost - cur->cost + 256;
-    if (ev_begin_sized(o, "output", req, (size_t)(owed < limit ? owed : limit)) < 0)
+    if (ev_begin_sized(o, BOX_T_OUTPUT, req, (size_t)(owed < limit ? owed : limit)) < 0)
         return -ENOMEM;
-    msg_kv_str(o, "id", id);
-    msg_key(o, "lines");
+    msg_kv_str(o, BOX_KEY(ID), id);
+    msg_key(o, BOX_KEY(LINES));
     size_t arr = msg_array_open(o);
     uint32_t n = 0;
     struct rl_cursor c = *cur;
@@ -183,16 +184,16 @@ int ev_output(struct msg_out *o, const struct reqtag *req, const char *id, const
 int ev_gap(struct msg_out *o, const struct reqtag *req, const char *id, uint64_t from_seq,
            uint64_t to_seq)
 {
-    if (ev_begin(o, "gap", req) < 0)
+    if (ev_begin(o, BOX_T_GAP, req) < 0)
         return -ENOMEM;
-    msg_kv_str(o, "id", id);
-    msg_kv_u64(o, "from_seq", from_seq);
-    msg_kv_u64(o, "to_seq", to_seq);
+    msg_kv_str(o, BOX_KEY(ID), id);
+    msg_kv_u64(o, BOX_KEY(FROM_SEQ), from_seq);
+    msg_kv_u64(o, BOX_KEY(TO_SEQ), to_seq);
     ev_close(o);
     return 0;
 }
 
-int ev_error(struct msg_out *o, const struct reqtag *req, const char *code, const char *id,
+int ev_error(struct msg_out *o, const struct reqtag *req, enum box_err code, const char *id,
              const char *fmt, ...)
 {
     char text[256];
@@ -200,12 +201,12 @@ int ev_error(struct msg_out *o, const struct reqtag *req, const char *code, cons
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    if (ev_begin(o, "error", req) < 0)
+    if (ev_begin(o, BOX_T_ERROR, req) < 0)
         return -ENOMEM;
-    msg_kv_str(o, "code", code);
-    msg_kv_str(o, "message", text);
+    msg_kv_str(o, BOX_KEY(CODE), box_err_str(code));
+    msg_kv_str(o, BOX_KEY(MESSAGE), text);
     if (id)
-        msg_kv_str(o, "id", id);
+        msg_kv_str(o, BOX_KEY(ID), id);
     ev_close(o);
     return o->failed ? -ENOMEM : 0;
 }

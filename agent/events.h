@@ -7,6 +7,7 @@
 #include "codec.h"
 #include "run.h"
 #include "runlog.h"
+#include "schema.h"
 
 /* A request's `req` value, kept as its msgpack encoding to be echoed in replies and events. */
 struct reqtag {
@@ -14,11 +15,12 @@ struct reqtag {
     char buf[80];
 };
 
-/* Starts a frame `{type: TYPE, req: REQ, ...`; the map stays open for more fields and is
- * closed by ev_close. Returns 0 or -ENOMEM. */
-int ev_begin(struct msg_out *o, const char *type, const struct reqtag *req);
+/* Starts a frame `{type: TYPE, req: REQ, ...`; the map stays open for more fields (named by
+ * BOX_KEY, schema.h) and is closed by ev_close. Returns 0 or -ENOMEM. */
+int ev_begin(struct msg_out *o, enum box_type type, const struct reqtag *req);
 /* The same with the buffer allocated for about size bytes at once. */
-int ev_begin_sized(struct msg_out *o, const char *type, const struct reqtag *req, size_t size);
+int ev_begin_sized(struct msg_out *o, enum box_type type, const struct reqtag *req,
+                   size_t size);
 /* Closes the map opened by ev_begin. */
 void ev_close(struct msg_out *o);
 
@@ -37,7 +39,7 @@ int ev_gap(struct msg_out *o, const struct reqtag *req, const char *id, uint64_t
            uint64_t to_seq);
 
 /* An `error` reply; id may be NULL. */
-int ev_error(struct msg_out *o, const struct reqtag *req, const char *code, const char *id,
+int ev_error(struct msg_out *o, const struct reqtag *req, enum box_err code, const char *id,
              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Name of an errno value ("ENOENT"), or "E?" */

@@ -34,7 +34,7 @@ void request__error(struct ctx *x, enum box_err code, const char *id, const char
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     struct msg_out o;
-    if (ev_error(&o, &x->req, box_err_str(code), id, "%s", text) == 0)
+    if (ev_error(&o, &x->req, code, id, "%s", text) == 0)
         request__reply(x, &o);
     else
         msg_out_destroy(&o);
@@ -48,12 +48,12 @@ void request__decode_error(struct ctx *x, const struct decode_err *err, const ch
 void request__ok(struct ctx *x, const char *id, int ended)
 {
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_OK), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_OK, &x->req) < 0)
         return;
     if (id)
-        msg_kv_str(&o, "id", id);
+        msg_kv_str(&o, BOX_KEY(ID), id);
     if (ended >= 0)
-        msg_kv_bool(&o, "ended", ended);
+        msg_kv_bool(&o, BOX_KEY(ENDED), ended);
     ev_close(&o);
     request__reply(x, &o);
 }
@@ -67,13 +67,13 @@ void request__limit_error(struct ctx *x, const char *id, enum box_limit which, c
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_ERROR), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_ERROR, &x->req) < 0)
         return;
-    msg_kv_str(&o, "code", box_err_str(BOX_ERR_LIMIT));
-    msg_kv_str(&o, "message", text);
+    msg_kv_str(&o, BOX_KEY(CODE), box_err_str(BOX_ERR_LIMIT));
+    msg_kv_str(&o, BOX_KEY(MESSAGE), text);
     if (id)
-        msg_kv_str(&o, "id", id);
-    msg_kv_str(&o, "limit", box_limit_str(which));
+        msg_kv_str(&o, BOX_KEY(ID), id);
+    msg_kv_str(&o, BOX_KEY(LIMIT), box_limit_str(which));
     ev_close(&o);
     request__reply(x, &o);
 }
@@ -138,9 +138,9 @@ struct sub *request__find_sub(struct conn *c, struct run *r)
 
 void request__put_retention(struct msg_out *o, const struct run *r)
 {
-    msg_kv_u64(o, "first_seq", r->log.first_seq);
-    msg_kv_u64(o, "dropped_records", r->log.dropped_records);
-    msg_kv_u64(o, "dropped_bytes", r->log.dropped_bytes);
+    msg_kv_u64(o, BOX_KEY(FIRST_SEQ), r->log.first_seq);
+    msg_kv_u64(o, BOX_KEY(DROPPED_RECORDS), r->log.dropped_records);
+    msg_kv_u64(o, BOX_KEY(DROPPED_BYTES), r->log.dropped_bytes);
 }
 
 /* ---- Dispatch ------------------------------------------------------------------------------- */

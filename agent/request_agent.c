@@ -18,7 +18,7 @@
 void request_put_limits(struct msg_out *o, const struct agent *a)
 {
     const struct config *c = &a->cfg;
-    msg_key(o, "limits");
+    msg_key(o, BOX_KEY(LIMITS));
     msg_map_open(o);
     msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_FRAME), c->max_frame);
     msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_EVENT), c->max_event);
@@ -43,10 +43,10 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
 
 static void put_identity(struct msg_out *o, const struct agent *a)
 {
-    msg_kv_u64(o, "version", BOX_PROTOCOL_VERSION);
-    msg_kv_str(o, "agent", "boxd " BOXD_VERSION);
-    msg_kv_str(o, "boot_id", a->boot_id);
-    msg_kv_i64(o, "pid", a->pid);
+    msg_kv_u64(o, BOX_KEY(VERSION), BOX_PROTOCOL_VERSION);
+    msg_kv_str(o, BOX_KEY(AGENT), "boxd " BOXD_VERSION);
+    msg_kv_str(o, BOX_KEY(BOOT_ID), a->boot_id);
+    msg_kv_i64(o, BOX_KEY(PID), a->pid);
 }
 
 void request__hello(struct ctx *x)
@@ -54,11 +54,11 @@ void request__hello(struct ctx *x)
     struct decode_err err;
     if (decode_hello(x->m, BOX_PROTOCOL_VERSION, &err) < 0) {
         struct msg_out o;
-        if (ev_begin(&o, box_type_str(BOX_T_ERROR), &x->req) < 0)
+        if (ev_begin(&o, BOX_T_ERROR, &x->req) < 0)
             return;
-        msg_kv_str(&o, "code", box_err_str(err.code));
-        msg_kv_str(&o, "message", err.message);
-        msg_key(&o, "versions");
+        msg_kv_str(&o, BOX_KEY(CODE), box_err_str(err.code));
+        msg_kv_str(&o, BOX_KEY(MESSAGE), err.message);
+        msg_key(&o, BOX_KEY(VERSIONS));
         msg_array(&o, 1);
         msg_u64(&o, BOX_PROTOCOL_VERSION);
         ev_close(&o);
@@ -75,10 +75,10 @@ void request__hello(struct ctx *x)
     }
     conn_hello_passed(x->c);
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_HELLO), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_HELLO, &x->req) < 0)
         return;
     put_identity(&o, x->a);
-    msg_key(&o, "capabilities");
+    msg_key(&o, BOX_KEY(CAPABILITIES));
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
                                        "logs", "list", "info", "ping", "argv", "run_id", "code",
                                        "files"};
@@ -93,9 +93,9 @@ void request__hello(struct ctx *x)
 void request__ping(struct ctx *x)
 {
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_PONG), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_PONG, &x->req) < 0)
         return;
-    msg_kv_u64(&o, "ts_ns", now_real_ns());
+    msg_kv_u64(&o, BOX_KEY(TS_NS), now_real_ns());
     ev_close(&o);
     request__reply(x, &o);
 }
@@ -109,27 +109,27 @@ void request__info(struct ctx *x)
         return;
     }
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_INFO), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_INFO, &x->req) < 0)
         return;
     put_identity(&o, a);
-    msg_kv_bool(&o, "pid1", a->pid1);
-    msg_kv_str(&o, "mode", init_mode_str(a->mode));
-    msg_kv_bool(&o, "subreaper", a->subreaper);
-    msg_kv_u64(&o, "uptime_ms", (now_mono_ns() - a->start_mono_ns) / 1000000u);
-    msg_kv_u64(&o, "runs_live", a->n_live);
-    msg_kv_u64(&o, "runs_starting", a->n_starting);
-    msg_kv_bool(&o, "spawner", a->sandbox.spawner != NULL);
-    msg_kv_u64(&o, "runs_finished", a->n_finished);
-    msg_kv_u64(&o, "conns", a->n_conns);
-    msg_kv_u64(&o, "reaped", a->reaped);
-    msg_kv_u64(&o, "started_total", a->started_total);
-    msg_kv_u64(&o, "log_dropped", log_dropped());
-    msg_kv_u64(&o, "log_suppressed", log_suppressed());
-    msg_kv_bool(&o, "shutting_down", a->shutting_down);
-    msg_kv_str(&o, "kill_mechanism", a->cg.enabled ? "cgroup" : "pgroup");
+    msg_kv_bool(&o, BOX_KEY(PID1), a->pid1);
+    msg_kv_str(&o, BOX_KEY(MODE), init_mode_str(a->mode));
+    msg_kv_bool(&o, BOX_KEY(SUBREAPER), a->subreaper);
+    msg_kv_u64(&o, BOX_KEY(UPTIME_MS), (now_mono_ns() - a->start_mono_ns) / 1000000u);
+    msg_kv_u64(&o, BOX_KEY(RUNS_LIVE), a->n_live);
+    msg_kv_u64(&o, BOX_KEY(RUNS_STARTING), a->n_starting);
+    msg_kv_bool(&o, BOX_KEY(SPAWNER), a->sandbox.spawner != NULL);
+    msg_kv_u64(&o, BOX_KEY(RUNS_FINISHED), a->n_finished);
+    msg_kv_u64(&o, BOX_KEY(CONNS), a->n_conns);
+    msg_kv_u64(&o, BOX_KEY(REAPED), a->reaped);
+    msg_kv_u64(&o, BOX_KEY(STARTED_TOTAL), a->started_total);
+    msg_kv_u64(&o, BOX_KEY(LOG_DROPPED), log_dropped());
+    msg_kv_u64(&o, BOX_KEY(LOG_SUPPRESSED), log_suppressed());
+    msg_kv_bool(&o, BOX_KEY(SHUTTING_DOWN), a->shutting_down);
+    msg_kv_str(&o, BOX_KEY(KILL_MECHANISM), a->cg.enabled ? "cgroup" : "pgroup");
     if (a->cg.enabled) {
-        msg_kv_str(&o, "cgroup", a->cg.base);
-        msg_key(&o, "controllers");
+        msg_kv_str(&o, BOX_KEY(CGROUP), a->cg.base);
+        msg_key(&o, BOX_KEY(CONTROLLERS));
         msg_array(&o, (uint32_t)a->cg.memory + a->cg.pids + a->cg.cpu);
         if (a->cg.memory)
             msg_str(&o, "memory");

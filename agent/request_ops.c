@@ -31,13 +31,13 @@ static void stdin_done(void *arg, int status)
     struct conn *c = conn_find(sc->a, sc->conn_no);
     if (c) {
         struct msg_out o;
-        int e = status == 0 ? ev_begin(&o, box_type_str(BOX_T_OK), &sc->req)
-                            : ev_error(&o, &sc->req, box_err_str(BOX_ERR_RUN_ENDED), sc->id,
+        int e = status == 0 ? ev_begin(&o, BOX_T_OK, &sc->req)
+                            : ev_error(&o, &sc->req, BOX_ERR_RUN_ENDED, sc->id,
                                        "stdin is closed: %s",
                                        uv_strerror(status));
         if (e == 0) {
             if (status == 0) {
-                msg_kv_str(&o, "id", sc->id);
+                msg_kv_str(&o, BOX_KEY(ID), sc->id);
                 ev_close(&o);
             }
             conn_send(c, &o);
@@ -138,12 +138,12 @@ void request__attach(struct ctx *x)
         return;
     }
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_ATTACHED), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_ATTACHED, &x->req) < 0)
         return;
-    msg_kv_str(&o, "id", r->id);
+    msg_kv_str(&o, BOX_KEY(ID), r->id);
     request__put_retention(&o, r);
-    msg_kv_u64(&o, "next_seq", r->log.next_seq);
-    msg_kv_bool(&o, "ended", r->state == RUN_ENDED);
+    msg_kv_u64(&o, BOX_KEY(NEXT_SEQ), r->log.next_seq);
+    msg_kv_bool(&o, BOX_KEY(ENDED), r->state == RUN_ENDED);
     ev_close(&o);
     request__reply(x, &o);
     struct sub *s = old ? sub_replace(old, &x->req, from, want_output)
@@ -199,10 +199,10 @@ void request__logs(struct ctx *x)
     uint64_t from = d.from_seq, max_records = d.max_records;
     uint64_t max_bytes = d.max_bytes > cap ? cap : d.max_bytes;
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_LOGS), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_LOGS, &x->req) < 0)
         return;
-    msg_kv_str(&o, "id", r->id);
-    msg_key(&o, "lines");
+    msg_kv_str(&o, BOX_KEY(ID), r->id);
+    msg_key(&o, BOX_KEY(LINES));
     size_t arr = msg_array_open(&o);
     uint32_t n = 0;
     uint64_t next = from < r->log.first_seq ? r->log.first_seq : from;
@@ -227,9 +227,9 @@ void request__logs(struct ctx *x)
     if (next < r->log.next_seq && n == 0)
         next = r->log.next_seq > next ? next : r->log.next_seq;
     msg_array_close(&o, arr, n);
-    msg_kv_u64(&o, "next_seq", next);
-    msg_kv_bool(&o, "more", more);
-    msg_kv_bool(&o, "ended", r->state == RUN_ENDED);
+    msg_kv_u64(&o, BOX_KEY(NEXT_SEQ), next);
+    msg_kv_bool(&o, BOX_KEY(MORE), more);
+    msg_kv_bool(&o, BOX_KEY(ENDED), r->state == RUN_ENDED);
     request__put_retention(&o, r);
     ev_close(&o);
     request__reply(x, &o);
@@ -239,9 +239,9 @@ void request__list(struct ctx *x)
 {
     struct agent *a = x->a;
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_LIST), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_LIST, &x->req) < 0)
         return;
-    msg_key(&o, "runs");
+    msg_key(&o, BOX_KEY(RUNS));
     size_t arr = msg_array_open(&o);
     uint32_t n = 0;
     bool truncated = false;
@@ -255,40 +255,40 @@ void request__list(struct ctx *x)
             break;
         }
         msg_map_open(&o);
-        msg_kv_str(&o, "id", r->id);
-        msg_kv_i64(&o, "pid", r->pid);
-        msg_kv_str(&o, "state", r->state == RUN_ENDED ? "ended" : "running");
+        msg_kv_str(&o, BOX_KEY(ID), r->id);
+        msg_kv_i64(&o, BOX_KEY(PID), r->pid);
+        msg_kv_str(&o, BOX_KEY(STATE), r->state == RUN_ENDED ? "ended" : "running");
         if (r->state == RUN_ENDED) {
-            msg_kv_str(&o, "status", run_status_str(r));
-            msg_kv_str(&o, "reason", run_reason_str(r));
-            msg_kv_i64(&o, "exit_code", run_exit_code(r));
-            msg_kv_u64(&o, "ended_ns", r->ended_ns);
+            msg_kv_str(&o, BOX_KEY(STATUS), run_status_str(r));
+            msg_kv_str(&o, BOX_KEY(REASON), run_reason_str(r));
+            msg_kv_i64(&o, BOX_KEY(EXIT_CODE), run_exit_code(r));
+            msg_kv_u64(&o, BOX_KEY(ENDED_NS), r->ended_ns);
         }
         if (r->is_argv) {
-            msg_key(&o, "argv");
+            msg_key(&o, BOX_KEY(ARGV));
             msg_array(&o, r->desc_argc);
             const char *d = r->desc;
             for (unsigned i = 0; i < r->desc_argc; i++, d += strlen(d) + 1)
                 msg_str(&o, d);
         } else {
-            msg_kv_str(&o, "cmd", r->desc);
+            msg_kv_str(&o, BOX_KEY(CMD), r->desc);
         }
-        msg_kv_u64(&o, "started_ns", r->started_ns);
-        msg_kv_u64(&o, "next_seq", r->log.next_seq);
+        msg_kv_u64(&o, BOX_KEY(STARTED_NS), r->started_ns);
+        msg_kv_u64(&o, BOX_KEY(NEXT_SEQ), r->log.next_seq);
         request__put_retention(&o, r);
-        msg_kv_u64(&o, "late_bytes", r->late_bytes);
-        msg_kv_bool(&o, "lingering", r->lingering);
+        msg_kv_u64(&o, BOX_KEY(LATE_BYTES), r->late_bytes);
+        msg_kv_bool(&o, BOX_KEY(LINGERING), r->lingering);
         if (r->bg_killed)
-            msg_kv_str(&o, "background_killed", r->bg_killed);
+            msg_kv_str(&o, BOX_KEY(BACKGROUND_KILLED), r->bg_killed);
         if (r->slot_released)
-            msg_kv_bool(&o, "slot_released", true);
+            msg_kv_bool(&o, BOX_KEY(SLOT_RELEASED), true);
         if (r->cg.dir_fd >= 0)
-            msg_kv_str(&o, "cgroup", r->cg.name);
+            msg_kv_str(&o, BOX_KEY(CGROUP), r->cg.name);
         msg_map_close(&o);
         n++;
     }
     msg_array_close(&o, arr, n);
-    msg_kv_bool(&o, "truncated", truncated);
+    msg_kv_bool(&o, BOX_KEY(TRUNCATED), truncated);
     ev_close(&o);
     request__reply(x, &o);
 }

@@ -26,12 +26,12 @@
 static void started(struct ctx *x, const struct run *r, bool existing)
 {
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_STARTED), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_STARTED, &x->req) < 0)
         return;
-    msg_kv_str(&o, "id", r->id);
-    msg_kv_i64(&o, "pid", r->pid);
-    msg_kv_u64(&o, "started_ns", r->started_ns);
-    msg_kv_bool(&o, "existing", existing);
+    msg_kv_str(&o, BOX_KEY(ID), r->id);
+    msg_kv_i64(&o, BOX_KEY(PID), r->pid);
+    msg_kv_u64(&o, BOX_KEY(STARTED_NS), r->started_ns);
+    msg_kv_bool(&o, BOX_KEY(EXISTING), existing);
     ev_close(&o);
     request__reply(x, &o);
 }
@@ -39,17 +39,17 @@ static void started(struct ctx *x, const struct run *r, bool existing)
 static void spawn_failed(struct ctx *x, const struct run *r, bool existing)
 {
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_ERROR), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_ERROR, &x->req) < 0)
         return;
-    msg_kv_str(&o, "code", box_err_str(BOX_ERR_SPAWN_FAILED));
+    msg_kv_str(&o, BOX_KEY(CODE), box_err_str(BOX_ERR_SPAWN_FAILED));
     char text[256];
     snprintf(text, sizeof text, "%s: %s", r->spawn_stage, strerror(r->spawn_err));
-    msg_kv_str(&o, "message", text);
-    msg_kv_str(&o, "id", r->id);
-    msg_kv_i64(&o, "errno", r->spawn_err);
-    msg_kv_str(&o, "errno_name", errno_name(r->spawn_err));
-    msg_kv_str(&o, "stage", r->spawn_stage);
-    msg_kv_bool(&o, "existing", existing);
+    msg_kv_str(&o, BOX_KEY(MESSAGE), text);
+    msg_kv_str(&o, BOX_KEY(ID), r->id);
+    msg_kv_i64(&o, BOX_KEY(ERRNO), r->spawn_err);
+    msg_kv_str(&o, BOX_KEY(ERRNO_NAME), errno_name(r->spawn_err));
+    msg_kv_str(&o, BOX_KEY(STAGE), r->spawn_stage);
+    msg_kv_bool(&o, BOX_KEY(EXISTING), existing);
     ev_close(&o);
     request__reply(x, &o);
 }
@@ -433,16 +433,16 @@ static void unknown_lang(struct ctx *x, const char *lang, size_t len, const char
     }
     code_available_text(&ns, avail, sizeof avail);
     struct msg_out o;
-    if (ev_begin(&o, box_type_str(BOX_T_ERROR), &x->req) < 0)
+    if (ev_begin(&o, BOX_T_ERROR, &x->req) < 0)
         return;
     char text[256];
     if (len == 0)
         snprintf(text, sizeof text, "code needs a lang; available: %s", avail);
     else
         snprintf(text, sizeof text, "no language '%s' on this box; available: %s", shown, avail);
-    msg_kv_str(&o, "code", box_err_str(BOX_ERR_UNKNOWN_LANG));
-    msg_kv_str(&o, "message", text);
-    msg_key(&o, "available");
+    msg_kv_str(&o, BOX_KEY(CODE), box_err_str(BOX_ERR_UNKNOWN_LANG));
+    msg_kv_str(&o, BOX_KEY(MESSAGE), text);
+    msg_key(&o, BOX_KEY(AVAILABLE));
     code_put_available(&o, &ns);
     ev_close(&o);
     request__reply(x, &o);

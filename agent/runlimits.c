@@ -8,6 +8,7 @@
 
 #include "agent.h"
 #include "codec.h"
+#include "schema.h"
 
 /* The controllers the runs' parent offers, for the message: "memory pids", or "none". */
 static void offered(const struct agent *a, char *buf, size_t size)
@@ -81,17 +82,17 @@ int runlimits_check(const struct agent *a, char *why, size_t size)
 void runlimits_put(struct msg_out *o, const struct agent *a)
 {
     const struct config *c = &a->cfg;
-    msg_key(o, "run_limits");
+    msg_key(o, BOX_KEY(RUN_LIMITS));
     msg_map_open(o);
-    msg_kv_u64(o, "nofile", c->run_nofile);
-    msg_kv_u64(o, "core", c->run_core);
-    msg_kv_i64(o, "oom_score_adj", c->run_oom_score_adj);
+    msg_kv_u64(o, BOX_KEY(NOFILE), c->run_nofile);
+    msg_kv_u64(o, BOX_KEY(CORE), c->run_core);
+    msg_kv_i64(o, BOX_KEY(OOM_SCORE_ADJ), c->run_oom_score_adj);
     /* Present only when set, and then enforced: runlimits_check refused the start otherwise. */
     if (c->run_memory_max) {
-        msg_kv_u64(o, "memory_max", c->run_memory_max);
-        msg_kv_u64(o, "swap_max", 0);
+        msg_kv_u64(o, BOX_KEY(MEMORY_MAX), c->run_memory_max);
+        msg_kv_u64(o, BOX_KEY(SWAP_MAX), 0);
     }
     if (c->run_pids_max)
-        msg_kv_u64(o, "pids_max", c->run_pids_max);
+        msg_kv_u64(o, BOX_KEY(PIDS_MAX), c->run_pids_max);
     msg_map_close(o);
 }

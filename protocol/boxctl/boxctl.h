@@ -21,6 +21,7 @@
 
 #include "client.h"
 #include "json.h"
+#include "schema.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -181,7 +182,7 @@ int req_with_id(struct ctl *x, struct msg_out *o, const char *type, const char *
                 uint32_t nfields, uint64_t *req);
 int simple_request(struct ctl *x, const char *type);
 /* True when x->m is an `error` with this code. */
-bool error_is(const struct box_msg *m, const char *code);
+bool error_is(const struct box_msg *m, enum box_err code);
 
 /* ---- render.c ------------------------------------------------------------------------------ */
 

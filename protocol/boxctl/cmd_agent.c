@@ -28,7 +28,7 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv)
     int r = simple_request(x, box_type_str(BOX_T_LIST));
     if (r < 0)
         return request_failed(x, r);
-    const msgpack_object *runs = msg_get(&x->m.root, "runs");
+    const msgpack_object *runs = msg_get(&x->m.root, BOX_KEY(RUNS));
     if (runs == NULL || runs->type != MSGPACK_OBJECT_ARRAY) {
         errmsg("malformed list reply from the agent");
         return EXIT_FAIL;
@@ -54,11 +54,12 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv)
     for (uint32_t i = 0; i < nrows; i++) {
         const msgpack_object *run = &runs->via.array.ptr[i];
         struct sbuf *row = &cells[(size_t)(i + 1) * NCOL];
-        static const char *const keys[NCOL - 1] = {"id", "state", "status", "exit_code", "pid"};
+        const char *const keys[NCOL - 1] = {BOX_KEY(ID), BOX_KEY(STATE), BOX_KEY(STATUS),
+                                            BOX_KEY(EXIT_CODE), BOX_KEY(PID)};
         for (int c = 0; c < NCOL; c++)
             sbuf_init(&row[c], c == NCOL - 1 ? 4096 : 128);
         bool lingering = false;
-        msg_get_bool(run, "lingering", &lingering);
+        msg_get_bool(run, BOX_KEY(LINGERING), &lingering);
         for (int c = 0; c < NCOL - 1; c++) {
             const msgpack_object *v = msg_get(run, keys[c]);
             if (c == 1 && lingering) {
@@ -71,8 +72,8 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv)
             else
                 text_mp(&row[c], v);
         }
-        const msgpack_object *cmd = msg_get(run, "cmd");
-        const msgpack_object *av = msg_get(run, "argv");
+        const msgpack_object *cmd = msg_get(run, BOX_KEY(CMD));
+        const msgpack_object *av = msg_get(run, BOX_KEY(ARGV));
         if (cmd != NULL && cmd->type != MSGPACK_OBJECT_NIL)
             text_mp(&row[NCOL - 1], cmd);
         else if (av != NULL && av->type == MSGPACK_OBJECT_ARRAY)
@@ -180,7 +181,7 @@ int cmd_shutdown(struct ctl *x, struct opts *o, int argc, char **argv)
     int r = box_req_begin(&x->c, &m, box_type_str(BOX_T_SHUTDOWN), 1, &req);
     if (r < 0)
         return request_failed(x, r);
-    msg_kv_str(&m, "action", o->reboot ? "reboot" : "poweroff");
+    msg_kv_str(&m, BOX_REQ_KEY(ACTION), o->reboot ? "reboot" : "poweroff");
     r = box_client_call(&x->c, &m, req, &x->m, REPLY_TIMEOUT_MS);
     if (r < 0)
         return request_failed(x, r);

@@ -74,11 +74,11 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
     if (r < 0)
         return r;
     if (e->lang) {
-        msg_kv_str(&o, "lang", e->lang);
-        msg_key(&o, "code");
+        msg_kv_str(&o, BOX_REQ_KEY(LANG), e->lang);
+        msg_key(&o, BOX_REQ_KEY(CODE));
         msg_data(&o, e->code, e->code_len);
     } else if (e->use_argv) {
-        msg_key(&o, "argv");
+        msg_key(&o, BOX_REQ_KEY(ARGV));
         msg_array(&o, (uint32_t)e->nwords);
         for (size_t i = 0; i < e->nwords; i++)
             msg_str(&o, e->words[i]);
@@ -90,14 +90,14 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
                 sbuf_add(&cmd, " ", 1);
             sbuf_add(&cmd, e->words[i], strlen(e->words[i]));
         }
-        msg_key(&o, "cmd");
+        msg_key(&o, BOX_REQ_KEY(CMD));
         msg_strn(&o, cmd.p != NULL ? cmd.p : "", cmd.len);
         if (cmd.nomem)
             o.failed = true;
         sbuf_free(&cmd);
     }
     if (nenv > 0) {
-        msg_key(&o, "env");
+        msg_key(&o, BOX_REQ_KEY(ENV));
         msg_map(&o, nenv);
         for (size_t i = 0; i < e->nenv; i++) {
             if (env_overridden(e, i))
@@ -108,22 +108,22 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
         }
     }
     if (e->cwd != NULL)
-        msg_kv_str(&o, "cwd", e->cwd);
+        msg_kv_str(&o, BOX_REQ_KEY(CWD), e->cwd);
     if (e->has_timeout)
-        msg_kv_u64(&o, "timeout_ms", e->timeout_ms);
+        msg_kv_u64(&o, BOX_REQ_KEY(TIMEOUT_MS), e->timeout_ms);
     if (e->has_grace)
-        msg_kv_u64(&o, "grace_ms", e->grace_ms);
+        msg_kv_u64(&o, BOX_REQ_KEY(GRACE_MS), e->grace_ms);
     if (e->feed)
-        msg_kv_bool(&o, "stdin", true);
-    msg_kv_bool(&o, "follow", !e->detach);
+        msg_kv_bool(&o, BOX_REQ_KEY(STDIN), true);
+    msg_kv_bool(&o, BOX_REQ_KEY(FOLLOW), !e->detach);
     if (e->json)
-        msg_kv_bool(&o, "output", true);
+        msg_kv_bool(&o, BOX_REQ_KEY(OUTPUT), true);
     if (e->id != NULL)
-        msg_kv_str(&o, "id", e->id);
+        msg_kv_str(&o, BOX_REQ_KEY(ID), e->id);
     if (e->user != NULL)
-        msg_kv_str(&o, "user", e->user);
+        msg_kv_str(&o, BOX_REQ_KEY(USER), e->user);
     if (e->seccomp != NULL)
-        msg_kv_str(&o, "seccomp", e->seccomp);
+        msg_kv_str(&o, BOX_REQ_KEY(SECCOMP), e->seccomp);
     return box_client_send(&x->c, &o);
 }
 
@@ -136,17 +136,17 @@ static int exec_spawn_failed(struct ctl *x, const struct exec_opts *e, const cha
     struct end_info fake;
     struct bytes b = {NULL, 0};
     memset(&fake, 0, sizeof fake);
-    if (get_bytes(&x->m.root, "id", &b) && b.n <= RUN_ID_MAX)
+    if (get_bytes(&x->m.root, BOX_KEY(ID), &b) && b.n <= RUN_ID_MAX)
         bytes_cstr(b, id, sizeof id);
     else
         snprintf(id, sizeof id, "%s", known_id);
-    get_bytes(&x->m.root, "errno_name", &b);
+    get_bytes(&x->m.root, BOX_KEY(ERRNO_NAME), &b);
     bytes_cstr(b, ename, sizeof ename);
     fake.errno_name = b.p != NULL ? (struct bytes){ename, strlen(ename)} : (struct bytes){NULL, 0};
-    get_bytes(&x->m.root, "stage", &b);
+    get_bytes(&x->m.root, BOX_KEY(STAGE), &b);
     bytes_cstr(b, stage, sizeof stage);
     fake.stage = b.p != NULL ? (struct bytes){stage, strlen(stage)} : (struct bytes){NULL, 0};
-    fake.has_errno = msg_get_i64(&x->m.root, "errno", &fake.err_no) == 0;
+    fake.has_errno = msg_get_i64(&x->m.root, BOX_KEY(ERRNO), &fake.err_no) == 0;
     int code = spawn_exit_code(fake.has_errno, fake.err_no, fake.errno_name);
     if (!e->json) {
         print_agent_error(&x->m);
@@ -204,7 +204,8 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
                 goto out;
             }
             if ((x->m.has_req && x->m.req == req) ||
-                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) && msg_get(&x->m.root, "req") == NULL))
+                (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
+                 msg_get(&x->m.root, BOX_KEY(REQ)) == NULL))
                 break;
         }
         if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR))) {
@@ -221,12 +222,13 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             goto out;
         }
         struct bytes id = {NULL, 0};
-        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) || !get_bytes(&x->m.root, "id", &id)) {
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_STARTED)) ||
+            !get_bytes(&x->m.root, BOX_KEY(ID), &id)) {
             errmsg("unexpected reply to exec from the agent");
             goto out;
         }
         bool was = false;
-        msg_get_bool(&x->m.root, "existing", &was);
+        msg_get_bool(&x->m.root, BOX_KEY(EXISTING), &was);
         if (was) {
             char sid[RUN_ID_MAX + 1];
             bytes_cstr(id, sid, sizeof sid);
@@ -241,12 +243,12 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
             json_string(&j, id.p, id.n);
             int64_t pid;
             json_key(&j, "pid");
-            if (msg_get_i64(&x->m.root, "pid", &pid) == 0)
+            if (msg_get_i64(&x->m.root, BOX_KEY(PID), &pid) == 0)
                 json_int(&j, pid);
             else
                 json_null(&j);
             bool existing = false;
-            msg_get_bool(&x->m.root, "existing", &existing);
+            msg_get_bool(&x->m.root, BOX_KEY(EXISTING), &existing);
             json_key(&j, "existing");
             json_bool(&j, existing);
             json_object_end(&j);

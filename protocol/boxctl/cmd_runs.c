@@ -49,7 +49,7 @@ static int connect_for_run(struct ctl *x, const struct opts *o, const char *id)
             r = box_client_call(&x->c, &m, req, &x->m, REPLY_TIMEOUT_MS);
         if (r == 0)
             return 0;
-        if (r != -EREMOTEIO || !error_is(&x->m, "not_found"))
+        if (r != -EREMOTEIO || !error_is(&x->m, BOX_ERR_NOT_FOUND))
             return request_failed(x, r);
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
@@ -87,7 +87,7 @@ int cmd_attach(struct ctl *x, struct opts *o, int argc, char **argv)
     uint64_t req;
     r = req_with_id(x, &mo, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
-        msg_kv_u64(&mo, "from_seq", from);
+        msg_kv_u64(&mo, BOX_REQ_KEY(FROM_SEQ), from);
         r = box_client_send(&x->c, &mo);
     }
     if (r < 0)
@@ -246,7 +246,7 @@ int cmd_logs(struct ctl *x, struct opts *o, int argc, char **argv)
     uint64_t req;
     r = req_with_id(x, &mo, box_type_str(BOX_T_ATTACH), id, 1, &req);
     if (r == 0) {
-        msg_kv_u64(&mo, "from_seq", from);
+        msg_kv_u64(&mo, BOX_REQ_KEY(FROM_SEQ), from);
         r = box_client_send(&x->c, &mo);
     }
     if (r < 0) {
@@ -289,7 +289,7 @@ int cmd_cancel(struct ctl *x, struct opts *o, int argc, char **argv)
     if (r < 0)
         return request_failed(x, r);
     if (has_grace)
-        msg_kv_u64(&mo, "grace_ms", grace);
+        msg_kv_u64(&mo, BOX_REQ_KEY(GRACE_MS), grace);
     r = box_client_call(&x->c, &mo, req, &x->m, REPLY_TIMEOUT_MS);
     if (r < 0)
         return request_failed(x, r);
@@ -317,9 +317,10 @@ int cmd_signal(struct ctl *x, struct opts *o, int argc, char **argv)
         return request_failed(x, r);
     uint64_t num;
     if (parse_u64(sig, &num) == 0)
-        msg_kv_u64(&mo, "signal", num);
+        msg_kv_u64(&mo, BOX_REQ_KEY(SIGNAL), num);
     else
-        msg_kv_str(&mo, "signal", sig); /* the agent knows the names: "TERM", "SIGTERM" */
+        /* The agent knows the names: "TERM", "SIGTERM". */
+        msg_kv_str(&mo, BOX_REQ_KEY(SIGNAL), sig);
     r = box_client_call(&x->c, &mo, req, &x->m, REPLY_TIMEOUT_MS);
     if (r < 0)
         return request_failed(x, r);
@@ -335,11 +336,11 @@ static int stdin_send(struct ctl *x, const char *id, const char *data, size_t le
     if (r < 0)
         return r;
     if (len > 0) {
-        msg_key(&mo, "data");
+        msg_key(&mo, BOX_REQ_KEY(DATA));
         msg_data(&mo, data, len);
     }
     if (eof)
-        msg_kv_bool(&mo, "eof", true);
+        msg_kv_bool(&mo, BOX_REQ_KEY(EOF_), true);
     return box_client_call(&x->c, &mo, req, &x->m, REPLY_TIMEOUT_MS);
 }
 

@@ -55,8 +55,8 @@ void print_agent_error(const struct box_msg *m)
     /* A spawn failure also says which errno and at which stage. */
     char extra[96] = "";
     struct bytes en = {NULL, 0}, st = {NULL, 0};
-    get_bytes(&m->root, "errno_name", &en);
-    get_bytes(&m->root, "stage", &st);
+    get_bytes(&m->root, BOX_KEY(ERRNO_NAME), &en);
+    get_bytes(&m->root, BOX_KEY(STAGE), &st);
     if (en.p != NULL || st.p != NULL) {
         char e[32], s[32];
         bytes_cstr(en, e, sizeof e);
@@ -68,18 +68,19 @@ void print_agent_error(const struct box_msg *m)
     }
     /* What to do next, where the agent's own message may not say it. */
     static const struct {
-        const char *code, *hint;
+        enum box_err code;
+        const char *hint;
     } hints[] = {
-        {"not_found", "; 'boxctl list' shows the runs the agent knows (a run another boxctl is "
-                      "still starting: --wait-start MS)"},
-        {"denied", "; the agent's policy decides this (boxd --allow-request-user, "
-                   "--allow-seccomp-none)"},
-        {"shutting_down", "; the agent is stopping: wait for the box to come back"},
-        {"run_ended", "; 'boxctl wait ID' shows how it ended"},
+        {BOX_ERR_NOT_FOUND, "; 'boxctl list' shows the runs the agent knows (a run another "
+                            "boxctl is still starting: --wait-start MS)"},
+        {BOX_ERR_DENIED, "; the agent's policy decides this (boxd --allow-request-user, "
+                         "--allow-seccomp-none)"},
+        {BOX_ERR_SHUTTING_DOWN, "; the agent is stopping: wait for the box to come back"},
+        {BOX_ERR_RUN_ENDED, "; 'boxctl wait ID' shows how it ended"},
     };
     const char *hint = "";
     for (size_t i = 0; i < sizeof hints / sizeof hints[0]; i++)
-        if (strcmp(c, hints[i].code) == 0)
+        if (strcmp(c, box_err_str(hints[i].code)) == 0)
             hint = hints[i].hint;
     if (t[0] != '\0')
         errmsg("%s: %s%s%s", c[0] ? c : "error", t, extra, hint);
@@ -202,7 +203,7 @@ static int serial_confirm(struct ctl *x, int token_ok)
         int r = simple_request(x, box_type_str(BOX_T_PING));
         if (r == 0)
             return 0;
-        if (r != -EREMOTEIO || !error_is(&x->m, "need_hello"))
+        if (r != -EREMOTEIO || !error_is(&x->m, BOX_ERR_NEED_HELLO))
             return request_failed(x, r);
         if (x->token_file != NULL && read_token(x, tok, &toklen) != 0)
             return EXIT_FAIL;
@@ -245,7 +246,7 @@ int ctl_connect(struct ctl *x)
         if (r == -EPROTO)
             errmsg("%s: the agent does not speak protocol version %d", x->sock,
                    BOX_PROTOCOL_VERSION);
-        else if (r == -EREMOTEIO && error_is(&x->m, "unauthorized"))
+        else if (r == -EREMOTEIO && error_is(&x->m, BOX_ERR_UNAUTHORIZED))
             errmsg("%s: the agent refused %s: %s", x->sock,
                    x->token_file != NULL ? "the token" : "a hello without a token",
                    x->token_file != NULL
@@ -268,13 +269,13 @@ int ctl_connect(struct ctl *x)
     return 0;
 }
 
-bool error_is(const struct box_msg *m, const char *code)
+bool error_is(const struct box_msg *m, enum box_err code)
 {
     const char *c = "";
     size_t n = 0;
     if (box_msg_error(m, &c, &n, NULL, NULL) != 0)
         return false;
-    return bytes_is((struct bytes){c, n}, code);
+    return box_err_is(c, n, code);
 }
 
 void ctl_close(struct ctl *x)
@@ -294,7 +295,7 @@ int req_with_id(struct ctl *x, struct msg_out *o, const char *type, const char *
     int r = box_req_begin(&x->c, o, type, nfields + 1, req);
     if (r < 0)
         return r;
-    msg_kv_str(o, "id", id);
+    msg_kv_str(o, BOX_REQ_KEY(ID), id);
     return 0;
 }
 

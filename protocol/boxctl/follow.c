@@ -68,7 +68,7 @@ static bool is_for_run(const struct follow *f, const struct box_msg *m)
     if (f->id[0] == '\0')
         return true;
     struct bytes id = {NULL, 0};
-    return !get_bytes(&m->root, "id", &id) || bytes_is(id, f->id);
+    return !get_bytes(&m->root, BOX_KEY(ID), &id) || bytes_is(id, f->id);
 }
 
 static int send_cancel(struct follow *f)
@@ -104,10 +104,10 @@ static int feed_stdin(struct follow *f, short revents)
     if (r < 0)
         return r;
     if (n == 0) {
-        msg_kv_bool(&o, "eof", true);
+        msg_kv_bool(&o, BOX_REQ_KEY(EOF_), true);
         f->feed = false; /* the `ok` for the eof needs no waiting */
     } else {
-        msg_key(&o, "data");
+        msg_key(&o, BOX_REQ_KEY(DATA));
         msg_data(&o, f->feed_buf, (size_t)n);
         f->feed_wait = true;
     }
@@ -121,11 +121,11 @@ static int follow_msg(struct follow *f)
 
     if (ours && (box_msg_is(m, box_type_str(BOX_T_STARTED)) || box_msg_is(m, box_type_str(BOX_T_ATTACHED)))) {
         struct bytes id = {NULL, 0};
-        if (f->id[0] == '\0' && get_bytes(&m->root, "id", &id) && id.n <= RUN_ID_MAX)
+        if (f->id[0] == '\0' && get_bytes(&m->root, BOX_KEY(ID), &id) && id.n <= RUN_ID_MAX)
             bytes_cstr(id, f->id, sizeof f->id);
         bool existing = false;
         if (box_msg_is(m, box_type_str(BOX_T_STARTED)) && !f->started &&
-            msg_get_bool(&m->root, "existing", &existing) == 0 && existing) {
+            msg_get_bool(&m->root, BOX_KEY(EXISTING), &existing) == 0 && existing) {
             char sid[RUN_ID_MAX + 1];
             snprintf(sid, sizeof sid, "%s", f->id);
             sanitize(sid, strlen(sid));
@@ -138,7 +138,7 @@ static int follow_msg(struct follow *f)
         return F_CONTINUE;
     }
     if (box_msg_is(m, box_type_str(BOX_T_ERROR))) {
-        if (ours || msg_get(&m->root, "req") == NULL)
+        if (ours || msg_get(&m->root, BOX_KEY(REQ)) == NULL)
             return F_ERROR;
         if (m->has_req && m->req == f->feed_req) {
             /* The run closed its stdin or ended: stop copying, and only mention it when the
@@ -163,7 +163,7 @@ static int follow_msg(struct follow *f)
     if (!is_for_run(f, m))
         return F_CONTINUE;
     if (box_msg_is(m, box_type_str(BOX_T_OUTPUT))) {
-        int r = sink_lines(f->sink, msg_get(&m->root, "lines"));
+        int r = sink_lines(f->sink, msg_get(&m->root, BOX_KEY(LINES)));
         if (r == -EBADMSG) {
             errmsg("malformed output record from the agent");
             return F_FAILED;
@@ -172,8 +172,8 @@ static int follow_msg(struct follow *f)
     }
     if (box_msg_is(m, box_type_str(BOX_T_GAP))) {
         uint64_t from = 0, to = 0;
-        msg_get_u64(&m->root, "from_seq", &from);
-        msg_get_u64(&m->root, "to_seq", &to);
+        msg_get_u64(&m->root, BOX_KEY(FROM_SEQ), &from);
+        msg_get_u64(&m->root, BOX_KEY(TO_SEQ), &to);
         warn_gap(f->id, from, to);
         f->sink->gap = true;
         return F_CONTINUE;
@@ -253,7 +253,7 @@ int wait_end(struct ctl *x, const char *id, bool output)
     int r = req_with_id(x, &o, box_type_str(BOX_T_WAIT), id, 1, &req);
     if (r < 0)
         return r;
-    msg_kv_bool(&o, "output", output);
+    msg_kv_bool(&o, BOX_REQ_KEY(OUTPUT), output);
     r = box_client_send(&x->c, &o);
     if (r < 0)
         return r;
@@ -264,11 +264,11 @@ int wait_end(struct ctl *x, const char *id, bool output)
         if (r < 0)
             return r;
         struct bytes mid = {NULL, 0};
-        bool same = get_bytes(&x->m.root, "id", &mid) && bytes_is(mid, id);
+        bool same = get_bytes(&x->m.root, BOX_KEY(ID), &mid) && bytes_is(mid, id);
         if (box_msg_is(&x->m, box_type_str(BOX_T_END)) && same)
             return 0;
         if (box_msg_is(&x->m, box_type_str(BOX_T_ERROR)) &&
-            ((x->m.has_req && x->m.req == req) || msg_get(&x->m.root, "req") == NULL))
+            ((x->m.has_req && x->m.req == req) || msg_get(&x->m.root, BOX_KEY(REQ)) == NULL))
             return -EREMOTEIO;
     }
 }
@@ -284,24 +284,25 @@ int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink *s)
         int r = req_with_id(x, &o, box_type_str(BOX_T_LOGS), id, 2, &req);
         if (r < 0)
             return r;
-        msg_kv_u64(&o, "from_seq", *from);
-        msg_kv_u64(&o, "max_records", LOGS_PAGE_RECORDS);
+        msg_kv_u64(&o, BOX_REQ_KEY(FROM_SEQ), *from);
+        msg_kv_u64(&o, BOX_REQ_KEY(MAX_RECORDS), LOGS_PAGE_RECORDS);
         r = box_client_call(&x->c, &o, req, &x->m, REPLY_TIMEOUT_MS);
         if (r < 0)
             return r;
         const msgpack_object *root = &x->m.root;
         uint64_t first_seq, next_seq;
         bool more = false;
-        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) || msg_get_u64(root, "next_seq", &next_seq) != 0)
+        if (!box_msg_is(&x->m, box_type_str(BOX_T_LOGS)) ||
+            msg_get_u64(root, BOX_KEY(NEXT_SEQ), &next_seq) != 0)
             return -EBADMSG;
-        if (msg_get_u64(root, "first_seq", &first_seq) == 0 && first_seq > *from) {
+        if (msg_get_u64(root, BOX_KEY(FIRST_SEQ), &first_seq) == 0 && first_seq > *from) {
             warn_gap(id, *from, first_seq);
             s->gap = true;
         }
-        r = sink_lines(s, msg_get(root, "lines"));
+        r = sink_lines(s, msg_get(root, BOX_KEY(LINES)));
         if (r < 0)
             return r;
-        msg_get_bool(root, "more", &more);
+        msg_get_bool(root, BOX_KEY(MORE), &more);
         if (more && next_seq <= *from)
             return -EBADMSG; /* no progress: asking again would loop forever */
         if (next_seq > *from)

@@ -4,6 +4,7 @@
 #endif
 #include "boxctl.h"
 #include "io.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -214,20 +215,20 @@ void warn_gap(const char *id, uint64_t from, uint64_t to)
 void end_parse(const msgpack_object *m, struct end_info *e)
 {
     memset(e, 0, sizeof *e);
-    get_bytes(m, "id", &e->id);
-    get_bytes(m, "status", &e->status);
-    get_bytes(m, "reason", &e->reason);
-    get_bytes(m, "stage", &e->stage);
-    get_bytes(m, "errno_name", &e->errno_name);
-    get_bytes(m, "result", &e->result);
-    get_bytes(m, "stdout", &e->out);
-    get_bytes(m, "stderr", &e->err);
-    e->has_exit = msg_get_i64(m, "exit_code", &e->exit_code) == 0;
-    e->has_signal = msg_get_i64(m, "signal", &e->sig) == 0;
-    e->has_errno = msg_get_i64(m, "errno", &e->err_no) == 0;
-    e->has_duration = msg_get_i64(m, "duration_ms", &e->duration_ms) == 0;
+    get_bytes(m, BOX_KEY(ID), &e->id);
+    get_bytes(m, BOX_KEY(STATUS), &e->status);
+    get_bytes(m, BOX_KEY(REASON), &e->reason);
+    get_bytes(m, BOX_KEY(STAGE), &e->stage);
+    get_bytes(m, BOX_KEY(ERRNO_NAME), &e->errno_name);
+    get_bytes(m, BOX_KEY(RESULT), &e->result);
+    get_bytes(m, BOX_KEY(STDOUT), &e->out);
+    get_bytes(m, BOX_KEY(STDERR), &e->err);
+    e->has_exit = msg_get_i64(m, BOX_KEY(EXIT_CODE), &e->exit_code) == 0;
+    e->has_signal = msg_get_i64(m, BOX_KEY(SIGNAL), &e->sig) == 0;
+    e->has_errno = msg_get_i64(m, BOX_KEY(ERRNO), &e->err_no) == 0;
+    e->has_duration = msg_get_i64(m, BOX_KEY(DURATION_MS), &e->duration_ms) == 0;
     bool t = false;
-    e->truncated = msg_get_bool(m, "output_truncated", &t) == 0 && t;
+    e->truncated = msg_get_bool(m, BOX_KEY(OUTPUT_TRUNCATED), &t) == 0 && t;
 }
 
 /* The exit code for a run that could not be started: 127 "not found", 126 anything else. */
@@ -463,15 +464,15 @@ static void text_languages(struct sbuf *b, const msgpack_object *langs)
         if (l->type != MSGPACK_OBJECT_MAP)
             continue;
         sbuf_lit(b, "  ");
-        lang_field(b, l, "name");
+        lang_field(b, l, BOX_KEY(NAME));
         sbuf_lit(b, ": ");
-        lang_field(b, l, "path");
+        lang_field(b, l, BOX_KEY(PATH));
         sbuf_lit(b, " (");
-        lang_field(b, l, "version");
+        lang_field(b, l, BOX_KEY(VERSION));
         sbuf_lit(b, "); aliases: ");
-        lang_field(b, l, "aliases");
+        lang_field(b, l, BOX_KEY(ALIASES));
         sbuf_lit(b, "; file: ");
-        lang_field(b, l, "file");
+        lang_field(b, l, BOX_KEY(FILE));
         sbuf_lit(b, "\n");
     }
 }
@@ -481,9 +482,9 @@ void text_map(struct sbuf *b, const char *prefix, const msgpack_object *map)
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         const msgpack_object *v = &map->via.map.ptr[i].val;
-        if (prefix[0] == '\0' && (key_is(k, "type") || key_is(k, "req")))
+        if (prefix[0] == '\0' && (key_is(k, BOX_KEY(TYPE)) || key_is(k, BOX_KEY(REQ))))
             continue;
-        if (prefix[0] == '\0' && key_is(k, "languages") && v->type == MSGPACK_OBJECT_ARRAY) {
+        if (prefix[0] == '\0' && key_is(k, BOX_KEY(LANGUAGES)) && v->type == MSGPACK_OBJECT_ARRAY) {
             text_languages(b, v);
             continue;
         }
@@ -513,7 +514,8 @@ int print_json_value(const msgpack_object *o, bool skip_envelope)
         json_object_begin(&j);
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object *k = &o->via.map.ptr[i].key;
-            if (key_is(k, "type") || key_is(k, "req") || k->type != MSGPACK_OBJECT_STR)
+            if (key_is(k, BOX_KEY(TYPE)) || key_is(k, BOX_KEY(REQ)) ||
+                k->type != MSGPACK_OBJECT_STR)
                 continue;
             json_keyn(&j, k->via.str.ptr, k->via.str.size);
             json_mp(&j, &o->via.map.ptr[i].val);

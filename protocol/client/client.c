@@ -49,11 +49,11 @@ int box_msg_error(const struct box_msg *m, const char **code, size_t *code_len,
 {
     if (!box_msg_is(m, box_type_str(BOX_T_ERROR)))
         return -EINVAL;
-    if (code != NULL && msg_get_str(&m->root, "code", code, code_len) != 0) {
+    if (code != NULL && msg_get_str(&m->root, BOX_KEY(CODE), code, code_len) != 0) {
         *code = "";
         *code_len = 0;
     }
-    if (message != NULL && msg_get_str(&m->root, "message", message, message_len) != 0) {
+    if (message != NULL && msg_get_str(&m->root, BOX_KEY(MESSAGE), message, message_len) != 0) {
         *message = "";
         *message_len = 0;
     }
@@ -420,8 +420,8 @@ int box_req_begin(struct box_client *c, struct msg_out *o, const char *type, uin
     uint64_t id = c->next_req++;
     c->begun_req = id;
     msg_map(o, nfields + 2);
-    msg_kv_str(o, "type", type);
-    msg_kv_u64(o, "req", id);
+    msg_kv_str(o, BOX_REQ_KEY(TYPE), type);
+    msg_kv_u64(o, BOX_REQ_KEY(REQ), id);
     if (req != NULL)
         *req = id;
     return 0;
@@ -520,12 +520,12 @@ static int frame_end(struct box_client *c, struct box_msg *m)
         return r;
     const char *t;
     size_t tlen;
-    if (msg_get_str(&m->root, "type", &t, &tlen) != 0)
+    if (msg_get_str(&m->root, BOX_KEY(TYPE), &t, &tlen) != 0)
         return -EBADMSG;
     m->type = t;
     m->type_len = tlen;
     uint64_t req;
-    if (msg_get_u64(&m->root, "req", &req) == 0) {
+    if (msg_get_u64(&m->root, BOX_KEY(REQ), &req) == 0) {
         m->has_req = true;
         m->req = req;
     }
@@ -657,7 +657,8 @@ int box_client_call(struct box_client *c, struct msg_out *o, uint64_t req, struc
         if (r < 0)
             return r;
         bool err = box_msg_is(reply, box_type_str(BOX_T_ERROR));
-        if ((reply->has_req && reply->req == req) || (err && msg_get(&reply->root, "req") == NULL))
+        if ((reply->has_req && reply->req == req) ||
+            (err && msg_get(&reply->root, BOX_KEY(REQ)) == NULL))
             return err ? -EREMOTEIO : 0;
     }
 }
@@ -697,11 +698,11 @@ static int send_hello(struct box_client *c, const char *client_name, const void 
                           1 + (client_name != NULL) + (token != NULL), req);
     if (r < 0)
         return r;
-    msg_kv_u64(&o, "version", BOX_PROTOCOL_VERSION);
+    msg_kv_u64(&o, BOX_REQ_KEY(VERSION), BOX_PROTOCOL_VERSION);
     if (client_name != NULL)
-        msg_kv_str(&o, "client", client_name);
+        msg_kv_str(&o, BOX_REQ_KEY(CLIENT), client_name);
     if (token != NULL) {
-        msg_key(&o, "token");
+        msg_key(&o, BOX_REQ_KEY(TOKEN));
         msg_data_known(&o, token, token_len, false); /* bin: compared byte for byte */
     }
     return box_client_send(c, &o);
@@ -737,9 +738,9 @@ static int hello_exchange(struct box_client *c, const char *client_name, const v
             continue;
         if (r < 0)
             return r;
-        bool err = box_msg_is(reply, "error");
+        bool err = box_msg_is(reply, BOX_TYPE(ERROR));
         if ((reply->has_req && reply->req >= first && reply->req <= last) ||
-            (err && msg_get(&reply->root, "req") == NULL))
+            (err && msg_get(&reply->root, BOX_KEY(REQ)) == NULL))
             return err ? -EREMOTEIO : 0;
     }
 }
@@ -767,17 +768,17 @@ int box_client_hello_token(struct box_client *c, const char *client_name, const 
     if (!box_msg_is(reply, box_type_str(BOX_T_HELLO)))
         return -EBADMSG;
     uint64_t version;
-    if (msg_get_u64(&reply->root, "version", &version) != 0)
+    if (msg_get_u64(&reply->root, BOX_KEY(VERSION), &version) != 0)
         return -EBADMSG;
     if (version != BOX_PROTOCOL_VERSION)
         return -EPROTO;
 
-    copy_str(&reply->root, "boot_id", c->boot_id, sizeof c->boot_id);
-    copy_str(&reply->root, "agent", c->agent, sizeof c->agent);
-    if (msg_get_i64(&reply->root, "pid", &c->agent_pid) != 0)
+    copy_str(&reply->root, BOX_KEY(BOOT_ID), c->boot_id, sizeof c->boot_id);
+    copy_str(&reply->root, BOX_KEY(AGENT), c->agent, sizeof c->agent);
+    if (msg_get_i64(&reply->root, BOX_KEY(PID), &c->agent_pid) != 0)
         c->agent_pid = 0;
     memset(&c->limits, 0, sizeof c->limits);
-    const msgpack_object *lim = msg_get(&reply->root, "limits");
+    const msgpack_object *lim = msg_get(&reply->root, BOX_KEY(LIMITS));
     static const struct {
         enum box_limit key;
         size_t off;

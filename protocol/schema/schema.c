@@ -1,4 +1,5 @@
-/* The protocol's name tables (schema.h), and the fields of each request (PROTOCOL.md 10.2). */
+/* The protocol's name tables (schema.h), the fields of each request (PROTOCOL.md 10.2) and those
+ * of each reply and event (10.3). */
 #include "schema.h"
 
 #include <string.h>
@@ -31,6 +32,11 @@ static const unsigned limit_where[] = {
 static const char *const field_names[] = {
 #define X(e, s) s,
     BOX_FIELDS(X)
+#undef X
+};
+static const char *const rfield_names[] = {
+#define X(e, s) s,
+    BOX_REPLY_FIELDS(X)
 #undef X
 };
 
@@ -76,7 +82,60 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
 };
 #undef F
 
+_Static_assert(BOX_RF__COUNT <= 256, "box_reply_fields lists fields as uint8_t");
+
+/* The fields of each message the agent sends (10.3), in the document's order. */
+#define R(x) BOX_RF_##x
+/* Every message the agent sends carries type, and req when its request had one. */
+#define RCOMMON R(TYPE), R(REQ)
+static const uint8_t rf_hello[] = {
+    RCOMMON, R(VERSION), R(AGENT), R(BOOT_ID), R(PID), R(CAPABILITIES), R(LIMITS)};
+static const uint8_t rf_pong[] = {RCOMMON, R(TS_NS)};
+static const uint8_t rf_info[] = {
+    RCOMMON, R(VERSION), R(AGENT), R(BOOT_ID), R(PID), R(PID1), R(MODE), R(SUBREAPER), R(UPTIME_MS),
+    R(RUNS_LIVE), R(RUNS_STARTING), R(SPAWNER), R(RUNS_FINISHED), R(CONNS), R(REAPED),
+    R(STARTED_TOTAL), R(LOG_DROPPED), R(LOG_SUPPRESSED), R(SHUTTING_DOWN), R(KILL_MECHANISM),
+    R(CGROUP), R(CONTROLLERS), R(LIMITS), R(RUN_LIMITS), R(NOFILE), R(CORE), R(OOM_SCORE_ADJ),
+    R(MEMORY_MAX), R(SWAP_MAX), R(PIDS_MAX), R(LANGUAGES), R(NAME), R(ALIASES), R(PATH), R(FILE)};
+static const uint8_t rf_ok[] = {RCOMMON, R(ID), R(ENDED)};
+static const uint8_t rf_started[] = {RCOMMON, R(ID), R(PID), R(STARTED_NS), R(EXISTING)};
+static const uint8_t rf_error[] = {
+    RCOMMON, R(CODE), R(MESSAGE), R(ID), R(ERRNO), R(ERRNO_NAME), R(STAGE), R(EXISTING), R(LIMIT),
+    R(VERSIONS), R(AVAILABLE)};
+static const uint8_t rf_attached[] = {
+    RCOMMON, R(ID), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(NEXT_SEQ), R(ENDED)};
+static const uint8_t rf_output[] = {RCOMMON, R(ID), R(LINES)};
+static const uint8_t rf_gap[] = {RCOMMON, R(ID), R(FROM_SEQ), R(TO_SEQ)};
+static const uint8_t rf_end[] = {
+    RCOMMON, R(ID), R(STATUS), R(REASON), R(EXIT_CODE), R(SIGNAL), R(ERRNO), R(ERRNO_NAME),
+    R(STAGE), R(STARTED_NS), R(ENDED_NS), R(DURATION_MS), R(CPU_USER_US), R(CPU_SYS_US),
+    R(MAX_RSS_KB), R(NEXT_SEQ), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(RESULT),
+    R(STDOUT), R(STDERR), R(OUTPUT_TRUNCATED)};
+static const uint8_t rf_logs[] = {
+    RCOMMON, R(ID), R(LINES), R(NEXT_SEQ), R(MORE), R(ENDED), R(FIRST_SEQ), R(DROPPED_RECORDS),
+    R(DROPPED_BYTES)};
+static const uint8_t rf_list[] = {
+    RCOMMON, R(RUNS), R(ID), R(PID), R(STATE), R(STATUS), R(REASON), R(EXIT_CODE), R(ENDED_NS),
+    R(CMD), R(ARGV), R(STARTED_NS), R(NEXT_SEQ), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES),
+    R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TRUNCATED)};
+#undef RCOMMON
+#undef R
+
 #define N(a) (sizeof(a) / sizeof((a)[0]))
+
+struct rf_list {
+    const uint8_t *v;
+    size_t n;
+};
+#define L(a) {a, N(a)}
+static const struct rf_list reply_fields[BOX_T__COUNT] = {
+    [BOX_T_HELLO] = L(rf_hello),   [BOX_T_PONG] = L(rf_pong),         [BOX_T_INFO] = L(rf_info),
+    [BOX_T_OK] = L(rf_ok),         [BOX_T_STARTED] = L(rf_started),   [BOX_T_ERROR] = L(rf_error),
+    [BOX_T_OUTPUT] = L(rf_output), [BOX_T_ATTACHED] = L(rf_attached), [BOX_T_GAP] = L(rf_gap),
+    [BOX_T_END] = L(rf_end),       [BOX_T_LOGS] = L(rf_logs),         [BOX_T_LIST] = L(rf_list),
+};
+#undef L
+
 
 const char *box_type_str(enum box_type t)
 {
@@ -98,6 +157,11 @@ const char *box_field_str(enum box_field f)
     return (unsigned)f < N(field_names) ? field_names[f] : "?";
 }
 
+const char *box_rfield_str(enum box_rfield f)
+{
+    return (unsigned)f < N(rfield_names) ? rfield_names[f] : "?";
+}
+
 unsigned box_type_dirs(enum box_type t)
 {
     return (unsigned)t < N(type_dirs) ? type_dirs[t] : 0;
@@ -111,6 +175,13 @@ unsigned box_limit_where(enum box_limit l)
 box_fieldset box_request_fields(enum box_type t)
 {
     return (unsigned)t < N(request_fields) ? request_fields[t] : 0;
+}
+
+const uint8_t *box_reply_fields(enum box_type t, size_t *n)
+{
+    const struct rf_list *l = (unsigned)t < N(reply_fields) ? &reply_fields[t] : NULL;
+    *n = l ? l->n : 0;
+    return *n ? l->v : NULL;
 }
 
 static int lookup(const char *const *names, size_t n, const char *s, size_t len)
@@ -139,6 +210,11 @@ int box_limit_lookup(const char *s, size_t len)
 int box_field_lookup(const char *s, size_t len)
 {
     return lookup(field_names, N(field_names), s, len);
+}
+
+int box_rfield_lookup(const char *s, size_t len)
+{
+    return lookup(rfield_names, N(rfield_names), s, len);
 }
 
 bool box_err_is(const char *s, size_t len, enum box_err e)

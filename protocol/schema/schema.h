@@ -1,8 +1,8 @@
 /* The protocol's names, declared once (PROTOCOL.md sections 6 and 10): message types, error
- * codes, limit names and the fields of every request. The agent, the C client and boxctl take
- * their names from here instead of writing string literals, and tests/unit/test_schema.c holds
- * these tables against PROTOCOL.md (every name here is in the document and every name there is
- * here).
+ * codes, limit names, the fields of every request and those of every reply and event. The
+ * agent, the C client and boxctl take their names from here instead of writing string literals
+ * (ctest schema.literals checks it), and tests/unit/test_schema.c holds these tables against
+ * PROTOCOL.md (every name here is in the document and every name there is here).
  *
  * Each list is an X-macro, so an enum and its name table come from one line per name. The
  * tables are constant data; nothing here allocates. */
@@ -174,6 +174,92 @@
     X(WATCH, "watch")                                                                             \
     X(SHA256, "sha256")
 
+/* The fields of the agent's replies and events (section 10.3): X(ENUM, "name"). Every key at any
+ * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
+ * but those of `limits`, which are limit names (BOX_LIMITS). The request fields above are a
+ * list of their own, so a name such as `id` is in both. */
+#define BOX_REPLY_FIELDS(X)                                                                       \
+    X(TYPE, "type")                                                                               \
+    X(REQ, "req")                                                                                 \
+    X(VERSION, "version")                                                                         \
+    X(AGENT, "agent")                                                                             \
+    X(BOOT_ID, "boot_id")                                                                         \
+    X(PID, "pid")                                                                                 \
+    X(CAPABILITIES, "capabilities")                                                               \
+    X(LIMITS, "limits")                                                                           \
+    X(TS_NS, "ts_ns")                                                                             \
+    X(PID1, "pid1")                                                                               \
+    X(MODE, "mode")                                                                               \
+    X(SUBREAPER, "subreaper")                                                                     \
+    X(UPTIME_MS, "uptime_ms")                                                                     \
+    X(RUNS_LIVE, "runs_live")                                                                     \
+    X(RUNS_STARTING, "runs_starting")                                                             \
+    X(SPAWNER, "spawner")                                                                         \
+    X(RUNS_FINISHED, "runs_finished")                                                             \
+    X(CONNS, "conns")                                                                             \
+    X(REAPED, "reaped")                                                                           \
+    X(STARTED_TOTAL, "started_total")                                                             \
+    X(LOG_DROPPED, "log_dropped")                                                                 \
+    X(LOG_SUPPRESSED, "log_suppressed")                                                           \
+    X(SHUTTING_DOWN, "shutting_down")                                                             \
+    X(KILL_MECHANISM, "kill_mechanism")                                                           \
+    X(CGROUP, "cgroup")                                                                           \
+    X(CONTROLLERS, "controllers")                                                                 \
+    X(RUN_LIMITS, "run_limits")                                                                   \
+    X(NOFILE, "nofile")                                                                           \
+    X(CORE, "core")                                                                               \
+    X(OOM_SCORE_ADJ, "oom_score_adj")                                                             \
+    X(MEMORY_MAX, "memory_max")                                                                   \
+    X(SWAP_MAX, "swap_max")                                                                       \
+    X(PIDS_MAX, "pids_max")                                                                       \
+    X(LANGUAGES, "languages")                                                                     \
+    X(NAME, "name")                                                                               \
+    X(ALIASES, "aliases")                                                                         \
+    X(PATH, "path")                                                                               \
+    X(FILE, "file")                                                                               \
+    X(ID, "id")                                                                                   \
+    X(ENDED, "ended")                                                                             \
+    X(STARTED_NS, "started_ns")                                                                   \
+    X(EXISTING, "existing")                                                                       \
+    X(CODE, "code")                                                                               \
+    X(MESSAGE, "message")                                                                         \
+    X(ERRNO, "errno")                                                                             \
+    X(ERRNO_NAME, "errno_name")                                                                   \
+    X(STAGE, "stage")                                                                             \
+    X(LIMIT, "limit")                                                                             \
+    X(VERSIONS, "versions")                                                                       \
+    X(AVAILABLE, "available")                                                                     \
+    X(FIRST_SEQ, "first_seq")                                                                     \
+    X(DROPPED_RECORDS, "dropped_records")                                                         \
+    X(DROPPED_BYTES, "dropped_bytes")                                                             \
+    X(NEXT_SEQ, "next_seq")                                                                       \
+    X(LINES, "lines")                                                                             \
+    X(FROM_SEQ, "from_seq")                                                                       \
+    X(TO_SEQ, "to_seq")                                                                           \
+    X(STATUS, "status")                                                                           \
+    X(REASON, "reason")                                                                           \
+    X(EXIT_CODE, "exit_code")                                                                     \
+    X(SIGNAL, "signal")                                                                           \
+    X(ENDED_NS, "ended_ns")                                                                       \
+    X(DURATION_MS, "duration_ms")                                                                 \
+    X(CPU_USER_US, "cpu_user_us")                                                                 \
+    X(CPU_SYS_US, "cpu_sys_us")                                                                   \
+    X(MAX_RSS_KB, "max_rss_kb")                                                                   \
+    X(RESULT, "result")                                                                           \
+    X(STDOUT, "stdout")                                                                           \
+    X(STDERR, "stderr")                                                                           \
+    X(OUTPUT_TRUNCATED, "output_truncated")                                                       \
+    X(MORE, "more")                                                                               \
+    X(RUNS, "runs")                                                                               \
+    X(STATE, "state")                                                                             \
+    X(CMD, "cmd")                                                                                 \
+    X(ARGV, "argv")                                                                               \
+    X(LATE_BYTES, "late_bytes")                                                                   \
+    X(LINGERING, "lingering")                                                                     \
+    X(BACKGROUND_KILLED, "background_killed")                                                     \
+    X(SLOT_RELEASED, "slot_released")                                                             \
+    X(TRUNCATED, "truncated")
+
 enum box_type {
 #define X(e, s, d) BOX_T_##e,
     BOX_TYPES(X)
@@ -202,6 +288,13 @@ enum box_field {
     BOX_F__COUNT
 };
 
+enum box_rfield {
+#define X(e, s) BOX_RF_##e,
+    BOX_REPLY_FIELDS(X)
+#undef X
+    BOX_RF__COUNT
+};
+
 /* A set of fields, bit (1 << enum box_field). */
 typedef uint64_t box_fieldset;
 #define BOX_FS(f) ((box_fieldset)1 << (f))
@@ -211,20 +304,32 @@ const char *box_type_str(enum box_type t);
 const char *box_err_str(enum box_err e);
 const char *box_limit_str(enum box_limit l);
 const char *box_field_str(enum box_field f);
+const char *box_rfield_str(enum box_rfield f);
 
 /* Who sends type t (BOX_DIR_*); where limit l appears (BOX_LIM_*). */
 unsigned box_type_dirs(enum box_type t);
 unsigned box_limit_where(enum box_limit l);
 /* The fields a request of type t may carry (10.2); 0 for a type that is not a request. */
 box_fieldset box_request_fields(enum box_type t);
+/* The fields the agent's message t may carry (10.3, every depth as in BOX_REPLY_FIELDS), as *n
+ * enum box_rfield values in the document's order; NULL with *n 0 for a type the agent does not
+ * send. The array is static. */
+const uint8_t *box_reply_fields(enum box_type t, size_t *n);
 
 /* Looks a name of len bytes up (not NUL-terminated). Returns the enum value, or -1. */
 int box_type_lookup(const char *s, size_t len);
 int box_err_lookup(const char *s, size_t len);
 int box_limit_lookup(const char *s, size_t len);
 int box_field_lookup(const char *s, size_t len);
+int box_rfield_lookup(const char *s, size_t len);
 
 /* Whether the len bytes at s are the name of code e (for clients reading an error's `code`). */
 bool box_err_is(const char *s, size_t len, enum box_err e);
+
+/* Shorthands for the encoders and readers: BOX_KEY(EXIT_CODE) is "exit_code" (a reply or event
+ * field), BOX_REQ_KEY(TOKEN) is "token" (a request field), BOX_TYPE(END) is "end". */
+#define BOX_KEY(f) box_rfield_str(BOX_RF_##f)
+#define BOX_REQ_KEY(f) box_field_str(BOX_F_##f)
+#define BOX_TYPE(t) box_type_str(BOX_T_##t)
 
 #endif

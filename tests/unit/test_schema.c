@@ -1,7 +1,7 @@
 /* protocol/schema against PROTOCOL.md: the message types (the `#### request|reply|event` headings
  * of section 10), the error codes (section 6's table), the limit names (`hello.limits.*` and the
- * values of the `error` reply's `limit` field) and each request's fields (10.2) are the same sets
- * in the table and in the document, both ways.
+ * values of the `error` reply's `limit` field), each request's fields (10.2) and the fields of
+ * each reply and event (10.3) are the same sets in the table and in the document, both ways.
  *
  * usage: test_schema PROTOCOL.md */
 #include "schema.h"
@@ -242,6 +242,74 @@ static void test_request_fields_match_the_document(void)
     }
 }
 
+struct reply_fields {
+    struct names per[BOX_T__COUNT];
+};
+
+/* A field of a reply or event table, at any depth, by its last key: `runs[].state` is `state`.
+ * Rows for array elements (`capabilities[]`, `lines[][0]`) name no key, and the keys of `limits`
+ * are limit names (test_limit_names_match_the_document). */
+static void collect_reply_fields(const char *line, const struct pos *p, void *arg)
+{
+    struct reply_fields *rf = arg;
+    size_t len;
+    const char *n = first_cell(line, &len);
+    if (p->section != 10 || n == NULL ||
+        (strcmp(p->kind, "reply") != 0 && strcmp(p->kind, "event") != 0))
+        return;
+    if (n[len - 1] == ']' || (len > 7 && strncmp(n, "limits.", 7) == 0))
+        return;
+    const char *key = n;
+    for (const char *q = n; q < n + len; q++)
+        if (*q == '.' || *q == ']')
+            key = q + 1;
+    int t = box_type_lookup(p->name, strlen(p->name));
+    if (t < 0)
+        UNIT_FAIL("%s `%s` is not in schema.h", p->kind, p->name);
+    add(&rf->per[t], key, (size_t)(n + len - key), 1);
+}
+
+static void test_reply_fields_match_the_document(void)
+{
+    load();
+    static struct reply_fields rf;
+    walk(collect_reply_fields, &rf);
+    bool used[BOX_RF__COUNT] = {false};
+    for (int t = 0; t < BOX_T__COUNT; t++) {
+        const char *tn = box_type_str((enum box_type)t);
+        size_t n;
+        const uint8_t *want = box_reply_fields((enum box_type)t, &n);
+        if (!(box_type_dirs((enum box_type)t) & BOX_DIR_AGENT)) {
+            CHECK(want == NULL && n == 0);
+            continue;
+        }
+        CHECK(want != NULL && n > 0);
+        for (unsigned i = 0; i < rf.per[t].n; i++) {
+            const char *d = rf.per[t].v[i];
+            int f = box_rfield_lookup(d, strlen(d));
+            if (f < 0)
+                UNIT_FAIL("reply/event `%s`: PROTOCOL.md has a field `%s` that schema.h lacks", tn,
+                          d);
+            bool listed = false;
+            for (size_t j = 0; j < n; j++)
+                listed |= want[j] == f;
+            if (!listed)
+                UNIT_FAIL("reply/event `%s`: field `%s` is in PROTOCOL.md only", tn, d);
+        }
+        for (size_t j = 0; j < n; j++) {
+            CHECK(want[j] < BOX_RF__COUNT);
+            used[want[j]] = true;
+            if (find(&rf.per[t], box_rfield_str((enum box_rfield)want[j])) < 0)
+                UNIT_FAIL("reply/event `%s`: field `%s` is in schema.c only", tn,
+                          box_rfield_str((enum box_rfield)want[j]));
+        }
+    }
+    for (int f = 0; f < BOX_RF__COUNT; f++)
+        if (!used[f])
+            UNIT_FAIL("schema.h has a reply field `%s` that no message in schema.c carries",
+                      box_rfield_str((enum box_rfield)f));
+}
+
 static void test_names_and_lookups_agree(void)
 {
     for (int t = 0; t < BOX_T__COUNT; t++)
@@ -250,6 +318,14 @@ static void test_names_and_lookups_agree(void)
     for (int f = 0; f < BOX_F__COUNT; f++)
         CHECK_EQ(box_field_lookup(box_field_str((enum box_field)f),
                                   strlen(box_field_str((enum box_field)f))), f);
+    for (int f = 0; f < BOX_RF__COUNT; f++)
+        CHECK_EQ(box_rfield_lookup(box_rfield_str((enum box_rfield)f),
+                                   strlen(box_rfield_str((enum box_rfield)f))), f);
+    CHECK(strcmp(BOX_KEY(EXIT_CODE), "exit_code") == 0);
+    CHECK(strcmp(BOX_REQ_KEY(TOKEN), "token") == 0);
+    CHECK(strcmp(BOX_TYPE(END), "end") == 0);
+    CHECK(strcmp(box_rfield_str(BOX_RF__COUNT), "?") == 0);
+    CHECK(box_rfield_lookup("exit", 4) == -1);
     CHECK(strcmp(box_err_str(BOX_ERR__COUNT), "?") == 0);
     CHECK(strcmp(box_type_str((enum box_type)-1), "?") == 0);
 }
@@ -266,6 +342,7 @@ int main(int argc, char **argv)
         UNIT_TEST(test_error_codes_match_the_document),
         UNIT_TEST(test_limit_names_match_the_document),
         UNIT_TEST(test_request_fields_match_the_document),
+        UNIT_TEST(test_reply_fields_match_the_document),
         UNIT_TEST(test_names_and_lookups_agree),
     };
     return unit_main(argc - 1, argv + 1, tests, sizeof tests / sizeof tests[0]);
