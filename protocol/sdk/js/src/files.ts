@@ -10,7 +10,7 @@
  * @module
  */
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, open, readdir, readlink, stat as lstatLocal } from "node:fs/promises";
+import { chmod, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, stat, symlink, utimes } from "node:fs/promises";
 import { basename, join, posix, resolve as resolveLocal } from "node:path";
 import { BoxError, ConnectionLostError, errorFromReply } from "./errors.js";
 import type { Outstanding, Session } from "./session.js";
@@ -42,6 +42,8 @@ export interface FileEntry {
   size: number;
   /** Modification time, ISO-8601 UTC. */
   mtime: string;
+  /** Modification time, ms since the epoch (with its fraction: microseconds are kept). */
+  mtimeMs: number;
   uid: number;
   gid: number;
   /** A symbolic link's target. */
@@ -67,6 +69,8 @@ export interface WriteOptions extends FileOptions {
    * of the box the file may be empty or missing; for the many small files of a tree.
    */
   fsync?: boolean;
+  /** The file's modification time, ns since the epoch (default: the time of writing). */
+  mtimeNs?: bigint;
 }
 
 /** What an upload or write made. */
@@ -83,12 +87,14 @@ const DOWNLOAD_HIGH = 8 << 20;
 
 function entryOf(m: unknown): FileEntry {
   const e = (m ?? {}) as Message;
+  const ns = big(e.mtime_ns) ?? 0n;
   const out: FileEntry = {
     name: text(e.name),
     kind: text(e.kind) as FileKind,
     mode: num(e.mode) ?? 0,
     size: num(e.size) ?? 0,
-    mtime: new Date(Number((big(e.mtime_ns) ?? 0n) / 1000000n)).toISOString(),
+    mtime: new Date(Number(ns / 1000000n)).toISOString(),
+    mtimeMs: Number(ns / 1000n) / 1000,
     uid: num(e.uid) ?? 0,
     gid: num(e.gid) ?? 0,
   };
@@ -175,9 +181,12 @@ export class Files {
     await this.#req({ type: "file_symlink", path, target, user: opts.user, overwrite: opts.overwrite }, true);
   }
 
-  /** Sets the permission bits of a file or directory. */
-  async chmod(path: string, mode: number, opts: FileOptions = {}): Promise<void> {
-    await this.#req({ type: "file_chmod", path, mode, user: opts.user }, true);
+  /**
+   * Sets the permission bits of a file or directory (a final symbolic link is followed), and
+   * with `mtimeNs` (ns since the epoch) its modification time too.
+   */
+  async chmod(path: string, mode: number, opts: FileOptions & { mtimeNs?: bigint } = {}): Promise<void> {
+    await this.#req({ type: "file_chmod", path, mode, user: opts.user, mtime_ns: opts.mtimeNs }, true);
   }
 
   /** Reads a file of the box as UTF-8 text. */
@@ -207,9 +216,14 @@ export class Files {
 
   /**
    * Uploads local files or directories: `[{path, destination}]`, `path` local (a directory is
-   * uploaded with everything in it), `destination` the absolute path in the box. Each file keeps
-   * its permission bits and is written atomically; missing directories are made. `fsync: false`
-   * skips each file's fsync (still atomic for readers): faster for trees of many small files.
+   * uploaded with everything in it), `destination` the absolute path in the box. What is kept:
+   * each file's bytes, permission bits and mtime (written atomically); each directory's
+   * permission bits and mtime (set once its entries are written), empty ones included; each
+   * symbolic link as a link with its target as stored (relative, absolute or dangling; never
+   * followed). Missing directories are made. The paths named in `entries` themselves are
+   * followed when they are links, as cp(1) does its arguments. FIFOs, sockets and devices are
+   * skipped. `fsync: false` skips each file's fsync (still atomic for readers): faster for
+   * trees of many small files. Returns the files written (not the links).
    */
   async upload(
     entries: ReadonlyArray<{ path: string; destination: string }>,
@@ -218,12 +232,13 @@ export class Files {
     this.#need();
     const out: WrittenFile[] = [];
     for (const e of entries) {
-      const st = await lstatLocal(e.path);
+      const st = await stat(e.path, { bigint: true });
       if (st.isDirectory()) {
-        await this.mkdir(e.destination, { ...opts, parents: true });
+        await this.mkdir(e.destination, { user: opts.user, parents: true });
         await this.#uploadDir(e.path, e.destination, opts, out);
+        await this.chmod(e.destination, Number(st.mode) & 0o7777, { user: opts.user, mtimeNs: st.mtimeNs });
       } else {
-        out.push(await this.#uploadFile(e.path, e.destination, st.mode & 0o7777, opts));
+        out.push(await this.#uploadFile(e.path, e.destination, opts));
       }
     }
     return out;
@@ -234,23 +249,33 @@ export class Files {
     for (const name of names) {
       const lp = join(local, name);
       const rp = posix.join(remote, name);
-      const st = await lstat(lp);
+      const st = await lstat(lp, { bigint: true });
       if (st.isDirectory()) {
-        await this.mkdir(rp, { ...opts, parents: true, mode: st.mode & 0o7777 });
+        // Made writable by default; its own mode and mtime once its entries are in (a 0o555
+        // directory could not take them, and each entry written would move its mtime).
+        await this.mkdir(rp, { user: opts.user, parents: true });
         await this.#uploadDir(lp, rp, opts, out);
+        await this.chmod(rp, Number(st.mode) & 0o7777, { user: opts.user, mtimeNs: st.mtimeNs });
       } else if (st.isFile()) {
-        out.push(await this.#uploadFile(lp, rp, st.mode & 0o7777, opts));
+        out.push(await this.#uploadFile(lp, rp, opts));
       } else if (st.isSymbolicLink()) {
         // Made in the box with its target as stored (node_modules/.bin links stay links).
-        await this.symlink(rp, await readlink(lp), opts);
+        await this.symlink(rp, await readlink(lp), { user: opts.user });
       }
       // Special files (FIFOs, sockets, devices) are not uploaded.
     }
   }
 
-  async #uploadFile(local: string, remote: string, mode: number, opts: FileOptions & { fsync?: boolean }): Promise<WrittenFile> {
+  async #uploadFile(local: string, remote: string, opts: FileOptions & { fsync?: boolean }): Promise<WrittenFile> {
     const fh = await open(local, "r");
-    const size = (await fh.stat()).size;
+    let st;
+    try {
+      st = await fh.stat({ bigint: true });
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+    const size = Number(st.size);
     const src: Source = {
       size,
       read: async (offset, length) => {
@@ -265,7 +290,13 @@ export class Files {
       },
       close: () => fh.close(),
     };
-    return this.#upload(remote, src, { ...opts, mode, mkdir: true });
+    return this.#upload(remote, src, {
+      user: opts.user,
+      fsync: opts.fsync,
+      mode: Number(st.mode) & 0o7777,
+      mtimeNs: st.mtimeNs,
+      mkdir: true,
+    });
   }
 
   async #upload(path: string, src: Source, opts: WriteOptions): Promise<WrittenFile> {
@@ -282,6 +313,7 @@ export class Files {
       mkdir: opts.mkdir ?? true,
       overwrite: opts.overwrite,
       fsync: opts.fsync,
+      mtime_ns: opts.mtimeNs,
     };
     let resumes = 0;
     let lostAny = false;
@@ -412,15 +444,30 @@ export class Files {
 
   /**
    * Downloads a folder of the box with everything in it, into `destination` (default: the
-   * current directory, under the folder's name). Returns the local path. Regular files keep
-   * their permission bits; symbolic links and special files are skipped.
+   * current directory, under the folder's name). Returns the local path. What is kept: each
+   * file's bytes, permission bits (rwx: setuid, setgid and sticky bits are dropped) and mtime;
+   * each directory's permission bits and mtime (set once its entries are written), the folder's
+   * own included, empty ones too; each symbolic link as a link with its target as stored
+   * (relative, absolute or dangling; never followed), and its mtime. FIFOs, sockets and devices
+   * are skipped. A file or link already at a path is replaced; never written through.
    */
   async download(opts: FileOptions & { folder: string; destination?: string }): Promise<string> {
     this.#need();
     const dest = resolveLocal(opts.destination ?? join(process.cwd(), basename(opts.folder)));
-    await mkdir(dest, { recursive: true });
+    const top = await this.stat(opts.folder, { user: opts.user });
+    await this.#localDir(dest);
     await this.#downloadDir(opts.folder, dest, opts.user);
+    // A folder named through a link (which file_list follows) gets no attributes of the link's.
+    if (top.kind === "dir") await keep(dest, top);
     return dest;
+  }
+
+  /** Makes a local directory, refusing anything else already there (a link planted there). */
+  async #localDir(path: string): Promise<void> {
+    await mkdir(path, { recursive: true });
+    if (!(await lstat(path)).isDirectory()) {
+      throw new BoxError("exists", `download: ${path} exists and is not a directory; remove it or choose another destination`);
+    }
   }
 
   async #downloadDir(remote: string, local: string, user: string | undefined): Promise<void> {
@@ -433,15 +480,27 @@ export class Files {
       const rp = posix.join(remote, e.name);
       const lp = join(local, e.name);
       if (e.kind === "dir") {
-        await mkdir(lp, { recursive: true });
+        await this.#localDir(lp);
         await this.#downloadDir(rp, lp, user);
+        await keep(lp, e);
       } else if (e.kind === "file") {
-        await this.#downloadFile(rp, lp, e.mode, user);
+        await this.#downloadFile(rp, lp, e, user);
+      } else if (e.kind === "symlink" && e.target !== undefined) {
+        // Made beside the path and renamed over it: whatever is there is replaced, not followed.
+        const tmp = `${lp}.boxd-${randomBytes(4).toString("hex")}`;
+        await symlink(e.target, tmp);
+        try {
+          await lutimes(tmp, new Date(), e.mtimeMs / 1000);
+          await rename(tmp, lp);
+        } catch (err) {
+          await rm(tmp, { force: true });
+          throw err;
+        }
       }
     }
   }
 
-  async #downloadFile(remote: string, local: string, mode: number, user: string | undefined): Promise<void> {
+  async #downloadFile(remote: string, local: string, e: FileEntry, user: string | undefined): Promise<void> {
     // "wx" never writes through something already at the path (a link planted there).
     const tmp = `${local}.boxd-${randomBytes(4).toString("hex")}`;
     const fh = await open(tmp, "wx", 0o600);
@@ -449,15 +508,20 @@ export class Files {
       await this.#download(remote, user, async (chunk) => {
         await fh.write(chunk);
       });
-      await fh.chmod(mode & 0o7777);
+      await fh.chmod(e.mode & 0o777);
+      await fh.utimes(new Date(), e.mtimeMs / 1000);
       await fh.close();
-      const { rename } = await import("node:fs/promises");
       await rename(tmp, local);
-    } catch (e) {
+    } catch (err) {
       await fh.close().catch(() => undefined);
-      const { rm } = await import("node:fs/promises");
       await rm(tmp, { force: true });
-      throw e;
+      throw err;
     }
   }
+}
+
+/** Gives a downloaded directory the box's permission bits (rwx) and mtime. */
+async function keep(path: string, e: FileEntry): Promise<void> {
+  await chmod(path, e.mode & 0o777);
+  await utimes(path, new Date(), e.mtimeMs / 1000);
 }

@@ -18,7 +18,8 @@ export type Message = Record<string, unknown>;
 export function encodeFrame(msg: Message): Uint8Array {
   const clean: Message = {};
   for (const [k, v] of Object.entries(msg)) if (v !== undefined) clean[k] = v;
-  const body = encode(clean, { ignoreUndefined: true });
+  // useBigInt64: a bigint (an ns timestamp such as mtime_ns) goes out as a msgpack integer.
+  const body = encode(clean, { ignoreUndefined: true, useBigInt64: true });
   const frame = new Uint8Array(4 + body.length);
   new DataView(frame.buffer).setUint32(0, body.length, false);
   frame.set(body, 4);
