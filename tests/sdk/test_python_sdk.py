@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -615,6 +616,83 @@ def test_files_tree_with_symlinks(files_box, tmp_path):
         assert os.readlink(os.path.join(out, "outside")) == "/etc/passwd"
         with open(os.path.join(out, "lib", "real.txt")) as f:
             assert f.read() == "real\n"
+    finally:
+        b.files.remove(root, recursive=True)
+
+
+def _snapshot(top):
+    """A tree, path by path: type (lstat), mode bits, link target, mtime to the second, a
+    file's bytes. A link's own mtime is left out: no request of the protocol sets one."""
+    out = {}
+
+    def walk(rel):
+        p = os.path.join(top, rel) if rel else top
+        st = os.lstat(p)
+        key = rel or "."
+        if stat.S_ISLNK(st.st_mode):
+            out[key] = ("link", os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            out[key] = ("dir", st.st_mode & 0o7777, st.st_mtime_ns // 10**9)
+            for n in sorted(os.listdir(p)):
+                walk(os.path.join(rel, n) if rel else n)
+        else:
+            with open(p, "rb") as f:
+                out[key] = ("file", st.st_mode & 0o7777, st.st_mtime_ns // 10**9, f.read())
+    walk("")
+    return out
+
+
+def test_files_tree_keeps_links_modes_and_mtimes(files_box, tmp_path):
+    b = files_box
+    root = "/tmp/boxd-sdk-fidelity-" + os.urandom(4).hex()
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "sub" / "exec.sh").write_text("#!/bin/sh\necho exec\n")
+    os.chmod(tree / "sub" / "exec.sh", 0o755)
+    (tree / "sub" / "plain").write_bytes(os.urandom(3000))
+    os.chmod(tree / "sub" / "plain", 0o640)
+    os.symlink("sub/exec.sh", tree / "rel")
+    os.symlink("/etc/hostname", tree / "abs")
+    os.symlink("no/such/file", tree / "dangling")
+    os.chmod(tree / "empty", 0o711)
+    os.chmod(tree / "sub", 0o750)
+    t = 981173100  # 2001-02-03 04:05:00 UTC; distinct seconds, directories last
+    for i, rel in enumerate(["sub/exec.sh", "sub/plain", "empty", "sub", ""], 1):
+        os.utime(tree / rel, ns=((t + i) * 10**9, (t + i) * 10**9 + 123456789))
+    os.utime(tree / "rel", ns=(t * 10**9, t * 10**9), follow_symlinks=False)
+    before = _snapshot(str(tree))
+    assert before["sub/exec.sh"][2] == t + 1
+    try:
+        up = b.files.upload([{"path": str(tree), "destination": root}])
+        assert sorted(u["path"][len(root):] for u in up) == [
+            "/abs", "/dangling", "/rel", "/sub/exec.sh", "/sub/plain"]
+        # In the box, as the agent describes it, to the nanosecond for what was set.
+        in_box = {}
+        top = b.files.stat(root)
+        in_box["."] = ("dir", top["mode"], top["mtime_ns"] // 10**9)
+        for e in b.files.list(root, depth=8):
+            if e["kind"] == "symlink":
+                in_box[e["name"]] = ("link", e["target"])
+            else:
+                in_box[e["name"]] = (e["kind"], e["mode"], e["mtime_ns"] // 10**9)
+        assert in_box == {k: v[:3] for k, v in before.items()}
+        assert b.files.stat(root + "/sub/exec.sh")["mtime_ns"] == (t + 1) * 10**9 + 123456789
+        assert b.exec.command(root + "/rel").result == "exec"
+        back = str(tmp_path / "back")
+        assert b.files.download(folder=root, destination=back) == back
+        assert _snapshot(back) == before
+        # A link's own mtime comes down as the box has it.
+        assert (os.lstat(os.path.join(back, "rel")).st_mtime_ns // 10**9
+                == b.files.stat(root + "/rel")["mtime_ns"] // 10**9)
+        # Again over the first download: links and files replaced, never followed.
+        b.files.download(folder=root, destination=back)
+        assert _snapshot(back) == before
+        # One file, named by itself: its mode and mtime too.
+        one = str(tmp_path / "one.sh")
+        b.files.download(folder=root + "/sub/exec.sh", destination=one)
+        assert os.stat(one).st_mode & 0o777 == 0o755
+        assert os.stat(one).st_mtime_ns // 10**9 == t + 1
     finally:
         b.files.remove(root, recursive=True)
 

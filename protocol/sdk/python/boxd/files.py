@@ -1,7 +1,9 @@
 """Files: ``box.files`` on agents with the ``files`` capability (PROTOCOL.md section 12).
 
-``upload`` and ``download`` move local files and trees in and out of the box; ``read``,
-``write``, ``list``, ``stat``, ``mkdir``, ``remove`` and ``rename`` work on one path. Every call
+``upload`` and ``download`` move local files and trees in and out of the box, keeping each
+file's bytes, permission bits and mtime, each directory's permission bits and mtime, and each
+symbolic link as a link; ``read``, ``write``, ``list``, ``stat``, ``mkdir``, ``remove``,
+``rename``, ``chmod`` and ``symlink`` work on one path. Every call
 takes ``user=`` (default: the agent's run user), under the agent's policy for runs.
 
 Uploads are streamed in chunks, pipelined within a window, atomic on the agent's side (a temp
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat as _stat
+import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from ._session import Session, _Op
-from .errors import (BoxError, ConnectionLostError, NotFoundError, ProtocolError,
-                     error_from_reply)
+from .errors import (BoxError, ConnectionLostError, NotADirectoryError_, NotFoundError,
+                     ProtocolError, error_from_reply)
 
 if TYPE_CHECKING:
     from .aio import AsyncBox
@@ -113,14 +117,26 @@ class AsyncFiles:
 
     async def write(self, path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
                     mkdir: bool = False, overwrite: bool = True, fsync: bool = True,
-                    user: Optional[str] = None) -> Dict[str, Any]:
+                    mtime_ns: Optional[int] = None, user: Optional[str] = None
+                    ) -> Dict[str, Any]:
         """Writes ``data`` to ``path`` in the box, atomically (a reader sees the old file or the
         new one). ``mkdir`` creates missing parents; ``fsync=False`` skips the agent's fsync
-        before the rename (still atomic for readers; agents without the option fsync anyway).
+        before the rename (still atomic for readers; agents without the option fsync anyway);
+        ``mtime_ns`` (ns since the epoch) sets the file's mtime (default: the time of writing).
         Returns the ``file_written`` reply (``path``, ``size``, ``sha256``)."""
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         return await self._upload_bytes(path, _BytesSource(raw), mode=mode, mkdir=mkdir,
-                                        overwrite=overwrite, user=user, fsync=fsync)
+                                        overwrite=overwrite, user=user, fsync=fsync,
+                                        mtime_ns=mtime_ns)
+
+    async def chmod(self, path: str, mode: int, *, mtime_ns: Optional[int] = None,
+                    user: Optional[str] = None) -> None:
+        """Sets the permission bits of a file or directory (a final symbolic link is followed)
+        and, with ``mtime_ns`` (ns since the epoch), its mtime too."""
+        msg: Dict[str, Any] = {"type": "file_chmod", "path": path, "mode": int(mode)}
+        if mtime_ns is not None:
+            msg["mtime_ns"] = int(mtime_ns)
+        await self._s.request(_user(msg, user))
 
     async def symlink(self, path: str, target: str, *, overwrite: bool = True,
                       user: Optional[str] = None) -> None:
@@ -179,44 +195,72 @@ class AsyncFiles:
                      ) -> List[Dict[str, Any]]:
         """Uploads local files and directories: ``[{"path": "./src", "destination": "/work/src"},
         {"path": "package.json", "destination": "/work/package.json"}]``. A directory is copied
-        whole: its files with their permission bits (without an fsync each, still atomic),
-        its symbolic links as links (``file_symlink``), missing directories made. Returns the
-        replies, one per file or link."""
+        whole, keeping: each file's bytes, permission bits and mtime (written atomically,
+        without an fsync each); each directory's permission bits and mtime (set once its
+        entries are written), empty ones included; each symbolic link as a link
+        (``file_symlink``) with its target as stored: relative, absolute or dangling, never
+        followed. Missing directories are made; FIFOs, sockets and devices are skipped. The
+        paths named in ``items`` are followed when they are links, as cp(1) does its
+        arguments. Returns the replies, one per file or link."""
         out: List[Dict[str, Any]] = []
         for item in items:
             local, dest = item["path"], item["destination"]
-            if os.path.isdir(local):
-                for root, dirs, files in os.walk(local):
-                    dirs.sort()
-                    rel = os.path.relpath(root, local)
-                    base = dest if rel == "." else dest.rstrip("/") + "/" + rel.replace(os.sep, "/")
-                    await self.mkdir(base, parents=True, user=user)
-                    for name in sorted(files) + sorted(d for d in dirs
-                                                        if os.path.islink(os.path.join(root, d))):
-                        lp = os.path.join(root, name)
-                        rp = base.rstrip("/") + "/" + name
-                        if os.path.islink(lp):
-                            # A link is copied as a link (its target as stored), never followed.
-                            await self.symlink(rp, os.readlink(lp), user=user)
-                            out.append({"type": "file_symlink", "path": rp,
-                                        "target": os.readlink(lp)})
-                        else:
-                            out.append(await self._upload_file(lp, rp, user, fsync=False))
-            else:
+            if not os.path.isdir(local):
                 out.append(await self._upload_file(local, dest, user, mkdir=True))
+                continue
+            dirs_made: List[tuple] = []  # (remote path, lstat), parents before children
+            for root, dirs, files in os.walk(local):
+                dirs.sort()
+                rel = os.path.relpath(root, local)
+                base = dest if rel == "." else dest.rstrip("/") + "/" + rel.replace(os.sep, "/")
+                # Made writable first: its own mode and mtime come after its entries (a 0o555
+                # directory could not take them, and each entry written moves its mtime).
+                await self.mkdir(base, parents=True, user=user)
+                dirs_made.append((base, os.stat(root)))
+                for name in sorted(files) + sorted(d for d in dirs
+                                                    if os.path.islink(os.path.join(root, d))):
+                    lp = os.path.join(root, name)
+                    rp = base.rstrip("/") + "/" + name
+                    st = os.lstat(lp)
+                    if _stat.S_ISLNK(st.st_mode):
+                        # A link is copied as a link (its target as stored), never followed.
+                        target = os.readlink(lp)
+                        await self.symlink(rp, target, user=user)
+                        out.append({"type": "file_symlink", "path": rp, "target": target})
+                    elif _stat.S_ISREG(st.st_mode):
+                        out.append(await self._upload_file(lp, rp, user, fsync=False))
+                    # FIFOs, sockets and devices are not uploaded.
+            for rp, st in reversed(dirs_made):
+                await self.chmod(rp, st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns, user=user)
         return out
 
     async def download(self, folder: str, destination: Optional[str] = None, *,
                        user: Optional[str] = None) -> str:
         """Downloads a directory (or one file) of the box: by default into the current
-        directory under its own name (``/work/dist`` -> ``./dist``); files keep their
-        permission bits, symbolic links are made as links. Returns the local path."""
+        directory under its own name (``/work/dist`` -> ``./dist``). Kept: each file's bytes,
+        permission bits (rwx: setuid, setgid and sticky are dropped) and mtime; each
+        directory's permission bits and mtime (set once its entries are written), the folder's
+        own and empty ones included; each symbolic link as a link with its target as stored
+        (relative, absolute or dangling, never followed) and its mtime. FIFOs, sockets and
+        devices are skipped; a file or link already at a path is replaced, never written
+        through. Returns the local path."""
         dest = destination if destination is not None else os.path.basename(folder.rstrip("/"))
         top = await self.stat(folder, user=user)
-        if top.get("kind") != "dir":
-            await self._download_file(folder, dest, user)
+        is_file = top.get("kind") != "dir"
+        if top.get("kind") == "symlink":
+            try:
+                await self.list(folder, user=user)  # a link to a directory?
+                is_file = False
+            except NotADirectoryError_:
+                pass
+        if is_file:
+            # A link to a file: the file's own mode and mtime (from file_info), not the link's.
+            await self._download_file(folder, dest, user,
+                                      top if top.get("kind") == "file" else None)
             return dest
-        os.makedirs(dest, exist_ok=True)
+        _local_dir(dest)
+        # The folder's own attributes, unless it was named through a link (file_list follows).
+        dirs_made: List[tuple] = [(dest, top)] if top.get("kind") == "dir" else []
         pending = [("", folder)]
         while pending:
             rel, remote = pending.pop()
@@ -224,20 +268,34 @@ class AsyncFiles:
                 name = e["name"]
                 if isinstance(name, bytes):
                     name = os.fsdecode(name)
+                if not name or "/" in name or name in (".", ".."):
+                    raise ProtocolError("file_list %s: an entry named %r" % (remote, name))
                 local = os.path.join(dest, rel, name)
                 if e.get("kind") == "dir":
-                    os.makedirs(local, exist_ok=True)
+                    _local_dir(local)
+                    dirs_made.append((local, e))
                     pending.append((os.path.join(rel, name), remote.rstrip("/") + "/" + name))
                 elif e.get("kind") == "symlink" and e.get("target") is not None:
                     target = e["target"]
                     if isinstance(target, bytes):
                         target = os.fsdecode(target)
-                    if os.path.lexists(local):
-                        os.unlink(local)
-                    os.symlink(target, local)
+                    # Made beside the path and renamed over it: never follows what is there.
+                    tmp = "%s.boxd-%s" % (local, os.urandom(4).hex())
+                    os.symlink(target, tmp)
+                    try:
+                        os.utime(tmp, ns=(time.time_ns(), int(e.get("mtime_ns", 0))),
+                                 follow_symlinks=False)
+                        os.replace(tmp, local)
+                    except BaseException:
+                        os.unlink(tmp)
+                        raise
                 elif e.get("kind") == "file":
-                    await self._download_file(remote.rstrip("/") + "/" + name, local, user)
-                    os.chmod(local, int(e.get("mode", 0o644)) & 0o777)
+                    await self._download_file(remote.rstrip("/") + "/" + name, local, user, e)
+        # Children before parents: setting a directory's mtime then sticks.
+        for local, e in reversed(dirs_made):
+            os.chmod(local, int(e.get("mode", 0o755)) & 0o777)
+            if "mtime_ns" in e:
+                os.utime(local, ns=(time.time_ns(), int(e["mtime_ns"])))
         return dest
 
     # ---- the transfers -------------------------------------------------------------------------
@@ -245,13 +303,15 @@ class AsyncFiles:
     async def _upload_file(self, local: str, dest: str, user: Optional[str],
                            mkdir: bool = False, fsync: bool = True) -> Dict[str, Any]:
         with open(local, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode & 0o777
-            return await self._upload_bytes(dest, _FileSource(f), mode=mode, mkdir=mkdir,
-                                            overwrite=True, user=user, fsync=fsync)
+            st = os.fstat(f.fileno())
+            return await self._upload_bytes(dest, _FileSource(f), mode=st.st_mode & 0o7777,
+                                            mkdir=mkdir, overwrite=True, user=user,
+                                            fsync=fsync, mtime_ns=st.st_mtime_ns)
 
     async def _upload_bytes(self, path: str, src: "_Source", *, mode: Optional[int],
                             mkdir: bool, overwrite: bool, user: Optional[str],
-                            fsync: bool = True) -> Dict[str, Any]:
+                            fsync: bool = True, mtime_ns: Optional[int] = None
+                            ) -> Dict[str, Any]:
         sha = src.sha256()
         msg: Dict[str, Any] = {"type": "file_write", "path": path, "mkdir": bool(mkdir),
                                "overwrite": bool(overwrite), "sha256": sha}
@@ -259,6 +319,8 @@ class AsyncFiles:
             msg["fsync"] = False  # the many small files of a tree (unknown to older agents)
         if mode is not None:
             msg["mode"] = int(mode)
+        if mtime_ns is not None:
+            msg["mtime_ns"] = int(mtime_ns)
         _user(msg, user)
         eof_sent = [False]
         for attempt in range(RESUMES + 1):
@@ -339,24 +401,52 @@ class AsyncFiles:
                     f.cancel()
                 f.add_done_callback(lambda x: x.cancelled() or x.exception())
 
-    async def _read_into(self, path: str, out: Any, *, user: Optional[str]) -> Dict[str, Any]:
+    async def _read_into(self, path: str, out: Any, *, user: Optional[str],
+                         info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         req = self._s.next_req()
         op = _ReadOp(req, _user({"type": "file_read", "req": req, "path": path}, user), out)
         await self._s._submit(op)
         await self._s._await_first(op, None)
         end = await op.done
+        if info is not None and op.info is not None:
+            info.update(op.info)
         if "sha256" in end and op.start == 0 and hasattr(out, "digest"):
             if out.digest() != end["sha256"]:
                 raise BoxError("file_read %s: the data's sha256 is not the agent's; read it "
                                "again" % path, code="checksum_mismatch")
         return end
 
-    async def _download_file(self, remote: str, local: str, user: Optional[str]) -> None:
+    async def _download_file(self, remote: str, local: str, user: Optional[str],
+                             entry: Optional[Mapping[str, Any]]) -> None:
         os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
-        tmp = local + ".boxd-part"
-        with open(tmp, "wb") as f:
-            await self._read_into(remote, _FileSink(f), user=user)
-        os.replace(tmp, local)
+        # O_EXCL | O_NOFOLLOW: never writes through something already at the temp path.
+        tmp = "%s.boxd-%s" % (local, os.urandom(4).hex())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                info: Dict[str, Any] = {}
+                await self._read_into(remote, _FileSink(f), user=user, info=info)
+                f.flush()
+                if entry is None:
+                    entry = info
+                os.fchmod(f.fileno(), int(entry.get("mode", 0o644)) & 0o777)
+                if "mtime_ns" in entry:
+                    os.utime(f.fileno(), ns=(time.time_ns(), int(entry["mtime_ns"])))
+            os.replace(tmp, local)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def _local_dir(path: str) -> None:
+    """Makes a local directory, refusing anything else already there (a link planted there)."""
+    os.makedirs(path, exist_ok=True)
+    if not _stat.S_ISDIR(os.lstat(path).st_mode):
+        raise BoxError("download: %s exists and is not a directory; remove it or choose "
+                       "another destination" % path, code="exists")
 
 
 class _Source:
