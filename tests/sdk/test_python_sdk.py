@@ -693,6 +693,11 @@ def test_files_tree_keeps_links_modes_and_mtimes(files_box, tmp_path):
         b.files.download(folder=root + "/sub/exec.sh", destination=one)
         assert os.stat(one).st_mode & 0o777 == 0o755
         assert os.stat(one).st_mtime_ns // 10**9 == t + 1
+        # Through a link to it: the file's attributes, not the link's.
+        os.chmod(one, 0o600)
+        b.files.download(folder=root + "/rel", destination=one)
+        assert os.stat(one).st_mode & 0o777 == 0o755
+        assert os.stat(one).st_mtime_ns // 10**9 == t + 1
     finally:
         b.files.remove(root, recursive=True)
 

@@ -189,6 +189,16 @@ test("a tree goes up and comes back with its links, modes and mtimes", { skip },
     // Downloaded again over itself: links and files are replaced, never followed.
     await box.files.download({ folder: remote, destination: back });
     assert.deepEqual(snapshot(back), before, "a second download over the first changes nothing");
+    // One file, named by itself: its mode and mtime too.
+    const one = join(dir, "one.sh");
+    assert.equal(await box.files.download({ folder: `${remote}/sub/exec.sh`, destination: one }), one);
+    assert.equal(statSync(one).mode & 0o777, 0o755);
+    assert.equal(Math.floor(statSync(one).mtimeMs / 1000), t(1).getTime() / 1000);
+    assert.equal(readFileSync(one, "utf8"), "#!/bin/sh\necho exec\n");
+    // Through a link to it (the file's attributes, not the link's).
+    await box.files.download({ folder: `${remote}/rel`, destination: one });
+    assert.equal(statSync(one).mode & 0o777, 0o755);
+    assert.equal(Math.floor(statSync(one).mtimeMs / 1000), t(1).getTime() / 1000);
     await box.files.remove(base, { recursive: true });
   });
 });

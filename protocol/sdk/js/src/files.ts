@@ -11,7 +11,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { chmod, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, stat, symlink, utimes } from "node:fs/promises";
-import { basename, join, posix, resolve as resolveLocal } from "node:path";
+import { basename, dirname, join, posix, resolve as resolveLocal } from "node:path";
 import { BoxError, ConnectionLostError, errorFromReply } from "./errors.js";
 import type { Outstanding, Session } from "./session.js";
 import { big, bytes, num, text, type Message } from "./wire.js";
@@ -371,14 +371,18 @@ export class Files {
   }
 
   /** Streams one file of the box to `sink`, resuming by offset after a dropped connection. */
-  #download(path: string, user: string | undefined, sink: (chunk: Uint8Array) => void | Promise<void>): Promise<{ size: number; mode: number }> {
+  #download(
+    path: string,
+    user: string | undefined,
+    sink: (chunk: Uint8Array) => void | Promise<void>,
+  ): Promise<{ size: number; mode: number; mtimeMs: number }> {
     this.#need();
     const session = this.#session;
     return new Promise((resolve, reject) => {
       const req = session.nextReq();
       let received = 0;
       let resumes = 0;
-      let info: { size: number; mode: number } | null = null;
+      let info: { size: number; mode: number; mtimeMs: number } | null = null;
       let pending = Promise.resolve();
       let queued = 0;
       const holder = {};
@@ -407,7 +411,13 @@ export class Files {
         onMessage: (m) => {
           switch (m.type) {
             case "file_info":
-              if (!info) info = { size: num(m.size) ?? 0, mode: num(m.mode) ?? 0o644 };
+              if (!info) {
+                info = {
+                  size: num(m.size) ?? 0,
+                  mode: num(m.mode) ?? 0o644,
+                  mtimeMs: Number((big(m.mtime_ns) ?? BigInt(Date.now()) * 1000000n) / 1000n) / 1000,
+                };
+              }
               return false;
             case "file_chunk": {
               const off = num(m.offset) ?? received;
@@ -421,7 +431,7 @@ export class Files {
               return false;
             }
             case "file_end": {
-              const done = info ?? { size: received, mode: 0o644 };
+              const done = info ?? { size: received, mode: 0o644, mtimeMs: Date.now() };
               pending.then(() => {
                 if (failed) return;
                 session.release(holder);
@@ -443,8 +453,8 @@ export class Files {
   }
 
   /**
-   * Downloads a folder of the box with everything in it, into `destination` (default: the
-   * current directory, under the folder's name). Returns the local path. What is kept: each
+   * Downloads a folder of the box with everything in it (or one file), into `destination`
+   * (default: the current directory, under the folder's name). Returns the local path. What is kept: each
    * file's bytes, permission bits (rwx: setuid, setgid and sticky bits are dropped) and mtime;
    * each directory's permission bits and mtime (set once its entries are written), the folder's
    * own included, empty ones too; each symbolic link as a link with its target as stored
@@ -455,6 +465,21 @@ export class Files {
     this.#need();
     const dest = resolveLocal(opts.destination ?? join(process.cwd(), basename(opts.folder)));
     const top = await this.stat(opts.folder, { user: opts.user });
+    let isFile = top.kind !== "dir";
+    if (top.kind === "symlink") {
+      try {
+        await this.list(opts.folder, { user: opts.user }); // a link to a directory?
+        isFile = false;
+      } catch (e) {
+        if (!(e instanceof BoxError && e.code === "not_a_directory")) throw e;
+      }
+    }
+    if (isFile) {
+      // A link to a file: the file's own mode and mtime (from file_info), not the link's.
+      await mkdir(dirname(dest), { recursive: true });
+      await this.#downloadFile(opts.folder, dest, top.kind === "file" ? top : null, opts.user);
+      return dest;
+    }
     await this.#localDir(dest);
     await this.#downloadDir(opts.folder, dest, opts.user);
     // A folder named through a link (which file_list follows) gets no attributes of the link's.
@@ -500,16 +525,16 @@ export class Files {
     }
   }
 
-  async #downloadFile(remote: string, local: string, e: FileEntry, user: string | undefined): Promise<void> {
+  async #downloadFile(remote: string, local: string, e: FileEntry | null, user: string | undefined): Promise<void> {
     // "wx" never writes through something already at the path (a link planted there).
     const tmp = `${local}.boxd-${randomBytes(4).toString("hex")}`;
     const fh = await open(tmp, "wx", 0o600);
     try {
-      await this.#download(remote, user, async (chunk) => {
+      const info = await this.#download(remote, user, async (chunk) => {
         await fh.write(chunk);
       });
-      await fh.chmod(e.mode & 0o777);
-      await fh.utimes(new Date(), e.mtimeMs / 1000);
+      await fh.chmod((e?.mode ?? info.mode) & 0o777);
+      await fh.utimes(new Date(), (e?.mtimeMs ?? info.mtimeMs) / 1000);
       await fh.close();
       await rename(tmp, local);
     } catch (err) {
