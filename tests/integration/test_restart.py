@@ -81,3 +81,65 @@ def test_restart_while_dead_boxd_unreaped(start_boxd):
     # A supervisor that starts the new boxd before it has reaped the old one: the old pid is a
     # zombie (kill(pid, 0) still succeeds), but its runs are as dead as its loop.
     restart_check(start_boxd, reap_first=False)
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def dir_ids(fence):
+    out = set()
+    for rel in run_dirs(fence):
+        st = os.stat(os.path.join(fence, rel))
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def test_restart_same_pid_in_new_pid_namespace(start_boxd):
+    # A container restarted (or boxd-pidns.sh run again) gives the new boxd the pid the old one
+    # had, so its runs-<pid> is already there: a previous instance's, cleared like any other.
+    import conftest
+    here = os.path.dirname(os.path.abspath(__file__))
+    real = conftest.BOXD_BIN
+
+    def start(**kw):
+        conftest.BOXD_BIN = os.path.join(here, "boxd-pidns.sh")
+        try:
+            d = start_boxd(env={"BOXD_REAL_BIN": real}, **kw)
+        finally:
+            conftest.BOXD_BIN = real
+        sh = wait_for(lambda: children(d.pid), T(5))
+        boxd = wait_for(lambda: children(sh[0]), T(5))
+        assert boxd, "boxd not found under %d" % d.pid
+        return d, boxd[0]
+
+    d1, b1 = start()
+    for _ in range(4):  # four cgroups kept by their leftovers: more than the new boxd makes early
+        leave_lingerer(d1)
+    old = dir_ids(d1.cgroup)
+    assert any(p.startswith("runs-") for p in run_dirs(d1.cgroup)), run_dirs(d1.cgroup)
+    names = {p.split(os.sep)[0] for p in run_dirs(d1.cgroup)}
+    os.kill(b1, signal.SIGKILL)
+    d1.proc.wait(timeout=T(5))
+    fence, d1.stopped_rc = d1.cgroup, d1.proc.returncode
+    d2, b2 = start(cgroup=fence)
+    d1.cgroup = None
+    try:
+        check_cleared(fence, names, old, d2)
+    finally:
+        # unshare ignores SIGTERM: boxd itself is told to stop (sh exits with its status).
+        os.kill(b2, signal.SIGTERM)
+        d2.proc.wait(timeout=T(5))
+
+
+def check_cleared(fence, names, old, d2):
+    new_names = {p.split(os.sep)[0] for p in run_dirs(fence)}
+    if not names & new_names:
+        pytest.skip("the pids differ (%s, %s): nothing collides" % (names, new_names))
+    assert not old & dir_ids(fence), "the previous instance's run cgroups are still there: %s" % (
+        run_dirs(fence))
+    assert_serves(d2, 5)
