@@ -4,12 +4,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -111,53 +113,152 @@ static void enable_controllers(int dirfd, struct cgroups *cg)
     }
 }
 
-/* Kills and removes every run cgroup below dirfd (one level). */
-static void kill_children(int dirfd)
+/* A previous boxd's run cgroups are cleared at start-up, before boxd serves: the processes in
+ * them are killed (cgroup.kill, the whole subtree at once) and the directories removed, bottom
+ * up. Their runs' records died with that boxd, so nothing is adopted. The kill is asynchronous:
+ * the wait for the cgroup to empty - and for the kernel to let go of removed children - is
+ * bounded by STALE_WAIT_MS in all (a process stuck in uninterruptible sleep must not hold up
+ * start-up); what is still there after it is logged and left, and a later cgroup of the same
+ * name is cleared again as it is made (rc_make). STALE_DEPTH_MAX bounds the walk: boxd's own
+ * layout is two levels deep, a run as root may have made more. */
+#define STALE_WAIT_MS 2000
+#define STALE_DEPTH_MAX 8
+
+static uint64_t mono_ms(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Waits until dirfd's cgroup has no process left, or the deadline. True if empty. */
+static bool wait_empty(int dirfd, uint64_t deadline)
+{
+    int fd = openat(dirfd, "cgroup.events", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return true; /* gone */
+    bool empty = false;
+    for (;;) {
+        char buf[256];
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        if (n <= 0) {
+            empty = true;
+            break;
+        }
+        buf[n] = '\0';
+        const char *p = strstr(buf, "populated ");
+        if (p == NULL || p[10] != '1') {
+            empty = true;
+            break;
+        }
+        uint64_t now = mono_ms();
+        if (now >= deadline)
+            break;
+        struct pollfd pfd = {.fd = fd, .events = POLLPRI};
+        uint64_t left = deadline - now;
+        poll(&pfd, 1, left > 20 ? 20 : (int)left); /* also a re-read now and then */
+    }
+    close(fd);
+    return empty;
+}
+
+/* Removes every cgroup below dirfd, deepest first; a parent's removal waits (until the deadline)
+ * for its removed children to go offline. Returns the number left behind. */
+static unsigned remove_below(int dirfd, int depth, uint64_t deadline)
+{
+    if (depth >= STALE_DEPTH_MAX)
+        return 1;
     DIR *d = fdopendir(dup(dirfd));
     if (d == NULL)
-        return;
+        return 1;
+    unsigned left = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         if (de->d_type != DT_DIR || de->d_name[0] == '.')
             continue;
         int fd = openat(dirfd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
         if (fd >= 0) {
-            write_at(fd, "cgroup.kill", "1");
+            left += remove_below(fd, depth + 1, deadline);
             close(fd);
         }
-        unlinkat(dirfd, de->d_name, AT_REMOVEDIR);
+        int e;
+        while ((e = unlinkat(dirfd, de->d_name, AT_REMOVEDIR) < 0 ? errno : 0) == EBUSY &&
+               mono_ms() < deadline) {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (e != 0 && e != ENOENT)
+            left++;
     }
     closedir(d);
+    return left;
 }
 
-/* Leftovers of an earlier boxd: BASE/runs (as PID 1, the box is ours), and any
- * BASE/runs-<pid> whose boxd is gone. Their processes are killed, their cgroups removed. */
+/* Kills everything in the cgroup base_fd/name and below, removes the cgroups below it and, if
+ * keep_top is false, name itself. */
+static void clear_stale(int base_fd, const char *name, bool keep_top, uint64_t deadline)
+{
+    int fd = openat(base_fd, name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    write_at(fd, "cgroup.kill", "1");
+    bool empty = wait_empty(fd, deadline);
+    unsigned left = remove_below(fd, 0, deadline);
+    close(fd);
+    if (!keep_top && left == 0) {
+        while (unlinkat(base_fd, name, AT_REMOVEDIR) < 0 && errno == EBUSY && mono_ms() < deadline) {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!empty || left > 0)
+        log_warn("cgroup2: a previous boxd's run cgroups in %s: %s%u left after %d ms "
+                 "(removed by the next boxd with this cgroup)",
+                 name, empty ? "" : "processes still dying, ", left, STALE_WAIT_MS);
+    else
+        log_info("cgroup2: cleared a previous boxd's run cgroups (%s): their processes killed",
+                 name);
+}
+
+/* True if pid is a live process (not a zombie: a boxd that is dead but not yet reaped by its
+ * supervisor has runs as dead as its loop). */
+static bool pid_alive(long pid)
+{
+    if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+        return false;
+    char name[24];
+    snprintf(name, sizeof name, "%ld", pid);
+    struct proc_stat st;
+    if (!proc_stat_read(name, &st))
+        return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    return st.state != 'Z' && st.state != 'X' && st.state != 'x';
+}
+
+/* Leftovers of an earlier boxd: BASE/runs (as PID 1, the box is ours), and any BASE/runs-<pid>
+ * whose boxd is gone (no such process, or a zombie) - or whose pid is ours: a directory named
+ * for us that we have not made yet is a previous instance's (the same pid in a new pid
+ * namespace: a container restarted, boxd-pidns.sh). Their processes are killed, their cgroups
+ * removed; BASE/runs itself is kept for this PID 1. */
 static void clean_stale(int base_fd, bool pid1)
 {
     DIR *d = fdopendir(dup(base_fd));
     if (d == NULL)
         return;
+    uint64_t deadline = mono_ms() + STALE_WAIT_MS;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         if (de->d_type != DT_DIR)
             continue;
-        bool stale = false;
+        bool stale = false, keep = false;
         if (strcmp(de->d_name, "runs") == 0) {
-            stale = pid1;
+            stale = keep = pid1;
         } else if (strncmp(de->d_name, "runs-", 5) == 0) {
-            long pid = strtol(de->d_name + 5, NULL, 10);
-            stale = pid > 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+            char *end;
+            long pid = strtol(de->d_name + 5, &end, 10);
+            stale = *end == '\0' && pid > 0 && (pid == (long)getpid() || !pid_alive(pid));
         }
-        if (!stale)
-            continue;
-        int fd = openat(base_fd, de->d_name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            kill_children(fd);
-            close(fd);
-        }
-        if (!pid1 || strcmp(de->d_name, "runs") != 0)
-            unlinkat(base_fd, de->d_name, AT_REMOVEDIR);
+        if (stale)
+            clear_stale(base_fd, de->d_name, keep, deadline);
     }
     closedir(d);
 }

@@ -15,6 +15,9 @@
  * When boxd is in the root of the hierarchy and is not PID 1 (a daemon on a development host),
  * BASE is ROOT/boxd instead, so nothing of the host's is reorganized.
  *
+ * A previous boxd's run cgroups found at start-up (it was SIGKILLed and this one started in its
+ * cgroup) are killed and removed before boxd serves, the wait bounded (cgroup.c, clean_stale).
+ *
  * Without a writable cgroup2 hierarchy, runs fall back to their process group plus a walk of
  * /proc for descendants (cgroup_enabled false); `info` says which mechanism is in use. */
 #ifndef BOXD_CGROUP_H

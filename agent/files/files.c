@@ -69,7 +69,7 @@ static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *r
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     struct msg_out o;
-    if (ev_begin(&o, "error", req) < 0)
+    if (ev_begin(&o, BOX_T_ERROR, req) < 0)
         return;
     msg_kv_str(&o, "code", code);
     msg_kv_str(&o, "message", text);
@@ -99,7 +99,7 @@ static void limit_error(struct agent *a, uint64_t conn_no, const struct reqtag *
                         const char *which, const char *text)
 {
     struct msg_out o;
-    if (ev_begin(&o, "error", req) < 0)
+    if (ev_begin(&o, BOX_T_ERROR, req) < 0)
         return;
     msg_kv_str(&o, "code", "limit");
     msg_kv_str(&o, "message", text);
@@ -247,14 +247,14 @@ static void op_work(struct fsjob *j)
     struct msg_out *o = &op->out;
     switch (op->kind) {
     case OP_STAT:
-        if (ev_begin(o, "file_stat", &op->req) < 0) {
+        if (ev_begin(o, BOX_T_FILE_STAT, &op->req) < 0) {
             op->err = -ENOMEM;
             return;
         }
         op->err = fs_stat(o, op->path);
         break;
     case OP_LIST: {
-        if (ev_begin_sized(o, "file_list", &op->req, 64u * 1024u) < 0) {
+        if (ev_begin_sized(o, BOX_T_FILE_LIST, &op->req, 64u * 1024u) < 0) {
             op->err = -ENOMEM;
             return;
         }
@@ -280,7 +280,7 @@ static void op_work(struct fsjob *j)
         op->err = fs_symlink(op->path2, op->path, op->flag);
         break;
     }
-    if (op->err == 0 && op->kind >= OP_MKDIR && ev_begin(o, "ok", &op->req) < 0)
+    if (op->err == 0 && op->kind >= OP_MKDIR && ev_begin(o, BOX_T_OK, &op->req) < 0)
         op->err = -ENOMEM;
     if (op->err == 0)
         ev_close(o);
@@ -592,7 +592,7 @@ static void upload_reply_ack(struct upload *u, uint64_t conn_no, const struct re
                              uint64_t offset)
 {
     struct msg_out o;
-    if (ev_begin(&o, "file_ack", req) < 0)
+    if (ev_begin(&o, BOX_T_FILE_ACK, req) < 0)
         return;
     msg_kv_str(&o, "upload_id", u->id);
     msg_kv_u64(&o, "offset", offset);
@@ -642,7 +642,7 @@ static void upload_done(struct fsjob *j)
                 upload_reply_ack(u, c->conn_no, &c->req, c->offset + c->len);
             } else if (c->res == 0) {
                 struct msg_out o;
-                if (ev_begin(&o, "file_written", &c->req) == 0) {
+                if (ev_begin(&o, BOX_T_FILE_WRITTEN, &c->req) == 0) {
                     msg_kv_str(&o, "upload_id", u->id);
                     msg_kv_str(&o, "path", u->path);
                     msg_kv_u64(&o, "size", u->written);
@@ -912,7 +912,7 @@ static void do_abort(struct req *x)
     if (u == NULL)
         return;
     struct msg_out o;
-    if (ev_begin(&o, "ok", x->req) == 0) {
+    if (ev_begin(&o, BOX_T_OK, x->req) == 0) {
         ev_close(&o);
         conn_send(x->c, &o);
     }
@@ -976,7 +976,7 @@ static void dl_work(struct fsjob *j)
             break;
         }
         struct msg_out *o = &d->frames[d->nframes];
-        if (ev_begin_sized(o, "file_chunk", &d->req, (size_t)n + 128) < 0) {
+        if (ev_begin_sized(o, BOX_T_FILE_CHUNK, &d->req, (size_t)n + 128) < 0) {
             d->err = -ENOMEM;
             return;
         }
@@ -1049,7 +1049,7 @@ static void dl_done(struct fsjob *j)
     if (!d->opened) {
         d->opened = true;
         struct msg_out o;
-        if (ev_begin(&o, "file_info", &d->req) == 0) {
+        if (ev_begin(&o, BOX_T_FILE_INFO, &d->req) == 0) {
             msg_kv_str(&o, "path", d->path);
             msg_kv_u64(&o, "size", (uint64_t)d->st.st_size);
             msg_kv_u64(&o, "mode", d->st.st_mode & 07777);
@@ -1067,7 +1067,7 @@ static void dl_done(struct fsjob *j)
     }
     if (d->eof) {
         struct msg_out o;
-        if (ev_begin(&o, "file_end", &d->req) == 0) {
+        if (ev_begin(&o, BOX_T_FILE_END, &d->req) == 0) {
             msg_kv_u64(&o, "bytes", d->off - d->start);
             if (d->whole) {
                 uint8_t dg[32];
@@ -1264,7 +1264,7 @@ static void do_unwatch(struct req *x)
         return;
     }
     struct msg_out o;
-    if (ev_begin(&o, "ok", x->req) == 0) {
+    if (ev_begin(&o, BOX_T_OK, x->req) == 0) {
         ev_close(&o);
         conn_send(x->c, &o);
     }

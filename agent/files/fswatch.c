@@ -173,7 +173,7 @@ static void send_event(struct fswatch *x, struct conn *c, const char *event, con
                        const char *name, bool dir)
 {
     struct msg_out o;
-    if (ev_begin(&o, "file_event", &x->req) < 0)
+    if (ev_begin(&o, BOX_T_FILE_EVENT, &x->req) < 0)
         return;
     msg_kv_u64(&o, "watch", x->id);
     msg_kv_u64(&o, "seq", x->seq++);
@@ -265,7 +265,7 @@ static void watch_done(struct fsjob *j)
         x->poll.data = x;
         uv_poll_start(&x->poll, UV_READABLE, on_readable);
         struct msg_out o;
-        if (ev_begin(&o, "file_watching", &x->req) == 0) {
+        if (ev_begin(&o, BOX_T_FILE_WATCHING, &x->req) == 0) {
             msg_kv_u64(&o, "watch", x->id);
             msg_kv_u64(&o, "dirs", x->n_dirs);
             ev_close(&o);

@@ -77,7 +77,7 @@ def new_workdir():
 
 
 class Daemon:
-    def __init__(self, workdir, args, env):
+    def __init__(self, workdir, args, env, cgroup=None):
         self.workdir = workdir
         self.sock = os.path.join(workdir, "boxd.sock")
         self.stderr_path = os.path.join(workdir, "boxd.stderr")
@@ -96,8 +96,10 @@ class Daemon:
         preexec = None
         start_new_session = True
         if cgroup2_available():
-            self.cgroup = os.path.join(CGROOT, "boxd-test-" + secrets.token_hex(6))
-            os.mkdir(self.cgroup)
+            # cgroup: an existing fence to start in (a restart in the same cgroup), else a new one.
+            self.cgroup = cgroup or os.path.join(CGROOT, "boxd-test-" + secrets.token_hex(6))
+            if cgroup is None:
+                os.mkdir(self.cgroup)
             procs = os.path.join(self.cgroup, "cgroup.procs")
 
             def preexec():  # runs in the child between fork and exec
@@ -256,13 +258,14 @@ class Daemon:
 
 @pytest.fixture
 def start_boxd():
-    """Factory: start_boxd(*extra_args, env={...}) -> Daemon. All are stopped at teardown."""
+    """Factory: start_boxd(*extra_args, env={...}, cgroup=None) -> Daemon. All are stopped at
+    teardown. cgroup: start in that existing fence (another daemon's .cgroup) instead of a new one."""
     if not os.access(BOXD_BIN, os.X_OK):
         pytest.skip("boxd binary not found at %s (set BOXD_BIN)" % BOXD_BIN)
     daemons = []
 
-    def start(*args, env=None):
-        d = Daemon(new_workdir(), args, env)
+    def start(*args, env=None, cgroup=None):
+        d = Daemon(new_workdir(), args, env, cgroup)
         daemons.append(d)
         d.wait_ready()
         return d

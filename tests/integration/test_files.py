@@ -402,6 +402,12 @@ def test_big_file_both_ways_ping_and_rss(boxd, tdir):
             time.sleep(0.05)
     sampler = threading.Thread(target=sample)
     sampler.start()
+    # The client moving the bytes is this test's own thread, on the same 2 CPUs as boxd: at
+    # nice 0 it takes the CPU boxd's loop needs and the figure measures the scheduler, not
+    # boxd. In production the client is on the host. So it runs at nice 10 (Linux: this thread
+    # only); boxd's loop stays at 0, its I/O threads at +5, the pinger at 0.
+    old_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, 10)
     try:
         ack = fc.upload_open(c, path, sha256=want.hexdigest())
         w = fc.upload_stream(c, ack["upload_id"],
@@ -412,6 +418,7 @@ def test_big_file_both_ways_ping_and_rss(boxd, tdir):
         info, _, end = fc.download(c, path, timeout=T(120), sink=got.update)
         assert end["bytes"] == size and got.hexdigest() == want.hexdigest() == end["sha256"]
     finally:
+        os.setpriority(os.PRIO_PROCESS, 0, old_nice)
         open(stopfile, "w").close()
         sampler_stop.set()
         sampler.join()
