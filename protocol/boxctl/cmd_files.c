@@ -185,7 +185,7 @@ static int reply_str(const struct box_msg *m, const char *key, char *out, size_t
 static void reply_failed(struct fx *x, const char *path)
 {
     char code[64], text[512];
-    if (box_msg_is(&x->m, "error")) {
+    if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
         reply_str(&x->m, "code", code, sizeof code);
         reply_str(&x->m, "message", text, sizeof text);
     } else {
@@ -198,7 +198,7 @@ static void reply_failed(struct fx *x, const char *path)
 static void put_user(struct fx *x, struct msg_out *o)
 {
     if (x->user) {
-        msg_key(o, "user");
+        msg_key(o, BOX_REQ_KEY(USER));
         msg_str(o, x->user);
     }
 }
@@ -224,16 +224,16 @@ static int remote_kind(struct fx *x, const char *path, char *kind)
     uint64_t req;
     if (box_req_begin(&x->c, &o, "file_stat", 1 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
     put_user(x, &o);
     int r = call(x, &o, req);
     if (r != 0)
         return r;
-    const msgpack_object *e = msg_get(&x->m.root, "entry");
+    const msgpack_object *e = msg_get(&x->m.root, BOX_KEY(ENTRY));
     const char *k;
     size_t kl;
-    if (e == NULL || msg_get_str(e, "kind", &k, &kl) < 0)
+    if (e == NULL || msg_get_str(e, BOX_KEY(KIND), &k, &kl) < 0)
         return 1;
     *kind = kl == 3 && memcmp(k, "dir", 3) == 0 ? 'd' : kl == 4 && memcmp(k, "file", 4) == 0 ? 'f'
             : kl == 7 && memcmp(k, "symlink", 7) == 0 ? 'l' : '?';
@@ -250,11 +250,11 @@ static int remote_mkdir(struct fx *x, const char *path_in, mode_t mode)
     uint64_t req;
     if (box_req_begin(&x->c, &o, "file_mkdir", 3 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
-    msg_key(&o, "parents");
+    msg_key(&o, BOX_REQ_KEY(PARENTS));
     msgpack_pack_true(&o.pk);
-    msg_key(&o, "mode");
+    msg_key(&o, BOX_REQ_KEY(MODE));
     msg_u64(&o, mode & 07777);
     put_user(x, &o);
     int r = call(x, &o, req);
@@ -293,17 +293,17 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     if (box_req_begin(&x->c, &o, "file_write", 4 + (x->user != NULL) + x->archive + in_tree,
                       &req) < 0)
         goto oom;
-    msg_kv_bool(&o, "hash", false); /* the connection's own integrity is boxctl's check */
+    msg_kv_bool(&o, BOX_REQ_KEY(HASH), false); /* the connection's own integrity is boxctl's check */
     if (in_tree)
-        msg_kv_bool(&o, "fsync", false); /* not one by one: --help says so */
-    msg_key(&o, "path");
+        msg_kv_bool(&o, BOX_REQ_KEY(FSYNC), false); /* not one by one: --help says so */
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
-    msg_key(&o, "upload_id");
+    msg_key(&o, BOX_REQ_KEY(UPLOAD_ID));
     msg_str(&o, uid);
-    msg_key(&o, "mode");
+    msg_key(&o, BOX_REQ_KEY(MODE));
     msg_u64(&o, mode);
     if (x->archive) {
-        msg_key(&o, "mtime_ns");
+        msg_key(&o, BOX_REQ_KEY(MTIME_NS));
         msg_i64(&o, (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
     }
     put_user(x, &o);
@@ -320,7 +320,7 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     if (buf == NULL)
         goto oom;
     uint64_t off = 0, acked = 0, final_req = 0;
-    if (msg_get_u64(&x->m.root, "offset", &off) == 0 && off > 0) {
+    if (msg_get_u64(&x->m.root, BOX_KEY(OFFSET), &off) == 0 && off > 0) {
         /* Resumed: go on from what the agent holds. */
         if (lseek(fd, (off_t)off, SEEK_SET) < 0) {
             entry_failed(x, local, "local", strerror(errno));
@@ -349,14 +349,14 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
             bool last = n == 0 || (fstat(fd, &now) == 0 && off + (uint64_t)n >= (uint64_t)now.st_size);
             if (box_req_begin(&x->c, &o, "file_data", 4, &req) < 0)
                 goto oom2;
-            msg_key(&o, "upload_id");
+            msg_key(&o, BOX_REQ_KEY(UPLOAD_ID));
             msg_str(&o, id);
-            msg_key(&o, "offset");
+            msg_key(&o, BOX_REQ_KEY(OFFSET));
             msg_u64(&o, off);
-            msg_key(&o, "data");
+            msg_key(&o, BOX_REQ_KEY(DATA));
             msgpack_pack_bin(&o.pk, (size_t)n);
             msgpack_pack_bin_body(&o.pk, buf, (size_t)n);
-            msg_kv_bool(&o, "eof", last);
+            msg_kv_bool(&o, BOX_REQ_KEY(EOF_), last);
             int e = box_client_send(&x->c, &o);
             if (e < 0) {
                 err("the connection to the agent failed: %s", strerror(-e));
@@ -381,17 +381,17 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
         if (!x->m.has_req)
             continue;
         inflight--;
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
             if (!failed)
                 reply_failed(x, local);
             failed = true;
-        } else if (box_msg_is(&x->m, "file_ack")) {
+        } else if (box_msg_is(&x->m, BOX_TYPE(FILE_ACK))) {
             uint64_t a;
-            if (msg_get_u64(&x->m.root, "offset", &a) == 0 && a > acked) {
+            if (msg_get_u64(&x->m.root, BOX_KEY(OFFSET), &a) == 0 && a > acked) {
                 x->bytes += a - acked;
                 acked = a;
             }
-        } else if (x->m.req == final_req && box_msg_is(&x->m, "file_written")) {
+        } else if (x->m.req == final_req && box_msg_is(&x->m, BOX_TYPE(FILE_WRITTEN))) {
             x->bytes += off - acked;
             acked = off;
         }
@@ -433,9 +433,9 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         uint64_t req;
         if (box_req_begin(&x->c, &o, "file_symlink", 2 + (x->user != NULL), &req) < 0)
             return -1;
-        msg_key(&o, "path");
+        msg_key(&o, BOX_REQ_KEY(PATH));
         msg_str(&o, remote);
-        msg_key(&o, "target");
+        msg_key(&o, BOX_REQ_KEY(TARGET));
         msg_str(&o, target);
         put_user(x, &o);
         int r = call(x, &o, req);
@@ -486,11 +486,11 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         struct msg_out o;
         uint64_t req;
         if (box_req_begin(&x->c, &o, "file_chmod", 3 + (x->user != NULL), &req) == 0) {
-            msg_key(&o, "path");
+            msg_key(&o, BOX_REQ_KEY(PATH));
             msg_str(&o, remote);
-            msg_key(&o, "mode");
+            msg_key(&o, BOX_REQ_KEY(MODE));
             msg_u64(&o, st.st_mode & 07777);
-            msg_key(&o, "mtime_ns");
+            msg_key(&o, BOX_REQ_KEY(MTIME_NS));
             msg_i64(&o, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
             put_user(x, &o);
             if (call(x, &o, req) == 1)
@@ -508,8 +508,8 @@ static int download_file(struct fx *x, const char *remote, const char *local)
     uint64_t req;
     if (box_req_begin(&x->c, &o, "file_read", 2 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_kv_bool(&o, "sha256", false);
-    msg_key(&o, "path");
+    msg_kv_bool(&o, BOX_REQ_KEY(SHA256), false);
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
     put_user(x, &o);
     int r = call(x, &o, req);
@@ -521,8 +521,8 @@ static int download_file(struct fx *x, const char *remote, const char *local)
         return -1;
     uint64_t mode = 0644;
     int64_t mtime = 0;
-    msg_get_u64(&x->m.root, "mode", &mode);
-    msg_get_i64(&x->m.root, "mtime_ns", &mtime);
+    msg_get_u64(&x->m.root, BOX_KEY(MODE), &mode);
+    msg_get_i64(&x->m.root, BOX_KEY(MTIME_NS), &mtime);
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s.boxctl-%d", local, (int)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -543,10 +543,10 @@ static int download_file(struct fx *x, const char *remote, const char *local)
         }
         if (!x->m.has_req || x->m.req != req)
             continue;
-        if (box_msg_is(&x->m, "file_chunk")) {
+        if (box_msg_is(&x->m, BOX_TYPE(FILE_CHUNK))) {
             const char *d;
             size_t n;
-            if (!failed && msg_get_bytes(&x->m.root, "data", &d, &n) == 0) {
+            if (!failed && msg_get_bytes(&x->m.root, BOX_KEY(DATA), &d, &n) == 0) {
                 while (n > 0) {
                     ssize_t w = write(fd, d, n);
                     if (w < 0 && errno == EINTR)
@@ -564,7 +564,7 @@ static int download_file(struct fx *x, const char *remote, const char *local)
             progress(x, false);
             continue;
         }
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
             if (!failed)
                 reply_failed(x, remote);
             failed = true;
@@ -626,9 +626,9 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
     uint64_t req;
     if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
-    msg_key(&o, "depth");
+    msg_key(&o, BOX_REQ_KEY(DEPTH));
     msg_u64(&o, 1); /* one directory at a time: each listing fits one frame */
     put_user(x, &o);
     if (depth > 64) {
@@ -644,8 +644,8 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
     if (r < 0)
         return -1;
     bool truncated = false;
-    msg_get_bool(&x->m.root, "truncated", &truncated);
-    const msgpack_object *ents = msg_get(&x->m.root, "entries");
+    msg_get_bool(&x->m.root, BOX_KEY(TRUNCATED), &truncated);
+    const msgpack_object *ents = msg_get(&x->m.root, BOX_KEY(ENTRIES));
     uint32_t n = ents && ents->type == MSGPACK_OBJECT_ARRAY ? ents->via.array.size : 0;
     struct rentry *es = calloc(n ? n : 1, sizeof *es);
     if (es == NULL)
@@ -657,8 +657,8 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
         es[i].kind = !k ? '?' : strcmp(k, "dir") == 0 ? 'd' : strcmp(k, "file") == 0 ? 'f'
                      : strcmp(k, "symlink") == 0 ? 'l' : '?';
         free(k);
-        msg_get_u64(e, "mode", &es[i].mode);
-        msg_get_i64(e, "mtime_ns", &es[i].mtime);
+        msg_get_u64(e, BOX_KEY(MODE), &es[i].mode);
+        msg_get_i64(e, BOX_KEY(MTIME_NS), &es[i].mtime);
         es[i].target = dupobj(e, "target");
     }
     int ret = 0;
@@ -915,12 +915,12 @@ static int simple(struct fx *x, const char *type, const char *path, const char *
     if (box_req_begin(&x->c, &o, type, 1 + (flag != NULL) + (mode >= 0) + (x->user != NULL),
                       &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
     if (flag)
         msg_kv_bool(&o, flag, on);
     if (mode >= 0)
-        msg_kv_u64(&o, "mode", (uint64_t)mode);
+        msg_kv_u64(&o, BOX_REQ_KEY(MODE), (uint64_t)mode);
     put_user(x, &o);
     int r = call(x, &o, req);
     if (r == 1)
@@ -983,9 +983,9 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
             uint64_t req;
             if (box_req_begin(&x->c, &o, "file_watch", 2 + (x->user != NULL), &req) < 0)
                 return 1;
-            msg_key(&o, "path");
+            msg_key(&o, BOX_REQ_KEY(PATH));
             msg_str(&o, p);
-            msg_kv_bool(&o, "recursive", rec);
+            msg_kv_bool(&o, BOX_REQ_KEY(RECURSIVE), rec);
             put_user(x, &o);
             r = call(x, &o, req);
             if (r == 1) {
@@ -1000,15 +1000,15 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                     r = -1;
                     break;
                 }
-                if (!box_msg_is(&x->m, "file_event"))
+                if (!box_msg_is(&x->m, BOX_TYPE(FILE_EVENT)))
                     continue;
                 char ev[32], name[PATH_MAX];
                 uint64_t seq = 0;
                 bool dir = false;
                 reply_str(&x->m, "event", ev, sizeof ev);
                 reply_str(&x->m, "name", name, sizeof name);
-                msg_get_u64(&x->m.root, "seq", &seq);
-                msg_get_bool(&x->m.root, "dir", &dir);
+                msg_get_u64(&x->m.root, BOX_KEY(SEQ), &seq);
+                msg_get_bool(&x->m.root, BOX_KEY(DIR), &dir);
                 if (x->json) {
                     struct json j;
                     json_init(&j, 1u << 16);
@@ -1044,17 +1044,17 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                 uint64_t req;
                 if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
                     return 1;
-                msg_key(&o, "path");
+                msg_key(&o, BOX_REQ_KEY(PATH));
                 msg_str(&o, p);
-                msg_kv_u64(&o, "depth", rec ? 64 : 1);
+                msg_kv_u64(&o, BOX_REQ_KEY(DEPTH), rec ? 64 : 1);
                 put_user(x, &o);
                 r = call(x, &o, req);
                 if (r == 1)
                     reply_failed(x, p);
             }
             if (r == 0) {
-                const msgpack_object *ents = msg_get(&x->m.root, "entries");
-                const msgpack_object *one = msg_get(&x->m.root, "entry");
+                const msgpack_object *ents = msg_get(&x->m.root, BOX_KEY(ENTRIES));
+                const msgpack_object *one = msg_get(&x->m.root, BOX_KEY(ENTRY));
                 uint32_t n = ents ? ents->via.array.size : one ? 1 : 0;
                 for (uint32_t k = 0; k < n; k++) {
                     const msgpack_object *e = ents ? &ents->via.array.ptr[k] : one;
@@ -1062,17 +1062,17 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                     const char *s;
                     size_t sl;
                     name[0] = kd[0] = target[0] = '\0';
-                    if (msg_get_bytes(e, "name", &s, &sl) == 0)
+                    if (msg_get_bytes(e, BOX_KEY(NAME), &s, &sl) == 0)
                         snprintf(name, sizeof name, "%.*s", (int)sl, s);
-                    if (msg_get_str(e, "kind", &s, &sl) == 0)
+                    if (msg_get_str(e, BOX_KEY(KIND), &s, &sl) == 0)
                         snprintf(kd, sizeof kd, "%.*s", (int)sl, s);
-                    if (msg_get_bytes(e, "target", &s, &sl) == 0)
+                    if (msg_get_bytes(e, BOX_KEY(TARGET), &s, &sl) == 0)
                         snprintf(target, sizeof target, " -> %.*s", (int)sl, s);
                     uint64_t md = 0, sz = 0;
                     int64_t mt = 0;
-                    msg_get_u64(e, "mode", &md);
-                    msg_get_u64(e, "size", &sz);
-                    msg_get_i64(e, "mtime_ns", &mt);
+                    msg_get_u64(e, BOX_KEY(MODE), &md);
+                    msg_get_u64(e, BOX_KEY(SIZE), &sz);
+                    msg_get_i64(e, BOX_KEY(MTIME_NS), &mt);
                     if (x->json) {
                         printf("{\"name\":\"%s\",\"kind\":\"%s\",\"mode\":%llu,\"size\":%llu,"
                                "\"mtime_ns\":%lld}\n", name, kd, (unsigned long long)md,
