@@ -329,7 +329,8 @@ static void do_op(struct req *x, enum op_kind kind)
         op->max_bytes = x->a->cfg.max_event - 4096u;
         break;
     case OP_MKDIR:
-        if (get_bool(x, BOX_REQ_KEY(PARENTS), &op->flag, false) < 0 || get_mode(x, &op->mode, 0755) < 0)
+        if (get_bool(x, BOX_REQ_KEY(PARENTS), &op->flag, false) < 0 ||
+            get_mode(x, &op->mode, 0755) < 0)
             goto fail;
         break;
     case OP_REMOVE:
@@ -337,7 +338,8 @@ static void do_op(struct req *x, enum op_kind kind)
             goto fail;
         break;
     case OP_RENAME:
-        if (get_path(x, BOX_REQ_KEY(TO), op->path2) < 0 || get_bool(x, BOX_REQ_KEY(OVERWRITE), &op->flag, false) < 0)
+        if (get_path(x, BOX_REQ_KEY(TO), op->path2) < 0 ||
+            get_bool(x, BOX_REQ_KEY(OVERWRITE), &op->flag, false) < 0)
             goto fail;
         break;
     case OP_CHMOD: {
@@ -768,8 +770,10 @@ static void do_write(struct req *x)
     const char *sha = NULL;
     size_t shal = 0;
     int64_t mtime = 0;
-    if (get_bool(x, BOX_REQ_KEY(ATOMIC), &atomic, true) < 0 || get_bool(x, BOX_REQ_KEY(OVERWRITE), &overwrite, true) < 0 ||
-        get_bool(x, BOX_REQ_KEY(MKDIR), &mkdir_p, false) < 0 || get_bool(x, BOX_REQ_KEY(FSYNC), &sync, true) < 0 ||
+    if (get_bool(x, BOX_REQ_KEY(ATOMIC), &atomic, true) < 0 ||
+        get_bool(x, BOX_REQ_KEY(OVERWRITE), &overwrite, true) < 0 ||
+        get_bool(x, BOX_REQ_KEY(MKDIR), &mkdir_p, false) < 0 ||
+        get_bool(x, BOX_REQ_KEY(FSYNC), &sync, true) < 0 ||
         get_bool(x, BOX_REQ_KEY(HASH), &hash, true) < 0 ||
         get_mode(x, &mode, 0644) < 0)
         return;
@@ -859,7 +863,8 @@ static void do_data(struct req *x)
     bool eof;
     const char *data = "";
     size_t n = 0;
-    if (get_u64(x, BOX_REQ_KEY(OFFSET), &off, UINT64_MAX, UINT64_MAX) < 0 || get_bool(x, BOX_REQ_KEY(EOF_), &eof, false) < 0)
+    if (get_u64(x, BOX_REQ_KEY(OFFSET), &off, UINT64_MAX, UINT64_MAX) < 0 ||
+        get_bool(x, BOX_REQ_KEY(EOF_), &eof, false) < 0)
         return;
     int e = msg_get_bytes(x->m, BOX_REQ_KEY(DATA), &data, &n);
     if (e == -EINVAL) {
@@ -1100,7 +1105,8 @@ static void do_read(struct req *x)
     }
     d->fd = -1;
     uint64_t len;
-    if (get_path(x, BOX_REQ_KEY(PATH), d->path) < 0 || get_u64(x, BOX_REQ_KEY(OFFSET), &d->start, 0, INT64_MAX) < 0 ||
+    if (get_path(x, BOX_REQ_KEY(PATH), d->path) < 0 ||
+        get_u64(x, BOX_REQ_KEY(OFFSET), &d->start, 0, INT64_MAX) < 0 ||
         get_u64(x, BOX_REQ_KEY(LENGTH), &len, UINT64_MAX, UINT64_MAX) < 0 ||
         get_bool(x, BOX_REQ_KEY(SHA256), &d->hash, true) < 0 || get_cred(x, &d->j.cred) < 0) {
         free(d);
@@ -1241,7 +1247,8 @@ static void do_watch(struct req *x)
     char path[PATH_MAX];
     bool rec;
     struct fscred cred;
-    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0 || get_bool(x, BOX_REQ_KEY(RECURSIVE), &rec, false) < 0 ||
+    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0 ||
+        get_bool(x, BOX_REQ_KEY(RECURSIVE), &rec, false) < 0 ||
         get_cred(x, &cred) < 0)
         return;
     uint64_t id;
@@ -1305,7 +1312,8 @@ int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *
     if (!c->hello)
         return -1; /* the caller answers need_hello, as for every request before hello */
     if (x.f == NULL) {
-        send_error(x.a, c->no, req, BOX_ERR_INTERNAL, "file requests are not available (no I/O thread)");
+        send_error(x.a, c->no, req, BOX_ERR_INTERNAL,
+                   "file requests are not available (no I/O thread)");
         return 1;
     }
     if (fn)

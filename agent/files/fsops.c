@@ -195,7 +195,8 @@ void fs_put_entry(struct msg_out *o, const char *name, const struct stat *st, co
     msg_kv_str(o, BOX_KEY(KIND), fs_kind(st->st_mode));
     msg_kv_u64(o, BOX_KEY(MODE), st->st_mode & 07777);
     msg_kv_u64(o, BOX_KEY(SIZE), (uint64_t)st->st_size);
-    msg_kv_i64(o, BOX_KEY(MTIME_NS), (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
+    msg_kv_i64(o, BOX_KEY(MTIME_NS),
+               (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
     msg_kv_u64(o, BOX_KEY(UID), st->st_uid);
     msg_kv_u64(o, BOX_KEY(GID), st->st_gid);
     if (target) {

@@ -219,7 +219,8 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_WRITE), 4 + (x->user != NULL) + x->archive + in_tree,
                       &req) < 0)
         goto oom;
-    msg_kv_bool(&o, BOX_REQ_KEY(HASH), false); /* the connection's own integrity is boxctl's check */
+    /* The connection's own integrity is boxctl's check. */
+    msg_kv_bool(&o, BOX_REQ_KEY(HASH), false);
     if (in_tree)
         msg_kv_bool(&o, BOX_REQ_KEY(FSYNC), false); /* not one by one: --help says so */
     msg_key(&o, BOX_REQ_KEY(PATH));
@@ -372,7 +373,8 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         return r;
     }
     if (!S_ISDIR(st.st_mode)) {
-        entry_failed(x, local, box_err_str(BOX_ERR_REFUSED), "not a regular file, directory or symbolic link");
+        entry_failed(x, local, box_err_str(BOX_ERR_REFUSED),
+                     "not a regular file, directory or symbolic link");
         return 1;
     }
     if (depth > 64) {
