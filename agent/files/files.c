@@ -57,11 +57,11 @@ static void send_to(struct agent *a, uint64_t conn_no, struct msg_out *o)
 }
 
 static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
-                       const char *code, const char *fmt, ...)
+                       enum box_err code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
 static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
-                       const char *code, const char *fmt, ...)
+                       enum box_err code, const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -71,8 +71,8 @@ static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *r
     struct msg_out o;
     if (ev_begin(&o, BOX_T_ERROR, req) < 0)
         return;
-    msg_kv_str(&o, "code", code);
-    msg_kv_str(&o, "message", text);
+    msg_kv_str(&o, BOX_KEY(CODE), box_err_str(code));
+    msg_kv_str(&o, BOX_KEY(MESSAGE), text);
     ev_close(&o);
     send_to(a, conn_no, &o);
 }
@@ -81,7 +81,7 @@ static void send_error(struct agent *a, uint64_t conn_no, const struct reqtag *r
 void files_send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *req, int err,
                        const char *what, const char *path)
 {
-    const char *code = fs_code(err);
+    enum box_err code = fs_code(err);
     const char *hint = "";
     if (err == -ENOSYS)
         hint = " (this kernel has no openat2: Linux 5.6 or later is needed for file requests)";
@@ -96,14 +96,14 @@ void files_send_errno(struct agent *a, uint64_t conn_no, const struct reqtag *re
 }
 
 static void limit_error(struct agent *a, uint64_t conn_no, const struct reqtag *req,
-                        const char *which, const char *text)
+                        enum box_limit which, const char *text)
 {
     struct msg_out o;
     if (ev_begin(&o, BOX_T_ERROR, req) < 0)
         return;
-    msg_kv_str(&o, "code", "limit");
-    msg_kv_str(&o, "message", text);
-    msg_kv_str(&o, "limit", which);
+    msg_kv_str(&o, BOX_KEY(CODE), box_err_str(BOX_ERR_LIMIT));
+    msg_kv_str(&o, BOX_KEY(MESSAGE), text);
+    msg_kv_str(&o, BOX_KEY(LIMIT), box_limit_str(which));
     ev_close(&o);
     send_to(a, conn_no, &o);
 }
@@ -127,7 +127,7 @@ static void bad(struct req *x, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    send_error(x->a, x->c->no, x->req, "bad_request", "%s", text);
+    send_error(x->a, x->c->no, x->req, BOX_ERR_BAD_REQUEST, "%s", text);
 }
 
 /* An absolute path without NUL, shorter than PATH_MAX. Returns 0, or -1 when answered. */
@@ -181,7 +181,7 @@ static int get_cred(struct req *x, struct fscred *cred)
     struct agent *a = x->a;
     const char *u;
     size_t ul;
-    int e = msg_get_str(x->m, "user", &u, &ul);
+    int e = msg_get_str(x->m, BOX_REQ_KEY(USER), &u, &ul);
     if (e == -EINVAL ||
         (e == 0 && (ul == 0 || ul >= AUTH_USER_MAX || memchr(u, '\0', ul) || memchr(u, ':', ul)))) {
         bad(x, "user must be a user name");
@@ -192,7 +192,7 @@ static int get_cred(struct req *x, struct fscred *cred)
         return 0;
     }
     if (!auth_request_user_allowed(&a->auth, u, ul)) {
-        send_error(a, x->c->no, x->req, "denied",
+        send_error(a, x->c->no, x->req, BOX_ERR_DENIED,
                    "file requests act as %s; this agent does not let a request name %.*s "
                    "(--allow-request-user)", a->ident.user, (int)ul, u);
         return -1;
@@ -203,7 +203,7 @@ static int get_cred(struct req *x, struct fscred *cred)
     struct identity id;
     int le = identity_lookup(name, &id);
     if (le < 0) {
-        send_error(a, x->c->no, x->req, le == -ENOENT ? "not_found" : "internal",
+        send_error(a, x->c->no, x->req, le == -ENOENT ? BOX_ERR_NOT_FOUND : BOX_ERR_INTERNAL,
                    "user %s: %s", name, le == -ENOENT ? "no such user" : strerror(-le));
         return -1;
     }
@@ -214,7 +214,7 @@ static int get_cred(struct req *x, struct fscred *cred)
 static int get_mode(struct req *x, uint32_t *mode, uint32_t dflt)
 {
     uint64_t v;
-    if (get_u64(x, "mode", &v, dflt, 07777) < 0)
+    if (get_u64(x, BOX_REQ_KEY(MODE), &v, dflt, 07777) < 0)
         return -1;
     *mode = (uint32_t)v;
     return 0;
@@ -261,7 +261,7 @@ static void op_work(struct fsjob *j)
         bool trunc = false;
         uint32_t n = 0;
         op->err = fs_list(o, op->path, op->depth, op->max_bytes, FILES_LIST_MAX, &trunc, &n);
-        msg_kv_bool(o, "truncated", trunc);
+        msg_kv_bool(o, BOX_KEY(TRUNCATED), trunc);
         break;
     }
     case OP_MKDIR:
@@ -295,7 +295,7 @@ static void op_done(struct fsjob *j)
     if (j->cred_err)
         files_send_errno(a, op->conn_no, &op->req, j->cred_err, "acting as the user for", op->path);
     else if (op->err == -ENOMEM)
-        send_error(a, op->conn_no, &op->req, "internal", "out of memory");
+        send_error(a, op->conn_no, &op->req, BOX_ERR_INTERNAL, "out of memory");
     else if (op->err < 0)
         files_send_errno(a, op->conn_no, &op->req, op->err, what[op->kind], op->path);
     else {
@@ -311,7 +311,7 @@ static void do_op(struct req *x, enum op_kind kind)
 {
     struct op *op = calloc(1, sizeof *op);
     if (op == NULL) {
-        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     op->f = x->f;
@@ -319,35 +319,37 @@ static void do_op(struct req *x, enum op_kind kind)
     op->req = *x->req;
     op->kind = kind;
     uint64_t depth = 1;
-    if (get_path(x, kind == OP_RENAME ? "from" : "path", op->path) < 0)
+    if (get_path(x, kind == OP_RENAME ? BOX_REQ_KEY(FROM) : BOX_REQ_KEY(PATH), op->path) < 0)
         goto fail;
     switch (kind) {
     case OP_LIST:
-        if (get_u64(x, "depth", &depth, 1, FILES_MAX_DEPTH) < 0)
+        if (get_u64(x, BOX_REQ_KEY(DEPTH), &depth, 1, FILES_MAX_DEPTH) < 0)
             goto fail;
         op->depth = (unsigned)depth;
         op->max_bytes = x->a->cfg.max_event - 4096u;
         break;
     case OP_MKDIR:
-        if (get_bool(x, "parents", &op->flag, false) < 0 || get_mode(x, &op->mode, 0755) < 0)
+        if (get_bool(x, BOX_REQ_KEY(PARENTS), &op->flag, false) < 0 ||
+            get_mode(x, &op->mode, 0755) < 0)
             goto fail;
         break;
     case OP_REMOVE:
-        if (get_bool(x, "recursive", &op->flag, false) < 0)
+        if (get_bool(x, BOX_REQ_KEY(RECURSIVE), &op->flag, false) < 0)
             goto fail;
         break;
     case OP_RENAME:
-        if (get_path(x, "to", op->path2) < 0 || get_bool(x, "overwrite", &op->flag, false) < 0)
+        if (get_path(x, BOX_REQ_KEY(TO), op->path2) < 0 ||
+            get_bool(x, BOX_REQ_KEY(OVERWRITE), &op->flag, false) < 0)
             goto fail;
         break;
     case OP_CHMOD: {
-        if (msg_get(x->m, "mode") == NULL) {
+        if (msg_get(x->m, BOX_REQ_KEY(MODE)) == NULL) {
             bad(x, "chmod needs a mode");
             goto fail;
         }
         if (get_mode(x, &op->mode, 0) < 0)
             goto fail;
-        int me = msg_get_i64(x->m, "mtime_ns", &op->mtime_ns);
+        int me = msg_get_i64(x->m, BOX_REQ_KEY(MTIME_NS), &op->mtime_ns);
         if (me == -EINVAL) {
             bad(x, "mtime_ns must be an integer");
             goto fail;
@@ -358,14 +360,14 @@ static void do_op(struct req *x, enum op_kind kind)
     case OP_SYMLINK: {
         const char *tg;
         size_t tl;
-        if (msg_get_bytes(x->m, "target", &tg, &tl) < 0 || tl == 0 || tl >= PATH_MAX ||
+        if (msg_get_bytes(x->m, BOX_REQ_KEY(TARGET), &tg, &tl) < 0 || tl == 0 || tl >= PATH_MAX ||
             memchr(tg, '\0', tl)) {
             bad(x, "target must be a non-empty string without NUL, under %u bytes", PATH_MAX);
             goto fail;
         }
         memcpy(op->path2, tg, tl);
         op->path2[tl] = '\0';
-        if (get_bool(x, "overwrite", &op->flag, true) < 0)
+        if (get_bool(x, BOX_REQ_KEY(OVERWRITE), &op->flag, true) < 0)
             goto fail;
         break;
     }
@@ -594,8 +596,8 @@ static void upload_reply_ack(struct upload *u, uint64_t conn_no, const struct re
     struct msg_out o;
     if (ev_begin(&o, BOX_T_FILE_ACK, req) < 0)
         return;
-    msg_kv_str(&o, "upload_id", u->id);
-    msg_kv_u64(&o, "offset", offset);
+    msg_kv_str(&o, BOX_KEY(UPLOAD_ID), u->id);
+    msg_kv_u64(&o, BOX_KEY(OFFSET), offset);
     ev_close(&o);
     send_to(u->f->a, conn_no, &o);
 }
@@ -605,7 +607,7 @@ static void upload_fail_pending(struct upload *u, const char *why)
     struct chunk *c, *n;
     for (c = u->pend; c; c = n) {
         n = c->next;
-        send_error(u->f->a, c->conn_no, &c->req, "not_found", "upload %s: %s", u->id, why);
+        send_error(u->f->a, c->conn_no, &c->req, BOX_ERR_NOT_FOUND, "upload %s: %s", u->id, why);
         free(c);
     }
     u->pend = u->pend_tail = NULL;
@@ -643,21 +645,21 @@ static void upload_done(struct fsjob *j)
             } else if (c->res == 0) {
                 struct msg_out o;
                 if (ev_begin(&o, BOX_T_FILE_WRITTEN, &c->req) == 0) {
-                    msg_kv_str(&o, "upload_id", u->id);
-                    msg_kv_str(&o, "path", u->path);
-                    msg_kv_u64(&o, "size", u->written);
+                    msg_kv_str(&o, BOX_KEY(UPLOAD_ID), u->id);
+                    msg_kv_str(&o, BOX_KEY(PATH), u->path);
+                    msg_kv_u64(&o, BOX_KEY(SIZE), u->written);
                     if (u->hash)
-                        msg_kv_str(&o, "sha256", u->got_sha);
+                        msg_kv_str(&o, BOX_KEY(SHA256), u->got_sha);
                     ev_close(&o);
                     send_to(a, c->conn_no, &o);
                 }
                 u->committed = u->dead = true;
             } else if (c->res == -ECANCELED) {
-                send_error(a, c->conn_no, &c->req, "not_found",
+                send_error(a, c->conn_no, &c->req, BOX_ERR_NOT_FOUND,
                            "upload %s failed at an earlier chunk", u->id);
             } else {
                 if (c->res == -EBADMSG)
-                    send_error(a, c->conn_no, &c->req, "checksum_mismatch",
+                    send_error(a, c->conn_no, &c->req, BOX_ERR_CHECKSUM_MISMATCH,
                                "upload %s to %s: the data's sha256 is %s, not the one given; "
                                "nothing was written, upload again", u->id, u->path, u->got_sha);
                 else
@@ -737,11 +739,11 @@ static void do_write(struct req *x)
 {
     struct files *f = x->f;
     char path[PATH_MAX];
-    if (get_path(x, "path", path) < 0)
+    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0)
         return;
     const char *id = NULL;
     size_t idl = 0;
-    int e = msg_get_str(x->m, "upload_id", &id, &idl);
+    int e = msg_get_str(x->m, BOX_REQ_KEY(UPLOAD_ID), &id, &idl);
     if (e == -EINVAL || (e == 0 && !id_ok(id, idl))) {
         bad(x, "upload_id must be 1-32 of [A-Za-z0-9_-]");
         return;
@@ -753,7 +755,7 @@ static void do_write(struct req *x)
     if (u) {
         /* Resume: the same path, the same user. */
         if (strcmp(u->path, path) != 0 || u->j.cred.uid != cred.uid || u->dead) {
-            send_error(x->a, x->c->no, x->req, "exists",
+            send_error(x->a, x->c->no, x->req, BOX_ERR_EXISTS,
                        "upload %s is for another path or user, or finished; choose another "
                        "upload_id", u->id);
             return;
@@ -768,31 +770,33 @@ static void do_write(struct req *x)
     const char *sha = NULL;
     size_t shal = 0;
     int64_t mtime = 0;
-    if (get_bool(x, "atomic", &atomic, true) < 0 || get_bool(x, "overwrite", &overwrite, true) < 0 ||
-        get_bool(x, "mkdir", &mkdir_p, false) < 0 || get_bool(x, "fsync", &sync, true) < 0 ||
-        get_bool(x, "hash", &hash, true) < 0 ||
+    if (get_bool(x, BOX_REQ_KEY(ATOMIC), &atomic, true) < 0 ||
+        get_bool(x, BOX_REQ_KEY(OVERWRITE), &overwrite, true) < 0 ||
+        get_bool(x, BOX_REQ_KEY(MKDIR), &mkdir_p, false) < 0 ||
+        get_bool(x, BOX_REQ_KEY(FSYNC), &sync, true) < 0 ||
+        get_bool(x, BOX_REQ_KEY(HASH), &hash, true) < 0 ||
         get_mode(x, &mode, 0644) < 0)
         return;
-    int se = msg_get_str(x->m, "sha256", &sha, &shal);
+    int se = msg_get_str(x->m, BOX_REQ_KEY(SHA256), &sha, &shal);
     uint8_t want[32];
     if (se == -EINVAL || (se == 0 && !hex32(sha, shal, want))) {
         bad(x, "sha256 must be 64 hex digits");
         return;
     }
-    int me = msg_get_i64(x->m, "mtime_ns", &mtime);
+    int me = msg_get_i64(x->m, BOX_REQ_KEY(MTIME_NS), &mtime);
     if (me == -EINVAL) {
         bad(x, "mtime_ns must be an integer");
         return;
     }
     if (f->n_uploads >= FILES_MAX_UPLOADS) {
-        limit_error(x->a, x->c->no, x->req, "max_uploads",
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_MAX_UPLOADS,
                     "too many uploads held (64): finish or file_abort some, or wait for kept "
                     "ones to expire");
         return;
     }
     u = calloc(1, sizeof *u);
     if (u == NULL) {
-        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     u->f = f;
@@ -836,13 +840,13 @@ static struct upload *get_upload(struct req *x)
 {
     const char *id;
     size_t n;
-    if (msg_get_str(x->m, "upload_id", &id, &n) < 0 || !id_ok(id, n)) {
+    if (msg_get_str(x->m, BOX_REQ_KEY(UPLOAD_ID), &id, &n) < 0 || !id_ok(id, n)) {
         bad(x, "upload_id must be 1-32 of [A-Za-z0-9_-]");
         return NULL;
     }
     struct upload *u = upload_find(x->f, id, n);
     if (u == NULL || u->dead) {
-        send_error(x->a, x->c->no, x->req, "not_found",
+        send_error(x->a, x->c->no, x->req, BOX_ERR_NOT_FOUND,
                    "no upload %.*s (finished, failed, expired, or never opened): start again "
                    "with file_write", (int)n, id);
         return NULL;
@@ -859,9 +863,10 @@ static void do_data(struct req *x)
     bool eof;
     const char *data = "";
     size_t n = 0;
-    if (get_u64(x, "offset", &off, UINT64_MAX, UINT64_MAX) < 0 || get_bool(x, "eof", &eof, false) < 0)
+    if (get_u64(x, BOX_REQ_KEY(OFFSET), &off, UINT64_MAX, UINT64_MAX) < 0 ||
+        get_bool(x, BOX_REQ_KEY(EOF_), &eof, false) < 0)
         return;
-    int e = msg_get_bytes(x->m, "data", &data, &n);
+    int e = msg_get_bytes(x->m, BOX_REQ_KEY(DATA), &data, &n);
     if (e == -EINVAL) {
         bad(x, "data must be a str or bin");
         return;
@@ -872,14 +877,14 @@ static void do_data(struct req *x)
         return;
     }
     if (u->queued + n > FILES_WINDOW) {
-        limit_error(x->a, x->c->no, x->req, "file_window",
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_FILE_WINDOW,
                     "more than file_window bytes of this upload are not yet written: wait for "
                     "file_ack replies before sending more");
         return;
     }
     struct chunk *c = malloc(sizeof *c + n);
     if (c == NULL) {
-        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     c->next = NULL;
@@ -980,8 +985,8 @@ static void dl_work(struct fsjob *j)
             d->err = -ENOMEM;
             return;
         }
-        msg_kv_u64(o, "offset", d->off);
-        msg_key(o, "data");
+        msg_kv_u64(o, BOX_KEY(OFFSET), d->off);
+        msg_key(o, BOX_KEY(DATA));
         msgpack_pack_bin(&o->pk, (size_t)n);
         msgpack_pack_bin_body(&o->pk, d->buf, (size_t)n);
         ev_close(o);
@@ -1040,7 +1045,7 @@ static void dl_done(struct fsjob *j)
     if (j->cred_err || d->err < 0) {
         int e = j->cred_err ? j->cred_err : d->err;
         if (e == -ENOMEM)
-            send_error(a, d->conn_no, &d->req, "internal", "out of memory");
+            send_error(a, d->conn_no, &d->req, BOX_ERR_INTERNAL, "out of memory");
         else
             files_send_errno(a, d->conn_no, &d->req, e, "read", d->path);
         dl_free(d);
@@ -1050,13 +1055,13 @@ static void dl_done(struct fsjob *j)
         d->opened = true;
         struct msg_out o;
         if (ev_begin(&o, BOX_T_FILE_INFO, &d->req) == 0) {
-            msg_kv_str(&o, "path", d->path);
-            msg_kv_u64(&o, "size", (uint64_t)d->st.st_size);
-            msg_kv_u64(&o, "mode", d->st.st_mode & 07777);
-            msg_kv_i64(&o, "mtime_ns",
+            msg_kv_str(&o, BOX_KEY(PATH), d->path);
+            msg_kv_u64(&o, BOX_KEY(SIZE), (uint64_t)d->st.st_size);
+            msg_kv_u64(&o, BOX_KEY(MODE), d->st.st_mode & 07777);
+            msg_kv_i64(&o, BOX_KEY(MTIME_NS),
                        (int64_t)d->st.st_mtim.tv_sec * 1000000000 + d->st.st_mtim.tv_nsec);
-            msg_kv_u64(&o, "offset", d->start);
-            msg_kv_u64(&o, "length", d->end - d->start);
+            msg_kv_u64(&o, BOX_KEY(OFFSET), d->start);
+            msg_kv_u64(&o, BOX_KEY(LENGTH), d->end - d->start);
             ev_close(&o);
             conn_send(c, &o);
         }
@@ -1068,13 +1073,13 @@ static void dl_done(struct fsjob *j)
     if (d->eof) {
         struct msg_out o;
         if (ev_begin(&o, BOX_T_FILE_END, &d->req) == 0) {
-            msg_kv_u64(&o, "bytes", d->off - d->start);
+            msg_kv_u64(&o, BOX_KEY(BYTES), d->off - d->start);
             if (d->whole) {
                 uint8_t dg[32];
                 char hex[65];
                 sha256_final(&d->sha, dg);
                 sha256_hex(dg, hex);
-                msg_kv_str(&o, "sha256", hex);
+                msg_kv_str(&o, BOX_KEY(SHA256), hex);
             }
             ev_close(&o);
             conn_send(c, &o);
@@ -1089,20 +1094,21 @@ static void do_read(struct req *x)
 {
     struct files *f = x->f;
     if (f->n_downloads >= FILES_MAX_DOWNLOADS) {
-        limit_error(x->a, x->c->no, x->req, "max_downloads",
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_MAX_DOWNLOADS,
                     "too many file_read streams at once (64): wait for some to end");
         return;
     }
     struct download *d = calloc(1, sizeof *d);
     if (d == NULL) {
-        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     d->fd = -1;
     uint64_t len;
-    if (get_path(x, "path", d->path) < 0 || get_u64(x, "offset", &d->start, 0, INT64_MAX) < 0 ||
-        get_u64(x, "length", &len, UINT64_MAX, UINT64_MAX) < 0 ||
-        get_bool(x, "sha256", &d->hash, true) < 0 || get_cred(x, &d->j.cred) < 0) {
+    if (get_path(x, BOX_REQ_KEY(PATH), d->path) < 0 ||
+        get_u64(x, BOX_REQ_KEY(OFFSET), &d->start, 0, INT64_MAX) < 0 ||
+        get_u64(x, BOX_REQ_KEY(LENGTH), &len, UINT64_MAX, UINT64_MAX) < 0 ||
+        get_bool(x, BOX_REQ_KEY(SHA256), &d->hash, true) < 0 || get_cred(x, &d->j.cred) < 0) {
         free(d);
         return;
     }
@@ -1112,7 +1118,7 @@ static void do_read(struct req *x)
     d->buf = malloc(d->chunk);
     if (d->buf == NULL) {
         free(d);
-        send_error(x->a, x->c->no, x->req, "internal", "out of memory");
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
         return;
     }
     d->f = f;
@@ -1172,16 +1178,16 @@ static void tick_set(struct files *f)
 
 void files_put_limits(struct msg_out *o)
 {
-    msg_kv_u64(o, "file_chunk", FILES_CHUNK);
-    msg_kv_u64(o, "file_window", FILES_WINDOW);
-    msg_kv_u64(o, "max_uploads", FILES_MAX_UPLOADS);
-    msg_kv_u64(o, "upload_ttl_ms", FILES_UPLOAD_TTL_MS);
-    msg_kv_u64(o, "max_downloads", FILES_MAX_DOWNLOADS);
-    msg_kv_u64(o, "list_max", FILES_LIST_MAX);
-    msg_kv_u64(o, "file_depth", FILES_MAX_DEPTH);
-    msg_kv_u64(o, "file_workers", FILES_WORKERS);
-    msg_kv_u64(o, "max_watches", FILES_MAX_WATCHES);
-    msg_kv_u64(o, "watch_dirs", FILES_WATCH_DIRS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_FILE_CHUNK), FILES_CHUNK);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_FILE_WINDOW), FILES_WINDOW);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_UPLOADS), FILES_MAX_UPLOADS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_UPLOAD_TTL_MS), FILES_UPLOAD_TTL_MS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_DOWNLOADS), FILES_MAX_DOWNLOADS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_LIST_MAX), FILES_LIST_MAX);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_FILE_DEPTH), FILES_MAX_DEPTH);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_FILE_WORKERS), FILES_WORKERS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_WATCHES), FILES_MAX_WATCHES);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_WATCH_DIRS), FILES_WATCH_DIRS);
 }
 
 int files_start(struct agent *a)
@@ -1241,13 +1247,14 @@ static void do_watch(struct req *x)
     char path[PATH_MAX];
     bool rec;
     struct fscred cred;
-    if (get_path(x, "path", path) < 0 || get_bool(x, "recursive", &rec, false) < 0 ||
+    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0 ||
+        get_bool(x, BOX_REQ_KEY(RECURSIVE), &rec, false) < 0 ||
         get_cred(x, &cred) < 0)
         return;
     uint64_t id;
     int e = fswatch_start(x->f->watches, x->c->no, x->req, path, rec, &cred, &id);
     if (e == -ENOSPC)
-        limit_error(x->a, x->c->no, x->req, "max_watches",
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_MAX_WATCHES,
                     "64 watches are open: file_unwatch some first");
     else if (e < 0)
         files_send_errno(x->a, x->c->no, x->req, e, "watch", path);
@@ -1256,10 +1263,10 @@ static void do_watch(struct req *x)
 static void do_unwatch(struct req *x)
 {
     uint64_t id;
-    if (get_u64(x, "watch", &id, 0, UINT64_MAX) < 0)
+    if (get_u64(x, BOX_REQ_KEY(WATCH), &id, 0, UINT64_MAX) < 0)
         return;
     if (fswatch_stop(x->f->watches, x->c->no, id) < 0) {
-        send_error(x->a, x->c->no, x->req, "not_found", "this connection has no watch %llu",
+        send_error(x->a, x->c->no, x->req, BOX_ERR_NOT_FOUND, "this connection has no watch %llu",
                    (unsigned long long)id);
         return;
     }
@@ -1305,7 +1312,8 @@ int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *
     if (!c->hello)
         return -1; /* the caller answers need_hello, as for every request before hello */
     if (x.f == NULL) {
-        send_error(x.a, c->no, req, "internal", "file requests are not available (no I/O thread)");
+        send_error(x.a, c->no, req, BOX_ERR_INTERNAL,
+                   "file requests are not available (no I/O thread)");
         return 1;
     }
     if (fn)

@@ -15,25 +15,40 @@
 
 static const struct {
     int err;
-    const char *code;
+    enum box_err code;
 } codes[] = {
-    {ENOENT, "not_found"},          {ENOTDIR, "not_a_directory"}, {EISDIR, "is_a_directory"},
-    {EEXIST, "exists"},             {ENOTEMPTY, "exists"},        {EACCES, "permission_denied"},
-    {EPERM, "permission_denied"},             {EROFS, "permission_denied"}, {ENOSPC, "no_space"},
-    {EDQUOT, "no_space"},           {EFBIG, "too_large"},         {E2BIG, "too_large"},
-    {ELOOP, "refused"},             {EXDEV, "refused"},           {ENXIO, "refused"},          {FS_EREFUSED, "refused"},
-    {ENOSYS, "unsupported"},        {EINVAL, "bad_request"},      {ENAMETOOLONG, "bad_request"},
-    {EBADMSG, "checksum_mismatch"}, {ETIMEDOUT, "io_error"},      {EIO, "io_error"},
+    {ENOENT, BOX_ERR_NOT_FOUND},
+    {ENOTDIR, BOX_ERR_NOT_A_DIRECTORY},
+    {EISDIR, BOX_ERR_IS_A_DIRECTORY},
+    {EEXIST, BOX_ERR_EXISTS},
+    {ENOTEMPTY, BOX_ERR_EXISTS},
+    {EACCES, BOX_ERR_PERMISSION_DENIED},
+    {EPERM, BOX_ERR_PERMISSION_DENIED},
+    {EROFS, BOX_ERR_PERMISSION_DENIED},
+    {ENOSPC, BOX_ERR_NO_SPACE},
+    {EDQUOT, BOX_ERR_NO_SPACE},
+    {EFBIG, BOX_ERR_TOO_LARGE},
+    {E2BIG, BOX_ERR_TOO_LARGE},
+    {ELOOP, BOX_ERR_REFUSED},
+    {EXDEV, BOX_ERR_REFUSED},
+    {ENXIO, BOX_ERR_REFUSED},
+    {FS_EREFUSED, BOX_ERR_REFUSED},
+    {ENOSYS, BOX_ERR_UNSUPPORTED},
+    {EINVAL, BOX_ERR_BAD_REQUEST},
+    {ENAMETOOLONG, BOX_ERR_BAD_REQUEST},
+    {EBADMSG, BOX_ERR_CHECKSUM_MISMATCH},
+    {ETIMEDOUT, BOX_ERR_IO_ERROR},
+    {EIO, BOX_ERR_IO_ERROR},
 };
 
-const char *fs_code(int err)
+enum box_err fs_code(int err)
 {
     if (err < 0)
         err = -err;
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (codes[i].err == err)
             return codes[i].code;
-    return "io_error";
+    return BOX_ERR_IO_ERROR;
 }
 
 int fs_open(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolve)
@@ -175,16 +190,17 @@ const char *fs_kind(mode_t m)
 void fs_put_entry(struct msg_out *o, const char *name, const struct stat *st, const char *target)
 {
     msg_map_open(o);
-    msg_key(o, "name");
+    msg_key(o, BOX_KEY(NAME));
     msg_data(o, name, strlen(name));
-    msg_kv_str(o, "kind", fs_kind(st->st_mode));
-    msg_kv_u64(o, "mode", st->st_mode & 07777);
-    msg_kv_u64(o, "size", (uint64_t)st->st_size);
-    msg_kv_i64(o, "mtime_ns", (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
-    msg_kv_u64(o, "uid", st->st_uid);
-    msg_kv_u64(o, "gid", st->st_gid);
+    msg_kv_str(o, BOX_KEY(KIND), fs_kind(st->st_mode));
+    msg_kv_u64(o, BOX_KEY(MODE), st->st_mode & 07777);
+    msg_kv_u64(o, BOX_KEY(SIZE), (uint64_t)st->st_size);
+    msg_kv_i64(o, BOX_KEY(MTIME_NS),
+               (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
+    msg_kv_u64(o, BOX_KEY(UID), st->st_uid);
+    msg_kv_u64(o, BOX_KEY(GID), st->st_gid);
     if (target) {
-        msg_key(o, "target");
+        msg_key(o, BOX_KEY(TARGET));
         msg_data(o, target, strlen(target));
     }
     msg_map_close(o);
@@ -209,7 +225,7 @@ int fs_stat(struct msg_out *o, const char *path)
     if (strcmp(path, "/") == 0) {
         if (stat("/", &st) < 0)
             return -errno;
-        msg_key(o, "entry");
+        msg_key(o, BOX_KEY(ENTRY));
         fs_put_entry(o, "/", &st, NULL);
         return 0;
     }
@@ -223,7 +239,7 @@ int fs_stat(struct msg_out *o, const char *path)
     close(dfd);
     if (e < 0)
         return e;
-    msg_key(o, "entry");
+    msg_key(o, BOX_KEY(ENTRY));
     fs_put_entry(o, path, &st, S_ISLNK(st.st_mode) ? target : NULL);
     return 0;
 }
@@ -282,7 +298,7 @@ int fs_list(struct msg_out *o, const char *path, unsigned depth, size_t max_byte
     if (fd < 0)
         return fd;
     struct walk w = {.o = o, .max_bytes = max_bytes, .max_entries = max_entries};
-    msg_key(o, "entries");
+    msg_key(o, BOX_KEY(ENTRIES));
     size_t at = msg_array_open(o);
     int e = list_dir(&w, fd, "", depth ? depth : 1);
     msg_array_close(o, at, w.n);

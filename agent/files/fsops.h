@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "codec.h"
+#include "schema.h"
 
 /* Deepest recursion of list and recursive remove. */
 #define FILES_MAX_DEPTH 64u
@@ -27,7 +28,7 @@
 #define FS_EREFUSED EMEDIUMTYPE
 
 /* The stable error code of an errno (PROTOCOL.md 12.6). */
-const char *fs_code(int err);
+enum box_err fs_code(int err);
 
 /* openat2 with RESOLVE_NO_MAGICLINKS plus extra resolve flags, O_CLOEXEC added. */
 int fs_open(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolve);

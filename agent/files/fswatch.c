@@ -175,15 +175,15 @@ static void send_event(struct fswatch *x, struct conn *c, const char *event, con
     struct msg_out o;
     if (ev_begin(&o, BOX_T_FILE_EVENT, &x->req) < 0)
         return;
-    msg_kv_u64(&o, "watch", x->id);
-    msg_kv_u64(&o, "seq", x->seq++);
-    msg_kv_str(&o, "event", event);
+    msg_kv_u64(&o, BOX_KEY(WATCH), x->id);
+    msg_kv_u64(&o, BOX_KEY(SEQ), x->seq++);
+    msg_kv_str(&o, BOX_KEY(EVENT), event);
     if (rel) {
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s%s%s", rel, rel[0] && name && name[0] ? "/" : "", name ? name : "");
-        msg_key(&o, "name");
+        msg_key(&o, BOX_KEY(NAME));
         msg_data(&o, p, strlen(p));
-        msg_kv_bool(&o, "dir", dir);
+        msg_kv_bool(&o, BOX_KEY(DIR), dir);
     }
     ev_close(&o);
     conn_send(c, &o);
@@ -266,8 +266,8 @@ static void watch_done(struct fsjob *j)
         uv_poll_start(&x->poll, UV_READABLE, on_readable);
         struct msg_out o;
         if (ev_begin(&o, BOX_T_FILE_WATCHING, &x->req) == 0) {
-            msg_kv_u64(&o, "watch", x->id);
-            msg_kv_u64(&o, "dirs", x->n_dirs);
+            msg_kv_u64(&o, BOX_KEY(WATCH), x->id);
+            msg_kv_u64(&o, BOX_KEY(DIRS), x->n_dirs);
             ev_close(&o);
             struct conn *c = conn_find(x->ws->a, x->conn_no);
             if (c)

@@ -10,7 +10,7 @@
  *   render.c     output records (raw, captured, JSON), a run's outcome, agent maps as text/JSON
  *   follow.c     streaming a run: the poll loop, SIGINT, stdin feeding, wait, logs pages
  *   cmd_run.c    exec, code                      cmd_runs.c   attach wait logs cancel signal stdin
- *   cmd_agent.c  list info ping shutdown         cmd_files.c  file commands (when present)
+ *   cmd_agent.c  list info ping shutdown         cmd_files.c  cp ls rm mkdir watch
  *   json.c       the JSON writer
  *
  * Exit status: 2 usage errors, 1 connection/protocol errors and error replies, else what the
@@ -108,6 +108,10 @@ struct opts {
     const char *cwd, *id, *lang, *file, *user, *seccomp;
     const char **env; /* K=V strings from argv; nenv of them */
     size_t nenv;
+    /* files */
+    bool archive, long_list, recursive, parents, force;
+    unsigned mode; /* mkdir -m; 0755 unless has_mode */
+    bool has_mode;
 };
 
 enum opt_arg { ARG_NONE, ARG_REQUIRED };
@@ -121,10 +125,15 @@ struct option_def {
     /* Stores the value; returns 0 or EXIT_USAGE after reporting. */
     int (*set)(const char *cmd, struct opts *o, const char *arg);
     bool global;        /* taken before the command and by every command */
+    /* The name command rows list it by; NULL: name. Two rows may share a long name (ls -R and
+     * rm -r are both --recursive) when no command takes both. */
+    const char *key;
 };
 extern const struct option_def option_table[];
 extern const size_t option_count;
 const struct option_def *option_find(const char *name);
+/* The name command rows list d by (its key, else its long name). */
+const char *option_key(const struct option_def *d);
 
 /* Parses argv[first..argc) against the options of cmd (NULL: before the command: globals only)
  * into o; operands are gathered into *operands (pointing into argv, *noperands of them). With
@@ -258,6 +267,12 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_info(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_ping(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_shutdown(struct ctl *x, struct opts *o, int argc, char **argv);
+/* cmd_files.c */
+int cmd_cp(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_ls(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_rm(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_mkdir(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_watch(struct ctl *x, struct opts *o, int argc, char **argv);
 
 /* The single RUN_ID operand (and up to `more` others). Returns 0 or EXIT_USAGE (reported). */
 int take_run_id(const char *cmd, int argc, char **argv, int more, const char **id);

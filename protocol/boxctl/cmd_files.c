@@ -1,11 +1,11 @@
-/* boxctl cp, ls, rm, mkdir: files in and out of the box over the file requests. */
-#include "cmd_files.h"
+/* boxctl cp, ls, rm, mkdir, watch: files in and out of the box over the file requests
+ * (PROTOCOL.md section 12). Their rows are in main.c's command table, their options in
+ * options.c. */
 #include "boxctl.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,80 +22,6 @@
 #define CP_WINDOW (8u * 1024u * 1024u) /* under the agent's file_window */
 #define CP_TIMEOUT_MS 120000
 #define CP_MAX_ERRORS 1000
-
-static const char usage_cp[] =
-    "Usage: boxctl cp [-a] [--user U] [--json] SRC... DST\n"
-    "\n"
-    "Copy files and directories into or out of the box. A path inside the box starts with ':'\n"
-    "(':/work/app'); either every SRC is local and DST is in the box, or the reverse.\n"
-    "\n"
-    "  boxctl cp ./src package.json :/work/     two entries into /work\n"
-    "  boxctl cp :/work/dist ./dist             a directory out of the box\n"
-    "\n"
-    "Directory semantics are docker cp's and kubectl cp's:\n"
-    "  - SRC a file, DST an existing directory (or ending in '/'): copied into it as DST/NAME.\n"
-    "  - SRC a file, DST anything else: copied to DST (replaced atomically if it exists).\n"
-    "  - SRC a directory, DST an existing directory: copied into it as DST/NAME.\n"
-    "  - SRC a directory, DST missing: DST is created with SRC's contents.\n"
-    "  - several SRCs: DST must be a directory (it is created when missing).\n"
-    "Symbolic links are kept as links, both ways, with their targets unchanged. FIFOs, devices and sockets are\n"
-    "refused and reported. Files are written atomically (temp file, rename); a file named on the\n"
-    "command line is fsynced before its rename, the entries of a directory are not (run\n"
-    "'sync' in the box when they must be on disk at once).\n"
-    "\n"
-    "Options:\n"
-    "  -a, --archive   keep modes (all permission bits) and mtimes; without it files get\n"
-    "                  their mode less the umask, and the time of copying\n"
-    "  -u, --user U    act as user U in the box (the agent's policy for exec applies)\n"
-    "      --json      print {files, dirs, symlinks, bytes, seconds, errors: [...]} at the end\n"
-    "\n"
-    "Exit status: 0 when every entry was copied; 1 when any failed (each is named on stderr,\n"
-    "and in errors with --json) or the agent cannot be reached; 2 for a usage error.\n"
-    "A progress line is shown on a terminal (stderr) for copies that take over a second.\n";
-
-static const char usage_ls[] =
-    "Usage: boxctl ls [-l] [-R] [--user U] [--json] :PATH\n"
-    "\n"
-    "List a directory in the box (or describe a file). -l: mode, size, mtime; -R: recursive\n"
-    "(up to 64 levels); --json: the agent's entries as JSON.\n";
-static const char usage_rm[] =
-    "Usage: boxctl rm [-r] [--user U] :PATH...\n"
-    "\n"
-    "Remove files, symbolic links (never their targets) or empty directories in the box;\n"
-    "-r removes directory trees.\n";
-static const char usage_mkdir[] =
-    "Usage: boxctl mkdir [-p] [-m MODE] [--user U] :PATH...\n"
-    "\n"
-    "Make directories in the box; -p makes parents and accepts existing ones; -m sets the mode\n"
-    "(octal, default 755).\n";
-
-static const char usage_watch[] =
-    "Usage: boxctl watch [-r] [--user U] [--json] :PATH\n"
-    "\n"
-    "Print changes under a directory in the box as they happen, one line each (SEQ EVENT NAME),\n"
-    "until interrupted; -r watches its subdirectories too. 'overflow' means events were lost:\n"
-    "list the directory again. --json prints each event as a JSON object.\n";
-
-bool cmd_files_has(const char *cmd)
-{
-    return strcmp(cmd, "cp") == 0 || strcmp(cmd, "ls") == 0 || strcmp(cmd, "rm") == 0 ||
-           strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "watch") == 0;
-}
-
-const char *cmd_files_usage(const char *cmd)
-{
-    if (strcmp(cmd, "cp") == 0)
-        return usage_cp;
-    if (strcmp(cmd, "ls") == 0)
-        return usage_ls;
-    if (strcmp(cmd, "rm") == 0)
-        return usage_rm;
-    if (strcmp(cmd, "mkdir") == 0)
-        return usage_mkdir;
-    if (strcmp(cmd, "watch") == 0)
-        return usage_watch;
-    return NULL;
-}
 
 __attribute__((format(printf, 1, 2))) static void err(const char *fmt, ...)
 {
@@ -185,9 +111,9 @@ static int reply_str(const struct box_msg *m, const char *key, char *out, size_t
 static void reply_failed(struct fx *x, const char *path)
 {
     char code[64], text[512];
-    if (box_msg_is(&x->m, "error")) {
-        reply_str(&x->m, "code", code, sizeof code);
-        reply_str(&x->m, "message", text, sizeof text);
+    if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
+        reply_str(&x->m, BOX_KEY(CODE), code, sizeof code);
+        reply_str(&x->m, BOX_KEY(MESSAGE), text, sizeof text);
     } else {
         snprintf(code, sizeof code, "protocol");
         snprintf(text, sizeof text, "unexpected reply");
@@ -198,7 +124,7 @@ static void reply_failed(struct fx *x, const char *path)
 static void put_user(struct fx *x, struct msg_out *o)
 {
     if (x->user) {
-        msg_key(o, "user");
+        msg_key(o, BOX_REQ_KEY(USER));
         msg_str(o, x->user);
     }
 }
@@ -222,18 +148,18 @@ static int remote_kind(struct fx *x, const char *path, char *kind)
 {
     struct msg_out o;
     uint64_t req;
-    if (box_req_begin(&x->c, &o, "file_stat", 1 + (x->user != NULL), &req) < 0)
+    if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_STAT), 1 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
     put_user(x, &o);
     int r = call(x, &o, req);
     if (r != 0)
         return r;
-    const msgpack_object *e = msg_get(&x->m.root, "entry");
+    const msgpack_object *e = msg_get(&x->m.root, BOX_KEY(ENTRY));
     const char *k;
     size_t kl;
-    if (e == NULL || msg_get_str(e, "kind", &k, &kl) < 0)
+    if (e == NULL || msg_get_str(e, BOX_KEY(KIND), &k, &kl) < 0)
         return 1;
     *kind = kl == 3 && memcmp(k, "dir", 3) == 0 ? 'd' : kl == 4 && memcmp(k, "file", 4) == 0 ? 'f'
             : kl == 7 && memcmp(k, "symlink", 7) == 0 ? 'l' : '?';
@@ -248,13 +174,13 @@ static int remote_mkdir(struct fx *x, const char *path_in, mode_t mode)
         path[n - 1] = '\0';
     struct msg_out o;
     uint64_t req;
-    if (box_req_begin(&x->c, &o, "file_mkdir", 3 + (x->user != NULL), &req) < 0)
+    if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_MKDIR), 3 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
-    msg_key(&o, "parents");
+    msg_key(&o, BOX_REQ_KEY(PARENTS));
     msgpack_pack_true(&o.pk);
-    msg_key(&o, "mode");
+    msg_key(&o, BOX_REQ_KEY(MODE));
     msg_u64(&o, mode & 07777);
     put_user(x, &o);
     int r = call(x, &o, req);
@@ -290,20 +216,21 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
     for (int i = 0; i < kl && i < (int)sizeof key; i++)
         h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
     snprintf(uid, sizeof uid, "cp-%016llx", (unsigned long long)h);
-    if (box_req_begin(&x->c, &o, "file_write", 4 + (x->user != NULL) + x->archive + in_tree,
+    if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_WRITE), 4 + (x->user != NULL) + x->archive + in_tree,
                       &req) < 0)
         goto oom;
-    msg_kv_bool(&o, "hash", false); /* the connection's own integrity is boxctl's check */
+    /* The connection's own integrity is boxctl's check. */
+    msg_kv_bool(&o, BOX_REQ_KEY(HASH), false);
     if (in_tree)
-        msg_kv_bool(&o, "fsync", false); /* not one by one: --help says so */
-    msg_key(&o, "path");
+        msg_kv_bool(&o, BOX_REQ_KEY(FSYNC), false); /* not one by one: --help says so */
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
-    msg_key(&o, "upload_id");
+    msg_key(&o, BOX_REQ_KEY(UPLOAD_ID));
     msg_str(&o, uid);
-    msg_key(&o, "mode");
+    msg_key(&o, BOX_REQ_KEY(MODE));
     msg_u64(&o, mode);
     if (x->archive) {
-        msg_key(&o, "mtime_ns");
+        msg_key(&o, BOX_REQ_KEY(MTIME_NS));
         msg_i64(&o, (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
     }
     put_user(x, &o);
@@ -315,12 +242,12 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
         return r;
     }
     char id[40];
-    reply_str(&x->m, "upload_id", id, sizeof id);
+    reply_str(&x->m, BOX_KEY(UPLOAD_ID), id, sizeof id);
     char *buf = malloc(CP_CHUNK);
     if (buf == NULL)
         goto oom;
     uint64_t off = 0, acked = 0, final_req = 0;
-    if (msg_get_u64(&x->m.root, "offset", &off) == 0 && off > 0) {
+    if (msg_get_u64(&x->m.root, BOX_KEY(OFFSET), &off) == 0 && off > 0) {
         /* Resumed: go on from what the agent holds. */
         if (lseek(fd, (off_t)off, SEEK_SET) < 0) {
             entry_failed(x, local, "local", strerror(errno));
@@ -347,16 +274,16 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
             }
             struct stat now;
             bool last = n == 0 || (fstat(fd, &now) == 0 && off + (uint64_t)n >= (uint64_t)now.st_size);
-            if (box_req_begin(&x->c, &o, "file_data", 4, &req) < 0)
+            if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_DATA), 4, &req) < 0)
                 goto oom2;
-            msg_key(&o, "upload_id");
+            msg_key(&o, BOX_REQ_KEY(UPLOAD_ID));
             msg_str(&o, id);
-            msg_key(&o, "offset");
+            msg_key(&o, BOX_REQ_KEY(OFFSET));
             msg_u64(&o, off);
-            msg_key(&o, "data");
+            msg_key(&o, BOX_REQ_KEY(DATA));
             msgpack_pack_bin(&o.pk, (size_t)n);
             msgpack_pack_bin_body(&o.pk, buf, (size_t)n);
-            msg_kv_bool(&o, "eof", last);
+            msg_kv_bool(&o, BOX_REQ_KEY(EOF_), last);
             int e = box_client_send(&x->c, &o);
             if (e < 0) {
                 err("the connection to the agent failed: %s", strerror(-e));
@@ -381,17 +308,17 @@ static int upload_file(struct fx *x, const char *local, const char *remote, cons
         if (!x->m.has_req)
             continue;
         inflight--;
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
             if (!failed)
                 reply_failed(x, local);
             failed = true;
-        } else if (box_msg_is(&x->m, "file_ack")) {
+        } else if (box_msg_is(&x->m, BOX_TYPE(FILE_ACK))) {
             uint64_t a;
-            if (msg_get_u64(&x->m.root, "offset", &a) == 0 && a > acked) {
+            if (msg_get_u64(&x->m.root, BOX_KEY(OFFSET), &a) == 0 && a > acked) {
                 x->bytes += a - acked;
                 acked = a;
             }
-        } else if (x->m.req == final_req && box_msg_is(&x->m, "file_written")) {
+        } else if (x->m.req == final_req && box_msg_is(&x->m, BOX_TYPE(FILE_WRITTEN))) {
             x->bytes += off - acked;
             acked = off;
         }
@@ -431,11 +358,11 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         target[n] = '\0';
         struct msg_out o;
         uint64_t req;
-        if (box_req_begin(&x->c, &o, "file_symlink", 2 + (x->user != NULL), &req) < 0)
+        if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_SYMLINK), 2 + (x->user != NULL), &req) < 0)
             return -1;
-        msg_key(&o, "path");
+        msg_key(&o, BOX_REQ_KEY(PATH));
         msg_str(&o, remote);
-        msg_key(&o, "target");
+        msg_key(&o, BOX_REQ_KEY(TARGET));
         msg_str(&o, target);
         put_user(x, &o);
         int r = call(x, &o, req);
@@ -446,11 +373,12 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         return r;
     }
     if (!S_ISDIR(st.st_mode)) {
-        entry_failed(x, local, "refused", "not a regular file, directory or symbolic link");
+        entry_failed(x, local, box_err_str(BOX_ERR_REFUSED),
+                     "not a regular file, directory or symbolic link");
         return 1;
     }
     if (depth > 64) {
-        entry_failed(x, local, "too_large", "deeper than 64 levels");
+        entry_failed(x, local, box_err_str(BOX_ERR_TOO_LARGE), "deeper than 64 levels");
         return 1;
     }
     int r = remote_mkdir(x, remote, x->archive ? st.st_mode : 0755);
@@ -469,7 +397,7 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
         char l[PATH_MAX], rp[PATH_MAX];
         if (snprintf(l, sizeof l, "%s/%s", local, de->d_name) >= (int)sizeof l ||
             snprintf(rp, sizeof rp, "%s/%s", remote, de->d_name) >= (int)sizeof rp) {
-            entry_failed(x, local, "too_large", "path too long");
+            entry_failed(x, local, box_err_str(BOX_ERR_TOO_LARGE), "path too long");
             ret = 1;
             continue;
         }
@@ -485,12 +413,12 @@ static int upload_path(struct fx *x, const char *local, const char *remote, unsi
     if (ret == 0 && x->archive) {
         struct msg_out o;
         uint64_t req;
-        if (box_req_begin(&x->c, &o, "file_chmod", 3 + (x->user != NULL), &req) == 0) {
-            msg_key(&o, "path");
+        if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_CHMOD), 3 + (x->user != NULL), &req) == 0) {
+            msg_key(&o, BOX_REQ_KEY(PATH));
             msg_str(&o, remote);
-            msg_key(&o, "mode");
+            msg_key(&o, BOX_REQ_KEY(MODE));
             msg_u64(&o, st.st_mode & 07777);
-            msg_key(&o, "mtime_ns");
+            msg_key(&o, BOX_REQ_KEY(MTIME_NS));
             msg_i64(&o, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
             put_user(x, &o);
             if (call(x, &o, req) == 1)
@@ -506,10 +434,10 @@ static int download_file(struct fx *x, const char *remote, const char *local)
 {
     struct msg_out o;
     uint64_t req;
-    if (box_req_begin(&x->c, &o, "file_read", 2 + (x->user != NULL), &req) < 0)
+    if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_READ), 2 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_kv_bool(&o, "sha256", false);
-    msg_key(&o, "path");
+    msg_kv_bool(&o, BOX_REQ_KEY(SHA256), false);
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
     put_user(x, &o);
     int r = call(x, &o, req);
@@ -521,8 +449,8 @@ static int download_file(struct fx *x, const char *remote, const char *local)
         return -1;
     uint64_t mode = 0644;
     int64_t mtime = 0;
-    msg_get_u64(&x->m.root, "mode", &mode);
-    msg_get_i64(&x->m.root, "mtime_ns", &mtime);
+    msg_get_u64(&x->m.root, BOX_KEY(MODE), &mode);
+    msg_get_i64(&x->m.root, BOX_KEY(MTIME_NS), &mtime);
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s.boxctl-%d", local, (int)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -543,10 +471,10 @@ static int download_file(struct fx *x, const char *remote, const char *local)
         }
         if (!x->m.has_req || x->m.req != req)
             continue;
-        if (box_msg_is(&x->m, "file_chunk")) {
+        if (box_msg_is(&x->m, BOX_TYPE(FILE_CHUNK))) {
             const char *d;
             size_t n;
-            if (!failed && msg_get_bytes(&x->m.root, "data", &d, &n) == 0) {
+            if (!failed && msg_get_bytes(&x->m.root, BOX_KEY(DATA), &d, &n) == 0) {
                 while (n > 0) {
                     ssize_t w = write(fd, d, n);
                     if (w < 0 && errno == EINTR)
@@ -564,7 +492,7 @@ static int download_file(struct fx *x, const char *remote, const char *local)
             progress(x, false);
             continue;
         }
-        if (box_msg_is(&x->m, "error")) {
+        if (box_msg_is(&x->m, BOX_TYPE(ERROR))) {
             if (!failed)
                 reply_failed(x, remote);
             failed = true;
@@ -624,16 +552,16 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
 {
     struct msg_out o;
     uint64_t req;
-    if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
+    if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_LIST), 2 + (x->user != NULL), &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, remote);
-    msg_key(&o, "depth");
+    msg_key(&o, BOX_REQ_KEY(DEPTH));
     msg_u64(&o, 1); /* one directory at a time: each listing fits one frame */
     put_user(x, &o);
     if (depth > 64) {
         msg_out_destroy(&o);
-        entry_failed(x, remote, "too_large", "deeper than 64 levels");
+        entry_failed(x, remote, box_err_str(BOX_ERR_TOO_LARGE), "deeper than 64 levels");
         return 1;
     }
     int r = call(x, &o, req);
@@ -644,21 +572,21 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
     if (r < 0)
         return -1;
     bool truncated = false;
-    msg_get_bool(&x->m.root, "truncated", &truncated);
-    const msgpack_object *ents = msg_get(&x->m.root, "entries");
+    msg_get_bool(&x->m.root, BOX_KEY(TRUNCATED), &truncated);
+    const msgpack_object *ents = msg_get(&x->m.root, BOX_KEY(ENTRIES));
     uint32_t n = ents && ents->type == MSGPACK_OBJECT_ARRAY ? ents->via.array.size : 0;
     struct rentry *es = calloc(n ? n : 1, sizeof *es);
     if (es == NULL)
         return -1;
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *e = &ents->via.array.ptr[i];
-        es[i].name = dupobj(e, "name");
-        char *k = dupobj(e, "kind");
+        es[i].name = dupobj(e, BOX_KEY(NAME));
+        char *k = dupobj(e, BOX_KEY(KIND));
         es[i].kind = !k ? '?' : strcmp(k, "dir") == 0 ? 'd' : strcmp(k, "file") == 0 ? 'f'
                      : strcmp(k, "symlink") == 0 ? 'l' : '?';
         free(k);
-        msg_get_u64(e, "mode", &es[i].mode);
-        msg_get_i64(e, "mtime_ns", &es[i].mtime);
+        msg_get_u64(e, BOX_KEY(MODE), &es[i].mode);
+        msg_get_i64(e, BOX_KEY(MTIME_NS), &es[i].mtime);
         es[i].target = dupobj(e, "target");
     }
     int ret = 0;
@@ -720,7 +648,7 @@ static int download_tree(struct fx *x, const char *remote, const char *local, un
         chmod(local, 0777 & ~x->umask);
     }
     if (truncated) {
-        entry_failed(x, remote, "too_large",
+        entry_failed(x, remote, box_err_str(BOX_ERR_TOO_LARGE),
                      "more entries in one directory than one listing holds");
         ret = ret < 0 ? ret : 1;
     }
@@ -769,29 +697,14 @@ static void join(char *out, size_t cap, const char *dir, const char *name)
     snprintf(out, cap, "%s%s%.*s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", (int)n, name);
 }
 
-static int cmd_cp(struct fx *x, int argc, char **argv, struct ctl *sock)
+static int do_cp(struct fx *x, int argc, char **argv, struct ctl *sock)
 {
-    static const struct option opts[] = {
-        {"archive", no_argument, NULL, 'a'}, {"user", required_argument, NULL, 'u'},
-        {"json", no_argument, NULL, 'j'},    {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "+au:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'a': x->archive = true; break;
-        case 'u': x->user = optarg; break;
-        case 'j': x->json = true; break;
-        case 'h': fputs(usage_cp, stdout); return 0;
-        default: fputs(usage_cp, stderr); return 2;
-        }
-    }
-    int nsrc = argc - optind - 1;
+    int nsrc = argc - 1;
     if (nsrc < 1) {
         err("cp: needs SRC... DST ('boxctl cp --help')");
         return 2;
     }
-    char **src = argv + optind;
+    char **src = argv;
     const char *dst = argv[argc - 1];
     bool up = dst[0] == ':';
     for (int i = 0; i < nsrc; i++)
@@ -915,12 +828,12 @@ static int simple(struct fx *x, const char *type, const char *path, const char *
     if (box_req_begin(&x->c, &o, type, 1 + (flag != NULL) + (mode >= 0) + (x->user != NULL),
                       &req) < 0)
         return -1;
-    msg_key(&o, "path");
+    msg_key(&o, BOX_REQ_KEY(PATH));
     msg_str(&o, path);
     if (flag)
         msg_kv_bool(&o, flag, on);
     if (mode >= 0)
-        msg_kv_u64(&o, "mode", (uint64_t)mode);
+        msg_kv_u64(&o, BOX_REQ_KEY(MODE), (uint64_t)mode);
     put_user(x, &o);
     int r = call(x, &o, req);
     if (r == 1)
@@ -928,46 +841,16 @@ static int simple(struct fx *x, const char *type, const char *path, const char *
     return r;
 }
 
-static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, struct ctl *sock)
+static int do_simple(struct fx *x, const char *cmd, const struct opts *op, int argc, char **argv,
+                     struct ctl *sock)
 {
-    static const struct option opts[] = {
-        {"user", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
-    bool rec = false, parents = false, lng = false;
-    int mode = 0755;
-    int ch;
-    optind = 1;
-    const char *shorts = strcmp(cmd, "rm") == 0      ? "+rfu:h"
-                         : strcmp(cmd, "mkdir") == 0 ? "+pm:u:h"
-                         : strcmp(cmd, "watch") == 0 ? "+ru:h"
-                                                     : "+lRu:h";
-    while ((ch = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
-        switch (ch) {
-        case 'r': case 'R': rec = true; break;
-        case 'f': break;
-        case 'p': parents = true; break;
-        case 'l': lng = true; break;
-        case 'm': {
-            char *end;
-            long v = strtol(optarg, &end, 8);
-            if (*end || v < 0 || v > 07777) {
-                err("%s: -m takes an octal mode", cmd);
-                return 2;
-            }
-            mode = (int)v;
-            break;
-        }
-        case 'u': x->user = optarg; break;
-        case 'j': x->json = true; break;
-        case 'h': fputs(cmd_files_usage(cmd), stdout); return 0;
-        default: fputs(cmd_files_usage(cmd), stderr); return 2;
-        }
-    }
-    if (optind >= argc) {
+    bool rec = op->recursive, parents = op->parents, lng = op->long_list;
+    int mode = op->has_mode ? (int)op->mode : 0755;
+    if (argc < 1) {
         err("%s: needs :PATH", cmd);
         return 2;
     }
-    for (int i = optind; i < argc; i++)
+    for (int i = 0; i < argc; i++)
         if (argv[i][0] != ':' || argv[i][1] != '/') {
             err("%s: %s: a box path is ':' followed by an absolute path", cmd, argv[i]);
             return 2;
@@ -975,17 +858,17 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
     if (connect_agent(x, sock) < 0)
         return 1;
     int ret = 0;
-    for (int i = optind; i < argc && ret >= 0; i++) {
+    for (int i = 0; i < argc && ret >= 0; i++) {
         const char *p = argv[i] + 1;
         int r;
         if (strcmp(cmd, "watch") == 0) {
             struct msg_out o;
             uint64_t req;
-            if (box_req_begin(&x->c, &o, "file_watch", 2 + (x->user != NULL), &req) < 0)
+            if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_WATCH), 2 + (x->user != NULL), &req) < 0)
                 return 1;
-            msg_key(&o, "path");
+            msg_key(&o, BOX_REQ_KEY(PATH));
             msg_str(&o, p);
-            msg_kv_bool(&o, "recursive", rec);
+            msg_kv_bool(&o, BOX_REQ_KEY(RECURSIVE), rec);
             put_user(x, &o);
             r = call(x, &o, req);
             if (r == 1) {
@@ -1000,15 +883,15 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                     r = -1;
                     break;
                 }
-                if (!box_msg_is(&x->m, "file_event"))
+                if (!box_msg_is(&x->m, BOX_TYPE(FILE_EVENT)))
                     continue;
                 char ev[32], name[PATH_MAX];
                 uint64_t seq = 0;
                 bool dir = false;
-                reply_str(&x->m, "event", ev, sizeof ev);
-                reply_str(&x->m, "name", name, sizeof name);
-                msg_get_u64(&x->m.root, "seq", &seq);
-                msg_get_bool(&x->m.root, "dir", &dir);
+                reply_str(&x->m, BOX_KEY(EVENT), ev, sizeof ev);
+                reply_str(&x->m, BOX_KEY(NAME), name, sizeof name);
+                msg_get_u64(&x->m.root, BOX_KEY(SEQ), &seq);
+                msg_get_bool(&x->m.root, BOX_KEY(DIR), &dir);
                 if (x->json) {
                     struct json j;
                     json_init(&j, 1u << 16);
@@ -1031,9 +914,9 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                 }
             }
         } else if (strcmp(cmd, "rm") == 0)
-            r = simple(x, "file_remove", p, "recursive", rec, -1);
+            r = simple(x, BOX_TYPE(FILE_REMOVE), p, BOX_REQ_KEY(RECURSIVE), rec, -1);
         else if (strcmp(cmd, "mkdir") == 0)
-            r = simple(x, "file_mkdir", p, "parents", parents, mode);
+            r = simple(x, BOX_TYPE(FILE_MKDIR), p, BOX_REQ_KEY(PARENTS), parents, mode);
         else {
             char kind = 0;
             r = remote_kind(x, p, &kind);
@@ -1042,19 +925,19 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
             else if (r == 0 && kind == 'd') {
                 struct msg_out o;
                 uint64_t req;
-                if (box_req_begin(&x->c, &o, "file_list", 2 + (x->user != NULL), &req) < 0)
+                if (box_req_begin(&x->c, &o, BOX_TYPE(FILE_LIST), 2 + (x->user != NULL), &req) < 0)
                     return 1;
-                msg_key(&o, "path");
+                msg_key(&o, BOX_REQ_KEY(PATH));
                 msg_str(&o, p);
-                msg_kv_u64(&o, "depth", rec ? 64 : 1);
+                msg_kv_u64(&o, BOX_REQ_KEY(DEPTH), rec ? 64 : 1);
                 put_user(x, &o);
                 r = call(x, &o, req);
                 if (r == 1)
                     reply_failed(x, p);
             }
             if (r == 0) {
-                const msgpack_object *ents = msg_get(&x->m.root, "entries");
-                const msgpack_object *one = msg_get(&x->m.root, "entry");
+                const msgpack_object *ents = msg_get(&x->m.root, BOX_KEY(ENTRIES));
+                const msgpack_object *one = msg_get(&x->m.root, BOX_KEY(ENTRY));
                 uint32_t n = ents ? ents->via.array.size : one ? 1 : 0;
                 for (uint32_t k = 0; k < n; k++) {
                     const msgpack_object *e = ents ? &ents->via.array.ptr[k] : one;
@@ -1062,17 +945,17 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
                     const char *s;
                     size_t sl;
                     name[0] = kd[0] = target[0] = '\0';
-                    if (msg_get_bytes(e, "name", &s, &sl) == 0)
+                    if (msg_get_bytes(e, BOX_KEY(NAME), &s, &sl) == 0)
                         snprintf(name, sizeof name, "%.*s", (int)sl, s);
-                    if (msg_get_str(e, "kind", &s, &sl) == 0)
+                    if (msg_get_str(e, BOX_KEY(KIND), &s, &sl) == 0)
                         snprintf(kd, sizeof kd, "%.*s", (int)sl, s);
-                    if (msg_get_bytes(e, "target", &s, &sl) == 0)
+                    if (msg_get_bytes(e, BOX_KEY(TARGET), &s, &sl) == 0)
                         snprintf(target, sizeof target, " -> %.*s", (int)sl, s);
                     uint64_t md = 0, sz = 0;
                     int64_t mt = 0;
-                    msg_get_u64(e, "mode", &md);
-                    msg_get_u64(e, "size", &sz);
-                    msg_get_i64(e, "mtime_ns", &mt);
+                    msg_get_u64(e, BOX_KEY(MODE), &md);
+                    msg_get_u64(e, BOX_KEY(SIZE), &sz);
+                    msg_get_i64(e, BOX_KEY(MTIME_NS), &mt);
                     if (x->json) {
                         printf("{\"name\":\"%s\",\"kind\":\"%s\",\"mode\":%llu,\"size\":%llu,"
                                "\"mtime_ns\":%lld}\n", name, kd, (unsigned long long)md,
@@ -1100,14 +983,41 @@ static int cmd_simple(struct fx *x, const char *cmd, int argc, char **argv, stru
     return ret == 0 && x->n_errs == 0 ? 0 : 1;
 }
 
-int cmd_files_main(const char *cmd, int argc, char **argv, struct ctl *sock)
+/* The session of one command: large (the error list), so not on the stack. */
+static struct fx *session(const struct opts *o)
 {
-    static struct fx x; /* large (the error list): not on the stack */
+    static struct fx x;
     memset(&x, 0, sizeof x);
     x.tty = isatty(STDERR_FILENO);
     x.umask = umask(022);
     umask(x.umask);
-    if (strcmp(cmd, "cp") == 0)
-        return cmd_cp(&x, argc, argv, sock);
-    return cmd_simple(&x, cmd, argc, argv, sock);
+    x.user = o->user;
+    x.archive = o->archive;
+    x.json = o->json;
+    return &x;
+}
+
+int cmd_cp(struct ctl *x, struct opts *o, int argc, char **argv)
+{
+    return do_cp(session(o), argc, argv, x);
+}
+
+int cmd_ls(struct ctl *x, struct opts *o, int argc, char **argv)
+{
+    return do_simple(session(o), "ls", o, argc, argv, x);
+}
+
+int cmd_rm(struct ctl *x, struct opts *o, int argc, char **argv)
+{
+    return do_simple(session(o), "rm", o, argc, argv, x);
+}
+
+int cmd_mkdir(struct ctl *x, struct opts *o, int argc, char **argv)
+{
+    return do_simple(session(o), "mkdir", o, argc, argv, x);
+}
+
+int cmd_watch(struct ctl *x, struct opts *o, int argc, char **argv)
+{
+    return do_simple(session(o), "watch", o, argc, argv, x);
 }

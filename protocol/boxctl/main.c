@@ -9,7 +9,6 @@
 #define _GNU_SOURCE /* also set by the build; here for builds without it */
 #endif
 #include "boxctl.h"
-#include "cmd_files.h"
 #include "io.h"
 
 #include <stdlib.h>
@@ -27,8 +26,8 @@
  * ctl_connect(x) once it has checked them, and returns boxctl's exit status. --help, the man
  * page and the parser all come from the row, nothing else needs editing.
  *
- * Registration point for groups still to come: file commands (cmd_files.c) and terminal
- * commands add their rows at the end, under the groups "Files" and "Terminals". */
+ * Registration point for groups still to come: terminal commands add their rows at the end,
+ * under the group "Terminals". */
 /* clang-format off */
 const struct command command_table[] = {
     {"exec", "Runs", "run a command and stream its output",
@@ -106,7 +105,53 @@ const struct command command_table[] = {
      "sent, then a VM powers off (or reboots with --reboot) and a container's or daemon's boxd "
      "exits. Returns once the agent has accepted it.",
      "reboot", false, cmd_shutdown},
-    /* Files (cmd_files.c) and Terminals go here. */
+    {"cp", "Files", "copy files and directories into or out of the box",
+     "[-a] [--user U] [--json] SRC... DST",
+     "Copy files and directories into or out of the box. A path inside the box starts with ':' "
+     "(':/work/app'); either every SRC is local and DST is in the box, or the reverse: "
+     "'boxctl cp ./src package.json :/work/' copies two entries into /work, "
+     "'boxctl cp :/work/dist ./dist' a directory out of the box.\n"
+     "Directory semantics are docker cp's and kubectl cp's:\n"
+     "- SRC a file, DST an existing directory (or ending in '/'): copied into it as DST/NAME.\n"
+     "- SRC a file, DST anything else: copied to DST (replaced atomically if it exists).\n"
+     "- SRC a directory, DST an existing directory: copied into it as DST/NAME.\n"
+     "- SRC a directory, DST missing: DST is created with SRC's contents.\n"
+     "- several SRCs: DST must be a directory (it is created when missing).\n"
+     "Symbolic links are kept as links, both ways, with their targets unchanged. FIFOs, devices "
+     "and sockets are refused and reported. Files are written atomically (temp file, rename); a "
+     "file named on the command line is fsynced before its rename, the entries of a directory "
+     "are not (run 'sync' in the box when they must be on disk at once). --user acts as that "
+     "user in the box (the agent's policy for exec applies). --json prints {files, dirs, "
+     "symlinks, bytes, seconds, errors: [{path, code, message}...]} at the end. A progress line "
+     "is shown on a terminal (stderr) for copies that take over a second.\n"
+     "Exit status: 0 when every entry was copied; 1 when any failed (each is named on stderr, "
+     "and in errors with --json) or the agent cannot be reached; 2 for a usage error.",
+     "archive user json", true, cmd_cp},
+    {"ls", "Files", "list a directory in the box", "[-l] [-R] [--user U] [--json] :PATH...",
+     "List a directory in the box (or describe a file), one entry a line, directories with a "
+     "trailing '/'. -l adds kind, mode, size and mtime (symbolic links: ' -> TARGET'); -R lists "
+     "subdirectories too (up to 64 levels); --json prints one JSON object a line: {name, kind, "
+     "mode, size, mtime_ns}.\n"
+     "Exit status: 0, or 1 when a path failed (named on stderr) or the agent cannot be reached.",
+     "long recursive-list user json", true, cmd_ls},
+    {"rm", "Files", "remove files, links or directories in the box", "[-r] [--user U] :PATH...",
+     "Remove files, symbolic links (never their targets) or empty directories in the box; -r "
+     "removes directory trees.\n"
+     "Exit status: 0, or 1 when a path failed (named on stderr) or the agent cannot be reached.",
+     "recursive force user", true, cmd_rm},
+    {"mkdir", "Files", "make directories in the box", "[-p] [-m MODE] [--user U] :PATH...",
+     "Make directories in the box; -p makes parents and accepts existing ones; -m sets the mode "
+     "(octal, default 755).\n"
+     "Exit status: 0, or 1 when a path failed (named on stderr) or the agent cannot be reached.",
+     "parents mode user", true, cmd_mkdir},
+    {"watch", "Files", "print changes under a directory in the box",
+     "[-r] [--user U] [--json] :PATH",
+     "Print changes under a directory in the box as they happen, one line each (SEQ EVENT NAME, "
+     "directories with a trailing '/'), until interrupted; -r watches its subdirectories too. "
+     "'overflow' means events were lost: list the directory again. --json prints each event as "
+     "a JSON object {seq, event, name, dir}.",
+     "recursive user json", true, cmd_watch},
+    /* Terminals go here. */
 };
 /* clang-format on */
 const size_t command_count = sizeof command_table / sizeof command_table[0];
@@ -171,30 +216,21 @@ int main(int argc, char **argv)
         name = ops[1];
         o.help = true;
     }
-    /* The file commands (cmd_files.c) parse their own options after the global ones. */
-    bool files = cmd_files_has(name);
-    const struct command *cmd = files ? NULL : command_find(name);
-    if (!files && cmd == NULL) {
+    const struct command *cmd = command_find(name);
+    if (cmd == NULL) {
         ret = usage_error(NULL, "unknown command '%s'", name);
-        goto out;
-    }
-    if (files && o.help) {
-        fputs(cmd_files_usage(name), stdout);
-        ret = 0;
         goto out;
     }
     if (o.help) {
         ret = print_command_help(cmd);
         goto out;
     }
-    if (!files) {
-        ret = options_parse(cmd, nops, ops, 1, &o, &ops, &nops);
-        if (ret != 0)
-            goto out;
-        if (o.help) {
-            ret = print_command_help(cmd);
-            goto out;
-        }
+    ret = options_parse(cmd, nops, ops, 1, &o, &ops, &nops);
+    if (ret != 0)
+        goto out;
+    if (o.help) {
+        ret = print_command_help(cmd);
+        goto out;
     }
 
     struct ctl x;
@@ -214,7 +250,7 @@ int main(int argc, char **argv)
         const char *env = getenv("BOXD_TOKEN_FILE");
         x.token_file = env != NULL && env[0] != '\0' ? env : NULL;
     }
-    ret = files ? cmd_files_main(name, nops, ops, &x) : cmd->run(&x, &o, nops, ops);
+    ret = cmd->run(&x, &o, nops, ops);
     ctl_close(&x);
 out:
     free(o.env);

@@ -155,7 +155,7 @@ int print_command_help(const struct command *cmd)
     if (cmd->options[0] != '\0') {
         sbuf_lit(&b, "\nOptions:\n");
         for (size_t i = 0; i < option_count; i++)
-            if (!option_table[i].global && command_takes(cmd, option_table[i].name))
+            if (!option_table[i].global && command_takes(cmd, option_key(&option_table[i])))
                 option_line(&b, &option_table[i]);
     }
     sbuf_lit(&b, "\nGlobal options (also before the command): ");
@@ -248,14 +248,32 @@ static int check_tables(void)
             p += n;
         }
     }
+    /* A short letter or long name on two rows: no command (and nothing global) may take both. */
     for (size_t i = 0; i < option_count; i++)
-        for (size_t k = i + 1; k < option_count; k++)
-            if (option_table[i].shortname != 0 &&
-                option_table[i].shortname == option_table[k].shortname) {
-                errmsg("option table: -%c is both --%s and --%s", option_table[i].shortname,
-                       option_table[i].name, option_table[k].name);
+        for (size_t k = i + 1; k < option_count; k++) {
+            const struct option_def *a = &option_table[i], *o = &option_table[k];
+            bool same_short = a->shortname != 0 && a->shortname == o->shortname;
+            if (!same_short && strcmp(a->name, o->name) != 0)
+                continue;
+            if (strcmp(option_key(a), option_key(o)) == 0) {
+                errmsg("option table: --%s and --%s share the key '%s'", a->name, o->name,
+                       option_key(a));
+                bad = 1;
+                continue;
+            }
+            bool clash = a->global || o->global;
+            for (size_t c = 0; c < command_count && !clash; c++)
+                clash = command_takes(&command_table[c], option_key(a)) &&
+                        command_takes(&command_table[c], option_key(o));
+            if (clash) {
+                if (same_short)
+                    errmsg("option table: -%c is both --%s and --%s", a->shortname, a->name,
+                           o->name);
+                else
+                    errmsg("option table: --%s is on two rows a command takes together", a->name);
                 bad = 1;
             }
+        }
     return bad ? EXIT_FAIL : 0;
 }
 
@@ -297,7 +315,7 @@ int print_man(void)
         } while (*s != '\0');
         roff_paras(&b, c->description);
         for (size_t k = 0; k < option_count; k++)
-            if (!option_table[k].global && command_takes(c, option_table[k].name))
+            if (!option_table[k].global && command_takes(c, option_key(&option_table[k])))
                 roff_option(&b, &option_table[k]);
     }
     sbuf_lit(&b, ".SH ENVIRONMENT\n");

@@ -1,5 +1,5 @@
 /* The protocol's name tables (schema.h), the fields of each request (PROTOCOL.md 10.2) and those
- * of each reply and event (10.3). */
+ * of each reply and event (10.3, 10.4). */
 #include "schema.h"
 
 #include <string.h>
@@ -84,7 +84,7 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
 
 _Static_assert(BOX_RF__COUNT <= 256, "box_reply_fields lists fields as uint8_t");
 
-/* The fields of each message the agent sends (10.3), in the document's order. */
+/* The fields of each message the agent sends (10.3, 10.4), in the document's order. */
 #define R(x) BOX_RF_##x
 /* Every message the agent sends carries type, and req when its request had one. */
 #define RCOMMON R(TYPE), R(REQ)
@@ -118,6 +118,20 @@ static const uint8_t rf_list[] = {
     RCOMMON, R(RUNS), R(ID), R(PID), R(STATE), R(STATUS), R(REASON), R(EXIT_CODE), R(ENDED_NS),
     R(CMD), R(ARGV), R(STARTED_NS), R(NEXT_SEQ), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES),
     R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TRUNCATED)};
+/* The file replies and events (10.4); the file requests' `ok` and `error` are those above. */
+static const uint8_t rf_file_ack[] = {RCOMMON, R(UPLOAD_ID), R(OFFSET)};
+static const uint8_t rf_file_written[] = {RCOMMON, R(UPLOAD_ID), R(PATH), R(SIZE), R(SHA256)};
+static const uint8_t rf_file_info[] = {
+    RCOMMON, R(PATH), R(SIZE), R(MODE), R(MTIME_NS), R(OFFSET), R(LENGTH)};
+static const uint8_t rf_file_chunk[] = {RCOMMON, R(OFFSET), R(DATA)};
+static const uint8_t rf_file_end[] = {RCOMMON, R(BYTES), R(SHA256)};
+static const uint8_t rf_file_watching[] = {RCOMMON, R(WATCH), R(DIRS)};
+static const uint8_t rf_file_event[] = {RCOMMON, R(WATCH), R(SEQ), R(EVENT), R(NAME), R(DIR)};
+/* An entry of file_stat and of file_list (12.4). */
+#define RENTRY R(NAME), R(KIND), R(MODE), R(SIZE), R(MTIME_NS), R(UID), R(GID), R(TARGET)
+static const uint8_t rf_file_stat[] = {RCOMMON, R(ENTRY), RENTRY};
+static const uint8_t rf_file_list[] = {RCOMMON, R(ENTRIES), RENTRY, R(TRUNCATED)};
+#undef RENTRY
 #undef RCOMMON
 #undef R
 
@@ -133,6 +147,15 @@ static const struct rf_list reply_fields[BOX_T__COUNT] = {
     [BOX_T_OK] = L(rf_ok),         [BOX_T_STARTED] = L(rf_started),   [BOX_T_ERROR] = L(rf_error),
     [BOX_T_OUTPUT] = L(rf_output), [BOX_T_ATTACHED] = L(rf_attached), [BOX_T_GAP] = L(rf_gap),
     [BOX_T_END] = L(rf_end),       [BOX_T_LOGS] = L(rf_logs),         [BOX_T_LIST] = L(rf_list),
+    [BOX_T_FILE_ACK] = L(rf_file_ack),
+    [BOX_T_FILE_WRITTEN] = L(rf_file_written),
+    [BOX_T_FILE_INFO] = L(rf_file_info),
+    [BOX_T_FILE_CHUNK] = L(rf_file_chunk),
+    [BOX_T_FILE_END] = L(rf_file_end),
+    [BOX_T_FILE_WATCHING] = L(rf_file_watching),
+    [BOX_T_FILE_EVENT] = L(rf_file_event),
+    [BOX_T_FILE_STAT] = L(rf_file_stat),
+    [BOX_T_FILE_LIST] = L(rf_file_list),
 };
 #undef L
 

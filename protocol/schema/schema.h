@@ -174,7 +174,7 @@
     X(WATCH, "watch")                                                                             \
     X(SHA256, "sha256")
 
-/* The fields of the agent's replies and events (section 10.3): X(ENUM, "name"). Every key at any
+/* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
  * but those of `limits`, which are limit names (BOX_LIMITS). The request fields above are a
  * list of their own, so a name such as `id` is in both. */
@@ -258,7 +258,26 @@
     X(LINGERING, "lingering")                                                                     \
     X(BACKGROUND_KILLED, "background_killed")                                                     \
     X(SLOT_RELEASED, "slot_released")                                                             \
-    X(TRUNCATED, "truncated")
+    X(TRUNCATED, "truncated")                                                                     \
+    X(UPLOAD_ID, "upload_id")                                                                     \
+    X(OFFSET, "offset")                                                                           \
+    X(SIZE, "size")                                                                               \
+    X(SHA256, "sha256")                                                                           \
+    X(LENGTH, "length")                                                                           \
+    X(MTIME_NS, "mtime_ns")                                                                       \
+    X(DATA, "data")                                                                               \
+    X(BYTES, "bytes")                                                                             \
+    X(WATCH, "watch")                                                                             \
+    X(DIRS, "dirs")                                                                               \
+    X(SEQ, "seq")                                                                                 \
+    X(EVENT, "event")                                                                             \
+    X(DIR, "dir")                                                                                 \
+    X(ENTRY, "entry")                                                                             \
+    X(KIND, "kind")                                                                               \
+    X(UID, "uid")                                                                                 \
+    X(GID, "gid")                                                                                 \
+    X(TARGET, "target")                                                                           \
+    X(ENTRIES, "entries")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,

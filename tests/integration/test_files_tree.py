@@ -199,3 +199,52 @@ def test_boxctl_ls_mkdir_rm_watch(boxd):
         assert r.returncode == 1 and b"not_found" in r.stderr
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_file_commands_are_in_the_command_and_option_tables(boxd):
+    """cp, ls, rm, mkdir, watch are rows of boxctl's command table: `boxctl --help`, `boxctl help
+    CMD` and the man page show them and their options; their short letters do not take other
+    commands' meanings (ls -l is --long, code -l is still --lang; rm -r and ls -R are both
+    --recursive); bad values and options are usage errors (exit 2) against the real daemon."""
+    def ctl(*a):
+        return subprocess.run([conftest.BOXCTL_BIN, "-s", boxd.sock] + list(a),
+                              capture_output=True, timeout=T(30))
+    top = ctl("--help")
+    assert top.returncode == 0
+    files = top.stdout.split(b"Files:", 1)[1]
+    for c in [b"cp", b"ls", b"rm", b"mkdir", b"watch"]:
+        assert b"\n  " + c + b" " in files, top.stdout
+    for cmd, opts in [("cp", [b"-a, --archive", b"-u, --user", b"-j, --json"]),
+                      ("ls", [b"-l, --long", b"-R, --recursive"]),
+                      ("rm", [b"-r, --recursive", b"-f, --force"]),
+                      ("mkdir", [b"-p, --parents", b"-m, --mode MODE"]),
+                      ("watch", [b"-r, --recursive", b"-j, --json"])]:
+        for how in [("help", cmd), (cmd, "--help")]:
+            h = ctl(*how)
+            assert h.returncode == 0 and h.stdout.startswith(b"Usage: boxctl " + cmd.encode())
+            for o in opts:
+                assert o in h.stdout, (cmd, o, h.stdout)
+    man = subprocess.run([conftest.BOXCTL_BIN, "--man"], capture_output=True, timeout=T(30))
+    assert man.returncode == 0
+    for c in [b"cp", b"ls", b"rm", b"mkdir", b"watch"]:
+        assert b".SS " + c + b"\n" in man.stdout
+    assert b"\\-\\-archive" in man.stdout
+    assert b"\\fB\\-R\\fR, " in man.stdout
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        assert ctl("mkdir", "-m", "700", ":" + work + "/d").returncode == 0
+        assert stat.S_IMODE(os.stat(work + "/d").st_mode) == 0o700
+        bad = ctl("mkdir", "-m", "99", ":" + work + "/e")
+        assert bad.returncode == 2 and b"octal" in bad.stderr and not os.path.exists(work + "/e")
+        assert ctl("ls", "-r", ":" + work).returncode == 2     # -r is rm's and watch's
+        assert ctl("rm", "-R", ":" + work + "/d").returncode == 2  # -R is ls's
+        assert ctl("cp", "--lang", "py", work, ":" + work + "/c").returncode == 2
+        r = ctl("ls", "--long", "--recursive", ":" + work)
+        assert r.returncode == 0 and b"dir " in r.stdout and b"d/" in r.stdout, r.stdout
+        assert ctl("rm", "-rf", ":" + work + "/d").returncode == 0
+        assert os.listdir(work) == []
+        # code -l is still --lang (the parser picks the row the command takes).
+        c = ctl("code", "-l", "nosuchlang", "1")
+        assert c.returncode == 1 and b"nosuchlang" in c.stderr, c.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
