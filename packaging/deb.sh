@@ -48,17 +48,31 @@ log "building boxd, boxctl, the client library and the man pages"
 cmake --build "$BUILD" -j"$(nproc)" --target boxd boxctl boxclient boxcodec man \
     >"$BUILD/build.log" 2>&1 ||
     { tail -n 30 "$BUILD/build.log" >&2; die "build failed (log: $BUILD/build.log)"; }
+ARCH=$(dpkg --print-architecture)
+DEST=$OUT/boxd_${VERSION}_$ARCH.deb
+# Idempotent: the package is made again only when what it would hold changed (a staged install's
+# file contents, the maintainer scripts, the version), so a second call with nothing new is quick
+# and returns the same file (cpack's output is not byte-reproducible: it stamps times).
+rm -rf "$BUILD/stage"
+DESTDIR=$BUILD/stage cmake --install "$BUILD" >"$BUILD/stage.log" 2>&1 ||
+    { tail -n 20 "$BUILD/stage.log" >&2; die "staged install failed (log: $BUILD/stage.log)"; }
+stamp=$( { echo "$VERSION"; cd "$BUILD/stage" && find . -type f | LC_ALL=C sort | xargs sha256sum;
+           cd "$HERE" && find debian systemd -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)
+if [ -f "$DEST" ] && [ "$(cat "$DEST.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "unchanged since $DEST was made: kept"
+    printf '%s\n' "$DEST"
+    exit 0
+fi
 log "packaging (cpack -G DEB)"
 rm -f "$BUILD"/boxd_*.deb
 (cd "$BUILD" && cpack -G DEB) >"$BUILD/cpack.log" 2>&1 ||
     { tail -n 30 "$BUILD/cpack.log" >&2; die "cpack failed (log: $BUILD/cpack.log)"; }
-ARCH=$(dpkg --print-architecture)
 DEB=$BUILD/boxd_${VERSION}_$ARCH.deb
 [ -f "$DEB" ] || die "cpack made no $DEB (log: $BUILD/cpack.log)"
 dpkg-deb --info "$DEB" >/dev/null || die "$DEB is not a valid package"
 
-DEST=$OUT/boxd_${VERSION}_$ARCH.deb
 cp "$DEB" "$DEST.tmp.$$"
 mv -f "$DEST.tmp.$$" "$DEST"
+printf '%s\n' "$stamp" >"$DEST.stamp"
 log "made $DEST ($(du -k "$DEST" | cut -f1) KiB): $(dpkg-deb -f "$DEST" Depends)"
 printf '%s\n' "$DEST"
