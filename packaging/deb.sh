@@ -45,7 +45,7 @@ cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_P
     -DCMAKE_INSTALL_SYSCONFDIR=/etc -DBOXD_VERSION_STRING="$VERSION" >"$BUILD/configure.log" 2>&1 ||
     { tail -n 20 "$BUILD/configure.log" >&2; die "cmake configure failed (log: $BUILD/configure.log)"; }
 log "building boxd, boxctl, the client library and the man pages"
-cmake --build "$BUILD" -j"$(nproc)" --target boxd boxctl boxclient boxcodec man \
+cmake --build "$BUILD" -j"$(nproc)" --target boxd boxctl boxclient boxcodec boxschema boxcommon man boxctl_man \
     >"$BUILD/build.log" 2>&1 ||
     { tail -n 30 "$BUILD/build.log" >&2; die "build failed (log: $BUILD/build.log)"; }
 ARCH=$(dpkg --print-architecture)
