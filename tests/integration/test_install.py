@@ -107,7 +107,11 @@ def test_pkg_config_program_pings_boxd(prefix, start_boxd, tmp_path):
     src.write_text(PING_C)
     exe = str(tmp_path / "ping")
     # Nothing from the source tree: only the installed headers and libraries.
-    cc = subprocess.run(["cc", "-std=c11", "-Wall", "-Werror", "-o", exe, str(src)] + words,
+    # A sanitized tree (tests/run's ASan pass) installs sanitized libraries: the program that
+    # links them must be built with the same sanitizers.
+    san = (["-fsanitize=address,undefined"] if os.environ.get("BOXD_SANITIZED") == "1"
+           and "build-asan" in os.environ.get("BOXD_BIN", "") else [])
+    cc = subprocess.run(["cc", "-std=c11", "-Wall", "-Werror"] + san + ["-o", exe, str(src)] + words,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     assert cc.returncode == 0, cc.stdout.decode()
     d = start_boxd()
