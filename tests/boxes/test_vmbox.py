@@ -514,7 +514,7 @@ def test_boxctl_serial_reconnects_at_once(vm):
     # is served by the old session (hello is answered in any session). None is left open.
     def left():
         started, ended = vm.sessions()
-        return started - ended == started0 - ended0
+        return started - ended <= started0 - ended0  # ours closed; an older one may end too
     assert wait_for(left, 10), (started0, ended0, vm.sessions())
     print("24 boxctls back to back on one raw port: %d agent sessions"
           % (vm.sessions()[0] - started0))
