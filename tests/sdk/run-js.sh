@@ -5,7 +5,9 @@
 #   2. npm ci in protocol/sdk/js: the exact packages of package-lock.json into its node_modules
 #      (--prefer-offline: from npm's cache when it has them, the registry otherwise), which
 #      builds dist/esm and dist/cjs (the package's prepare script);
-#   3. tests/sdk/test_js_sdk.py: the README's examples, the API, reconnect and re-attach.
+#   3. tests/sdk/test_js_sdk.py: the README's examples, the API, reconnect and re-attach;
+#   4. TypeDoc (npm run docs, warnings are errors): the generated reference must have a page for
+#      Box and for every class the package exports, so an undocumented export fails here.
 # Needs boxd built (BOXD_BIN, default build/boxd). No input; safe to run again.
 # The last line is the summary: `tests/sdk/run-js.sh: PASS ...` or `tests/sdk/run-js.sh: FAIL ...`.
 set -eu
@@ -49,4 +51,13 @@ cat "$out"
 summary=$(tail -n 1 "$out" | sed 's/=//g; s/^ *//; s/ *$//')
 rm -f "$out"
 [ $rc = 0 ] || fail "$summary"
+echo "== TypeDoc (npm run docs)"
+(cd protocol/sdk/js && rm -rf docs && npm run -s docs >/dev/null) || fail "npm run docs: TypeDoc reported a warning or an error"
+# Every class exported from src/index.ts has its page (classes/NAME.html).
+for c in $(node --input-type=module -e '
+    const m = await import("./protocol/sdk/js/dist/esm/index.js");
+    console.log(Object.entries(m).filter(([, v]) => typeof v === "function" && /^class /.test(v.toString())).map(([k]) => k).join(" "));'); do
+    [ -f "protocol/sdk/js/docs/classes/$c.html" ] || fail "TypeDoc wrote no page for the exported class $c"
+done
+grep -q "connect" protocol/sdk/js/docs/classes/Box.html || fail "the TypeDoc page of Box does not document connect"
 echo "tests/sdk/run-js.sh: PASS ($summary) in $(( $(date +%s) - t0 )) s"
