@@ -2,9 +2,10 @@
  * fed arbitrary bytes, without a socket.
  *
  * The spawner's child maker is replaced (spawn_set_maker) by one that refuses every run (stage
- * "fuzz"), the taskstats listener by one that refuses (no netlink socket), and no spawner thread is even started (sandbox_init never runs): exec
- * and code requests go through parsing, limits, the run table, the spawn-failure path, eviction
- * and every request on ended runs, and nothing is ever started.
+ * "fuzz"), the taskstats listener (taskstats_set_listener) by one that opens no netlink socket,
+ * and no spawner thread is even started (sandbox_init never runs): exec and code requests go
+ * through parsing, limits, the run table, the spawn-failure path, eviction and every request on
+ * ended runs, and nothing is ever started.
  *
  * Input: byte 0 picks the mode: bit 0 set sends a valid hello first (so most inputs reach the
  * handlers behind the gate); bits 1-7 choose the chunk size in which the rest is fed (1 to 128
