@@ -247,7 +247,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
     struct spawner *via;
     sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
     if (via == NULL) {
-        /* Only where sandbox_init never ran (the connection fuzzer, BOXD_FUZZ): the loop's
+        /* Only where sandbox_init never ran (the connection fuzzer): the loop's
          * thread never starts a process itself. */
         run__spawned(r, -ENOSYS, "fork", 0);
         return 0;

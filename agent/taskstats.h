@@ -46,12 +46,18 @@ struct taskstats_listener {
     unsigned char buf[TASKSTATS_BUF];
 };
 
-/* Before taskstats_start (and in the fuzz build, which never starts it): not listening. */
+/* Before taskstats_start (and where the seam's listener refused): not listening. */
 void taskstats_init(struct taskstats_listener *t);
 /* Opens, registers and watches the socket on a->loop; each record goes to on_exit(arg, ...).
  * Returns 0 (listening), or a negative errno when the kernel or boxd's privileges do not allow it (not an error: a debug line is logged and
  * boxd goes on without). Holds one descriptor while listening. */
 int taskstats_start(struct agent *a, taskstats_exit_cb on_exit, void *arg);
+/* How taskstats_start listens: returns 0 (listening) or a negative errno (going on without). */
+typedef int (*taskstats_listen_fn)(struct agent *a);
+/* The test seam: replaces how the listener starts (NULL restores the kernel's netlink socket).
+ * For a build that must hold no OS resource beyond its loop, such as the connection fuzzer
+ * (tests/fuzz/fuzz_conn.c), whose listener refuses with -ENOSYS. Call before taskstats_start. */
+void taskstats_set_listener(taskstats_listen_fn fn);
 /* Reads up to max queued records without blocking, recording each run main process's peak
  * (through on_exit). Returns the number read. */
 unsigned taskstats_drain(struct agent *a, unsigned max);

@@ -256,20 +256,9 @@ oci)
     # loads a seccomp filter only under no_new_privs, which would make sudo fail in every run.
     # The engine's own seccomp profile (podman's default, Kubernetes' RuntimeDefault) still
     # filters every process of the container; the container is the boundary.
-    need=
-    for t in podman runc catatonit; do
-        command -v $t >/dev/null 2>&1 || need="$need $t"
-    done
-    if [ -n "$need" ]; then
-        # runc: crun, podman's default, refuses a host with hybrid cgroups; catatonit: the
-        # pause process `podman kube play` builds its pods' infra image from. About 18
-        # packages and 10 s with --no-install-recommends.
-        log "installing$need (for the OCI image and podman kube play)"
-        # shellcheck disable=SC2086
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2 ||
-            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2; } ||
-            die "cannot install$need"
-    fi
+    # podman, runc and catatonit: scripts/deps.sh's podman group (about 18 packages and 10 s),
+    # installed here when missing so that the OCI form works from a bare checkout too.
+    sh "$REPO/scripts/deps.sh" podman >&2 || die "cannot install the podman group (scripts/deps.sh podman)"
     OCI_KEY=$(printf '%s\n' "$ROOT_KEY" "$OCI_RECIPE" | sha)
     ref=$IMAGE_REF:$(printf '%s' "$OCI_KEY" | cut -c1-12)
     if ! podman image exists "$ref"; then

@@ -1,5 +1,5 @@
 #!/bin/sh
-# deps.sh [build|tests|boxes|all]...: installs the Debian 12 packages boxd needs, if any is
+# deps.sh [build|tests|boxes|podman|sdk|all]...: installs the Debian 12 packages boxd needs, if any is
 # missing, and says what it installs and why. Idempotent; needs root (apt-get) only when
 # something is missing. Only Debian packages are downloaded, each without its Recommends
 # (qemu's alone pulled about 150 packages).
@@ -8,6 +8,9 @@
 #   build   compile boxd, boxctl and the client library; make the .deb (packaging/deb.sh)
 #   tests   run the test suites (pytest, msgpack, the tools the tests drive)
 #   boxes   build and boot the namespace box and the microVM box (tests/boxes, packaging/)
+#   podman  the OCI image and the Kubernetes manifest (packaging/image.sh --format oci,
+#           tests/boxes/test_image.py): podman, with runc (crun, podman's default, refuses a
+#           host with hybrid cgroups) and catatonit (the pause process of `podman kube play`)
 #   sdk     the SDK suites (tests/sdk): Node.js for the TypeScript SDK (its npm comes with
 #           nodejs where that is NodeSource's build; tests/sdk/run-js.sh installs Debian's npm
 #           otherwise), pip/setuptools/venv for the Python SDK's offline install and `pip list`
@@ -18,6 +21,7 @@ group_pkgs() {
     build) echo "build-essential cmake pkg-config libuv1-dev libmsgpack-dev libseccomp-dev dpkg-dev" ;;
     tests) echo "python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo perl" ;;
     boxes) echo "debootstrap qemu-system-x86 e2fsprogs busybox-static kmod cpio" ;;
+    podman) echo "podman runc catatonit" ;;
     sdk) echo "nodejs python3-pip python3-setuptools python3-venv" ;;
     *) return 1 ;;
     esac
@@ -27,16 +31,17 @@ group_why() {
     build) echo "to compile boxd and boxctl and package them" ;;
     tests) echo "to run the test suites" ;;
     boxes) echo "to build and boot the namespace and microVM boxes" ;;
+    podman) echo "to run the OCI image and the Kubernetes manifest under podman" ;;
     sdk) echo "to build and test the TypeScript and Python SDKs" ;;
     esac
 }
 
-groups=${*:-build tests boxes sdk}
-[ "$groups" = all ] && groups="build tests boxes sdk"
+groups=${*:-build tests boxes podman sdk}
+[ "$groups" = all ] && groups="build tests boxes podman sdk"
 plan=""
 total=""
 for g in $groups; do
-    pkgs=$(group_pkgs "$g") || { echo "deps.sh: unknown group '$g' (build, tests, boxes, sdk or all)" >&2; exit 2; }
+    pkgs=$(group_pkgs "$g") || { echo "deps.sh: unknown group '$g' (build, tests, boxes, podman, sdk or all)" >&2; exit 2; }
     missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

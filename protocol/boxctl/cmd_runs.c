@@ -65,16 +65,23 @@ static int connect_for_run(struct ctl *x, const struct opts *o, const char *id)
     }
 }
 
+/* The start every command on one run with no other operand shares: its id (the only operand),
+ * then a connection (with --wait-start, once the agent knows the run). Returns 0 or the exit
+ * status, the message already printed. */
+static int open_run(struct ctl *x, const struct opts *o, const char *cmd, int argc, char **argv,
+                    const char **id)
+{
+    int ret = take_run_id(cmd, argc, argv, 0, id);
+    return ret != 0 ? ret : connect_for_run(x, o, *id);
+}
+
 /* ---- attach, wait, logs -------------------------------------------------------------------- */
 
 int cmd_attach(struct ctl *x, struct opts *o, int argc, char **argv)
 {
     uint64_t from = o->from;
     const char *id = NULL;
-    int ret = take_run_id("attach", argc, argv, 0, &id);
-    if (ret != 0)
-        return ret;
-    ret = connect_for_run(x, o, id);
+    int ret = open_run(x, o, "attach", argc, argv, &id);
     if (ret != 0)
         return ret;
     int r = sigint_install();
@@ -123,10 +130,7 @@ int cmd_wait(struct ctl *x, struct opts *o, int argc, char **argv)
 {
     bool json = o->json;
     const char *id = NULL;
-    int ret = take_run_id("wait", argc, argv, 0, &id);
-    if (ret != 0)
-        return ret;
-    ret = connect_for_run(x, o, id);
+    int ret = open_run(x, o, "wait", argc, argv, &id);
     if (ret != 0)
         return ret;
     int r = wait_end(x, id, json);
@@ -205,10 +209,7 @@ int cmd_logs(struct ctl *x, struct opts *o, int argc, char **argv)
     bool json = o->json, follow = o->follow;
     uint64_t from = o->from;
     const char *id = NULL;
-    int ret = take_run_id("logs", argc, argv, 0, &id);
-    if (ret != 0)
-        return ret;
-    ret = connect_for_run(x, o, id);
+    int ret = open_run(x, o, "logs", argc, argv, &id);
     if (ret != 0)
         return ret;
 
@@ -277,10 +278,7 @@ int cmd_cancel(struct ctl *x, struct opts *o, int argc, char **argv)
     uint64_t grace = o->grace_ms;
     bool has_grace = o->has_grace;
     const char *id = NULL;
-    int ret = take_run_id("cancel", argc, argv, 0, &id);
-    if (ret != 0)
-        return ret;
-    ret = connect_for_run(x, o, id);
+    int ret = open_run(x, o, "cancel", argc, argv, &id);
     if (ret != 0)
         return ret;
     struct msg_out mo;

@@ -8,7 +8,8 @@ uses). Against the box's socket, from the host:
 
 - every ```python block of protocol/sdk/python/README.md runs in a fresh interpreter
   (PYTHONPATH=protocol/sdk/python) with only its Box.connect line changed, and what it prints
-  must match its `# prints:` comments (the extraction is tests/sdk/test_python_sdk.py's);
+  must match its `# prints:` comments (the runner, tests/lib/sdk_examples.py, is the one
+  tests/sdk/test_python_sdk.py uses);
 - every ```js block of protocol/sdk/js/README.md runs under node with the built SDK, checked
   against its `// prints:` comments by tests/sdk/js/examples.test.mjs (BOXD_TEST_IMAGE=1).
 
@@ -48,7 +49,7 @@ from test_image import image, mirror_reachable
 sys.path.insert(0, os.path.join(minibox.REPO, "tests", "sdk"))
 
 from test_js_sdk import PROJECT_PACKAGE, PROJECT_TEST  # noqa: E402
-from test_python_sdk import connect_lines, expected_prints, readme_examples  # noqa: E402
+from sdk_examples import readme_examples, run_example  # noqa: E402
 
 pytestmark = [pytest.mark.boxes]
 
@@ -56,7 +57,6 @@ PY_SDK = os.path.join(minibox.REPO, "protocol", "sdk", "python")
 JS_SDK = os.path.join(minibox.REPO, "protocol", "sdk", "js")
 JS_EXAMPLES = os.path.join(minibox.REPO, "tests", "sdk", "js", "examples.test.mjs")
 PY_EXAMPLES = readme_examples()
-PRELUDE = 'from boxd import Box\n\nbox = Box.connect(socket="unix:/run/boxd.sock")\n'
 NO_MIRROR = "the Debian mirror is out of reach from the box, so `sudo apt-get install` cannot run"
 
 
@@ -161,24 +161,8 @@ def test_python_example(image_box, name, code, requires, tmp_path):
                     % ", ".join(image_box.capabilities))
     if "apt-get" in code and not image_box.mirror:
         pytest.skip(NO_MIRROR)
-    script = code if connect_lines(code) else PRELUDE + code
-    # The one change: the connect line points at the box's socket.
-    lines = connect_lines(script)
-    assert len(lines) == 1 and '"unix:/run/boxd.sock"' in lines[0], lines
-    script = script.replace('"unix:/run/boxd.sock"', repr(image_box.socket))
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, PYTHONPATH=PY_SDK), cwd=str(tmp_path))
-    print("%s: %.0f ms" % (name, (time.monotonic() - t0) * 1000))
-    assert p.returncode == 0, "example failed:\n%s\nstderr:\n%s" % (code, p.stderr)
-    got = p.stdout.splitlines()
-    want = expected_prints(code)
-    assert len(got) == len(want), "printed %r, the docs say %r" % (got, want)
-    for g, w in zip(got, want):
-        if w.endswith("..."):
-            assert g.startswith(w[:-3]), "printed %r, the docs say %r" % (g, w)
-        else:
-            assert g == w, "printed %r, the docs say %r" % (g, w)
+    dt = run_example(name, code, image_box.socket, str(tmp_path), 300)
+    print("%s: %.0f ms" % (name, dt * 1000))
 
 
 # ---- TypeScript ---------------------------------------------------------------------------------

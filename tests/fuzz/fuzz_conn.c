@@ -2,9 +2,10 @@
  * fed arbitrary bytes, without a socket.
  *
  * The spawner's child maker is replaced (spawn_set_maker) by one that refuses every run (stage
- * "fuzz"), and no spawner thread is even started (sandbox_init never runs): exec
- * and code requests go through parsing, limits, the run table, the spawn-failure path, eviction
- * and every request on ended runs, and nothing is ever started.
+ * "fuzz"), the taskstats listener (taskstats_set_listener) by one that opens no netlink socket,
+ * and no spawner thread is even started (sandbox_init never runs): exec and code requests go
+ * through parsing, limits, the run table, the spawn-failure path, eviction and every request on
+ * ended runs, and nothing is ever started.
  *
  * Input: byte 0 picks the mode: bit 0 set sends a valid hello first (so most inputs reach the
  * handlers behind the gate); bits 1-7 choose the chunk size in which the rest is fed (1 to 128
@@ -33,6 +34,7 @@
 #include "run.h"
 #include "sandbox.h"
 #include "spawn.h"
+#include "taskstats.h"
 
 static struct agent A;
 static int ready;
@@ -65,9 +67,17 @@ static pid_t refuse_spawn(const struct spawn_req *req, char *const *helper_argv,
     return -EPERM;
 }
 
+/* The fuzzer holds no OS resource beyond its loop: no netlink socket for taskstats. */
+static int refuse_taskstats(struct agent *a)
+{
+    (void)a;
+    return -ENOSYS;
+}
+
 static void setup(void)
 {
     spawn_set_maker(refuse_spawn);
+    taskstats_set_listener(refuse_taskstats);
     memset(&A, 0, sizeof A);
     config_defaults(&A.cfg);
     A.cfg.max_finished = 16;

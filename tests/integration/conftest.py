@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # The shared helpers (tests/lib/boxtest.py), re-exported: tests here import them from conftest.
 from boxtest import (  # noqa: E402,F401
-    CGROOT, SANITIZER_MARKERS, SLOW, T, _find_cgroup2, all_pids, cgroup2_available, p99,
+    CGROOT, SANITIZER_MARKERS, SLOW, T, _find_cgroup2, all_pids, cgroup2_available, fence_kill,
+    fence_new, fence_preexec, fence_remove, p99,
     ping_latencies, proc_counts, proc_status, procs_in_pgrp, procs_with_env, read_stat,
     wait_for, zombie_children)
 
@@ -97,17 +98,8 @@ class Daemon:
         start_new_session = True
         if cgroup2_available():
             # cgroup: an existing fence to start in (a restart in the same cgroup), else a new one.
-            self.cgroup = cgroup or os.path.join(CGROOT, "boxd-test-" + secrets.token_hex(6))
-            if cgroup is None:
-                os.mkdir(self.cgroup)
-            procs = os.path.join(self.cgroup, "cgroup.procs")
-
-            def preexec():  # runs in the child between fork and exec
-                fd = os.open(procs, os.O_WRONLY)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
+            self.cgroup = cgroup or fence_new("boxd-test-")
+            preexec = fence_preexec(self.cgroup)
 
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
@@ -180,38 +172,8 @@ class Daemon:
 
     def _kill_fence(self):
         if self.cgroup:
-            try:
-                with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-            events = os.path.join(self.cgroup, "cgroup.events")
-
-            def empty():
-                try:
-                    with open(events) as f:
-                        return "populated 0" in f.read()
-                except OSError:
-                    return True
-            wait_for(empty, 10)
-            # The daemon may have made child cgroups of its own: remove bottom-up. A parent's
-            # rmdir fails with EBUSY until its removed children are offline (asynchronous in
-            # the kernel), so retry for a while.
-            def remove_all():
-                for root, dirs, _files in os.walk(self.cgroup, topdown=False):
-                    for d in dirs:
-                        try:
-                            os.rmdir(os.path.join(root, d))
-                        except OSError:
-                            pass
-                try:
-                    os.rmdir(self.cgroup)
-                except FileNotFoundError:
-                    return True
-                except OSError:
-                    return False
-                return True
-            if not wait_for(remove_all, 5, interval=0.05):
+            fence_kill(self.cgroup)
+            if not fence_remove(self.cgroup):
                 print("warning: could not remove %s" % self.cgroup)
         else:
             try:

@@ -1,6 +1,7 @@
 """Helpers every Python test suite of boxd shares (tests/integration, tests/load, tests/boxes,
-tests/sdk): time limits scaled for slow builds, /proc readers for leak checks, polling, and
-latency statistics. Nothing here starts a daemon: each suite's conftest does that its own way.
+tests/sdk): time limits scaled for slow builds, /proc readers for leak checks, polling, latency
+statistics, and the cgroup v2 fence each daemon is started in (fence_*). Nothing here starts a
+daemon: each suite's conftest does that its own way.
 
 Import it after putting this directory on sys.path:
     sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
@@ -124,6 +125,71 @@ def wait_for(pred, timeout, interval=0.02):
         if v or time.monotonic() >= deadline:
             return v
         time.sleep(interval)
+
+
+# ---- the cgroup v2 fence every daemon a test starts lives in ---------------------------------
+
+def fence_new(prefix="boxd-test-"):
+    """A fresh cgroup v2 directory under CGROOT (prefix + random hex), or None without cgroup v2.
+    The daemon enters it through fence_preexec; teardown is fence_kill, then fence_remove."""
+    if not cgroup2_available():
+        return None
+    cg = os.path.join(CGROOT, prefix + secrets.token_hex(6))
+    os.mkdir(cg)
+    return cg
+
+
+def fence_preexec(cg):
+    """A Popen preexec_fn that moves the child into cg between fork and exec."""
+    procs = os.path.join(cg, "cgroup.procs")
+
+    def preexec():
+        fd = os.open(procs, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    return preexec
+
+
+def fence_kill(cg, timeout=10):
+    """cgroup.kill on cg, then waits (up to timeout s) until nothing in it is left alive.
+    Returns True once empty (or gone)."""
+    try:
+        with open(os.path.join(cg, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+    events = os.path.join(cg, "cgroup.events")
+
+    def empty():
+        try:
+            with open(events) as f:
+                return "populated 0" in f.read()
+        except OSError:
+            return True
+    return wait_for(empty, timeout)
+
+
+def fence_remove(cg, timeout=5):
+    """Removes cg and the child cgroups the daemon made, bottom-up. A parent's rmdir fails with
+    EBUSY until its removed children are offline (asynchronous in the kernel), so it retries for
+    up to timeout s. Returns True once removed."""
+    def remove_all():
+        for root, dirs, _files in os.walk(cg, topdown=False):
+            for d in dirs:
+                try:
+                    os.rmdir(os.path.join(root, d))
+                except OSError:
+                    pass
+        try:
+            os.rmdir(cg)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+    return wait_for(remove_all, timeout, interval=0.05)
 
 
 def p99(xs):

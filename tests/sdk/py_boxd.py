@@ -9,7 +9,6 @@ tests/lib/boxtest.py, whose helpers this suite shares).
 """
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -22,16 +21,13 @@ import time
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
 
-from boxtest import CGROOT, SANITIZER_MARKERS, T, cgroup2_available, wait_for  # noqa: E402
+from boxtest import (  # noqa: E402
+    SANITIZER_MARKERS, T, fence_kill, fence_new, fence_preexec, fence_remove, wait_for)
 
 wait_until = wait_for
 
 BOXD_BIN = os.environ.get("BOXD_BIN", os.path.join(REPO, "build", "boxd"))
 SDK_DIR = os.path.join(REPO, "protocol", "sdk", "python")
-
-
-def _cgroup2_root():
-    return CGROOT if cgroup2_available() else None
 
 
 class Daemon:
@@ -47,20 +43,11 @@ class Daemon:
 
     def start(self):
         preexec = None
-        root = _cgroup2_root()
-        if root and self.cgroup is None:
+        if self.cgroup is None:
             # A fresh fence each start: a restarted agent gets a clean cgroup, as after a boot.
-            self.cgroup = os.path.join(root, "boxd-sdk-test-" + secrets.token_hex(6))
-            os.mkdir(self.cgroup)
+            self.cgroup = fence_new("boxd-sdk-test-")
         if self.cgroup:
-            procs = os.path.join(self.cgroup, "cgroup.procs")
-
-            def preexec():
-                fd = os.open(procs, os.O_WRONLY)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
+            preexec = fence_preexec(self.cgroup)
         self.proc = subprocess.Popen([BOXD_BIN, "--listen", "unix:" + self.sock] + self.args,
                                      stdin=subprocess.DEVNULL, stdout=self._err,
                                      stderr=self._err, preexec_fn=preexec,
@@ -101,39 +88,12 @@ class Daemon:
         self._remove_fence()
 
     def _remove_fence(self):
-        deadline = time.monotonic() + 5
-        while self.cgroup and time.monotonic() < deadline:
-            for root, dirs, _ in os.walk(self.cgroup, topdown=False):
-                for d in dirs:
-                    try:
-                        os.rmdir(os.path.join(root, d))
-                    except OSError:
-                        pass
-            try:
-                os.rmdir(self.cgroup)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                time.sleep(0.05)
-                continue
+        if self.cgroup and fence_remove(self.cgroup):
             self.cgroup = None
 
     def _kill_fence(self):
         if self.cgroup and os.path.isdir(self.cgroup):
-            try:
-                with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    with open(os.path.join(self.cgroup, "cgroup.events")) as f:
-                        if "populated 0" in f.read():
-                            break
-                except OSError:
-                    break
-                time.sleep(0.02)
+            fence_kill(self.cgroup)
         elif self.proc:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

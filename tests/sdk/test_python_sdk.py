@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import py_boxd  # noqa: E402
 from py_boxd import SDK_DIR, T, Daemon, Relay  # noqa: E402
+from sdk_examples import (  # noqa: E402
+    expected_prints, readme_examples, run_example)
 
 sys.path.insert(0, SDK_DIR)
 
@@ -71,29 +73,7 @@ def box(daemon):
 
 # ---- 1. the documented examples -----------------------------------------------------------------
 
-def readme_examples():
-    """(name, code, requires) for each ```python block of the SDK README."""
-    with open(README) as f:
-        text = f.read()
-    out = []
-    for m in re.finditer(r"(<!-- requires: (\w+) -->\n)?```python\n(.*?)```", text, re.S):
-        code = m.group(3)
-        first = next((ln for ln in code.splitlines() if ln.strip()), "")
-        out.append(("ex%02d-%s" % (len(out) + 1, re.sub(r"\W+", "_", first)[:40]), code,
-                    m.group(2)))
-    return out
-
-
-EXAMPLES = readme_examples()
-PRELUDE = 'from boxd import Box\n\nbox = Box.connect(socket="unix:/run/boxd.sock")\n'
-
-
-def expected_prints(code):
-    return [m.group(1).rstrip() for m in re.finditer(r"# prints: (.*)$", code, re.M)]
-
-
-def connect_lines(code):
-    return [ln for ln in code.splitlines() if ".connect(" in ln]
+EXAMPLES = readme_examples(README)
 
 
 def test_readme_has_the_examples():
@@ -123,23 +103,7 @@ def test_readme_example(daemon, name, code, requires, tmp_path):
             langs = {lang["name"] for lang in b.info()["languages"]}
         if "js" not in langs:
             pytest.skip("boxd's languages.conf finds no js interpreter here")
-    script = code if connect_lines(code) else PRELUDE + code
-    # The one change: the connect line points at this test's boxd.
-    lines = connect_lines(script)
-    assert len(lines) == 1 and '"unix:/run/boxd.sock"' in lines[0], lines
-    script = script.replace('"unix:/run/boxd.sock"', repr(daemon.sock))
-    env = dict(os.environ, PYTHONPATH=SDK_DIR)
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=T(60), env=env, cwd=str(tmp_path))
-    assert p.returncode == 0, "example failed:\n%s\nstderr:\n%s" % (code, p.stderr)
-    got = p.stdout.splitlines()
-    want = expected_prints(code)
-    assert len(got) == len(want), "printed %r, the docs say %r" % (got, want)
-    for g, w in zip(got, want):
-        if w.endswith("..."):
-            assert g.startswith(w[:-3]), "printed %r, the docs say %r" % (g, w)
-        else:
-            assert g == w, "printed %r, the docs say %r" % (g, w)
+    run_example(name, code, daemon.sock, str(tmp_path), T(60))
 
 
 # ---- 2. reconnect and re-attach -----------------------------------------------------------------
