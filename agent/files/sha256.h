@@ -1,5 +1,6 @@
 /* SHA-256 (FIPS 180-4), small and self-contained: uploads are verified with it before their
- * rename, and downloads report it. Tested against sha256sum (tests/integration/test_files.py). */
+ * rename, and downloads report it. Tested against the FIPS 180-2 vectors (tests/unit/test_sha256.c)
+ * and sha256sum (tests/integration/test_files.py). */
 #ifndef BOXD_FILES_SHA256_H
 #define BOXD_FILES_SHA256_H
 
