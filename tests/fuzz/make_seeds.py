@@ -127,8 +127,60 @@ def main():
     n_oom = 16
     for k in range(n_oom):
         write(conn_dir, "oom-%02d" % k, bytes([0x01 | (63 << 1)]) + stream + bytes([0x80 | k]))
+    # File requests (PROTOCOL.md section 12), one connection's worth each: an upload opened,
+    # fed, resumed and aborted; a download whole and by range; every one-shot operation; a
+    # watch; and the malformed forms (missing path, relative path, wrong types, an offset that
+    # is not the one expected, data past the window). The fuzzer starts no I/O thread, so these
+    # reach the dispatch, the hello gate and the "not available" reply; boxd's own tests
+    # (tests/integration/test_files*.py) drive the handlers behind it.
+    file_reqs = {
+        "upload": [
+            {"type": "file_write", "req": 1, "path": "/tmp/fz/a.txt", "mode": 0o644,
+             "mkdir": True, "overwrite": True, "atomic": True, "mtime_ns": TS,
+             "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+            {"type": "file_data", "req": 2, "upload_id": "u1", "offset": 0, "data": b"ab"},
+            {"type": "file_data", "req": 3, "upload_id": "u1", "offset": 2, "data": b"c",
+             "eof": True},
+            {"type": "file_write", "req": 4, "path": "/tmp/fz/a.txt", "upload_id": "u1"},
+            {"type": "file_abort", "req": 5, "upload_id": "u1"}],
+        "upload-bad": [
+            {"type": "file_write", "req": 1, "path": "relative"},
+            {"type": "file_write", "req": 2},
+            {"type": "file_write", "req": 3, "path": 7, "mode": "rw"},
+            {"type": "file_data", "req": 4, "upload_id": "nope", "offset": 5, "data": "str"},
+            {"type": "file_data", "req": 5, "offset": -1, "data": b"\x00" * 300},
+            {"type": "file_write", "req": 6, "path": "/tmp/fz/b", "atomic": False,
+             "overwrite": False, "user": "nobody"}],
+        "download": [
+            {"type": "file_read", "req": 1, "path": "/etc/hostname"},
+            {"type": "file_read", "req": 2, "path": "/etc/hostname", "offset": 1, "length": 3},
+            {"type": "file_read", "req": 3, "path": "/proc/self/environ"},
+            {"type": "file_read", "req": 4, "path": "", "offset": "x", "user": 0}],
+        "ops": [
+            {"type": "file_stat", "req": 1, "path": "/tmp"},
+            {"type": "file_list", "req": 2, "path": "/tmp/fz", "depth": 64},
+            {"type": "file_mkdir", "req": 3, "path": "/tmp/fz/d/e", "parents": True},
+            {"type": "file_rename", "req": 4, "path": "/tmp/fz/d", "to": "/tmp/fz/f",
+             "overwrite": True},
+            {"type": "file_chmod", "req": 5, "path": "/tmp/fz/f", "mode": 0o755,
+             "mtime_ns": TS},
+            {"type": "file_symlink", "req": 6, "path": "/tmp/fz/l", "target": "../../etc"},
+            {"type": "file_remove", "req": 7, "path": "/tmp/fz", "recursive": True},
+            {"type": "file_list", "req": 8, "path": "/tmp", "depth": 1000000},
+            {"type": "file_stat", "req": 9, "path": "/tmp/\u00e9 space/\U0001f600"}],
+        "watch": [
+            {"type": "file_watch", "req": 1, "path": "/tmp", "recursive": True},
+            {"type": "file_unwatch", "req": 2, "watch": 1},
+            {"type": "file_unwatch", "req": 3, "watch": "x"}],
+    }
+    for name, rs in file_reqs.items():
+        stream = b"".join(frame(msgpack.packb(r, use_bin_type=True)) for r in rs)
+        write(conn_dir, "file-" + name, bytes([0x01 | (63 << 1)]) + stream)
+        # The same split into 3-byte chunks, and without the hello (need_hello for each).
+        write(conn_dir, "file-" + name + "-split", bytes([0x01 | (2 << 1)]) + stream)
+        write(conn_dir, "file-" + name + "-nohello", bytes([63 << 1]) + stream)
     print("wrote %d msg seeds, %d frame seeds and %d conn seeds"
-          % (len(bodies), len(bodies) + 4, n_oom))
+          % (len(bodies), len(bodies) + 4, n_oom + 3 * len(file_reqs)))
     return 0
 
 
