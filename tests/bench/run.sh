@@ -56,7 +56,7 @@ BENCHES="bench_exec bench_conc bench_stream bench_rss bench_code"
 echo "run.sh: building boxd and the benchmarks in $OUT" >&2
 build() {
     cmake -S "$ROOT" -B "$OUT" -DBOXD_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-        cmake --build "$OUT" --target boxd boxctl boxclient -j2
+        cmake --build "$OUT" --target boxd boxctl boxclient boxschema -j2
 }
 if ! build >"$OUT/build.log" 2>&1; then
     cat "$OUT/build.log" >&2
@@ -73,17 +73,18 @@ else
     CFLAGS=(-std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
             -Wmissing-prototypes -Wformat=2 -Wvla -fno-strict-aliasing
             -I"$ROOT/protocol/codec" -I"$ROOT/protocol/client" -I"$ROOT/protocol/common"
-            -I"$ROOT/tests/bench")
+            -I"$ROOT/protocol/schema" -I"$ROOT/tests/bench")
     BIN=$OUT/bench
     mkdir -p "$BIN"
     CODEC=$(find "$OUT" -maxdepth 2 -name libboxcodec.a | head -n 1)
     CLIENT=$(find "$OUT" -maxdepth 2 -name libboxclient.a | head -n 1)
     COMMON=$(find "$OUT" -maxdepth 2 -name libboxcommon.a | head -n 1)
+    SCHEMA=$(find "$OUT" -maxdepth 2 -name libboxschema.a | head -n 1)
     # shellcheck disable=SC2046
     {
         cc "${CFLAGS[@]}" -c "$ROOT/tests/bench/bench.c" -o "$BIN/bench.o" &&
             for b in $BENCHES; do
-                cc "${CFLAGS[@]}" "$ROOT/tests/bench/$b.c" "$BIN/bench.o" "$CLIENT" "$CODEC" "$COMMON" \
+                cc "${CFLAGS[@]}" "$ROOT/tests/bench/$b.c" "$BIN/bench.o" "$CLIENT" "$SCHEMA" "$CODEC" "$COMMON" \
                     $(pkg-config --libs msgpack) -lpthread -lm -o "$BIN/$b" || exit 1
             done
     } >>"$OUT/build.log" 2>&1 || { cat "$OUT/build.log" >&2; exit 1; }
