@@ -29,7 +29,8 @@ def upload_open(c, path, **opts):
 
 def upload_stream(c, upload_id, pieces, offset=0, timeout=60):
     """Sends pieces (bytes) from offset, keeping at most WINDOW bytes unacknowledged; the last
-    piece carries eof. Returns the file_written reply."""
+    piece carries eof. Returns the file_written reply. Messages for other requests (a run's
+    output and end on the same connection) stay pending for their reader, never dropped."""
     inflight = {}  # req -> size
     pending = 0
     final_req = None
@@ -38,9 +39,7 @@ def upload_stream(c, upload_id, pieces, offset=0, timeout=60):
     while nxt is not None:
         cur, nxt = nxt, next(it, None)
         while pending + len(cur) > WINDOW:
-            m = c.recv(timeout)
-            if m.get("req") not in inflight:
-                continue
+            m = c.recv_match(lambda m: m.get("req") in inflight, timeout)
             if m["type"] == "error":
                 raise FileError(m)
             pending -= inflight.pop(m["req"])
@@ -60,9 +59,7 @@ def upload_stream(c, upload_id, pieces, offset=0, timeout=60):
         inflight[final_req] = 0
     result = None
     while inflight:
-        m = c.recv(timeout)
-        if m.get("req") not in inflight:
-            continue
+        m = c.recv_match(lambda m: m.get("req") in inflight, timeout)
         inflight.pop(m["req"])
         if m["type"] == "error":
             raise FileError(m)

@@ -268,6 +268,17 @@ def test_request_user_follows_exec_policy(start_boxd, tdir):
     assert r["code"] == "denied", r
 
 
+def test_run_end_during_uploads_reaches_its_reader(client, tdir):
+    # The run ends while uploads on the same connection wait for their acks: its output and
+    # end must stay for collect(). (The test client once dropped them, and CI timed out.)
+    path = os.path.join(tdir, "f")
+    req = client.exec_start(cmd="echo done")
+    for _ in range(5):
+        fc.upload(client, path, b"x" * (1 << 20))
+    res = client.collect(req, timeout=T(10))
+    assert res.stdout.strip() in ("done", b"done"), res
+
+
 def test_reader_sees_old_or_new_never_half(client, tdir):
     path = os.path.join(tdir, "swap")
     a = b"a" * 4095 + b"\n"
@@ -278,8 +289,8 @@ def test_reader_sees_old_or_new_never_half(client, tdir):
     for i in range(40):
         fc.upload(client, path, (b if i % 2 == 0 else a) * 256)
     res = client.collect(req, timeout=T(60))
-    counts = res.stdout.split()
-    assert counts and set(counts) == {b"1"} if isinstance(counts[0], bytes) else set(counts) == {"1"}, counts[:20]
+    counts = [x if isinstance(x, str) else x.decode() for x in res.stdout.split()]
+    assert len(counts) == 300 and set(counts) == {"1"}, counts[:20]
 
 
 def test_slow_reader_pauses_disk_reads_memory_bounded(boxd, tdir):
