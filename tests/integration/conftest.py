@@ -9,6 +9,9 @@ Environment:
   BOXD_BIN            the daemon (default <repo>/build/boxd)
   BOXCTL_BIN          the CLI (default <repo>/build/boxctl)
   BOXD_TEST_SLOW      multiplier for time limits (e.g. 3 under ASan; default 1)
+  BOXD_SANITIZED      1: boxd is built with a sanitizer (RSS figures are not asserted)
+  BOXD_TSAN           1: with ThreadSanitizer, whose instrumented I/O threads load the CPUs
+                      the loop shares with them, so latency figures measure the scheduler
 """
 
 import os

@@ -441,8 +441,10 @@ def test_big_file_both_ways_ping_and_rss(boxd, tdir):
     assert len(lat) >= 20
     # 5 ms is the target; on a machine whose idle p99 is already over 2.5 ms (shared CPUs), the
     # bound is twice the idle p99 measured just before, so what is held is boxd's share.
+    # Under TSan the four I/O threads hash and copy 5-15x slower and take both CPUs from the
+    # loop, so the figure is the scheduler's; that pass looks for races, the others for latency.
     bound = max(0.005, 2 * idle_p99) * conftest.SLOW
-    assert p99 < bound, "ping p99 %.2f ms during the transfer (idle %.2f ms)" % (
+    assert p99 < bound or os.environ.get("BOXD_TSAN") == "1", "ping p99 %.2f ms during the transfer (idle %.2f ms)" % (
         p99 * 1000, idle_p99 * 1000)
     assert peak[0] - rss0 <= 16 * 1024 or not RSS_MEANINGFUL, (rss0, peak[0])
 
