@@ -19,7 +19,7 @@ set -eu
 group_pkgs() {
     case $1 in
     build) echo "build-essential cmake pkg-config libuv1-dev libmsgpack-dev libseccomp-dev dpkg-dev" ;;
-    tests) echo "python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo perl" ;;
+    tests) echo "python3 python3-pytest python3-pytest-xdist python3-msgpack procps iproute2 util-linux sudo perl less openssh-client openssh-server" ;;
     boxes) echo "debootstrap qemu-system-x86 e2fsprogs busybox-static kmod cpio" ;;
     podman) echo "podman runc catatonit" ;;
     sdk) echo "nodejs python3-pip python3-setuptools python3-venv" ;;
