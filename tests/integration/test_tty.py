@@ -52,7 +52,11 @@ class Term:
             if left <= 0 or self.end is not None:
                 raise AssertionError("no %r in the terminal's output (end %r): %r"
                                      % (pattern, self.end, self.out[-2000:]))
-            self._take(self.c.recv_req(self.req, left))
+            try:
+                self._take(self.c.recv_req(self.req, left))
+            except TimeoutError:
+                raise AssertionError("no %r in the terminal's output: %r"
+                                     % (pattern, self.out[-2000:])) from None
         return rx.search(self.out)
 
     def type(self, data):
@@ -225,8 +229,10 @@ def test_ctrl_c_interrupts_the_foreground_job_only(shared_client):
     began = time.monotonic()
     t.type("\x03")
     t.type("echo ali''ve\n")
-    t.expect(rb"\nalive\r\n")
+    t.expect(rb"alive\r\n")  # after the prompt or on a line of its own
     assert time.monotonic() - began < T(10)
+    assert not any(_cmdline(p) == b"sleep\x00100\x00" for p in os.listdir("/proc")
+                   if p.isdigit() and _ppid(p) == t.started["pid"])  # the job is gone
     t.type("exit 0\n")
     assert t.wait_end()["exit_code"] == 0
 
