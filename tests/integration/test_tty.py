@@ -90,6 +90,7 @@ def shell(c, argv=("sh", "-i"), **opts):
 
 def test_terminal_is_the_runs_stdio_and_ctty(shared_client):
     c = shared_client
+    assert "tty" in c.hello_reply["capabilities"]
     t = start(c, rows=33, cols=101, output=True,
               cmd="tty; stty size; echo TERM=$TERM; test -t 0 -a -t 1 -a -t 2 && echo all-ttys;"
                   " ps -o sid=,pgid=,tpgid= -p $$; echo pid=$$; exit 3")
