@@ -34,6 +34,7 @@
     X(WAIT, "wait", BOX_DIR_REQUEST)                                                              \
     X(LOGS, "logs", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
     X(LIST, "list", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
+    X(RESIZE, "resize", BOX_DIR_REQUEST)                                                          \
     X(PONG, "pong", BOX_DIR_AGENT)                                                                \
     X(OK, "ok", BOX_DIR_AGENT)                                                                    \
     X(STARTED, "started", BOX_DIR_AGENT)                                                          \
@@ -172,7 +173,11 @@
     X(TO, "to")                                                                                     \
     X(TARGET, "target")                                                                             \
     X(WATCH, "watch")                                                                             \
-    X(SHA256, "sha256")
+    X(SHA256, "sha256")                                                                           \
+    X(TTY, "tty")                                                                                 \
+    X(ROWS, "rows")                                                                               \
+    X(COLS, "cols")                                                                               \
+    X(LOGIN, "login")
 
 /* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
@@ -277,7 +282,10 @@
     X(UID, "uid")                                                                                 \
     X(GID, "gid")                                                                                 \
     X(TARGET, "target")                                                                           \
-    X(ENTRIES, "entries")
+    X(ENTRIES, "entries")                                                                         \
+    X(TTY, "tty")                                                                                 \
+    X(ROWS, "rows")                                                                               \
+    X(COLS, "cols")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,
