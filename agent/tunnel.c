@@ -37,7 +37,7 @@ struct tunnel {
     enum tstate state;
     bool job_busy;     /* its connect job is queued or running: not freed before it is done */
     bool poll_live;    /* poll was initialised: freed in its close callback */
-    struct reqtag req; /* tunnel_open's, for tunnel_opened or its error */
+    struct reqtag req; /* tunnel_open's: its reply and every event of the tunnel carry it */
     struct fsjob job;
 
     /* The connect, read by the I/O thread. */
@@ -113,7 +113,7 @@ static void on_poll_closed(uv_handle_t *h)
 static void send_closed(struct tunnel *t, const char *reason, int err)
 {
     struct msg_out o;
-    if (ev_begin(&o, BOX_T_TUNNEL_CLOSED, NULL) < 0)
+    if (ev_begin(&o, BOX_T_TUNNEL_CLOSED, &t->req) < 0)
         return;
     msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
     msg_kv_str(&o, BOX_KEY(REASON), reason);
@@ -186,7 +186,7 @@ static void maybe_done(struct tunnel *t)
 static void send_ack(struct tunnel *t, uint64_t n)
 {
     struct msg_out o;
-    if (ev_begin(&o, BOX_T_TUNNEL_ACK, NULL) < 0)
+    if (ev_begin(&o, BOX_T_TUNNEL_ACK, &t->req) < 0)
         return;
     msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
     msg_kv_u64(&o, BOX_KEY(BYTES), n);
@@ -267,7 +267,7 @@ static void pump_in(struct tunnel *t)
         struct msg_out o;
         if (r == 0) {
             t->rd_eof = true;
-            if (ev_begin(&o, BOX_T_TUNNEL_EOF, NULL) == 0) {
+            if (ev_begin(&o, BOX_T_TUNNEL_EOF, &t->req) == 0) {
                 msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
                 ev_close(&o);
                 conn_send(t->tc->c, &o);
@@ -275,7 +275,7 @@ static void pump_in(struct tunnel *t)
             maybe_done(t);
             return;
         }
-        if (ev_begin_sized(&o, BOX_T_TUNNEL_DATA, NULL, (size_t)r + 64) < 0) {
+        if (ev_begin_sized(&o, BOX_T_TUNNEL_DATA, &t->req, (size_t)r + 64) < 0) {
             tunnel_end(t, "error", ENOMEM);
             return;
         }

@@ -137,12 +137,12 @@ static const uint8_t rf_file_event[] = {RCOMMON, R(WATCH), R(SEQ), R(EVENT), R(N
 static const uint8_t rf_file_stat[] = {RCOMMON, R(ENTRY), RENTRY};
 static const uint8_t rf_file_list[] = {RCOMMON, R(ENTRIES), RENTRY, R(TRUNCATED)};
 #undef RENTRY
-/* The tunnels (10.5); an event carries no req (a tunnel is named by its `tunnel`). */
+/* The tunnels (10.5); every event of a tunnel carries its tunnel_open's req. */
 static const uint8_t rf_tunnel_opened[] = {RCOMMON, R(TUNNEL), R(WINDOW)};
-static const uint8_t rf_tunnel_data[] = {R(TYPE), R(TUNNEL), R(DATA)};
-static const uint8_t rf_tunnel_ack[] = {R(TYPE), R(TUNNEL), R(BYTES)};
-static const uint8_t rf_tunnel_eof[] = {R(TYPE), R(TUNNEL)};
-static const uint8_t rf_tunnel_closed[] = {R(TYPE), R(TUNNEL), R(REASON), R(ERRNO_NAME)};
+static const uint8_t rf_tunnel_data[] = {RCOMMON, R(TUNNEL), R(DATA)};
+static const uint8_t rf_tunnel_ack[] = {RCOMMON, R(TUNNEL), R(BYTES)};
+static const uint8_t rf_tunnel_eof[] = {RCOMMON, R(TUNNEL)};
+static const uint8_t rf_tunnel_closed[] = {RCOMMON, R(TUNNEL), R(REASON), R(ERRNO_NAME)};
 #undef RCOMMON
 #undef R
 
