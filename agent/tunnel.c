@@ -299,7 +299,14 @@ static void on_poll(uv_poll_t *p, int status, int events)
     if (t->state != T_OPEN)
         return;
     if (status < 0) {
-        tunnel_end(t, "error", -status);
+        /* libuv reports POLLERR as UV_EBADF: the socket's own error says what happened (a
+         * reset, most often). */
+        int err = -status, so = 0;
+        socklen_t len = sizeof so;
+        if (status == UV_EBADF && getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &so, &len) == 0 &&
+            so != 0)
+            err = so;
+        tunnel_end(t, reason_of(err), err);
         return;
     }
     if (events & UV_WRITABLE)
