@@ -286,8 +286,8 @@ static void read_local(struct tun *t, struct stream *s)
 
 /* ---- What the agent sends ------------------------------------------------------------------ */
 
-/* An error from the agent: its message, then its code (and errno name) to search for. */
-static void agent_error(const msgpack_object *m, bool opening)
+/* An error from the agent, as boxctl prints them (CODE: message), with the errno name. */
+static void agent_error(const msgpack_object *m)
 {
     const char *code = "", *text = "", *en = "";
     size_t cl = 0, tl = 0, el = 0;
@@ -301,7 +301,7 @@ static void agent_error(const msgpack_object *m, bool opening)
     sanitize(c, strlen(c));
     sanitize(tx, strlen(tx));
     sanitize(e, strlen(e));
-    errmsg("%s%s [%s%s%s]", opening ? "tunnel: " : "", tx, c, el ? " " : "", e);
+    errmsg("%s: %s%s%s%s", c, tx, el ? " (" : "", e, el ? ")" : "");
 }
 
 static void on_message(struct tun *t, const msgpack_object *m, const char *target)
@@ -320,7 +320,7 @@ static void on_message(struct tun *t, const msgpack_object *m, const char *targe
     else if (has_id)
         s = by_id(t, id);
     if (ty == BOX_T_ERROR) {
-        agent_error(m, s && s->state == S_OPENING);
+        agent_error(m);
         if (s && s->state == S_OPENING) {
             s->closed = s->failed = true;
             s->state = S_DONE;
