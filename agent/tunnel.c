@@ -87,10 +87,9 @@ static struct tun_conn *tc_get(struct conn *c)
 
 static size_t chunk_max(const struct agent *a)
 {
-    /* The event's other fields take less than 64 bytes. */
-    size_t room = a->cfg.max_event > 64 ? a->cfg.max_event - 64 : 1;
-    size_t n = TUNNEL_CHUNK < room ? TUNNEL_CHUNK : room;
-    return n < a->read_buf_size ? n : a->read_buf_size;
+    /* The event's other fields and its req take less than 128 bytes. */
+    size_t room = a->cfg.max_event > 256 ? a->cfg.max_event - 128 : 128;
+    return TUNNEL_CHUNK < room ? TUNNEL_CHUNK : room;
 }
 
 /* ---- Freeing and closing ------------------------------------------------------------------ */
@@ -244,44 +243,52 @@ static void flush_out(struct tunnel *t)
     shut_if_wanted(t);
 }
 
+static void send_eof(struct tunnel *t)
+{
+    struct msg_out o;
+    t->rd_eof = true;
+    if (ev_begin(&o, BOX_T_TUNNEL_EOF, &t->req) == 0) {
+        msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
+        ev_close(&o);
+        conn_send(t->tc->c, &o);
+    }
+    maybe_done(t);
+}
+
 /* Reads the box socket into tunnel_data events while the client's credit and the connection's
- * room last. */
+ * room last: each read goes straight into the event's frame, at most the credit left. */
 static void pump_in(struct tunnel *t)
 {
-    struct agent *a = t->a;
-    size_t max = chunk_max(a);
+    size_t max = chunk_max(t->a);
     while (want_read(t)) {
         size_t n = TUNNEL_WINDOW - t->unacked;
         if (n > max)
             n = max;
-        ssize_t r = recv(t->fd, a->read_buf, n, MSG_DONTWAIT);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (r < 0) {
-            int err = errno;
-            tunnel_end(t, reason_of(err), err);
-            return;
-        }
         struct msg_out o;
-        if (r == 0) {
-            t->rd_eof = true;
-            if (ev_begin(&o, BOX_T_TUNNEL_EOF, &t->req) == 0) {
-                msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
-                ev_close(&o);
-                conn_send(t->tc->c, &o);
-            }
-            maybe_done(t);
-            return;
-        }
-        if (ev_begin_sized(&o, BOX_T_TUNNEL_DATA, &t->req, (size_t)r + 64) < 0) {
+        if (ev_begin_sized(&o, BOX_T_TUNNEL_DATA, &t->req, n + 64) < 0) {
             tunnel_end(t, "error", ENOMEM);
             return;
         }
         msg_kv_u64(&o, BOX_KEY(TUNNEL), t->id);
         msg_key(&o, BOX_KEY(DATA));
-        msg_data_known(&o, a->read_buf, (size_t)r, false);
+        char *at = msg_bin_reserve(&o, n);
+        ssize_t r = -1;
+        int err = ENOMEM;
+        if (at != NULL) {
+            do
+                r = recv(t->fd, at, n, MSG_DONTWAIT);
+            while (r < 0 && errno == EINTR);
+            err = errno;
+        }
+        if (r <= 0) {
+            msg_out_destroy(&o);
+            if (r == 0)
+                send_eof(t);
+            else if (err != EAGAIN && err != EWOULDBLOCK)
+                tunnel_end(t, reason_of(err), err);
+            return;
+        }
+        msg_bin_commit(&o, (size_t)r);
         ev_close(&o);
         if (conn_send(t->tc->c, &o) < 0) {
             tunnel_end(t, "error", ENOMEM);
@@ -572,7 +579,12 @@ enum tunnel_res tunnel_ack(struct conn *c, uint64_t id, uint64_t bytes)
         return known ? TUNNEL_OK : TUNNEL_UNKNOWN;
     if (bytes > t->unacked)
         return TUNNEL_BAD_ACK;
+    bool was_full = t->unacked >= TUNNEL_WINDOW;
     t->unacked -= bytes;
+    /* A stream that waited for credit reads at once: a fast stream's next read then costs no
+     * trip through the poll (when the socket is empty, the read says so and the poll waits). */
+    if (was_full)
+        pump_in(t);
     poll_update(t);
     return TUNNEL_OK;
 }

@@ -27,8 +27,8 @@
 
 /* Streams forward serves at once: the agent's default max_tunnels. */
 #define FWD_MAX_STREAMS 64
-/* Bytes one read from a local fd takes at most (one tunnel_data). */
-#define TUN_CHUNK (64u * 1024u)
+/* Bytes one read from a local fd takes at most (one tunnel_data): a whole default window. */
+#define TUN_CHUNK (256u * 1024u)
 /* Queued output to the agent past which local fds are not read until it drains. */
 #define TUN_OUTQ_HIGH (4u << 20)
 /* The window a tunnel_opened that names none stands for (PROTOCOL.md 13). */
@@ -227,14 +227,14 @@ static void shut_local_write(struct stream *s)
         close(s->out_fd); /* stdout: the reader (ssh) sees EOF */
 }
 
-/* Writes what the agent sent to the local side; acks what was written. */
-static void flush_local(struct tun *t, struct stream *s)
+/* Writes what it can of p to the local side and acks it. Returns the bytes written; when the
+ * local reader is gone, the tunnel is closed and out_shut set. */
+static size_t write_local(struct tun *t, struct stream *s, const char *p, size_t n)
 {
     size_t done = 0;
-    while (s->pend_len > 0 && !s->out_shut) {
-        ssize_t w = s->sock ? send(s->out_fd, s->pend + s->pend_off, s->pend_len,
-                                   MSG_NOSIGNAL | MSG_DONTWAIT)
-                            : write(s->out_fd, s->pend + s->pend_off, s->pend_len);
+    while (done < n && !s->out_shut) {
+        ssize_t w = s->sock ? send(s->out_fd, p + done, n - done, MSG_NOSIGNAL | MSG_DONTWAIT)
+                            : write(s->out_fd, p + done, n - done);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -247,14 +247,25 @@ static void flush_local(struct tun *t, struct stream *s)
                 send_close(t, s, false);
             break;
         }
-        s->pend_off += (size_t)w;
-        s->pend_len -= (size_t)w;
         done += (size_t)w;
+    }
+    if (done > 0 && s->state == S_OPEN)
+        send_ack(t, s, done);
+    return done;
+}
+
+/* Writes what the agent sent and is kept to the local side. */
+static void flush_local(struct tun *t, struct stream *s)
+{
+    if (s->pend_len > 0) {
+        size_t w = write_local(t, s, s->pend + s->pend_off, s->pend_len);
+        if (!s->out_shut) {
+            s->pend_off += w;
+            s->pend_len -= w;
+        }
     }
     if (s->pend_len == 0)
         s->pend_off = 0;
-    if (done > 0 && s->state == S_OPEN)
-        send_ack(t, s, done);
     if (s->pend_len == 0 && (s->remote_eof || s->closed))
         shut_local_write(s);
 }
@@ -349,6 +360,14 @@ static void on_message(struct tun *t, const msgpack_object *m, const char *targe
         size_t n;
         if (msg_get_bytes(m, BOX_KEY(DATA), &d, &n) < 0 || s->out_shut)
             break;
+        if (s->pend_len == 0) {
+            /* Straight from the frame when nothing waits before it. */
+            size_t w = write_local(t, s, d, n);
+            d += w;
+            n -= w;
+            if (n == 0 || s->out_shut)
+                break;
+        }
         if (s->pend_off + s->pend_len + n > s->pend_cap) {
             memmove(s->pend, s->pend + s->pend_off, s->pend_len);
             s->pend_off = 0;

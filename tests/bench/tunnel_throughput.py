@@ -8,7 +8,8 @@ separate process (so it does not share the client's interpreter lock), listening
 the baseline connects to it directly, the tunnel goes client -> boxctl forward -> boxd (unix
 socket, msgpack frames, per-tunnel credit) -> the server. Each pair alternates, baseline first,
 BENCH_TUNNEL_ROUNDS (3) times; medians are reported. The ratio is baseline seconds / tunnel
-seconds (1.0: as fast as direct TCP; the target is >= 0.7x).
+seconds (1.0: as fast as direct TCP; the target is >= 0.7x). The CPU time boxd and boxctl spent
+on each tunnelled transfer is reported too: on a loaded machine it says more than the wall time.
 
 usage: tests/bench/tunnel_throughput.py       (BOXD_BIN, BOXCTL_BIN: default build/)
   BENCH_TUNNEL_MB=256  BENCH_TUNNEL_ROUNDS=3
@@ -91,6 +92,13 @@ def down(port, nbytes):
     return time.monotonic() - t0
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of process pid so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
         serve(sys.argv[2])
@@ -117,18 +125,24 @@ def main():
         fport = int(line.split("listening on 127.0.0.1:", 1)[1].split(",", 1)[0])
         nbytes = MB << 20
         res = {"up": ([], []), "down": ([], [])}
+        cpu = {"up": [], "down": []}  # CPU seconds of boxd + boxctl per tunnelled transfer
         for _ in range(ROUNDS):
             for name, fn in (("up", up), ("down", down)):
                 res[name][0].append(fn(port, nbytes))
+                c0 = cpu_s(boxd.pid) + cpu_s(fw.pid)
                 res[name][1].append(fn(fport, nbytes))
+                cpu[name].append(cpu_s(boxd.pid) + cpu_s(fw.pid) - c0)
         print("tunnel throughput, %d MiB, %d rounds (medians)" % (MB, ROUNDS))
-        print("| direction | direct TCP | boxctl forward | ratio (target >= 0.7x) |")
-        print("|---|---|---|---|")
+        print("load average (1 min) after the rounds: %s" % open("/proc/loadavg").read().split()[0])
+        print("| direction | direct TCP | boxctl forward | ratio (target >= 0.7x) "
+              "| CPU of boxd + boxctl |")
+        print("|---|---|---|---|---|")
         for name in ("up", "down"):
             d = statistics.median(res[name][0])
             t = statistics.median(res[name][1])
-            print("| %s | %.3f s (%.0f MiB/s) | %.3f s (%.0f MiB/s) | %.2fx |"
-                  % (name, d, MB / d, t, MB / t, d / t))
+            c = statistics.median(cpu[name])
+            print("| %s | %.3f s (%.0f MiB/s) | %.3f s (%.0f MiB/s) | %.2fx | %.2f s (%.1f ms/MiB) |"
+                  % (name, d, MB / d, t, MB / t, d / t, c, c * 1000 / MB))
         return 0
     finally:
         for p in reversed(procs):
