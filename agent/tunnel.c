@@ -4,10 +4,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -46,7 +48,7 @@ struct tunnel {
     char path[DECODE_TUNNEL_PATH_MAX + 1];
     int fd;
     int conn_err; /* the connect's errno, 0 when connected */
-    bool resolve_failed; /* the host name was not found (conn_err is then EHOSTUNREACH) */
+    bool resolve_failed; /* the host is no address nor a name of /etc/hosts (EHOSTUNREACH) */
 
     uv_poll_t poll;
     int events; /* what poll watches now */
@@ -355,6 +357,58 @@ static int connect_fd(int family, const struct sockaddr *sa, socklen_t len)
     return fd;
 }
 
+/* One address into *ss: 1 if text is an IPv4 or IPv6 address, else 0. */
+static int addr_parse(const char *text, uint16_t port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        return 1;
+    }
+    if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        return 1;
+    }
+    return 0;
+}
+
+/* The addresses of host: itself when it is an address, else the names of /etc/hosts (read as
+ * the user, on this I/O thread). Names go no further: boxd uses no NSS and no DNS (it runs in
+ * images without them, the static build included), and what a tunnel reaches is in the box.
+ * Returns how many were found, at most max. */
+static size_t host_lookup(const char *host, uint16_t port, struct sockaddr_storage *out,
+                          size_t max)
+{
+    if (addr_parse(host, port, &out[0]))
+        return 1;
+    FILE *f = fopen("/etc/hosts", "re");
+    if (f == NULL)
+        return strcmp(host, "localhost") == 0 ? (size_t)addr_parse("127.0.0.1", port, out) : 0;
+    size_t n = 0;
+    char line[1024];
+    while (n < max && fgets(line, sizeof line, f) != NULL) {
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *save = NULL;
+        char *addr = strtok_r(line, " \t\r\n", &save);
+        if (addr == NULL)
+            continue;
+        for (char *name = strtok_r(NULL, " \t\r\n", &save); name != NULL;
+             name = strtok_r(NULL, " \t\r\n", &save))
+            if (strcasecmp(name, host) == 0) {
+                n += (size_t)addr_parse(addr, port, &out[n]);
+                break;
+            }
+    }
+    fclose(f);
+    return n;
+}
+
 static void connect_work(struct fsjob *j)
 {
     struct tunnel *t = container_of(j, struct tunnel, job);
@@ -369,25 +423,25 @@ static void connect_work(struct fsjob *j)
             t->fd = fd;
         return;
     }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    int g = getaddrinfo(t->host, t->port, &hints, &res);
-    if (g != 0) {
+    struct sockaddr_storage addrs[TUNNEL_HOST_ADDRS];
+    size_t n = host_lookup(t->host, (uint16_t)atoi(t->port), addrs, TUNNEL_HOST_ADDRS);
+    if (n == 0) {
         t->resolve_failed = true;
-        t->conn_err = g == EAI_SYSTEM ? errno : EHOSTUNREACH;
+        t->conn_err = EHOSTUNREACH;
         return;
     }
-    t->conn_err = EHOSTUNREACH;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        int fd = connect_fd(ai->ai_family, ai->ai_addr, ai->ai_addrlen);
+    for (size_t i = 0; i < n; i++) {
+        int family = addrs[i].ss_family;
+        socklen_t len = family == AF_INET ? sizeof(struct sockaddr_in)
+                                          : sizeof(struct sockaddr_in6);
+        int fd = connect_fd(family, (struct sockaddr *)&addrs[i], len);
         if (fd >= 0) {
             t->fd = fd;
             t->conn_err = 0;
-            break;
+            return;
         }
         t->conn_err = -fd;
     }
-    freeaddrinfo(res);
 }
 
 static void send_connect_failed(struct tunnel *t, int err)
@@ -410,7 +464,8 @@ static void send_connect_failed(struct tunnel *t, int err)
     msg_kv_str(&o, BOX_KEY(CODE), box_err_str(BOX_ERR_CONNECT_FAILED));
     char text[512];
     snprintf(text, sizeof text, "connecting to %s: %s%s", what,
-             t->resolve_failed ? "no such host" : strerror(err), hint);
+             t->resolve_failed ? "not an address, nor a name in the box's /etc/hosts"
+                               : strerror(err), hint);
     msg_kv_str(&o, BOX_KEY(MESSAGE), text);
     msg_kv_i64(&o, BOX_KEY(ERRNO), err);
     msg_kv_str(&o, BOX_KEY(ERRNO_NAME), errno_name(err));

@@ -38,6 +38,8 @@ struct reqtag;
  * a quarter of the window, so that four events of a fast stream are in flight while the client
  * delivers and acks the first (one event per window measured slower, tests/bench). */
 #define TUNNEL_CHUNK (64u * 1024u)
+/* The addresses of one /etc/hosts name tried in turn at most. */
+#define TUNNEL_HOST_ADDRS 8
 /* How long a connect may take before it fails with ETIMEDOUT (it holds an I/O thread). */
 #define TUNNEL_CONNECT_MS 10000u
 

@@ -153,7 +153,8 @@ const struct command command_table[] = {
      "recursive user json", true, cmd_watch},
     {"tunnel", "Tunnels", "relay stdin/stdout to a TCP address or unix socket in the box",
      "[--user U] HOST:PORT | unix:PATH",
-     "Open a tunnel to HOST:PORT (an address or name as the box resolves it; [::1]:22 for IPv6) "
+     "Open a tunnel to HOST:PORT (an IPv4 or IPv6 address, [::1]:22, or a name of the box's "
+     "/etc/hosts such as localhost) "
      "or to the unix socket PATH inside the box, and relay boxctl's stdin to it and what it "
      "sends to stdout, byte for byte. EOF on stdin half-closes the tunnel (the server reads "
      "EOF and may still answer); boxctl exits when the tunnel has closed both ways. The connect "

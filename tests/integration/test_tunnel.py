@@ -357,7 +357,28 @@ def test_connect_refused(boxd):
     r = c.request("tunnel_open", path="/nonexistent-dir/x.sock")
     assert r["code"] == "connect_failed" and r["errno_name"] == "ENOENT", r
     r = c.request("tunnel_open", host="no-such-host.invalid", port=80)
-    assert r["code"] == "connect_failed", r
+    assert r["code"] == "connect_failed" and r["errno_name"] == "EHOSTUNREACH", r
+    assert "/etc/hosts" in r["message"], r
+
+
+def test_names_come_from_etc_hosts(boxd, servers):
+    c = boxd.client()
+    echo = servers("echo")
+    got, _ = transfer(c, open_tunnel(c, host="localhost", port=echo.port), b"by name")
+    assert got == b"by name"
+    six = socket.socket(socket.AF_INET6)
+    try:
+        six.bind(("::1", 0))
+    except OSError:
+        return  # no IPv6 loopback here
+    six.listen(1)
+    tid = open_tunnel(c, host="::1", port=six.getsockname()[1])
+    conn, _ = six.accept()
+    conn.sendall(b"v6")
+    m = c.recv_match(of(tid, "tunnel_data"))
+    assert m["data"] == b"v6"
+    conn.close()
+    six.close()
 
 
 def test_unix_socket_the_user_cannot_write_is_refused(start_boxd, servers):
