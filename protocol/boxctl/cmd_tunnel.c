@@ -27,8 +27,9 @@
 
 /* Streams forward serves at once: the agent's default max_tunnels. */
 #define FWD_MAX_STREAMS 64
-/* Bytes one read from a local fd takes at most (one tunnel_data): a whole default window. */
-#define TUN_CHUNK (256u * 1024u)
+/* Bytes one read from a local fd takes at most (one tunnel_data): a quarter of the window, so
+ * that several are in flight while the agent writes the first (as the agent does, tunnel.h). */
+#define TUN_CHUNK (64u * 1024u)
 /* Queued output to the agent past which local fds are not read until it drains. */
 #define TUN_OUTQ_HIGH (4u << 20)
 /* The window a tunnel_opened that names none stands for (PROTOCOL.md 13). */
