@@ -38,7 +38,6 @@ struct tunnel {
     uint64_t id;            /* 0 until connected */
     enum tstate state;
     bool job_busy;     /* its connect job is queued or running: not freed before it is done */
-    bool poll_live;    /* poll was initialised: freed in its close callback */
     struct reqtag req; /* tunnel_open's: its reply and every event of the tunnel carry it */
     struct fsjob job;
 
@@ -498,7 +497,6 @@ static void connect_done(struct fsjob *j)
         return;
     }
     t->poll.data = t;
-    t->poll_live = true;
     t->state = T_OPEN;
     t->id = ++t->tc->next_id;
     struct msg_out o;
