@@ -668,6 +668,11 @@ BOUNDS = [
     ("shutdown", "action", {}, None, "halt", "bad_request", "`\"reboot\"`"),
     ("code", "code", {"lang": "sh"}, "true", "#" * (256 * 1024 + 1), "too_large", "262144"),
     ("code", "lang", {"code": "true"}, "SH", "x" * 33, "unknown_lang", "1-32 bytes"),
+    ("tunnel_open", "port", {"host": "127.0.0.1"}, 65535, 65536, "bad_request", "1 to 65535"),
+    ("tunnel_open", "path", {}, "/" + "s" * 106, "/" + "s" * 107, "bad_request",
+     "at most 107 bytes"),
+    ("tunnel_open", "host", {"port": 1}, "h" * 253, "h" * 254, "bad_request", "1-253 bytes"),
+    ("tunnel_close", "how", {"tunnel": 99}, None, "read", "bad_request", "`\"write\"`"),
 ]
 
 
