@@ -44,6 +44,7 @@ void config_defaults(struct config *c)
 int agent_init(struct agent *a)
 {
     list_init(&a->conns);
+    list_init(&a->tunnels);
     list_init(&a->prehello);
     list_init(&a->listeners);
     runs_init(a);

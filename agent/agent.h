@@ -115,6 +115,8 @@ struct agent {
     struct list listeners;
     struct code_table *code; /* the language table (code.h): made on first use, code_destroy */
     struct files *files;     /* file requests (files/files.h): files_start, files_stop */
+    struct list tunnels;     /* every open tunnel (tunnel.h: struct tunnel.agent_link) */
+    uint32_t n_tunnels;      /* tunnels open or connecting: what max_tunnels bounds */
 
     struct cgroups cg;
     struct auth auth;

@@ -27,12 +27,19 @@ static void prehello_leave(struct conn *c)
     }
 }
 
+/* Tells every hook of c about ev. */
+static void hooks_call(struct conn *c, enum conn_event ev)
+{
+    for (int i = 0; i < CONN_SLOTS; i++)
+        if (c->hooks[i].cb)
+            c->hooks[i].cb(c, ev, c->hooks[i].arg);
+}
+
 static void conn_free(struct conn *c)
 {
     struct agent *a = c->a;
     /* Who writes to it lets go now that no callback of this conn can run any more. */
-    if (c->hook)
-        c->hook(c, CONN_FREED, c->hook_arg);
+    hooks_call(c, CONN_FREED);
     list_del(&c->link);
     a->n_conns--;
     if (c->closing && !c->detached)
@@ -58,8 +65,7 @@ void conn_close(struct conn *c)
     if (c->closing)
         return;
     c->closing = true;
-    if (c->hook)
-        c->hook(c, CONN_CLOSING, c->hook_arg);
+    hooks_call(c, CONN_CLOSING);
     /* A closing conn holds no slot: the accept check counts only the others. */
     prehello_leave(c);
     if (c->detached)
@@ -154,8 +160,8 @@ static void on_written(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
-    if (c->hook && conn_room(c) > 0)
-        c->hook(c, CONN_WRITABLE, c->hook_arg);
+    if (conn_room(c) > 0)
+        hooks_call(c, CONN_WRITABLE);
     resume(c);
 }
 
@@ -208,15 +214,15 @@ int conn_send(struct conn *c, struct msg_out *o)
     return 0;
 }
 
-void conn_hook_set(struct conn *c, conn_hook_cb cb, void *arg)
+void conn_hook_set(struct conn *c, enum conn_slot slot, conn_hook_cb cb, void *arg)
 {
-    c->hook = cb;
-    c->hook_arg = arg;
+    c->hooks[slot].cb = cb;
+    c->hooks[slot].arg = arg;
 }
 
-void *conn_hook_arg(const struct conn *c)
+void *conn_hook_arg(const struct conn *c, enum conn_slot slot)
 {
-    return c->hook ? c->hook_arg : NULL;
+    return c->hooks[slot].cb ? c->hooks[slot].arg : NULL;
 }
 
 uint64_t conn_room(const struct conn *c)
@@ -389,8 +395,8 @@ static void resume_all(struct agent *a)
         if (c->closing || c->detached)
             continue;
         resume(c);
-        if (c->hook && conn_room(c) > 0)
-            c->hook(c, CONN_WRITABLE, c->hook_arg);
+        if (!c->closing && conn_room(c) > 0)
+            hooks_call(c, CONN_WRITABLE);
     }
 }
 

@@ -1,8 +1,9 @@
 /* One client connection: frame reassembly, the hello gate, the write queue with its bounds.
  * It knows nothing of requests or runs: each complete frame goes to the handler given to
- * conns_init (request.h), and whoever writes to it as it drains (sub.h, the runs it follows)
- * registers its one hook (conn_hook_set), called when the queue has room again, when it starts
- * closing and when it is freed (the dqlite gateway_handle_cb pattern).
+ * conns_init (request.h), and whoever writes to it as it drains registers a hook in its own slot
+ * (conn_hook_set: sub.h for the runs it follows, tunnel.h for its tunnels), called when the
+ * queue has room again, when it starts closing and when it is freed (the dqlite
+ * gateway_handle_cb pattern).
  *
  * Ownership: the agent lists every conn (a->conns). conn_close() starts closing: the handle is
  * closed, and the conn is freed in the close callback (after CONN_FREED), never from inside a
@@ -27,6 +28,12 @@ enum conn_event {
     CONN_FREED,    /* it is being freed: let go of it (the last event) */
 };
 typedef void (*conn_hook_cb)(struct conn *c, enum conn_event ev, void *arg);
+/* Who may hook a connection: one slot each, called in this order. */
+enum conn_slot {
+    CONN_SLOT_SUBS,    /* the follower bridge (sub.h) */
+    CONN_SLOT_TUNNELS, /* the connection's tunnels (tunnel.h) */
+    CONN_SLOTS,
+};
 /* A complete frame's body (borrowed: freed after the call). */
 typedef void (*conn_frame_cb)(struct conn *c, const uint8_t *body, size_t len);
 
@@ -55,8 +62,10 @@ struct conn {
     uint64_t accepted_ms; /* uv_now at accept, for the hello deadline */
 
     uint64_t queued; /* memory held by replies handed to uv_write and not yet written */
-    conn_hook_cb hook; /* NULL, or who writes to it as it drains (sub.h) */
-    void *hook_arg;
+    struct {
+        conn_hook_cb cb; /* NULL, or who writes to it as it drains */
+        void *arg;
+    } hooks[CONN_SLOTS];
 
     char peer[64]; /* who is at the other end, for logs: "uid 0", "cid 2", "virtio box.agent" */
     void (*on_free)(void *arg); /* called when the conn is freed (virtio port: wait again) */
@@ -81,10 +90,10 @@ struct conn *conn_from_fd(struct agent *a, int fd, const char *peer);
  * Returns 0, -ENOMEM, or -EPIPE if the connection is closing. */
 int conn_send(struct conn *c, struct msg_out *o);
 
-/* Sets c's one hook (replacing any): cb(c, event, arg) for the events above. */
-void conn_hook_set(struct conn *c, conn_hook_cb cb, void *arg);
-/* The hook's arg, or NULL when c has no hook. */
-void *conn_hook_arg(const struct conn *c);
+/* Sets c's hook in slot (replacing any): cb(c, event, arg) for the events above. */
+void conn_hook_set(struct conn *c, enum conn_slot slot, conn_hook_cb cb, void *arg);
+/* The arg of the hook in slot, or NULL when that slot has none. */
+void *conn_hook_arg(const struct conn *c, enum conn_slot slot);
 /* About how many bytes c may queue now before output should wait for CONN_WRITABLE: 0 while it
  * is closing, over CONN_LOW_WATER, or the agent's queue_total is full. */
 uint64_t conn_room(const struct conn *c);

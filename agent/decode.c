@@ -368,3 +368,86 @@ int decode_take_str(const msgpack_object *o, char **at, char **out)
     *at += o->via.str.size + 1;
     return 0;
 }
+
+/* The `tunnel` every tunnel request but tunnel_open names. */
+static int get_tunnel(const msgpack_object *m, uint64_t *tunnel, struct decode_err *err)
+{
+    if (msg_get_u64(m, FIELD(TUNNEL), tunnel) < 0)
+        return fail(err, BOX_ERR_BAD_REQUEST, "tunnel must be the id a tunnel_opened gave");
+    return 0;
+}
+
+int decode_tunnel_open(const msgpack_object *m, struct dec_tunnel_open *out,
+                       struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    int eh = msg_get_str(m, FIELD(HOST), &out->host, &out->host_len);
+    int ep = msg_get_str(m, FIELD(PATH), &out->path, &out->path_len);
+    if (eh == -EINVAL || ep == -EINVAL)
+        return fail(err, BOX_ERR_BAD_REQUEST, "host and path must be strings");
+    if ((eh == 0) == (ep == 0))
+        return fail(err, BOX_ERR_BAD_REQUEST,
+                    "tunnel_open needs exactly one of host (with port) and path");
+    if (ep == 0) {
+        out->host = NULL;
+        if (msg_get(m, FIELD(PORT)) && msg_get(m, FIELD(PORT))->type != MSGPACK_OBJECT_NIL)
+            return fail(err, BOX_ERR_BAD_REQUEST, "port goes with host, not with path");
+        if (out->path_len == 0 || out->path_len > DECODE_TUNNEL_PATH_MAX ||
+            out->path[0] != '/' || memchr(out->path, '\0', out->path_len))
+            return fail(err, BOX_ERR_BAD_REQUEST,
+                        "path must be an absolute unix socket path of at most %u bytes "
+                        "without NUL", DECODE_TUNNEL_PATH_MAX);
+        return 0;
+    }
+    out->path = NULL;
+    if (out->host_len == 0 || out->host_len > DECODE_TUNNEL_HOST_MAX ||
+        memchr(out->host, '\0', out->host_len))
+        return fail(err, BOX_ERR_BAD_REQUEST,
+                    "host must be an address or name of 1 to %u bytes without NUL",
+                    DECODE_TUNNEL_HOST_MAX);
+    uint64_t port;
+    if (msg_get_u64(m, FIELD(PORT), &port) < 0 || port == 0 || port > 65535)
+        return fail(err, BOX_ERR_BAD_REQUEST, "port must be an integer from 1 to 65535");
+    out->port = (uint16_t)port;
+    return 0;
+}
+
+int decode_tunnel_data(const msgpack_object *m, struct dec_tunnel_data *out,
+                       struct decode_err *err)
+{
+    out->data = "";
+    out->len = 0;
+    if (get_tunnel(m, &out->tunnel, err) < 0)
+        return -1;
+    if (msg_get_bytes(m, FIELD(DATA), &out->data, &out->len) == -EINVAL) {
+        out->data = "";
+        out->len = 0;
+        return fail(err, BOX_ERR_BAD_REQUEST, "data must be str or bin");
+    }
+    return 0;
+}
+
+int decode_tunnel_ack(const msgpack_object *m, uint64_t *tunnel, uint64_t *bytes,
+                      struct decode_err *err)
+{
+    if (get_tunnel(m, tunnel, err) < 0)
+        return -1;
+    if (msg_get_u64(m, FIELD(BYTES), bytes) < 0)
+        return fail(err, BOX_ERR_BAD_REQUEST, "bytes must be an integer >= 0");
+    return 0;
+}
+
+int decode_tunnel_close(const msgpack_object *m, uint64_t *tunnel, bool *write_only,
+                        struct decode_err *err)
+{
+    if (get_tunnel(m, tunnel, err) < 0)
+        return -1;
+    const char *how = "both";
+    size_t n = 4;
+    int e = msg_get_str(m, FIELD(HOW), &how, &n);
+    if (e == -EINVAL || (e == 0 && !((n == 5 && memcmp(how, "write", 5) == 0) ||
+                                     (n == 4 && memcmp(how, "both", 4) == 0))))
+        return fail(err, BOX_ERR_BAD_REQUEST, "how must be \"write\" or \"both\"");
+    *write_only = n == 5;
+    return 0;
+}

@@ -139,6 +139,33 @@ struct dec_code {
 int decode_code(const msgpack_object *m, size_t max, struct dec_code *out,
                 struct decode_err *err);
 
+/* tunnel_open (PROTOCOL.md 13): exactly one of host + port (a TCP address: an IP address or a
+ * name to resolve, 1 to DECODE_TUNNEL_HOST_MAX bytes without NUL; port 1 to 65535) and path (a
+ * unix socket: absolute, without NUL, fitting sockaddr_un). The strings are not NUL-terminated. */
+#define DECODE_TUNNEL_HOST_MAX 253u
+#define DECODE_TUNNEL_PATH_MAX 107u
+struct dec_tunnel_open {
+    const char *host, *path; /* exactly one is not NULL */
+    size_t host_len, path_len;
+    uint16_t port;
+};
+int decode_tunnel_open(const msgpack_object *m, struct dec_tunnel_open *out,
+                       struct decode_err *err);
+/* tunnel_data: the tunnel (required uint) and data (str or bin, default empty). */
+struct dec_tunnel_data {
+    uint64_t tunnel;
+    const char *data;
+    size_t len;
+};
+int decode_tunnel_data(const msgpack_object *m, struct dec_tunnel_data *out,
+                       struct decode_err *err);
+/* tunnel_ack: the tunnel and bytes (required uints). */
+int decode_tunnel_ack(const msgpack_object *m, uint64_t *tunnel, uint64_t *bytes,
+                      struct decode_err *err);
+/* tunnel_close: the tunnel, and how: "write" (*write_only) or "both" (the default). */
+int decode_tunnel_close(const msgpack_object *m, uint64_t *tunnel, bool *write_only,
+                        struct decode_err *err);
+
 /* Copies a msgpack str into a NUL-terminated string at *at, refusing embedded NULs: 0, or -1
  * when o is not a str or holds a NUL. Advances *at past the copy. */
 int decode_take_str(const msgpack_object *o, char **at, char **out);

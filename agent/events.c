@@ -43,6 +43,10 @@ const char *errno_name(int err)
         E(ENOTDIR); E(EISDIR); E(EINVAL); E(ENFILE); E(EMFILE); E(ETXTBSY); E(EFBIG);
         E(ENOSPC); E(EROFS); E(EMLINK); E(EPIPE); E(ENAMETOOLONG); E(ELOOP); E(ENOSYS);
         E(ELIBBAD); E(EOVERFLOW); E(ETIMEDOUT); E(ECANCELED);
+        /* What a tunnel's connect, read or write may fail with (PROTOCOL.md 13). */
+        E(ECONNREFUSED); E(ECONNRESET); E(ECONNABORTED); E(EHOSTUNREACH); E(ENETUNREACH);
+        E(ENETDOWN); E(EADDRNOTAVAIL); E(EAFNOSUPPORT); E(EPROTOTYPE); E(ENOTSOCK);
+        E(ENOBUFS);
 #undef E
     default:
         return "E?";

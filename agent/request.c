@@ -1,6 +1,6 @@
 /* The request layer's front: one frame body in, parsed, its `req` and `type` read, and handed to
  * the handler of its type (request_agent.c: hello, ping, info, shutdown; request_run.c: exec
- * and code; request_ops.c: the requests on runs). Also the replies every handler may give
+ * and code; request_ops.c: the requests on runs; request_tunnel.c: the tunnels). Also the replies every handler may give
  * (request_priv.h) and the retry of requests held for interpreter probes (code_hold). */
 #include "request.h"
 
@@ -154,6 +154,8 @@ static void (*const handlers[BOX_T__COUNT])(struct ctx *) = {
     [BOX_T_LIST] = request__list,     [BOX_T_INFO] = request__info,
     [BOX_T_PING] = request__ping,     [BOX_T_SHUTDOWN] = request__shutdown,
     [BOX_T_RESIZE] = request__resize,
+    [BOX_T_TUNNEL_OPEN] = request__tunnel_open,   [BOX_T_TUNNEL_DATA] = request__tunnel_data,
+    [BOX_T_TUNNEL_ACK] = request__tunnel_ack,     [BOX_T_TUNNEL_CLOSE] = request__tunnel_close,
 };
 
 static void dispatch(struct conn *c, const uint8_t *body, size_t len, uint64_t hold_deadline)

@@ -14,6 +14,7 @@
 #include "request_priv.h"
 #include "runlimits.h"
 #include "shutdown.h"
+#include "tunnel.h"
 
 void request_put_limits(struct msg_out *o, const struct agent *a)
 {
@@ -38,6 +39,7 @@ void request_put_limits(struct msg_out *o, const struct agent *a)
     msg_kv_u64(o, box_limit_str(BOX_LIM_FLUSH_MS), c->flush_ms);
     msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_CODE), CODE_MAX_BYTES);
     files_put_limits(o);
+    tunnel_put_limits(o);
     msg_map_close(o);
 }
 
@@ -81,7 +83,8 @@ void request__hello(struct ctx *x)
     msg_key(&o, BOX_KEY(CAPABILITIES));
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
                                        "logs", "list", "info", "ping", "argv", "run_id", "code",
-                                       "files", "tty"};
+                                       "files", "tty",
+                                       "tunnel"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);

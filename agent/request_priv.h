@@ -68,5 +68,10 @@ void request__wait(struct ctx *x);
 void request__logs(struct ctx *x);
 void request__list(struct ctx *x);
 void request__resize(struct ctx *x);
+/* request_tunnel.c */
+void request__tunnel_open(struct ctx *x);
+void request__tunnel_data(struct ctx *x);
+void request__tunnel_ack(struct ctx *x);
+void request__tunnel_close(struct ctx *x);
 
 #endif

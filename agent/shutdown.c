@@ -19,6 +19,7 @@
 #include "run.h"
 #include "runtab.h"
 #include "sub.h"
+#include "tunnel.h"
 
 /* How long past grace_ms + drain_ms shutdown waits for the last runs, processes and replies
  * before it gives up and stops anyway. */
@@ -101,6 +102,7 @@ void agent_shutdown(struct agent *a, const char *why, enum final_action act)
     log_info("shutting down (%s): %u live runs", why, a->n_live);
     sdnotify_stopping();
     listen_close_all(a);
+    tunnel_close_all(a);
     runs_cancel_all(a, a->cfg.grace_ms);
     if (a->pid1) {
         /* PID 1: every other process in the box gets the same TERM, grace, KILL. Never when

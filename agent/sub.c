@@ -24,7 +24,7 @@ static void on_conn_event(struct conn *c, enum conn_event ev, void *arg);
 
 static struct sub_conn *sc_get(struct conn *c)
 {
-    struct sub_conn *sc = conn_hook_arg(c);
+    struct sub_conn *sc = conn_hook_arg(c, CONN_SLOT_SUBS);
     if (sc != NULL)
         return sc;
     sc = boxd_calloc(1, sizeof *sc);
@@ -33,7 +33,7 @@ static struct sub_conn *sc_get(struct conn *c)
     sc->c = c;
     list_init(&sc->subs);
     list_init(&sc->ready);
-    conn_hook_set(c, on_conn_event, sc);
+    conn_hook_set(c, CONN_SLOT_SUBS, on_conn_event, sc);
     return sc;
 }
 
@@ -219,7 +219,7 @@ struct sub *sub_replace(struct sub *old, const struct reqtag *req, uint64_t from
 
 struct sub *sub_find(struct conn *c, const struct run *r)
 {
-    const struct sub_conn *sc = conn_hook_arg(c);
+    const struct sub_conn *sc = conn_hook_arg(c, CONN_SLOT_SUBS);
     if (sc == NULL)
         return NULL;
     const struct list *pos;
@@ -233,13 +233,13 @@ struct sub *sub_find(struct conn *c, const struct run *r)
 
 bool sub_owed(const struct conn *c)
 {
-    const struct sub_conn *sc = conn_hook_arg(c);
+    const struct sub_conn *sc = conn_hook_arg(c, CONN_SLOT_SUBS);
     return sc != NULL && !list_empty(&sc->ready);
 }
 
 bool sub_full(const struct conn *c)
 {
-    const struct sub_conn *sc = conn_hook_arg(c);
+    const struct sub_conn *sc = conn_hook_arg(c, CONN_SLOT_SUBS);
     return sc != NULL && sc->n >= c->a->cfg.max_subs;
 }
 
@@ -256,7 +256,7 @@ int sub_reserve(struct conn *c)
 
 void sub_unreserve(struct conn *c)
 {
-    struct sub_conn *sc = conn_hook_arg(c);
+    struct sub_conn *sc = conn_hook_arg(c, CONN_SLOT_SUBS);
     if (sc != NULL && sc->n > 0)
         sc->n--;
 }

@@ -1,7 +1,7 @@
 /* The follower bridge: the subscriptions through which a connection follows runs (attach, exec
  * with follow, wait). It stands between the two layers and neither knows of it by name: each
  * subscription is a reader of its run's log (run.h: struct run_reader, woken through its notify
- * callback), and the bridge is the one hook of its connection (conn.h: conn_hook_set, called as
+ * callback), and the bridge is its connection's hook in CONN_SLOT_SUBS (conn.h: conn_hook_set, called as
  * the connection drains, starts closing and is freed). The bridge keeps the cursor, the
  * connection's ready list (round robin between runs) and the max_subs count, pulls records from
  * the run's log and encodes them through events.h into the connection's queue, only while the

@@ -1295,6 +1295,11 @@ static const struct {
     {"file_symlink", OP_SYMLINK},
 };
 
+struct fsworker *files_worker(const struct agent *a)
+{
+    return a->files ? a->files->w : NULL;
+}
+
 int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *req,
                   const char *type, size_t tlen)
 {

@@ -43,6 +43,10 @@ size_t files_tids(const struct agent *a, pid_t *out, size_t max);
 int files_request(struct conn *c, const msgpack_object *m, const struct reqtag *req,
                   const char *type, size_t tlen);
 
+/* The I/O threads (fsworker.h), for other requests that act as a user (tunnel.h's connects);
+ * NULL when they could not be started. */
+struct fsworker *files_worker(const struct agent *a);
+
 /* The files' limits, into an open `limits` map. */
 void files_put_limits(struct msg_out *o);
 

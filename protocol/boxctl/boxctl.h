@@ -11,6 +11,7 @@
  *   follow.c     streaming a run: the poll loop, SIGINT, stdin feeding, wait, logs pages
  *   cmd_run.c    exec, code                      cmd_runs.c   attach wait logs cancel signal stdin
  *   cmd_agent.c  list info ping shutdown         cmd_files.c  cp ls rm mkdir watch
+ *   cmd_tunnel.c tunnel forward
  *   json.c       the JSON writer
  *
  * Exit status: 2 usage errors, 1 connection/protocol errors and error replies, else what the
@@ -273,6 +274,9 @@ int cmd_ls(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_rm(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_mkdir(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_watch(struct ctl *x, struct opts *o, int argc, char **argv);
+/* cmd_tunnel.c */
+int cmd_tunnel(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_forward(struct ctl *x, struct opts *o, int argc, char **argv);
 
 /* The single RUN_ID operand (and up to `more` others). Returns 0 or EXIT_USAGE (reported). */
 int take_run_id(const char *cmd, int argc, char **argv, int more, const char **id);

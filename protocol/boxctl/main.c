@@ -151,6 +151,29 @@ const struct command command_table[] = {
      "'overflow' means events were lost: list the directory again. --json prints each event as "
      "a JSON object {seq, event, name, dir}.",
      "recursive user json", true, cmd_watch},
+    {"tunnel", "Tunnels", "relay stdin/stdout to a TCP address or unix socket in the box",
+     "[--user U] HOST:PORT | unix:PATH",
+     "Open a tunnel to HOST:PORT (an IPv4 or IPv6 address, [::1]:22, or a name of the box's "
+     "/etc/hosts such as localhost) "
+     "or to the unix socket PATH inside the box, and relay boxctl's stdin to it and what it "
+     "sends to stdout, byte for byte. EOF on stdin half-closes the tunnel (the server reads "
+     "EOF and may still answer); boxctl exits when the tunnel has closed both ways. The connect "
+     "is made as the runs' user, or --user U where the agent allows it, so a socket that user "
+     "may not write to is refused. This is what ssh needs as a ProxyCommand:\n"
+     "  ssh -o ProxyCommand='boxctl -s SOCK tunnel 127.0.0.1:22' user@box\n"
+     "Exit status: 0 when the tunnel closed normally; 1 when the connect failed (the message "
+     "says why: ECONNREFUSED when nothing listens there, EACCES when the user may not connect) "
+     "or the tunnel was reset.",
+     "user", false, cmd_tunnel},
+    {"forward", "Tunnels", "forward a local TCP port to an address in the box",
+     "[--user U] [BIND:]LPORT:HOST:PORT",
+     "Listen on BIND:LPORT on this machine (BIND defaults to 127.0.0.1, so only local clients "
+     "can connect; LPORT 0 picks a free port) and open one tunnel to HOST:PORT in the box for "
+     "each accepted connection, up to 64 at once, all over one agent connection. The first "
+     "line printed says where it listens. Runs until interrupted (Ctrl-C). HOST:PORT may be "
+     "unix:PATH for a unix socket in the box.\n"
+     "Example: boxctl forward 8080:127.0.0.1:3000, then open http://127.0.0.1:8080/.",
+     "user", false, cmd_forward},
     /* Terminals go here. */
 };
 /* clang-format on */

@@ -511,6 +511,24 @@ void msg_line(struct msg_out *o, uint64_t seq, uint64_t ts_ns, uint64_t stream, 
     o->sb.size += (size_t)(p - p0) + n;
 }
 
+char *msg_bin_reserve(struct msg_out *o, size_t max)
+{
+    if (max > UINT32_MAX || !out_reserve(o, 5 + max))
+        return NULL;
+    return o->sb.data + o->sb.size + 5;
+}
+
+void msg_bin_commit(struct msg_out *o, size_t n)
+{
+    uint8_t *p = (uint8_t *)o->sb.data + o->sb.size;
+    p[0] = 0xc6; /* bin 32: its length is known only after the bytes are in */
+    p[1] = (uint8_t)(n >> 24);
+    p[2] = (uint8_t)(n >> 16);
+    p[3] = (uint8_t)(n >> 8);
+    p[4] = (uint8_t)n;
+    o->sb.size += 5 + n;
+}
+
 void msg_data(struct msg_out *o, const char *s, size_t n)
 {
     msg_data_known(o, s, n, utf8_valid((const uint8_t *)s, n));

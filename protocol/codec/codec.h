@@ -87,6 +87,12 @@ void msg_strn(struct msg_out *o, const char *s, size_t n);
 void msg_data(struct msg_out *o, const char *s, size_t n);
 /* The same, when the caller already knows whether the bytes are valid UTF-8. */
 void msg_data_known(struct msg_out *o, const char *s, size_t n, bool utf8);
+/* A bin value filled in place (a socket read straight into the frame): msg_bin_reserve makes
+ * room for a bin 32 header and max bytes and returns where the bytes go (NULL: no memory, o
+ * failed); msg_bin_commit(o, n) then writes the header for the n <= max bytes put there. Nothing
+ * may be packed in between. */
+char *msg_bin_reserve(struct msg_out *o, size_t max);
+void msg_bin_commit(struct msg_out *o, size_t n);
 /* One output record as an `output` event's `lines` holds it (PROTOCOL.md): the array
  * [seq, ts_ns, stream, data], data as msg_data_known packs it. The same bytes as msg_array(4),
  * three msg_u64 and msg_data_known, written with one capacity check instead of six packer

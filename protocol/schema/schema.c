@@ -80,6 +80,11 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_SYMLINK] = COMMON | F(PATH) | F(TARGET) | F(USER) | F(OVERWRITE),
     [BOX_T_FILE_WATCH] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
     [BOX_T_FILE_UNWATCH] = COMMON | F(WATCH),
+    /* The tunnels (13). */
+    [BOX_T_TUNNEL_OPEN] = COMMON | F(HOST) | F(PORT) | F(PATH) | F(USER),
+    [BOX_T_TUNNEL_DATA] = COMMON | F(TUNNEL) | F(DATA),
+    [BOX_T_TUNNEL_ACK] = COMMON | F(TUNNEL) | F(BYTES),
+    [BOX_T_TUNNEL_CLOSE] = COMMON | F(TUNNEL) | F(HOW),
 };
 #undef F
 
@@ -135,6 +140,12 @@ static const uint8_t rf_file_event[] = {RCOMMON, R(WATCH), R(SEQ), R(EVENT), R(N
 static const uint8_t rf_file_stat[] = {RCOMMON, R(ENTRY), RENTRY};
 static const uint8_t rf_file_list[] = {RCOMMON, R(ENTRIES), RENTRY, R(TRUNCATED)};
 #undef RENTRY
+/* The tunnels (10.5); every event of a tunnel carries its tunnel_open's req. */
+static const uint8_t rf_tunnel_opened[] = {RCOMMON, R(TUNNEL), R(WINDOW)};
+static const uint8_t rf_tunnel_data[] = {RCOMMON, R(TUNNEL), R(DATA)};
+static const uint8_t rf_tunnel_ack[] = {RCOMMON, R(TUNNEL), R(BYTES)};
+static const uint8_t rf_tunnel_eof[] = {RCOMMON, R(TUNNEL)};
+static const uint8_t rf_tunnel_closed[] = {RCOMMON, R(TUNNEL), R(REASON), R(ERRNO_NAME)};
 #undef RCOMMON
 #undef R
 
@@ -159,6 +170,11 @@ static const struct rf_list reply_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_EVENT] = L(rf_file_event),
     [BOX_T_FILE_STAT] = L(rf_file_stat),
     [BOX_T_FILE_LIST] = L(rf_file_list),
+    [BOX_T_TUNNEL_OPENED] = L(rf_tunnel_opened),
+    [BOX_T_TUNNEL_DATA] = L(rf_tunnel_data),
+    [BOX_T_TUNNEL_ACK] = L(rf_tunnel_ack),
+    [BOX_T_TUNNEL_EOF] = L(rf_tunnel_eof),
+    [BOX_T_TUNNEL_CLOSED] = L(rf_tunnel_closed),
 };
 #undef L
 

@@ -62,7 +62,14 @@
     X(FILE_CHUNK, "file_chunk", BOX_DIR_AGENT)                                                      \
     X(FILE_END, "file_end", BOX_DIR_AGENT)                                                          \
     X(FILE_WATCHING, "file_watching", BOX_DIR_AGENT)                                                \
-    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)
+    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)                                                      \
+    X(TUNNEL_OPEN, "tunnel_open", BOX_DIR_REQUEST)                                                  \
+    X(TUNNEL_OPENED, "tunnel_opened", BOX_DIR_AGENT)                                                \
+    X(TUNNEL_DATA, "tunnel_data", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                  \
+    X(TUNNEL_ACK, "tunnel_ack", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                    \
+    X(TUNNEL_CLOSE, "tunnel_close", BOX_DIR_REQUEST)                                                \
+    X(TUNNEL_EOF, "tunnel_eof", BOX_DIR_AGENT)                                                      \
+    X(TUNNEL_CLOSED, "tunnel_closed", BOX_DIR_AGENT)
 
 /* The error codes of section 6: X(ENUM, "code"). */
 #define BOX_ERRORS(X)                                                                             \
@@ -88,7 +95,8 @@
     X(REFUSED, "refused")                                                                           \
     X(CHECKSUM_MISMATCH, "checksum_mismatch")                                                       \
     X(UNSUPPORTED, "unsupported")                                                                   \
-    X(IO_ERROR, "io_error")
+    X(IO_ERROR, "io_error")                                                                         \
+    X(CONNECT_FAILED, "connect_failed")
 
 /* Where a limit's name appears: a key of `hello.limits` (and `info.limits`), and/or the `limit`
  * field of an `error` `limit` (the limit a request would exceed). */
@@ -124,7 +132,9 @@
     X(FILE_DEPTH, "file_depth", BOX_LIM_HELLO)                                                      \
     X(FILE_WORKERS, "file_workers", BOX_LIM_HELLO)                                                  \
     X(MAX_WATCHES, "max_watches", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
-    X(WATCH_DIRS, "watch_dirs", BOX_LIM_HELLO)
+    X(WATCH_DIRS, "watch_dirs", BOX_LIM_HELLO)                                                      \
+    X(MAX_TUNNELS, "max_tunnels", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
+    X(TUNNEL_WINDOW, "tunnel_window", BOX_LIM_HELLO | BOX_LIM_ERROR)
 
 /* The fields of requests (section 10.2, top level): X(ENUM, "name"). */
 #define BOX_FIELDS(X)                                                                             \
@@ -177,7 +187,12 @@
     X(TTY, "tty")                                                                                 \
     X(ROWS, "rows")                                                                               \
     X(COLS, "cols")                                                                               \
-    X(LOGIN, "login")
+    X(LOGIN, "login")                                                                             \
+    X(HOST, "host")                                                                                 \
+    X(PORT, "port")                                                                                 \
+    X(TUNNEL, "tunnel")                                                                             \
+    X(BYTES, "bytes")                                                                               \
+    X(HOW, "how")
 
 /* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
@@ -285,7 +300,9 @@
     X(ENTRIES, "entries")                                                                         \
     X(TTY, "tty")                                                                                 \
     X(ROWS, "rows")                                                                               \
-    X(COLS, "cols")
+    X(COLS, "cols")                                                                               \
+    X(TUNNEL, "tunnel")                                                                             \
+    X(WINDOW, "window")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,

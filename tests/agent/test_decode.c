@@ -5,6 +5,7 @@
  *
  * Frames are hex specs: hex bytes, and text between single quotes copied as is. */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -337,6 +338,98 @@ static void test_code_fields(void)
                "code is 5 bytes; at most 4 (max_code)");
 }
 
+static void test_tunnel_open(void)
+{
+    struct decode_err e;
+    struct dec_tunnel_open t;
+    /* {type: "tunnel_open", req: 5, host: "127.0.0.1", port: 22} */
+    CHECK_EQ(decode_tunnel_open(body("84 a4'type' ab'tunnel_open' a3'req' 05 a4'host' a9'127.0.0.1'"
+                                     " a4'port' 16"), &t, &e), 0);
+    CHECK(t.host_len == 9 && memcmp(t.host, "127.0.0.1", 9) == 0 && t.port == 22 && !t.path);
+    /* port as uint16 (0xcd), an unknown field ignored */
+    CHECK_EQ(decode_tunnel_open(body("83 a4'host' a9'localhost' a4'port' cd ff ff a1'x' c0"), &t,
+                                &e), 0);
+    CHECK(t.port == 65535);
+    CHECK_EQ(decode_tunnel_open(body("81 a4'path' a9'/run/a.so'"), &t, &e), 0);
+    CHECK(t.path_len == 9 && t.host == NULL);
+    /* path with port nil: nil is absent */
+    CHECK_EQ(decode_tunnel_open(body("82 a4'path' a2'/s' a4'port' c0"), &t, &e), 0);
+    expect_err(decode_tunnel_open(body("81 a4'type' ab'tunnel_open'"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "tunnel_open needs exactly one of host (with port) and path");
+    expect_err(decode_tunnel_open(body("83 a4'host' a1'h' a4'port' 01 a4'path' a2'/s'"), &t, &e),
+               &e, BOX_ERR_BAD_REQUEST,
+               "tunnel_open needs exactly one of host (with port) and path");
+    expect_err(decode_tunnel_open(body("81 a4'host' 01"), &t, &e), &e, BOX_ERR_BAD_REQUEST,
+               "host and path must be strings");
+    expect_err(decode_tunnel_open(body("81 a4'host' a1'h'"), &t, &e), &e, BOX_ERR_BAD_REQUEST,
+               "port must be an integer from 1 to 65535");
+    expect_err(decode_tunnel_open(body("82 a4'host' a1'h' a4'port' 00"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "port must be an integer from 1 to 65535");
+    expect_err(decode_tunnel_open(body("82 a4'host' a1'h' a4'port' ce 00 01 00 00"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "port must be an integer from 1 to 65535");
+    expect_err(decode_tunnel_open(body("82 a4'host' a1'h' a4'port' ff"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "port must be an integer from 1 to 65535");
+    expect_err(decode_tunnel_open(body("82 a4'host' a0 a4'port' 01"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST,
+               "host must be an address or name of 1 to 253 bytes without NUL");
+    expect_err(decode_tunnel_open(body("82 a4'host' a3'a' 00 'b' a4'port' 01"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST,
+               "host must be an address or name of 1 to 253 bytes without NUL");
+    expect_err(decode_tunnel_open(body("82 a4'path' a2'/s' a4'port' 01"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "port goes with host, not with path");
+    const char *relative = "must be an absolute unix socket path of at most 107 bytes without NUL";
+    char want[128];
+    snprintf(want, sizeof want, "path %s", relative);
+    expect_err(decode_tunnel_open(body("81 a4'path' a3'a.s'"), &t, &e), &e, BOX_ERR_BAD_REQUEST,
+               want);
+    /* 108 bytes: one over sun_path */
+    char spec[400];
+    int n = snprintf(spec, sizeof spec, "81 a4'path' d9 6c '/");
+    for (int i = 0; i < 107; i++)
+        spec[n++] = 'a';
+    spec[n++] = '\'';
+    spec[n] = '\0';
+    expect_err(decode_tunnel_open(body(spec), &t, &e), &e, BOX_ERR_BAD_REQUEST, want);
+}
+
+static void test_tunnel_data_ack_close(void)
+{
+    struct decode_err e;
+    struct dec_tunnel_data d;
+    /* {type: "tunnel_data", tunnel: 1, data: bin "hi"} */
+    CHECK_EQ(decode_tunnel_data(body("83 a4'type' ab'tunnel_data' a6'tunnel' 01 a4'data' c4 02"
+                                     " 'hi'"), &d, &e), 0);
+    CHECK(d.tunnel == 1 && d.len == 2 && memcmp(d.data, "hi", 2) == 0);
+    CHECK_EQ(decode_tunnel_data(body("81 a6'tunnel' 07"), &d, &e), 0);
+    CHECK(d.tunnel == 7 && d.len == 0);
+    expect_err(decode_tunnel_data(body("81 a4'data' a1'x'"), &d, &e), &e, BOX_ERR_BAD_REQUEST,
+               "tunnel must be the id a tunnel_opened gave");
+    expect_err(decode_tunnel_data(body("81 a6'tunnel' ff"), &d, &e), &e, BOX_ERR_BAD_REQUEST,
+               "tunnel must be the id a tunnel_opened gave");
+    expect_err(decode_tunnel_data(body("82 a6'tunnel' 01 a4'data' 05"), &d, &e), &e,
+               BOX_ERR_BAD_REQUEST, "data must be str or bin");
+    uint64_t id, nbytes;
+    CHECK_EQ(decode_tunnel_ack(body("83 a4'type' aa'tunnel_ack' a6'tunnel' 02 a5'bytes' cd 10 00"),
+                               &id, &nbytes, &e), 0);
+    CHECK(id == 2 && nbytes == 4096);
+    expect_err(decode_tunnel_ack(body("81 a6'tunnel' 02"), &id, &nbytes, &e), &e,
+               BOX_ERR_BAD_REQUEST, "bytes must be an integer >= 0");
+    expect_err(decode_tunnel_ack(body("82 a6'tunnel' 02 a5'bytes' ff"), &id, &nbytes, &e), &e,
+               BOX_ERR_BAD_REQUEST, "bytes must be an integer >= 0");
+    bool wo = true;
+    CHECK_EQ(decode_tunnel_close(body("82 a4'type' ac'tunnel_close' a6'tunnel' 03"), &id, &wo, &e),
+             0);
+    CHECK(id == 3 && !wo);
+    CHECK_EQ(decode_tunnel_close(body("82 a6'tunnel' 03 a3'how' a5'write'"), &id, &wo, &e), 0);
+    CHECK(wo);
+    CHECK_EQ(decode_tunnel_close(body("82 a6'tunnel' 03 a3'how' a4'both'"), &id, &wo, &e), 0);
+    CHECK(!wo);
+    expect_err(decode_tunnel_close(body("82 a6'tunnel' 03 a3'how' a4'read'"), &id, &wo, &e), &e,
+               BOX_ERR_BAD_REQUEST, "how must be \"write\" or \"both\"");
+    expect_err(decode_tunnel_close(body("82 a6'tunnel' 03 a3'how' 01"), &id, &wo, &e), &e,
+               BOX_ERR_BAD_REQUEST, "how must be \"write\" or \"both\"");
+}
+
 int main(int argc, char **argv)
 {
     static const struct unit_test tests[] = {
@@ -354,6 +447,8 @@ int main(int argc, char **argv)
         UNIT_TEST(test_exec_program),
         UNIT_TEST(test_code_fields),
         UNIT_TEST(test_tty_fields),
+        UNIT_TEST(test_tunnel_open),
+        UNIT_TEST(test_tunnel_data_ack_close),
     };
     return unit_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }

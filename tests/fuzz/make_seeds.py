@@ -179,8 +179,33 @@ def main():
         # The same split into 3-byte chunks, and without the hello (need_hello for each).
         write(conn_dir, "file-" + name + "-split", bytes([0x01 | (2 << 1)]) + stream)
         write(conn_dir, "file-" + name + "-nohello", bytes([63 << 1]) + stream)
+    # Tunnel requests (PROTOCOL.md 13): an open by address and by path, data, acks and
+    # closes on it (ids the connection never had: not_found), and the malformed forms. With
+    # no I/O thread the opens are answered "not available"; test_tunnel.py drives the rest.
+    tunnel_reqs = {
+        "open": [
+            {"type": "tunnel_open", "req": 1, "host": "127.0.0.1", "port": 22},
+            {"type": "tunnel_open", "req": 2, "path": "/run/x.sock", "user": "nobody"},
+            {"type": "tunnel_data", "req": 3, "tunnel": 1, "data": b"SSH-2.0-x\r\n"},
+            {"type": "tunnel_ack", "req": 4, "tunnel": 1, "bytes": 10},
+            {"type": "tunnel_close", "req": 5, "tunnel": 1, "how": "write"},
+            {"type": "tunnel_close", "req": 6, "tunnel": 1}],
+        "bad": [
+            {"type": "tunnel_open", "req": 1},
+            {"type": "tunnel_open", "req": 2, "host": "h", "port": 0},
+            {"type": "tunnel_open", "req": 3, "host": "h", "port": 22, "path": "/s"},
+            {"type": "tunnel_open", "req": 4, "path": "rel", "port": 1},
+            {"type": "tunnel_open", "req": 5, "host": "", "port": 70000},
+            {"type": "tunnel_data", "req": 6, "tunnel": -1, "data": 5},
+            {"type": "tunnel_ack", "req": 7, "tunnel": 1, "bytes": -3},
+            {"type": "tunnel_close", "req": 8, "tunnel": "1", "how": "read"}],
+    }
+    for name, rs in tunnel_reqs.items():
+        stream = b"".join(frame(msgpack.packb(r, use_bin_type=True)) for r in rs)
+        write(conn_dir, "tunnel-" + name, bytes([0x01 | (63 << 1)]) + stream)
+        write(conn_dir, "tunnel-" + name + "-split", bytes([0x01 | (2 << 1)]) + stream)
     print("wrote %d msg seeds, %d frame seeds and %d conn seeds"
-          % (len(bodies), len(bodies) + 4, n_oom + 3 * len(file_reqs)))
+          % (len(bodies), len(bodies) + 4, n_oom + 3 * len(file_reqs) + 2 * len(tunnel_reqs)))
     return 0
 
 

@@ -161,6 +161,10 @@ FILE_REQUESTS = {"file_write", "file_data", "file_abort", "file_read", "file_sta
                  "file_watch", "file_unwatch"}
 FILE_REPLIES = {"file_ack", "file_written", "file_info", "file_chunk", "file_end", "file_stat",
                 "file_list", "file_watching", "file_event"}
+# The tunnels (PROTOCOL.md 10.5 and 13): test_tunnel.py drives them and checks their messages.
+TUNNEL_REQUESTS = {"tunnel_open", "tunnel_data", "tunnel_ack", "tunnel_close"}
+TUNNEL_REPLIES = {"tunnel_opened", "tunnel_data", "tunnel_ack", "tunnel_eof", "tunnel_closed"}
+TUNNEL_CODES = {"connect_failed"}
 FILE_CODES = {"not_a_directory", "is_a_directory", "exists", "permission_denied", "no_space",
               "refused", "checksum_mismatch", "unsupported", "io_error"}
 
@@ -339,10 +343,11 @@ def test_schema_tables_parse():
     requests = {n for k, n in SCHEMAS if k == "request"}
     agent = {n for k, n in SCHEMAS if k == "agent"}
     assert requests == {"hello", "ping", "info", "shutdown", "exec", "code", "stdin", "signal",
-                        "cancel", "attach", "detach", "wait", "logs", "list", "resize"} | FILE_REQUESTS, \
+                        "cancel", "attach", "detach", "wait", "logs", "list", "resize"} | FILE_REQUESTS \
+        | TUNNEL_REQUESTS, \
         requests
     assert agent == {"hello", "pong", "info", "ok", "started", "error", "attached", "output",
-                     "gap", "end", "logs", "list"} | FILE_REPLIES, agent
+                     "gap", "end", "logs", "list"} | FILE_REPLIES | TUNNEL_REPLIES, agent
     for (kind, name), fields in SCHEMAS.items():
         assert "type" in fields and "req" in fields, (kind, name)
 
@@ -631,17 +636,17 @@ def test_every_message_matches_its_schema(start_boxd, tmp_path):
     assert run_to_end(c2, req)[-1]["status"] == "cancelled"
 
     # Every reply and event type was produced, and every message matched its schema.
-    agent_types = {n for k, n in SCHEMAS if k == "agent"} - FILE_REPLIES
+    agent_types = {n for k, n in SCHEMAS if k == "agent"} - FILE_REPLIES - TUNNEL_REPLIES
     assert ck.seen_types == agent_types, agent_types - ck.seen_types
     # out of memory is not produced here; the file codes are test_files_doc.py's
-    codes = doc_error_codes(doc_text()) - {"internal"} - FILE_CODES
+    codes = doc_error_codes(doc_text()) - {"internal"} - FILE_CODES - TUNNEL_CODES
     assert codes <= ck.seen_codes, codes - ck.seen_codes
     assert not ck.problems, "\n".join(ck.problems)
 
     # No phantom fields: everything documented for the agent's messages was seen at least once.
     unseen = []
     for (kind, name), fields in SCHEMAS.items():
-        if kind != "agent" or name in FILE_REPLIES:
+        if kind != "agent" or name in FILE_REPLIES or name in TUNNEL_REPLIES:
             continue
         got = ck.seen_fields.get((kind, name), set())
         for f in fields:
@@ -691,6 +696,11 @@ BOUNDS = [
     ("exec", "login", {"tty": {"rows": 24, "cols": 80}, "argv": ["/bin/true"]}, False, True,
      "bad_request", "without `cmd` and `argv`"),
     ("code", "tty", {"lang": "sh", "code": "true"}, None, [24, 80], "bad_request", "4.9"),
+    ("tunnel_open", "port", {"host": "127.0.0.1"}, 65535, 65536, "bad_request", "1 to 65535"),
+    ("tunnel_open", "path", {}, "/" + "s" * 106, "/" + "s" * 107, "bad_request",
+     "at most 107 bytes"),
+    ("tunnel_open", "host", {"port": 1}, "h" * 253, "h" * 254, "bad_request", "1-253 bytes"),
+    ("tunnel_close", "how", {"tunnel": 99}, None, "read", "bad_request", "`\"write\"`"),
 ]
 
 
