@@ -36,12 +36,14 @@ BOXCTL_BIN=${BOXCTL_BIN:-$REPO/build/boxctl}
 
 # What the image is. --no-install-recommends keeps it to these and their dependencies (about
 # 400 packages, npm's node-* libraries being most of them). libnss-myhostname resolves the
-# box's own hostname whatever the platform names it (sudo needs that).
-PACKAGES="nodejs npm python3 python3-pip python3-venv git curl ca-certificates sudo libnss-myhostname"
+# box's own hostname whatever the platform names it (sudo needs that). openssh-server is the
+# sshd that `ssh <box-id>@...` reaches through a boxd tunnel (PROTOCOL.md section 13); it is
+# installed, not started: `sudo box-sshd` starts it (below).
+PACKAGES="nodejs npm python3 python3-pip python3-venv git curl ca-certificates sudo libnss-myhostname openssh-server"
 BOX_USER=box
 BOX_UID=1000
 # Change RECIPE_VERSION (or anything above) to make every machine rebuild the packages.
-RECIPE_VERSION=3
+RECIPE_VERSION=4
 RECIPE="boxd-image v$RECIPE_VERSION packages=$PACKAGES user=$BOX_USER:$BOX_UID"
 # The OCI form: where its socket is (bind-mount the directory), and what its entrypoint adds.
 OCI_SOCKET=/var/lib/boxd/boxd.sock
@@ -172,6 +174,10 @@ EOF
     # image's apt cache, so a rebuild downloads only what changed. The mounts live in a private
     # mount namespace that dies with the build.
     mkdir -p "$CACHE/apt-archives/partial"
+    # No service starts during the install: openssh-server's postinst would start an sshd in the
+    # build's chroot, on the host's network. policy-rc.d's 101 is "action forbidden".
+    printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+    chmod 0755 "$tmp/usr/sbin/policy-rc.d"
     unshare --mount --propagation private sh -eu -c '
         tmp=$1 archives=$2 packages=$3
         mount -t proc proc "$tmp/proc"
@@ -182,6 +188,23 @@ EOF
         tail -n 20 "$CACHE/apt.log" >&2
         die "installing the image's packages failed (full log: $CACHE/apt.log)"
     }
+    rm -f "$tmp/usr/sbin/policy-rc.d"
+    # Every box makes its own host keys when its sshd first starts: keys baked into the image
+    # would be one key shared by every box, so one box could impersonate all the others.
+    rm -f "$tmp"/etc/ssh/ssh_host_*
+    cat >"$tmp/usr/local/sbin/box-sshd" <<'EOF'
+#!/bin/sh
+# box-sshd [SSHD-OPTIONS...]: starts the box's sshd (packaging/image.sh). Makes this box's own
+# host keys the first time, and sshd's privilege separation directory, then runs sshd, which
+# detaches. The platform runs `sudo box-sshd` once per box; its gateway reaches the sshd through
+# a boxd tunnel to 127.0.0.1:22 (boxctl tunnel 127.0.0.1:22).
+set -eu
+ssh-keygen -A >/dev/null
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+exec /usr/sbin/sshd "$@"
+EOF
+    chmod 0755 "$tmp/usr/local/sbin/box-sshd"
     rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/log/apt/* "$tmp"/var/cache/debconf/*-old \
         "$tmp"/var/cache/apt/*.bin "$tmp"/var/log/dpkg.log
     # What the base rootfs installed before the exclusions above took effect.
