@@ -408,12 +408,27 @@ def test_tmp_gone_after_cancel(client):
     assert not os.path.exists(os.path.dirname(f))
 
 
+def snippet_dirs_holding(code):
+    """The snippet directories whose file holds exactly this code: other tests' daemons (in
+    parallel workers) make and remove snippet directories of their own in the same /tmp."""
+    found = set()
+    for d in snippet_dirs():
+        for f in glob.glob(os.path.join(d, "*")):
+            try:
+                with open(f) as fh:
+                    if fh.read() == code:
+                        found.add(d)
+            except OSError:
+                pass
+    return found
+
+
 def test_tmp_gone_after_spawn_failure(client):
-    before = snippet_dirs()
-    r = code_run(client, "python", "print(1)", cwd="/nonexistent-dir-for-boxd", id="code-sf")
+    code = "print('tmp gone after spawn failure %s')" % os.getpid()
+    r = code_run(client, "python", code, cwd="/nonexistent-dir-for-boxd", id="code-sf")
     assert r.error and r.error["code"] == "spawn_failed" and r.error["stage"] == "chdir"
     assert client.wait("code-sf")["reason"] == "spawn"
-    assert not (snippet_dirs() - before)
+    assert not snippet_dirs_holding(code)
 
 
 def test_tmp_gone_after_shutdown(start_boxd):
