@@ -79,6 +79,9 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_SYMLINK] = COMMON | F(PATH) | F(TARGET) | F(USER) | F(OVERWRITE),
     [BOX_T_FILE_WATCH] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
     [BOX_T_FILE_UNWATCH] = COMMON | F(WATCH),
+    [BOX_T_FILE_TREE_READ] = COMMON | F(PATH) | F(USER) | F(MAX_ENTRIES) | F(MAX_BYTES) | F(MAX_DEPTH),
+    [BOX_T_FILE_TREE_WRITE] = COMMON | F(PATH) | F(USER) | F(TREE_ID) | F(MKDIR) | F(OVERWRITE) | F(FSYNC) | F(MAX_ENTRIES) | F(MAX_BYTES) | F(MAX_DEPTH) | F(ENTRIES) | F(EOF_),
+    [BOX_T_FILE_TREE_DATA] = COMMON | F(TREE_ID) | F(ENTRIES) | F(EOF_),
 };
 #undef F
 
@@ -131,6 +134,16 @@ static const uint8_t rf_file_event[] = {RCOMMON, R(WATCH), R(SEQ), R(EVENT), R(N
 #define RENTRY R(NAME), R(KIND), R(MODE), R(SIZE), R(MTIME_NS), R(UID), R(GID), R(TARGET)
 static const uint8_t rf_file_stat[] = {RCOMMON, R(ENTRY), RENTRY};
 static const uint8_t rf_file_list[] = {RCOMMON, R(ENTRIES), RENTRY, R(TRUNCATED)};
+/* The trees (12.8): an entry of file_tree_entries, and the counts of a tree's end. */
+static const uint8_t rf_file_tree_entries[] = {
+    RCOMMON, R(ENTRIES), R(NAME), R(KIND), R(MODE), R(SIZE), R(MTIME_NS), R(TARGET), R(DATA),
+    R(MORE), R(CODE), R(MESSAGE)};
+#define RTREE R(FILES), R(DIRS), R(SYMLINKS), R(BYTES), R(FAILED)
+static const uint8_t rf_file_tree_end[] = {RCOMMON, RTREE};
+static const uint8_t rf_file_tree_ack[] = {RCOMMON, R(TREE_ID), R(ENTRIES), R(BYTES)};
+static const uint8_t rf_file_tree_written[] = {
+    RCOMMON, R(TREE_ID), R(PATH), RTREE, R(ERRORS), R(NAME), R(CODE), R(MESSAGE)};
+#undef RTREE
 #undef RENTRY
 #undef RCOMMON
 #undef R
@@ -156,6 +169,10 @@ static const struct rf_list reply_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_EVENT] = L(rf_file_event),
     [BOX_T_FILE_STAT] = L(rf_file_stat),
     [BOX_T_FILE_LIST] = L(rf_file_list),
+    [BOX_T_FILE_TREE_ENTRIES] = L(rf_file_tree_entries),
+    [BOX_T_FILE_TREE_END] = L(rf_file_tree_end),
+    [BOX_T_FILE_TREE_ACK] = L(rf_file_tree_ack),
+    [BOX_T_FILE_TREE_WRITTEN] = L(rf_file_tree_written),
 };
 #undef L
 
