@@ -456,17 +456,17 @@ static void tmp_name(struct twrite *w, char out[NAME_MAX + 1], const char *base)
     snprintf(out, NAME_MAX + 1, ".%.180s.boxd-%s-%u", base, w->id, w->seq++);
 }
 
-/* The files held: durable (one syncfs, or an fsync for those on another file system), then
- * renamed into place. Each is a whole file or nothing at its path. */
+/* The files held: durable (one syncfs of the first one's file system, and an fsync each for
+ * those on another), then renamed into place. Each is a whole file or nothing at its path. */
 static void flush(struct twrite *w)
 {
     int sync_err = 0;
-    if (w->fsync && w->npend > 0 && syncfs(w->rootfd) < 0)
+    if (w->fsync && w->npend > 0 && syncfs(w->pend[0].fd) < 0)
         sync_err = -errno;
     for (unsigned i = 0; i < w->npend; i++) {
         struct twrite_pend *p = &w->pend[i];
         int e = sync_err;
-        if (e == 0 && w->fsync && p->other_fs && fsync(p->fd) < 0)
+        if (e == 0 && w->fsync && p->dev != w->pend[0].dev && fsync(p->fd) < 0)
             e = -errno;
         close(p->fd);
         if (e == 0 && syscall(SYS_renameat2, p->dirfd, p->tmp, p->dirfd, p->base,
@@ -532,7 +532,7 @@ static void file_end(struct twrite *w)
         file_fail(w, -ENOMEM);
         return;
     }
-    p->other_fs = fstat(w->fd, &st) == 0 && st.st_dev != w->rootdev;
+    p->dev = fstat(w->fd, &st) == 0 ? st.st_dev : w->rootdev;
     p->fd = w->fd;
     p->dirfd = w->fdir;
     memcpy(p->tmp, w->tmp, sizeof p->tmp);

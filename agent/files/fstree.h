@@ -77,7 +77,7 @@ void tread_free(struct tread *t);
 
 struct twrite_pend {
     int dirfd, fd;
-    bool other_fs; /* not on the root's file system: syncfs(root) does not cover it */
+    dev_t dev; /* its file system: one syncfs covers those on the first one's */
     char tmp[NAME_MAX + 1], base[NAME_MAX + 1];
     char *name;
 };
