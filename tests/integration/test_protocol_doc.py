@@ -158,9 +158,11 @@ SCHEMAS = parse_schemas(doc_text())
 # messages; the run-centred test below leaves them out.
 FILE_REQUESTS = {"file_write", "file_data", "file_abort", "file_read", "file_stat", "file_list",
                  "file_mkdir", "file_remove", "file_rename", "file_chmod", "file_symlink",
-                 "file_watch", "file_unwatch"}
+                 "file_watch", "file_unwatch", "file_tree_read", "file_tree_write",
+                 "file_tree_data"}
 FILE_REPLIES = {"file_ack", "file_written", "file_info", "file_chunk", "file_end", "file_stat",
-                "file_list", "file_watching", "file_event"}
+                "file_list", "file_watching", "file_event", "file_tree_entries", "file_tree_end",
+                "file_tree_ack", "file_tree_written"}
 FILE_CODES = {"not_a_directory", "is_a_directory", "exists", "permission_denied", "no_space",
               "refused", "checksum_mismatch", "unsupported", "io_error"}
 
