@@ -1358,6 +1358,8 @@ static void tree_write_work(struct fsjob *j)
     for (struct tbatch *b = t->batch; b; b = b->next) {
         for (uint32_t i = 0; i < b->n; i++)
             twrite_apply(t->w, &b->e[i]);
+        if (b->next == NULL)
+            twrite_flush(t->w); /* the acks say the files are in place */
         b->entries_done = t->w->entries;
         b->bytes_done = t->w->n.bytes;
         if (b->eof) {

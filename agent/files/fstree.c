@@ -484,6 +484,11 @@ static void flush(struct twrite *w)
     w->npend = 0;
 }
 
+void twrite_flush(struct twrite *w)
+{
+    flush(w);
+}
+
 static void file_fail(struct twrite *w, int err)
 {
     if (w->fd >= 0) {

@@ -127,6 +127,9 @@ void twrite_init(struct twrite *w);
 int twrite_open(struct twrite *w);
 /* Applies one entry; its failure is recorded (w->errs, w->n.failed), never returned. */
 void twrite_apply(struct twrite *w, const struct dec_tree_entry *e);
+/* The files written and held are made durable (with fsync) and renamed into place: at the end
+ * of each request's entries, so that its ack means they are there. */
+void twrite_flush(struct twrite *w);
 /* The end: the files held are made durable and renamed, the directories get their modes and
  * mtimes (deepest first). */
 void twrite_finish(struct twrite *w);
