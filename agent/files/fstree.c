@@ -43,6 +43,9 @@ static const char *why(int err)
         return "a symbolic link is in the way: links inside a tree are never followed";
     if (err == -E2BIG)
         return "deeper than the tree's max_depth (tree_depth): copy that directory on its own";
+    if (err == -EOVERFLOW)
+        return "made, but without its mode and mtime: the tree has more directories than one "
+               "writer keeps (32 MiB of names); copy it in parts";
     if (err == -EACCES || err == -EPERM)
         return "permission denied to the acting user";
     return strerror(-err);
@@ -401,7 +404,7 @@ static void record(struct twrite *w, const char *name, int err)
     struct twrite_err *r = &w->errs[w->nerrs];
     r->name = strdup(name);
     r->message = strdup(why(err));
-    r->code = err == -E2BIG ? BOX_ERR_TOO_LARGE : fs_code(err);
+    r->code = err == -E2BIG || err == -EOVERFLOW ? BOX_ERR_TOO_LARGE : fs_code(err);
     if (r->name == NULL || r->message == NULL) {
         free(r->name);
         free(r->message);
@@ -586,6 +589,9 @@ static int add_dir(struct twrite *w, const char *name, const struct dec_tree_ent
 {
     if (!made && !e->has_mode && !e->has_mtime)
         return 0;
+    size_t need = strlen(name) + 1 + sizeof(struct twrite_dir);
+    if (w->dir_bytes + need > FILES_TREE_DIR_BYTES)
+        return -EOVERFLOW; /* made, but its mode and mtime are not kept: reported */
     if (w->ndirs == w->capdirs) {
         size_t cap = w->capdirs ? w->capdirs * 2 : 256;
         struct twrite_dir *d = realloc(w->dirs, cap * sizeof *d);
@@ -605,6 +611,7 @@ static int add_dir(struct twrite *w, const char *name, const struct dec_tree_ent
     d->has_mtime = e->has_mtime;
     d->mtime_ns = e->mtime_ns;
     w->ndirs++;
+    w->dir_bytes += need;
     return 0;
 }
 
@@ -657,7 +664,7 @@ void twrite_apply(struct twrite *w, const struct dec_tree_entry *e)
             err = -EEXIST; /* a file or a link is in the way: never followed */
         if (err == 0)
             err = add_dir(w, w->name, e, made);
-        if (err == 0)
+        if (err == 0 || err == -EOVERFLOW)
             w->n.dirs++;
         break;
     }

@@ -30,6 +30,9 @@
 /* Files a writer holds written and not yet renamed: one syncfs makes them all durable, then
  * they are renamed into place (instead of an fsync each). */
 #define FILES_TREE_BATCH 64u
+/* Bytes of directory names a writer keeps to give their modes and mtimes at the end: what
+ * bounds its memory (about 100 000 directories of 300-byte paths). */
+#define FILES_TREE_DIR_BYTES (32u << 20)
 /* Room an entry's header takes in a frame at most: a name and a target, the keys. */
 #define FILES_TREE_HEADER (2u * PATH_MAX + 512u)
 
@@ -115,7 +118,7 @@ struct twrite {
     struct twrite_pend pend[FILES_TREE_BATCH];
     unsigned npend;
     struct twrite_dir *dirs;
-    size_t ndirs, capdirs;
+    size_t ndirs, capdirs, dir_bytes;
     struct twrite_err errs[FILES_TREE_ERRORS];
     unsigned nerrs;
     uint64_t entries; /* headers applied */
