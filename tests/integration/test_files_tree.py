@@ -328,6 +328,35 @@ def test_tree_as_a_user_without_permission(start_boxd):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_tree_write_dropped_with_its_connection(boxd):
+    """A client that goes away mid-tree: the file being written and those not yet renamed are
+    removed, the files before stay whole, and boxd's fds come back."""
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        fds0 = boxd.counts()[0]
+        c = boxd.client()
+        r = c.request("file_tree_write", path=work + "/dst", tree_id="gone1",
+                      entries=[{"name": "done", "kind": "file", "data": b"whole"}])
+        assert r["type"] == "file_tree_ack" and r["entries"] == 1, r
+        r = c.request("file_tree_data", tree_id="gone1",
+                      entries=[{"name": "half", "kind": "file", "data": b"x" * 1000,
+                                "more": True}])
+        assert r["type"] == "file_tree_ack", r
+        assert any(".half.boxd-gone1" in n for n in os.listdir(work + "/dst"))
+        other = boxd.client()
+        r = other.request("file_tree_data", tree_id="gone1", entries=[])
+        assert r["code"] == "not_found", r  # a tree belongs to its connection
+        c.close()
+        assert wait_for(lambda: os.listdir(work + "/dst") == ["done"], T(5)), \
+            os.listdir(work + "/dst")
+        with open(work + "/dst/done", "rb") as f:
+            assert f.read() == b"whole"
+        other.close()
+        assert wait_for(lambda: boxd.counts()[0] <= fds0, T(5)), (fds0, boxd.counts())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_cp_failed_entry_names_it_and_exits_nonzero(start_boxd):
     d = start_boxd("--user", "nobody")
     work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
