@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -449,5 +450,197 @@ int decode_tunnel_close(const msgpack_object *m, uint64_t *tunnel, bool *write_o
                                      (n == 4 && memcmp(how, "both", 4) == 0))))
         return fail(err, BOX_ERR_BAD_REQUEST, "how must be \"write\" or \"both\"");
     *write_only = n == 5;
+    return 0;
+}
+
+/* ---- trees ------------------------------------------------------------------------------------ */
+
+#define RKEY(f) box_rfield_str(BOX_RF_##f) /* the keys of an entry are those of the replies' */
+
+int decode_tree_read(const msgpack_object *m, const struct dec_tree_caps *limits,
+                     struct dec_tree_caps *out, struct decode_err *err)
+{
+    if (get_u64(m, FIELD(MAX_ENTRIES), &out->entries, limits->entries, limits->entries, err) < 0 ||
+        get_u64(m, FIELD(MAX_BYTES), &out->bytes, limits->bytes, limits->bytes, err) < 0 ||
+        get_u64(m, FIELD(MAX_DEPTH), &out->depth, limits->depth, limits->depth, err) < 0)
+        return -1;
+    if (out->depth == 0)
+        out->depth = 1;
+    return 0;
+}
+
+bool decode_tree_id_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > DECODE_TREE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+            return false;
+    return true;
+}
+
+static int get_tree_id(const msgpack_object *m, bool required, const char **id, size_t *n,
+                       struct decode_err *err)
+{
+    int e = msg_get_str(m, FIELD(TREE_ID), id, n);
+    if (e == -ENOENT && !required) {
+        *id = NULL;
+        *n = 0;
+        return 0;
+    }
+    if (e < 0 || !decode_tree_id_ok(*id, *n))
+        return fail(err, BOX_ERR_BAD_REQUEST, "tree_id must be 1-32 of [A-Za-z0-9_-]");
+    return 0;
+}
+
+static int get_entries(const msgpack_object *m, const msgpack_object **out,
+                       struct decode_err *err)
+{
+    *out = msg_get(m, FIELD(ENTRIES));
+    if (*out != NULL && (*out)->type == MSGPACK_OBJECT_NIL)
+        *out = NULL;
+    if (*out != NULL && (*out)->type != MSGPACK_OBJECT_ARRAY)
+        return fail(err, BOX_ERR_BAD_REQUEST, "entries must be an array");
+    return 0;
+}
+
+int decode_tree_write(const msgpack_object *m, const struct dec_tree_caps *limits,
+                      struct dec_tree_write *out, struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (get_tree_id(m, false, &out->tree_id, &out->tree_id_len, err) < 0 ||
+        get_bool(m, FIELD(MKDIR), &out->mkdir, false, err) < 0 ||
+        get_bool(m, FIELD(OVERWRITE), &out->overwrite, true, err) < 0 ||
+        get_bool(m, FIELD(FSYNC), &out->fsync, true, err) < 0 ||
+        decode_tree_read(m, limits, &out->caps, err) < 0 ||
+        get_entries(m, &out->entries, err) < 0 ||
+        get_bool(m, FIELD(EOF_), &out->eof, false, err) < 0)
+        return -1;
+    return 0;
+}
+
+int decode_tree_data(const msgpack_object *m, struct dec_tree_data *out, struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (get_tree_id(m, true, &out->tree_id, &out->tree_id_len, err) < 0 ||
+        get_entries(m, &out->entries, err) < 0 ||
+        get_bool(m, FIELD(EOF_), &out->eof, false, err) < 0)
+        return -1;
+    return 0;
+}
+
+int decode_tree_name(const char *s, size_t n)
+{
+    if (n == 1 && s[0] == '.')
+        return 0;
+    if (n == 0 || n >= PATH_MAX || s[0] == '/' || memchr(s, '\0', n))
+        return -1;
+    int parts = 0;
+    size_t i = 0;
+    while (i <= n) {
+        size_t j = i;
+        while (j < n && s[j] != '/')
+            j++;
+        size_t len = j - i;
+        if (len == 0 || len > NAME_MAX || (len == 1 && s[i] == '.') ||
+            (len == 2 && s[i] == '.' && s[i + 1] == '.'))
+            return -1;
+        parts++;
+        i = j + 1;
+    }
+    return parts;
+}
+
+static int entry_fail(struct decode_err *err, uint32_t i, const char *what)
+{
+    return fail(err, BOX_ERR_BAD_REQUEST, "entries[%u]: %s", (unsigned)i, what);
+}
+
+int decode_tree_entry(const msgpack_object *e, uint32_t i, bool *in_file,
+                      struct dec_tree_entry *out, struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (e->type != MSGPACK_OBJECT_MAP)
+        return entry_fail(err, i, "each entry must be a map");
+    int de = msg_get_bytes(e, RKEY(DATA), &out->data, &out->data_len);
+    if (de == -EINVAL)
+        return entry_fail(err, i, "data must be a str or bin");
+    if (de < 0)
+        out->data = NULL, out->data_len = 0;
+    int me = msg_get_bool(e, RKEY(MORE), &out->more);
+    if (me == -EINVAL)
+        return entry_fail(err, i, "more must be a boolean");
+    int ne = msg_get_bytes(e, RKEY(NAME), &out->name, &out->name_len);
+    if (ne == -EINVAL)
+        return entry_fail(err, i, "name must be a str or bin");
+    if (ne == -ENOENT) {
+        if (!*in_file)
+            return entry_fail(err, i, "an entry without a name continues a file's data, and no "
+                                      "file is open (its header had no more: true)");
+        out->continuation = true;
+        *in_file = out->more;
+        out->kind = 'f';
+        return 0;
+    }
+    if (*in_file)
+        return entry_fail(err, i, "the previous file's data goes on (more: true): a continuation "
+                                  "({data, more}) is due, not a new entry");
+    int parts = decode_tree_name(out->name, out->name_len);
+    if (parts < 0)
+        return entry_fail(err, i, "name must be \".\" or a relative path without \"\", \".\" or "
+                                  "\"..\" components, under 4096 bytes");
+    out->depth = (unsigned)parts;
+    const char *k;
+    size_t kl;
+    if (msg_get_str(e, RKEY(KIND), &k, &kl) < 0)
+        return entry_fail(err, i, "kind must be a string (\"file\", \"dir\" or \"symlink\")");
+    out->kind = kl == 4 && memcmp(k, "file", 4) == 0  ? 'f'
+                : kl == 3 && memcmp(k, "dir", 3) == 0 ? 'd'
+                : kl == 7 && memcmp(k, "symlink", 7) == 0 ? 'l'
+                                                          : '?';
+    if (parts == 0 && out->kind != 'd')
+        return entry_fail(err, i, "\".\" (the tree's root) is a dir");
+    uint64_t mode;
+    int mo = msg_get_u64(e, RKEY(MODE), &mode);
+    if (mo == -EINVAL || (mo == 0 && mode > 07777))
+        return entry_fail(err, i, "mode must be an integer from 0 to 4095 (0o7777)");
+    out->has_mode = mo == 0;
+    out->mode = mo == 0 ? (uint32_t)mode : 0;
+    int te = msg_get_i64(e, RKEY(MTIME_NS), &out->mtime_ns);
+    if (te == -EINVAL)
+        return entry_fail(err, i, "mtime_ns must be an integer");
+    out->has_mtime = te == 0;
+    int ge = msg_get_bytes(e, RKEY(TARGET), &out->target, &out->target_len);
+    if (ge == -EINVAL || (ge == 0 && (out->target_len == 0 || out->target_len >= PATH_MAX ||
+                                      memchr(out->target, '\0', out->target_len))))
+        return entry_fail(err, i, "target must be 1-4095 bytes without NUL");
+    if (out->kind == 'l' && ge < 0)
+        return entry_fail(err, i, "a symlink needs its target");
+    if (out->kind != 'f' && (out->data_len > 0 || out->more))
+        return entry_fail(err, i, "only a file has data");
+    *in_file = out->kind == 'f' && out->more;
+    return 0;
+}
+
+int decode_tree_entries(const msgpack_object *entries, uint32_t max, bool *in_file,
+                        uint64_t *headers, uint64_t *bytes, struct decode_err *err)
+{
+    if (entries == NULL)
+        return 0;
+    if (entries->via.array.size > max)
+        return fail(err, BOX_ERR_BAD_REQUEST, "entries: at most %u in one request",
+                    (unsigned)max);
+    bool open = *in_file;
+    uint64_t h = 0, b = 0;
+    for (uint32_t i = 0; i < entries->via.array.size; i++) {
+        struct dec_tree_entry d;
+        if (decode_tree_entry(&entries->via.array.ptr[i], i, &open, &d, err) < 0)
+            return -1;
+        h += !d.continuation;
+        b += d.data_len;
+    }
+    *in_file = open;
+    *headers += h;
+    *bytes += b;
     return 0;
 }

@@ -170,4 +170,64 @@ int decode_tunnel_close(const msgpack_object *m, uint64_t *tunnel, bool *write_o
  * when o is not a str or holds a NUL. Advances *at past the copy. */
 int decode_take_str(const msgpack_object *o, char **at, char **out);
 
+/* ---- trees (PROTOCOL.md 12.8) ----------------------------------------------------------------
+ * The tree requests' own fields; `path` and `user` are checked as every file request's are
+ * (files.c). Caps default to, and may not exceed, the agent's limits given in *caps. */
+struct dec_tree_caps {
+    uint64_t entries, bytes, depth;
+};
+/* file_tree_read: max_entries, max_bytes (0 to the limit), max_depth (1 to the limit; 0 is 1). */
+int decode_tree_read(const msgpack_object *m, const struct dec_tree_caps *limits,
+                     struct dec_tree_caps *out, struct decode_err *err);
+
+/* The longest tree_id (1-32 of [A-Za-z0-9_-], as an upload_id). */
+#define DECODE_TREE_ID_MAX 32u
+bool decode_tree_id_ok(const char *s, size_t n);
+
+/* file_tree_write: the options, and the entries and eof it may carry as file_tree_data does. */
+struct dec_tree_write {
+    const char *tree_id; /* NULL: the agent makes one */
+    size_t tree_id_len;
+    bool mkdir, overwrite, fsync, eof;
+    struct dec_tree_caps caps;
+    const msgpack_object *entries; /* NULL when absent */
+};
+int decode_tree_write(const msgpack_object *m, const struct dec_tree_caps *limits,
+                      struct dec_tree_write *out, struct decode_err *err);
+
+/* file_tree_data: tree_id (required), entries (optional array), eof. */
+struct dec_tree_data {
+    const char *tree_id;
+    size_t tree_id_len;
+    bool eof;
+    const msgpack_object *entries;
+};
+int decode_tree_data(const msgpack_object *m, struct dec_tree_data *out, struct decode_err *err);
+
+/* One element of a client's `entries`: a header (it has `name`) or, right after a header or
+ * continuation with more: true, a continuation of that file's data (only `data` and `more`).
+ * kind: 'f' file, 'd' dir, 'l' symlink, '?' anything else (refused, per entry). */
+struct dec_tree_entry {
+    const char *name, *target, *data;
+    size_t name_len, target_len, data_len;
+    char kind;
+    bool has_mode, has_mtime, more, continuation;
+    uint32_t mode;
+    int64_t mtime_ns;
+    unsigned depth; /* components in name; 0 for "." (the tree's root) */
+};
+/* A relative name as trees use: "." (the root), or components that are not empty, "." or
+ * "..", each at most NAME_MAX bytes, no NUL, no leading '/', under PATH_MAX in all. Returns its
+ * component count, or -1. */
+int decode_tree_name(const char *s, size_t n);
+/* Element i of entries; *in_file says whether a file's data is still open (a continuation is
+ * due) and is updated. */
+int decode_tree_entry(const msgpack_object *e, uint32_t i, bool *in_file,
+                      struct dec_tree_entry *out, struct decode_err *err);
+/* Checks every element of entries (an array of at most `max` elements): the same as
+ * decode_tree_entry on each, in order. Adds the headers to *headers and the data bytes to
+ * *bytes. Nothing is taken unless all pass. */
+int decode_tree_entries(const msgpack_object *entries, uint32_t max, bool *in_file,
+                        uint64_t *headers, uint64_t *bytes, struct decode_err *err);
+
 #endif

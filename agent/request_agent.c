@@ -84,7 +84,7 @@ void request__hello(struct ctx *x)
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
                                        "logs", "list", "info", "ping", "argv", "run_id", "code",
                                        "files", "tty",
-                                       "tunnel"};
+                                       "tunnel", "file_tree"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);

@@ -18,6 +18,8 @@
 #include "conn.h"
 #include "events.h"
 #include "fsops.h"
+#include "fstree.h"
+#include "decode.h"
 #include "fsworker.h"
 #include "fswatch.h"
 #include "log.h"
@@ -42,6 +44,8 @@ struct files {
     uv_timer_t tick;
     unsigned tick_ms;
     struct fswatches *watches;
+    struct list trees;
+    unsigned n_trees;
 };
 
 /* ---- replies ------------------------------------------------------------------------------- */
@@ -1132,6 +1136,551 @@ static void do_read(struct req *x)
     fsworker_submit(f->w, &d->j);
 }
 
+/* ---- trees (12.8) --------------------------------------------------------------------------- */
+
+enum tree_phase { TREE_READ, TREE_OPEN, TREE_APPLY, TREE_DISCARD };
+
+/* One request's entries, copied out of its frame (whose memory goes with the request) for the
+ * I/O thread: the decoded entries, then their names, targets and data in one block. */
+struct tbatch {
+    struct tbatch *next;
+    uint64_t conn_no;
+    struct reqtag req;
+    bool eof;
+    uint32_t n;
+    size_t size;                       /* of the whole allocation: what the window counts */
+    uint64_t entries_done, bytes_done; /* the tree's counts once this batch was applied */
+    struct dec_tree_entry *e;
+};
+
+struct tree {
+    struct fsjob j;
+    struct files *f;
+    struct list link;
+    uint64_t conn_no;
+    struct reqtag req;
+    enum tree_phase phase;
+    bool busy, dead, paused;
+    int err;
+    uint32_t max_event;
+    /* A read. */
+    struct tread *r;
+    struct msg_out frames[DL_FRAMES];
+    unsigned nframes;
+    /* A write. */
+    struct twrite *w;
+    struct tbatch *pend, *pend_tail, *batch;
+    uint64_t queued;         /* bytes of batches taken and not yet applied */
+    bool in_file;            /* the entries taken so far leave a file's data open */
+    uint64_t headers, bytes; /* taken so far, against the caps */
+    bool eof_taken, written;
+    struct msg_out result;
+};
+
+static void tree_free(struct tree *t)
+{
+    for (unsigned i = 0; i < t->nframes; i++)
+        msg_out_destroy(&t->frames[i]);
+    if (t->r) {
+        tread_free(t->r);
+        free(t->r);
+    }
+    if (t->w) {
+        twrite_discard(t->w, false); /* nothing is left open by then but at boxd's stop */
+        twrite_free(t->w);
+        free(t->w);
+    }
+    struct tbatch *b, *n;
+    for (b = t->pend; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    for (b = t->batch; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    if (t->written)
+        msg_out_destroy(&t->result);
+    if (t->paused)
+        t->f->n_paused--;
+    list_del(&t->link);
+    t->f->n_trees--;
+    free(t);
+}
+
+static struct tree *tree_new(struct req *x)
+{
+    struct files *f = x->f;
+    if (f->n_trees >= FILES_MAX_TREES) {
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_MAX_TREES,
+                    "16 tree requests are running: wait for one to end");
+        return NULL;
+    }
+    struct tree *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    t->f = f;
+    t->conn_no = x->c->no;
+    t->req = *x->req;
+    t->max_event = x->a->cfg.max_event;
+    list_add_tail(&f->trees, &t->link);
+    f->n_trees++;
+    return t;
+}
+
+static const struct dec_tree_caps tree_limits = {
+    .entries = FILES_TREE_ENTRIES, .bytes = FILES_TREE_BYTES, .depth = FILES_TREE_DEPTH};
+
+static void send_decode_err(struct req *x, const struct decode_err *e)
+{
+    send_error(x->a, x->c->no, x->req, e->code, "%s", e->message);
+}
+
+/* -- reading -- */
+
+static void tree_read_work(struct fsjob *j)
+{
+    struct tree *t = (struct tree *)j;
+    t->err = tread_step(t->r, t->frames, DL_FRAMES, &t->nframes);
+}
+
+/* Reads on if the connection's queue has room, as a download does (12.3); else pauses. */
+static void tree_next(struct tree *t, struct conn *c)
+{
+    if (c->queued >= FILES_DL_WINDOW) {
+        if (!t->paused) {
+            t->paused = true;
+            t->f->n_paused++;
+            tick_set(t->f);
+        }
+        return;
+    }
+    if (t->paused) {
+        t->paused = false;
+        t->f->n_paused--;
+    }
+    t->busy = true;
+    fsworker_submit(t->f->w, &t->j);
+}
+
+static void tree_read_done(struct fsjob *j)
+{
+    struct tree *t = (struct tree *)j;
+    struct agent *a = t->f->a;
+    t->busy = false;
+    struct conn *c = conn_find(a, t->conn_no);
+    if (c == NULL || c->closing) {
+        tree_free(t); /* the reader is gone: stop walking */
+        return;
+    }
+    for (unsigned i = 0; i < t->nframes; i++)
+        conn_send(c, &t->frames[i]);
+    t->nframes = 0;
+    int e = j->cred_err ? j->cred_err : t->err;
+    if (e == -ENOMEM) {
+        send_error(a, t->conn_no, &t->req, BOX_ERR_INTERNAL, "out of memory");
+    } else if (e < 0) {
+        files_send_errno(a, t->conn_no, &t->req, e, "read tree", t->r->root);
+    } else if (t->r->limit == BOX_LIM_TREE_ENTRIES) {
+        limit_error(a, t->conn_no, &t->req, BOX_LIM_TREE_ENTRIES,
+                    "the tree has more entries than max_entries (tree_entries): copy its "
+                    "directories one by one, or raise max_entries");
+    } else if (t->r->limit == BOX_LIM_TREE_BYTES) {
+        limit_error(a, t->conn_no, &t->req, BOX_LIM_TREE_BYTES,
+                    "the tree's files hold more than max_bytes (tree_bytes): copy its "
+                    "directories one by one, or raise max_bytes");
+    } else if (t->r->finished) {
+        struct msg_out o;
+        if (ev_begin(&o, BOX_T_FILE_TREE_END, &t->req) == 0) {
+            const struct tree_counts *n = &t->r->n;
+            msg_kv_u64(&o, BOX_KEY(FILES), n->files);
+            msg_kv_u64(&o, BOX_KEY(DIRS), n->dirs);
+            msg_kv_u64(&o, BOX_KEY(SYMLINKS), n->symlinks);
+            msg_kv_u64(&o, BOX_KEY(BYTES), n->bytes);
+            msg_kv_u64(&o, BOX_KEY(FAILED), n->failed);
+            ev_close(&o);
+            conn_send(c, &o);
+        }
+    } else {
+        tree_next(t, c);
+        return;
+    }
+    tree_free(t);
+}
+
+static void do_tree_read(struct req *x)
+{
+    char path[PATH_MAX];
+    struct dec_tree_caps caps;
+    struct decode_err de;
+    struct fscred cred;
+    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0)
+        return;
+    if (decode_tree_read(x->m, &tree_limits, &caps, &de) < 0) {
+        send_decode_err(x, &de);
+        return;
+    }
+    if (get_cred(x, &cred) < 0)
+        return;
+    struct tree *t = tree_new(x);
+    if (t == NULL)
+        return;
+    t->phase = TREE_READ;
+    t->r = malloc(sizeof *t->r);
+    if (t->r == NULL || tread_init(t->r, path, &caps, x->req, x->a->cfg.max_event) < 0) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
+        tree_free(t);
+        return;
+    }
+    t->j.cred = cred;
+    t->j.work = tree_read_work;
+    t->j.done = tree_read_done;
+    t->busy = true;
+    fsworker_submit(x->f->w, &t->j);
+}
+
+/* -- writing -- */
+
+static void tree_write_work(struct fsjob *j)
+{
+    struct tree *t = (struct tree *)j;
+    if (t->phase == TREE_DISCARD) {
+        twrite_discard(t->w, true);
+        return;
+    }
+    if (t->phase == TREE_OPEN) {
+        t->err = twrite_open(t->w);
+        if (t->err < 0)
+            return;
+    }
+    for (struct tbatch *b = t->batch; b; b = b->next) {
+        for (uint32_t i = 0; i < b->n; i++)
+            twrite_apply(t->w, &b->e[i]);
+        if (b->next == NULL)
+            twrite_flush(t->w); /* the acks say the files are in place */
+        b->entries_done = t->w->entries;
+        b->bytes_done = t->w->n.bytes;
+        if (b->eof) {
+            twrite_finish(t->w);
+            if (ev_begin(&t->result, BOX_T_FILE_TREE_WRITTEN, &b->req) == 0) {
+                twrite_put_result(t->w, &t->result, t->max_event - 4096u);
+                ev_close(&t->result);
+                t->written = true;
+            }
+        }
+    }
+}
+
+static void tree_fail_pending(struct tree *t, const char *why)
+{
+    struct tbatch *b, *n;
+    for (b = t->pend; b; b = n) {
+        n = b->next;
+        send_error(t->f->a, b->conn_no, &b->req, BOX_ERR_NOT_FOUND, "tree %s: %s", t->w->id, why);
+        t->queued -= b->size;
+        free(b);
+    }
+    t->pend = t->pend_tail = NULL;
+}
+
+static void tree_discard(struct tree *t)
+{
+    t->dead = true;
+    if (t->busy)
+        return; /* its done callback sees dead */
+    t->phase = TREE_DISCARD;
+    t->busy = true;
+    fsworker_submit(t->f->w, &t->j);
+}
+
+static void tree_kick(struct tree *t)
+{
+    if (t->busy || t->pend == NULL || t->phase != TREE_APPLY)
+        return;
+    t->batch = t->pend;
+    t->pend = t->pend_tail = NULL;
+    t->busy = true;
+    fsworker_submit(t->f->w, &t->j);
+}
+
+static void tree_write_done(struct fsjob *j)
+{
+    struct tree *t = (struct tree *)j;
+    struct agent *a = t->f->a;
+    t->busy = false;
+    if (t->phase == TREE_DISCARD) {
+        tree_fail_pending(t, "the tree was dropped");
+        tree_free(t);
+        return;
+    }
+    int e = j->cred_err ? j->cred_err : t->phase == TREE_OPEN ? t->err : 0;
+    if (e < 0) {
+        struct tbatch *b = t->batch;
+        files_send_errno(a, b->conn_no, &b->req, e, "write tree", t->w->path);
+        tree_fail_pending(t, "it failed");
+        tree_free(t);
+        return;
+    }
+    t->phase = TREE_APPLY;
+    struct tbatch *b, *n;
+    for (b = t->batch; b; b = n) {
+        n = b->next;
+        t->queued -= b->size;
+        if (b->eof && t->written) {
+            send_to(a, b->conn_no, &t->result);
+            t->written = false;
+        } else if (b->eof) {
+            send_error(a, b->conn_no, &b->req, BOX_ERR_INTERNAL, "out of memory");
+        } else {
+            struct msg_out o;
+            if (ev_begin(&o, BOX_T_FILE_TREE_ACK, &b->req) == 0) {
+                msg_kv_str(&o, BOX_KEY(TREE_ID), t->w->id);
+                msg_kv_u64(&o, BOX_KEY(ENTRIES), b->entries_done);
+                msg_kv_u64(&o, BOX_KEY(BYTES), b->bytes_done);
+                ev_close(&o);
+                send_to(a, b->conn_no, &o);
+            }
+        }
+        bool last = b->eof;
+        free(b);
+        if (last) {
+            t->batch = NULL;
+            tree_fail_pending(t, "already written");
+            tree_free(t);
+            return;
+        }
+    }
+    t->batch = NULL;
+    if (t->dead) {
+        tree_fail_pending(t, "it failed");
+        tree_discard(t);
+        return;
+    }
+    tree_kick(t);
+}
+
+/* Copies a request's (checked) entries into one batch. in_file: as before the first. */
+static struct tbatch *tree_batch(struct req *x, const msgpack_object *entries, bool in_file,
+                                 bool eof)
+{
+    uint32_t n = entries ? entries->via.array.size : 0;
+    size_t strings = 0;
+    struct decode_err de;
+    bool open = in_file;
+    for (uint32_t i = 0; i < n; i++) {
+        struct dec_tree_entry d;
+        if (decode_tree_entry(&entries->via.array.ptr[i], i, &open, &d, &de) < 0)
+            return NULL; /* checked before: not reached */
+        strings += d.name_len + d.target_len + d.data_len;
+    }
+    size_t size = sizeof(struct tbatch) + (size_t)n * sizeof(struct dec_tree_entry) + strings;
+    struct tbatch *b = malloc(size);
+    if (b == NULL)
+        return NULL;
+    memset(b, 0, sizeof *b);
+    b->conn_no = x->c->no;
+    b->req = *x->req;
+    b->eof = eof;
+    b->n = n;
+    b->size = size;
+    b->e = (struct dec_tree_entry *)(b + 1);
+    char *at = (char *)(b->e + n);
+    open = in_file;
+    for (uint32_t i = 0; i < n; i++) {
+        struct dec_tree_entry *d = &b->e[i];
+        decode_tree_entry(&entries->via.array.ptr[i], i, &open, d, &de);
+        const char **ptrs[] = {&d->name, &d->target, &d->data};
+        size_t lens[] = {d->name_len, d->target_len, d->data_len};
+        for (int k = 0; k < 3; k++) {
+            if (*ptrs[k] == NULL)
+                continue;
+            memcpy(at, *ptrs[k], lens[k]);
+            *ptrs[k] = at;
+            at += lens[k];
+        }
+    }
+    return b;
+}
+
+/* Checks a request's entries against the tree's state and caps, and takes them. Returns the
+ * batch, or NULL when answered (then the tree is dead when *fatal). */
+static struct tbatch *tree_take(struct req *x, struct tree *t, const msgpack_object *entries,
+                                bool eof, bool *fatal)
+{
+    struct decode_err de;
+    bool in_file = t->in_file;
+    uint64_t h = 0, bytes = 0;
+    *fatal = false;
+    if (decode_tree_entries(entries, UINT32_MAX, &in_file, &h, &bytes, &de) < 0) {
+        send_decode_err(x, &de);
+        return NULL;
+    }
+    if (eof && in_file) {
+        bad(x, "eof while a file's data goes on (its last element had more: true): end it "
+               "with more: false first");
+        return NULL;
+    }
+    const struct dec_tree_caps *caps = &t->w->caps;
+    if (t->headers + h > caps->entries || t->bytes + bytes > caps->bytes) {
+        bool ent = t->headers + h > caps->entries;
+        limit_error(x->a, x->c->no, x->req, ent ? BOX_LIM_TREE_ENTRIES : BOX_LIM_TREE_BYTES,
+                    ent ? "the tree has more entries than max_entries (tree_entries); what came "
+                          "before is written, the tree is dropped"
+                        : "the tree's files hold more than max_bytes (tree_bytes); what came "
+                          "before is written, the tree is dropped");
+        *fatal = true;
+        return NULL;
+    }
+    struct tbatch *b = tree_batch(x, entries, t->in_file, eof);
+    if (b == NULL) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (t->queued + b->size > FILES_WINDOW) {
+        free(b);
+        limit_error(x->a, x->c->no, x->req, BOX_LIM_FILE_WINDOW,
+                    "more than file_window bytes of this tree are not yet written: wait for "
+                    "file_tree_ack replies before sending more");
+        return NULL;
+    }
+    t->in_file = in_file;
+    t->headers += h;
+    t->bytes += bytes;
+    t->queued += b->size;
+    t->eof_taken = eof;
+    return b;
+}
+
+static struct tree *tree_find(struct files *f, const char *id, size_t n)
+{
+    struct list *pos;
+    for (pos = f->trees.next; pos != &f->trees; pos = pos->next) {
+        struct tree *t = container_of(pos, struct tree, link);
+        if (t->w && strlen(t->w->id) == n && memcmp(t->w->id, id, n) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+static void do_tree_write(struct req *x)
+{
+    char path[PATH_MAX];
+    struct dec_tree_write d;
+    struct decode_err de;
+    struct fscred cred;
+    if (get_path(x, BOX_REQ_KEY(PATH), path) < 0)
+        return;
+    if (decode_tree_write(x->m, &tree_limits, &d, &de) < 0) {
+        send_decode_err(x, &de);
+        return;
+    }
+    if (get_cred(x, &cred) < 0)
+        return;
+    if (d.tree_id && tree_find(x->f, d.tree_id, d.tree_id_len)) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_EXISTS,
+                   "tree %.*s is being written: choose another tree_id", (int)d.tree_id_len,
+                   d.tree_id);
+        return;
+    }
+    struct tree *t = tree_new(x);
+    if (t == NULL)
+        return;
+    t->phase = TREE_OPEN;
+    t->w = calloc(1, sizeof *t->w);
+    if (t->w == NULL) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_INTERNAL, "out of memory");
+        tree_free(t);
+        return;
+    }
+    twrite_init(t->w);
+    snprintf(t->w->path, sizeof t->w->path, "%s", path);
+    if (d.tree_id) {
+        memcpy(t->w->id, d.tree_id, d.tree_id_len);
+    } else {
+        uint8_t r[8];
+        if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+            uint64_t v = now_mono_ns() ^ (uint64_t)x->c->no << 48;
+            memcpy(r, &v, sizeof r);
+        }
+        for (int i = 0; i < 8; i++)
+            snprintf(t->w->id + 2 * i, 3, "%02x", r[i]);
+    }
+    t->w->mkdir_p = d.mkdir;
+    t->w->overwrite = d.overwrite;
+    t->w->fsync = d.fsync;
+    t->w->caps = d.caps;
+    bool fatal;
+    struct tbatch *b = tree_take(x, t, d.entries, d.eof, &fatal);
+    if (b == NULL) {
+        tree_free(t); /* nothing was opened yet */
+        return;
+    }
+    t->batch = b;
+    t->j.cred = cred;
+    t->j.work = tree_write_work;
+    t->j.done = tree_write_done;
+    t->busy = true;
+    fsworker_submit(x->f->w, &t->j);
+}
+
+static void do_tree_data(struct req *x)
+{
+    struct dec_tree_data d;
+    struct decode_err de;
+    if (decode_tree_data(x->m, &d, &de) < 0) {
+        send_decode_err(x, &de);
+        return;
+    }
+    struct tree *t = tree_find(x->f, d.tree_id, d.tree_id_len);
+    if (t == NULL || t->dead || t->eof_taken || t->conn_no != x->c->no) {
+        send_error(x->a, x->c->no, x->req, BOX_ERR_NOT_FOUND,
+                   "no tree %.*s being written on this connection (finished, failed, or never "
+                   "opened): start again with file_tree_write", (int)d.tree_id_len, d.tree_id);
+        return;
+    }
+    bool fatal;
+    struct tbatch *b = tree_take(x, t, d.entries, d.eof, &fatal);
+    if (b == NULL) {
+        if (fatal) {
+            tree_fail_pending(t, "it was dropped at a limit");
+            tree_discard(t);
+        }
+        return;
+    }
+    if (t->pend_tail)
+        t->pend_tail->next = b;
+    else
+        t->pend = b;
+    t->pend_tail = b;
+    tree_kick(t);
+}
+
+/* Trees whose connection is gone: a read stops (at its next step), a write is dropped with
+ * the temp files of what it had not finished. Paused reads look at their queue again. */
+static void trees_tick(struct files *f)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &f->trees)
+    {
+        struct tree *t = container_of(pos, struct tree, link);
+        struct conn *c = conn_find(f->a, t->conn_no);
+        bool gone = c == NULL || c->closing;
+        if (t->r && t->paused) {
+            if (gone)
+                tree_free(t);
+            else
+                tree_next(t, c);
+        } else if (t->w && gone && !t->busy && !t->dead) {
+            log_info("files: tree %s to %s: its connection closed, dropped", t->w->id,
+                     t->w->path);
+            tree_fail_pending(t, "its connection closed");
+            tree_discard(t);
+        }
+    }
+}
+
 /* ---- the tick: paused downloads, expired uploads -------------------------------------------- */
 
 static void on_tick(uv_timer_t *t)
@@ -1161,6 +1710,7 @@ static void on_tick(uv_timer_t *t)
             upload_drop(u);
         }
     }
+    trees_tick(f);
     fswatches_tick(f->watches);
     tick_set(f);
 }
@@ -1188,6 +1738,10 @@ void files_put_limits(struct msg_out *o)
     msg_kv_u64(o, box_limit_str(BOX_LIM_FILE_WORKERS), FILES_WORKERS);
     msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_WATCHES), FILES_MAX_WATCHES);
     msg_kv_u64(o, box_limit_str(BOX_LIM_WATCH_DIRS), FILES_WATCH_DIRS);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_MAX_TREES), FILES_MAX_TREES);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_TREE_ENTRIES), FILES_TREE_ENTRIES);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_TREE_BYTES), FILES_TREE_BYTES);
+    msg_kv_u64(o, box_limit_str(BOX_LIM_TREE_DEPTH), FILES_TREE_DEPTH);
 }
 
 int files_start(struct agent *a)
@@ -1198,6 +1752,7 @@ int files_start(struct agent *a)
     f->a = a;
     list_init(&f->uploads);
     list_init(&f->downloads);
+    list_init(&f->trees);
     f->w = fsworker_start(a->loop);
     if (f->w == NULL) {
         free(f);
@@ -1237,6 +1792,7 @@ void files_stop(struct agent *a)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &f->downloads) dl_free(container_of(pos, struct download, link));
     list_for_each_safe(pos, tmp, &f->uploads) upload_free(container_of(pos, struct upload, link));
+    list_for_each_safe(pos, tmp, &f->trees) tree_free(container_of(pos, struct tree, link));
     a->files = NULL;
     /* f itself is freed once the loop has closed the timer that lives in it. */
     uv_close((uv_handle_t *)&f->tick, on_tick_closed);
@@ -1284,6 +1840,8 @@ static const struct {
     {"file_watch", do_watch}, {"file_unwatch", do_unwatch},
     {"file_write", do_write}, {"file_data", do_data}, {"file_abort", do_abort},
     {"file_read", do_read},
+    {"file_tree_read", do_tree_read}, {"file_tree_write", do_tree_write},
+    {"file_tree_data", do_tree_data},
 };
 
 static const struct {

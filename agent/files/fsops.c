@@ -125,7 +125,7 @@ int fs_parent(const char *path, bool mkdir_p, char base[NAME_MAX + 1], int *dirf
     return 0;
 }
 
-static int refuse_special_fs(int fd)
+int fs_refuse_special(int fd)
 {
     struct statfs sf;
     if (fstatfs(fd, &sf) < 0)
@@ -152,7 +152,7 @@ int fs_open_read(const char *path, int *fdp, struct stat *st)
     else if (!S_ISREG(ps.st_mode))
         e = -FS_EREFUSED; /* a FIFO, device or socket is never opened */
     else
-        e = refuse_special_fs(pfd);
+        e = fs_refuse_special(pfd);
     close(pfd);
     if (e < 0)
         return e;
@@ -164,7 +164,7 @@ int fs_open_read(const char *path, int *fdp, struct stat *st)
     else if (!S_ISREG(st->st_mode) || st->st_ino != ps.st_ino || st->st_dev != ps.st_dev)
         e = -FS_EREFUSED; /* replaced between the two opens */
     else
-        e = refuse_special_fs(fd);
+        e = fs_refuse_special(fd);
     if (e < 0) {
         close(fd);
         return e;

@@ -43,6 +43,8 @@ int fs_parent(const char *path, bool mkdir_p, char base[NAME_MAX + 1], int *dirf
  * sysfs is refused too, so no symbolic link can make a download read /proc or /sys. The real
  * open is O_NONBLOCK and checked again to be the same regular file. */
 int fs_open_read(const char *path, int *fd, struct stat *st);
+/* -FS_EREFUSED for a descriptor on procfs, sysfs, debugfs or securityfs, else 0. */
+int fs_refuse_special(int fd);
 
 /* The `entry` map of a file (PROTOCOL.md 12.3): name, kind, mode, size, mtime_ns, uid, gid,
  * and target for a symbolic link. */

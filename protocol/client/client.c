@@ -778,6 +778,15 @@ int box_client_hello_token(struct box_client *c, const char *client_name, const 
     if (msg_get_i64(&reply->root, BOX_KEY(PID), &c->agent_pid) != 0)
         c->agent_pid = 0;
     memset(&c->limits, 0, sizeof c->limits);
+    c->cap_file_tree = false;
+    const msgpack_object *caps = msg_get(&reply->root, BOX_KEY(CAPABILITIES));
+    for (uint32_t i = 0; caps && caps->type == MSGPACK_OBJECT_ARRAY && i < caps->via.array.size;
+         i++) {
+        const msgpack_object *v = &caps->via.array.ptr[i];
+        if (v->type == MSGPACK_OBJECT_STR && v->via.str.size == 9 &&
+            memcmp(v->via.str.ptr, "file_tree", 9) == 0)
+            c->cap_file_tree = true;
+    }
     const msgpack_object *lim = msg_get(&reply->root, BOX_KEY(LIMITS));
     static const struct {
         enum box_limit key;

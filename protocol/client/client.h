@@ -94,6 +94,7 @@ struct box_client {
     char agent[BOX_CLIENT_ID_MAX + 1];
     int64_t agent_pid;
     struct box_limits limits;
+    bool cap_file_tree;  /* hello's capabilities name `file_tree` (PROTOCOL.md 12.8) */
 
     /* How a virtio-serial session starts over after `need_hello` (box_client_recv): what the
      * last hello sent, and a copy of the last request frame written with its `req`. */

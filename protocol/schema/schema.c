@@ -85,6 +85,9 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_TUNNEL_DATA] = COMMON | F(TUNNEL) | F(DATA),
     [BOX_T_TUNNEL_ACK] = COMMON | F(TUNNEL) | F(BYTES),
     [BOX_T_TUNNEL_CLOSE] = COMMON | F(TUNNEL) | F(HOW),
+    [BOX_T_FILE_TREE_READ] = COMMON | F(PATH) | F(USER) | F(MAX_ENTRIES) | F(MAX_BYTES) | F(MAX_DEPTH),
+    [BOX_T_FILE_TREE_WRITE] = COMMON | F(PATH) | F(USER) | F(TREE_ID) | F(MKDIR) | F(OVERWRITE) | F(FSYNC) | F(MAX_ENTRIES) | F(MAX_BYTES) | F(MAX_DEPTH) | F(ENTRIES) | F(EOF_),
+    [BOX_T_FILE_TREE_DATA] = COMMON | F(TREE_ID) | F(ENTRIES) | F(EOF_),
 };
 #undef F
 
@@ -139,6 +142,16 @@ static const uint8_t rf_file_event[] = {RCOMMON, R(WATCH), R(SEQ), R(EVENT), R(N
 #define RENTRY R(NAME), R(KIND), R(MODE), R(SIZE), R(MTIME_NS), R(UID), R(GID), R(TARGET)
 static const uint8_t rf_file_stat[] = {RCOMMON, R(ENTRY), RENTRY};
 static const uint8_t rf_file_list[] = {RCOMMON, R(ENTRIES), RENTRY, R(TRUNCATED)};
+/* The trees (12.8): an entry of file_tree_entries, and the counts of a tree's end. */
+static const uint8_t rf_file_tree_entries[] = {
+    RCOMMON, R(ENTRIES), R(NAME), R(KIND), R(MODE), R(SIZE), R(MTIME_NS), R(TARGET), R(DATA),
+    R(MORE), R(CODE), R(MESSAGE)};
+#define RTREE R(FILES), R(DIRS), R(SYMLINKS), R(BYTES), R(FAILED)
+static const uint8_t rf_file_tree_end[] = {RCOMMON, RTREE};
+static const uint8_t rf_file_tree_ack[] = {RCOMMON, R(TREE_ID), R(ENTRIES), R(BYTES)};
+static const uint8_t rf_file_tree_written[] = {
+    RCOMMON, R(TREE_ID), R(PATH), RTREE, R(ERRORS), R(NAME), R(CODE), R(MESSAGE)};
+#undef RTREE
 #undef RENTRY
 /* The tunnels (10.5); every event of a tunnel carries its tunnel_open's req. */
 static const uint8_t rf_tunnel_opened[] = {RCOMMON, R(TUNNEL), R(WINDOW)};
@@ -175,6 +188,10 @@ static const struct rf_list reply_fields[BOX_T__COUNT] = {
     [BOX_T_TUNNEL_ACK] = L(rf_tunnel_ack),
     [BOX_T_TUNNEL_EOF] = L(rf_tunnel_eof),
     [BOX_T_TUNNEL_CLOSED] = L(rf_tunnel_closed),
+    [BOX_T_FILE_TREE_ENTRIES] = L(rf_file_tree_entries),
+    [BOX_T_FILE_TREE_END] = L(rf_file_tree_end),
+    [BOX_T_FILE_TREE_ACK] = L(rf_file_tree_ack),
+    [BOX_T_FILE_TREE_WRITTEN] = L(rf_file_tree_written),
 };
 #undef L
 

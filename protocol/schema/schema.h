@@ -69,7 +69,14 @@
     X(TUNNEL_ACK, "tunnel_ack", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                    \
     X(TUNNEL_CLOSE, "tunnel_close", BOX_DIR_REQUEST)                                                \
     X(TUNNEL_EOF, "tunnel_eof", BOX_DIR_AGENT)                                                      \
-    X(TUNNEL_CLOSED, "tunnel_closed", BOX_DIR_AGENT)
+    X(TUNNEL_CLOSED, "tunnel_closed", BOX_DIR_AGENT)                                              \
+    X(FILE_TREE_READ, "file_tree_read", BOX_DIR_REQUEST)                                            \
+    X(FILE_TREE_WRITE, "file_tree_write", BOX_DIR_REQUEST)                                          \
+    X(FILE_TREE_DATA, "file_tree_data", BOX_DIR_REQUEST)                                            \
+    X(FILE_TREE_ENTRIES, "file_tree_entries", BOX_DIR_AGENT)                                        \
+    X(FILE_TREE_END, "file_tree_end", BOX_DIR_AGENT)                                                \
+    X(FILE_TREE_ACK, "file_tree_ack", BOX_DIR_AGENT)                                                \
+    X(FILE_TREE_WRITTEN, "file_tree_written", BOX_DIR_AGENT)
 
 /* The error codes of section 6: X(ENUM, "code"). */
 #define BOX_ERRORS(X)                                                                             \
@@ -134,7 +141,11 @@
     X(MAX_WATCHES, "max_watches", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
     X(WATCH_DIRS, "watch_dirs", BOX_LIM_HELLO)                                                      \
     X(MAX_TUNNELS, "max_tunnels", BOX_LIM_HELLO | BOX_LIM_ERROR)                                    \
-    X(TUNNEL_WINDOW, "tunnel_window", BOX_LIM_HELLO | BOX_LIM_ERROR)
+    X(TUNNEL_WINDOW, "tunnel_window", BOX_LIM_HELLO | BOX_LIM_ERROR)                              \
+    X(MAX_TREES, "max_trees", BOX_LIM_HELLO | BOX_LIM_ERROR)                                        \
+    X(TREE_ENTRIES, "tree_entries", BOX_LIM_HELLO | BOX_LIM_ERROR)                                  \
+    X(TREE_BYTES, "tree_bytes", BOX_LIM_HELLO | BOX_LIM_ERROR)                                      \
+    X(TREE_DEPTH, "tree_depth", BOX_LIM_HELLO)
 
 /* The fields of requests (section 10.2, top level): X(ENUM, "name"). */
 #define BOX_FIELDS(X)                                                                             \
@@ -192,7 +203,11 @@
     X(PORT, "port")                                                                                 \
     X(TUNNEL, "tunnel")                                                                             \
     X(BYTES, "bytes")                                                                               \
-    X(HOW, "how")
+    X(HOW, "how")                                                                                 \
+    X(TREE_ID, "tree_id")                                                                         \
+    X(ENTRIES, "entries")                                                                         \
+    X(MAX_ENTRIES, "max_entries")                                                                 \
+    X(MAX_DEPTH, "max_depth")
 
 /* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
@@ -302,7 +317,12 @@
     X(ROWS, "rows")                                                                               \
     X(COLS, "cols")                                                                               \
     X(TUNNEL, "tunnel")                                                                             \
-    X(WINDOW, "window")
+    X(WINDOW, "window")                                                                           \
+    X(FILES, "files")                                                                             \
+    X(TREE_ID, "tree_id")                                                                         \
+    X(SYMLINKS, "symlinks")                                                                       \
+    X(FAILED, "failed")                                                                           \
+    X(ERRORS, "errors")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,

@@ -430,6 +430,134 @@ static void test_tunnel_data_ack_close(void)
                BOX_ERR_BAD_REQUEST, "how must be \"write\" or \"both\"");
 }
 
+/* ---- trees (PROTOCOL.md 12.8) ---- */
+
+static const struct dec_tree_caps caps_limits = {.entries = 1000, .bytes = 1u << 20, .depth = 64};
+
+static void test_tree_read(void)
+{
+    struct decode_err e;
+    struct dec_tree_caps c;
+    /* {type: "file_tree_read", req: 1, path: "/w"} */
+    CHECK_EQ(decode_tree_read(body("83 a4'type' ae'file_tree_read' a3'req' 01 a4'path' a2'/w'"),
+                              &caps_limits, &c, &e), 0);
+    CHECK(c.entries == 1000 && c.bytes == 1u << 20 && c.depth == 64);
+    CHECK_EQ(decode_tree_read(body("83 ab'max_entries' 05 a9'max_bytes' 00 a9'max_depth' 00"),
+                              &caps_limits, &c, &e), 0);
+    CHECK(c.entries == 5 && c.bytes == 0 && c.depth == 1); /* depth 0 means 1 */
+    expect_err(decode_tree_read(body("81 ab'max_entries' cd 03 e9"), &caps_limits, &c, &e), &e,
+               BOX_ERR_BAD_REQUEST, "max_entries must be an integer from 0 to 1000");
+    expect_err(decode_tree_read(body("81 a9'max_depth' 41"), &caps_limits, &c, &e), &e,
+               BOX_ERR_BAD_REQUEST, "max_depth must be an integer from 0 to 64");
+    expect_err(decode_tree_read(body("81 a9'max_bytes' a1'1'"), &caps_limits, &c, &e), &e,
+               BOX_ERR_BAD_REQUEST, "max_bytes must be an integer from 0 to 1048576");
+}
+
+static void test_tree_write_and_data(void)
+{
+    struct decode_err e;
+    struct dec_tree_write w;
+    CHECK_EQ(decode_tree_write(body("82 a4'type' af'file_tree_write' a4'path' a2'/w'"),
+                               &caps_limits, &w, &e), 0);
+    CHECK(w.tree_id == NULL && !w.mkdir && w.overwrite && w.fsync && !w.eof && !w.entries);
+    CHECK_EQ(decode_tree_write(body("85 a7'tree_id' a2't1' a5'fsync' c2 a5'mkdir' c3 "
+                                    "a7'entries' 90 a3'eof' c3"), &caps_limits, &w, &e), 0);
+    CHECK(w.tree_id_len == 2 && !w.fsync && w.mkdir && w.eof && w.entries != NULL);
+    expect_err(decode_tree_write(body("81 a7'tree_id' a3'a b'"), &caps_limits, &w, &e), &e,
+               BOX_ERR_BAD_REQUEST, "tree_id must be 1-32 of [A-Za-z0-9_-]");
+    expect_err(decode_tree_write(body("81 a7'entries' 80"), &caps_limits, &w, &e), &e,
+               BOX_ERR_BAD_REQUEST, "entries must be an array");
+    struct dec_tree_data d;
+    CHECK_EQ(decode_tree_data(body("83 a4'type' ae'file_tree_data' a7'tree_id' a2't1' a3'eof' c3"),
+                              &d, &e), 0);
+    CHECK(d.tree_id_len == 2 && d.eof && d.entries == NULL);
+    expect_err(decode_tree_data(body("81 a3'eof' c3"), &d, &e), &e, BOX_ERR_BAD_REQUEST,
+               "tree_id must be 1-32 of [A-Za-z0-9_-]");
+}
+
+static void test_tree_names(void)
+{
+    CHECK_EQ(decode_tree_name(".", 1), 0);
+    CHECK_EQ(decode_tree_name("a", 1), 1);
+    CHECK_EQ(decode_tree_name("a/b c/d", 7), 3);
+    CHECK_EQ(decode_tree_name("", 0), -1);
+    CHECK_EQ(decode_tree_name("/a", 2), -1);
+    CHECK_EQ(decode_tree_name("a/", 2), -1);
+    CHECK_EQ(decode_tree_name("a//b", 4), -1);
+    CHECK_EQ(decode_tree_name("a/./b", 5), -1);
+    CHECK_EQ(decode_tree_name("a/../b", 6), -1);
+    CHECK_EQ(decode_tree_name("..", 2), -1);
+    CHECK_EQ(decode_tree_name("a\0b", 3), -1);
+    static char longc[300];
+    memset(longc, 'x', 256);
+    CHECK_EQ(decode_tree_name(longc, 256), -1); /* a component over NAME_MAX */
+    CHECK_EQ(decode_tree_name(longc, 255), 1);
+}
+
+static void test_tree_entries(void)
+{
+    struct decode_err e;
+    bool in_file = false;
+    uint64_t h = 0, b = 0;
+    /* [{name: ".", kind: "dir", mode: 0o755}, {name: "f", kind: "file", data: "abc", more: true},
+     *  {data: "de"}, {name: "l", kind: "symlink", target: "../x", mtime_ns: 5}] */
+    const msgpack_object *m = body(
+        "81 a7'entries' 94 "
+        "83 a4'name' a1'.' a4'kind' a3'dir' a4'mode' cd 01 ed "
+        "84 a4'name' a1'f' a4'kind' a4'file' a4'data' c4 03 'abc' a4'more' c3 "
+        "81 a4'data' a2'de' "
+        "84 a4'name' a1'l' a4'kind' a7'symlink' a6'target' a4'../x' a8'mtime_ns' 05");
+    const msgpack_object *arr = msg_get(m, "entries");
+    CHECK(arr != NULL);
+    CHECK_EQ(decode_tree_entries(arr, 100, &in_file, &h, &b, &e), 0);
+    CHECK(!in_file && h == 3 && b == 5);
+    struct dec_tree_entry d;
+    bool open = false;
+    CHECK_EQ(decode_tree_entry(&arr->via.array.ptr[0], 0, &open, &d, &e), 0);
+    CHECK(d.kind == 'd' && d.depth == 0 && d.has_mode && d.mode == 0755 && !open);
+    CHECK_EQ(decode_tree_entry(&arr->via.array.ptr[1], 1, &open, &d, &e), 0);
+    CHECK(d.kind == 'f' && d.data_len == 3 && d.more && open);
+    CHECK_EQ(decode_tree_entry(&arr->via.array.ptr[2], 2, &open, &d, &e), 0);
+    CHECK(d.continuation && d.data_len == 2 && !d.more && !open);
+    CHECK_EQ(decode_tree_entry(&arr->via.array.ptr[3], 3, &open, &d, &e), 0);
+    CHECK(d.kind == 'l' && d.target_len == 4 && d.has_mtime && d.mtime_ns == 5);
+    /* A fifo is decoded (and refused per entry when applied). */
+    open = false;
+    CHECK_EQ(decode_tree_entry(body("82 a4'name' a1'p' a4'kind' a4'fifo'"), 0, &open, &d, &e),
+             0);
+    CHECK_EQ(d.kind, '?');
+    open = false;
+    expect_err(decode_tree_entry(body("81 a4'data' a1'x'"), 4, &open, &d, &e), &e,
+               BOX_ERR_BAD_REQUEST, "entries[4]: an entry without a name continues a file's "
+               "data, and no file is open (its header had no more: true)");
+    open = true;
+    expect_err(decode_tree_entry(body("82 a4'name' a1'g' a4'kind' a3'dir'"), 1, &open, &d, &e),
+               &e, BOX_ERR_BAD_REQUEST, "entries[1]: the previous file's data goes on (more: "
+               "true): a continuation ({data, more}) is due, not a new entry");
+    open = false;
+    expect_err(decode_tree_entry(body("82 a4'name' a4'../x' a4'kind' a4'file'"), 0, &open, &d,
+                                 &e), &e, BOX_ERR_BAD_REQUEST,
+               "entries[0]: name must be \".\" or a relative path without \"\", \".\" or \"..\" "
+               "components, under 4096 bytes");
+    expect_err(decode_tree_entry(body("82 a4'name' a1'l' a4'kind' a7'symlink'"), 0, &open, &d,
+                                 &e), &e, BOX_ERR_BAD_REQUEST,
+               "entries[0]: a symlink needs its target");
+    expect_err(decode_tree_entry(body("83 a4'name' a1'd' a4'kind' a3'dir' a4'data' a1'x'"), 0,
+                                 &open, &d, &e), &e, BOX_ERR_BAD_REQUEST,
+               "entries[0]: only a file has data");
+    expect_err(decode_tree_entry(body("83 a4'name' a1'f' a4'kind' a4'file' a4'mode' cd 10 00"),
+                                 0, &open, &d, &e), &e, BOX_ERR_BAD_REQUEST,
+               "entries[0]: mode must be an integer from 0 to 4095 (0o7777)");
+    expect_err(decode_tree_entry(body("82 a4'name' a1'.' a4'kind' a4'file'"), 0, &open, &d, &e),
+               &e, BOX_ERR_BAD_REQUEST, "entries[0]: \".\" (the tree's root) is a dir");
+    /* All or nothing: a bad element leaves the counts and the state alone. */
+    in_file = false;
+    h = b = 0;
+    m = body("81 a7'entries' 92 82 a4'name' a1'f' a4'kind' a4'file' 01");
+    CHECK_EQ(decode_tree_entries(msg_get(m, "entries"), 100, &in_file, &h, &b, &e), -1);
+    CHECK(h == 0 && b == 0 && !in_file);
+}
+
 int main(int argc, char **argv)
 {
     static const struct unit_test tests[] = {
@@ -449,6 +577,10 @@ int main(int argc, char **argv)
         UNIT_TEST(test_tty_fields),
         UNIT_TEST(test_tunnel_open),
         UNIT_TEST(test_tunnel_data_ack_close),
+        UNIT_TEST(test_tree_read),
+        UNIT_TEST(test_tree_write_and_data),
+        UNIT_TEST(test_tree_names),
+        UNIT_TEST(test_tree_entries),
     };
     return unit_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }

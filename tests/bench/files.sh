@@ -4,7 +4,10 @@
 #   1 GiB up and down: `boxctl cp FILE :DST` and `boxctl cp :SRC FILE` against `cat SRC | cat > DST`
 #     (and up against `cat | dd conv=fsync`, since an atomic upload fsyncs before its rename)
 #     (and against `ssh HOST 'cat > DST'` when BENCH_SSH_HOST is set and answers; else skipped);
-#   a 10 000-file tree up and down: `boxctl cp -a` against `tar c | tar x` through a pipe.
+#   a 10 000-file tree up and down: `boxctl cp -a` (one file_tree_write / file_tree_read,
+#     PROTOCOL.md 12.8) against `tar c | tar x` through a pipe;
+#   the tree up durable: file_tree_write with fsync: true (one syncfs per 64 files, through the
+#     test client) against `tar c | tar x && sync`.
 #
 # Each pair alternates, baseline first, BENCH_FILES_ROUNDS times; medians are reported. The
 # ratio is baseline seconds / boxd seconds (1.0: as fast as the pipe; the targets are >= 0.7x
@@ -60,10 +63,20 @@ tar_up() { rm -rf "$WORK/tar.out"; mkdir "$WORK/tar.out"; tar c -C "$WORK/tree" 
 tree_up() { rm -rf "$WORK/tree.box"; $CTL cp -a "$WORK/tree" ":$WORK/tree.box"; }
 tar_down() { rm -rf "$WORK/tar.back"; mkdir "$WORK/tar.back"; tar c -C "$WORK/tree.box" . | tar x -C "$WORK/tar.back"; }
 tree_down() { rm -rf "$WORK/tree.back"; $CTL cp -a ":$WORK/tree.box" "$WORK/tree.back"; }
+# The tree up with every file durable before its rename (the agent's syncfs batches).
+tree_up_sync() {
+  rm -rf "$WORK/tree.sync"
+  PYTHONPATH="$ROOT/tests/integration" /usr/bin/python3 -c '
+import sys, boxd_client, files_client as fc
+c = boxd_client.Client(sys.argv[1]); c.hello()
+w = fc.tree_write(c, sys.argv[3], fc.local_entries(sys.argv[2]), fsync=True)
+assert w["failed"] == 0, w["errors"][:3]' "$SOCK" "$WORK/tree" "$WORK/tree.sync"
+}
+tar_up_sync() { rm -rf "$WORK/tar.sync"; mkdir "$WORK/tar.sync"; tar c -C "$WORK/tree" . | tar x -C "$WORK/tar.sync"; sync -f "$WORK/tar.sync"; }
 ssh_up() { ssh -o BatchMode=yes "$BENCH_SSH_HOST" "cat > $WORK/ssh.out" <"$WORK/big"; }
 
 declare -A RES
-for pair in "sync_up box_up" "pipe_up box_up" "pipe_down box_down" "tar_up tree_up" "tar_down tree_down"; do
+for pair in "sync_up box_up" "pipe_up box_up" "pipe_down box_down" "tar_up tree_up" "tar_down tree_down" "tar_up_sync tree_up_sync"; do
   set -- $pair
   : >"$WORK/a"; : >"$WORK/b"
   for _ in $(seq "$ROUNDS"); do
@@ -88,5 +101,6 @@ printf "| %d MiB up vs cat \\| dd conv=fsync (the upload's own fsync in the base
 printf "| %d MiB down vs cat \\| cat | %.2f s | %.2f s | %.2fx | >= 0.7x |\n" "$MB" "${RES[box_down]}" "${RES[pipe_down]}" "$(ratio "${RES[pipe_down]}" "${RES[box_down]}")"
 printf "| tree (%s, %d files) up (boxctl cp -a) vs tar c \\| tar x | %.2f s | %.2f s | %.2fx | >= 0.5x |\n" "$TREE_HOW" "$NFILES" "${RES[tree_up]}" "${RES[tar_up]}" "$(ratio "${RES[tar_up]}" "${RES[tree_up]}")"
 printf "| tree down vs tar c \\| tar x | %.2f s | %.2f s | %.2fx | >= 0.5x |\n" "${RES[tree_down]}" "${RES[tar_down]}" "$(ratio "${RES[tar_down]}" "${RES[tree_down]}")"
+printf "| tree up durable (file_tree_write fsync: true) vs tar c \\| tar x && sync | %.2f s | %.2f s | %.2fx | |\n" "${RES[tree_up_sync]}" "${RES[tar_up_sync]}" "$(ratio "${RES[tar_up_sync]}" "${RES[tree_up_sync]}")"
 echo "$SSH_LINE"
 cmp "$WORK/big" "$WORK/box.back" && diff -r --no-dereference "$WORK/tree" "$WORK/tree.back" >/dev/null && echo "files.sh: copies verified (cmp, diff -r)"

@@ -168,6 +168,23 @@ def main():
             {"type": "file_remove", "req": 7, "path": "/tmp/fz", "recursive": True},
             {"type": "file_list", "req": 8, "path": "/tmp", "depth": 1000000},
             {"type": "file_stat", "req": 9, "path": "/tmp/\u00e9 space/\U0001f600"}],
+        "tree": [
+            {"type": "file_tree_read", "req": 1, "path": "/tmp", "max_entries": 10,
+             "max_bytes": 1 << 20, "max_depth": 2},
+            {"type": "file_tree_write", "req": 2, "path": "/tmp/fz/t", "tree_id": "t1",
+             "fsync": False, "mkdir": True, "entries": [
+                 {"name": ".", "kind": "dir", "mode": 0o755, "mtime_ns": TS},
+                 {"name": "a b/\u00e9", "kind": "file", "data": b"ab", "more": True}]},
+            {"type": "file_tree_data", "req": 3, "tree_id": "t1", "entries": [
+                {"data": b"c"}, {"name": "l", "kind": "symlink", "target": "../x"},
+                {"name": "p", "kind": "fifo"}], "eof": True}],
+        "tree-bad": [
+            {"type": "file_tree_read", "req": 1, "path": "/tmp", "max_entries": -1},
+            {"type": "file_tree_write", "req": 2, "path": "/tmp/fz/u", "tree_id": "a b"},
+            {"type": "file_tree_write", "req": 3, "path": "/tmp/fz/u", "entries": {"x": 1}},
+            {"type": "file_tree_write", "req": 4, "path": "/tmp/fz/u", "entries": [
+                {"data": b"orphan"}, {"name": "../up", "kind": "file"}, 7], "eof": True},
+            {"type": "file_tree_data", "req": 5, "tree_id": "nope", "entries": []}],
         "watch": [
             {"type": "file_watch", "req": 1, "path": "/tmp", "recursive": True},
             {"type": "file_unwatch", "req": 2, "watch": 1},

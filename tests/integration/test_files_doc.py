@@ -45,6 +45,17 @@ def test_every_file_message_matches_its_schema(start_boxd):
                 break
         assert c.request("file_unwatch", watch=wr["watch"])["type"] == "ok"
         fc.op(c, "file_remove", path=t + "/b", recursive=True)
+        # A tree both ways (12.8): a file long enough for a continuation, a link, a FIFO.
+        os.makedirs(t + "/tr/sub")
+        with open(t + "/tr/sub/big", "wb") as f:
+            f.write(os.urandom(1300000))
+        os.symlink("sub/big", t + "/tr/link")
+        os.mkfifo(t + "/tr/pipe")
+        ents, end = fc.tree_read(c, t + "/tr")
+        assert end["failed"] == 1 and [e["code"] for e in ents if "code" in e] == ["refused"]
+        w = fc.tree_write(c, t + "/tw", fc.local_entries(t + "/tr"))
+        assert w["failed"] == 1 and w["errors"][0]["name"] == "pipe", w
+        assert w["files"] == 1 and w["symlinks"] == 1, w
         os.mkfifo(t + "/fifo")
         with open(t + "/x", "w") as f:
             f.write("x")

@@ -1,4 +1,5 @@
-"""Trees both ways with boxctl cp, and boxctl killed mid-upload then resumed.
+"""Trees both ways with boxctl cp (file_tree_read and file_tree_write, PROTOCOL.md 12.8) and with
+the tree requests directly, and boxctl killed mid-upload then resumed.
 
 The tree is a real node_modules (`npm install` of a few packages into a temporary directory,
 when npm and the registry answer within 2 minutes), else a generated one, topped up to 10 000
@@ -19,7 +20,10 @@ import time
 import pytest
 
 import conftest
+import files_client as fc
 from conftest import T, wait_for
+
+RSS_MEANINGFUL = os.environ.get("BOXD_SANITIZED") != "1"
 
 NPM_PACKAGES = ["lodash", "rxjs", "moment", "date-fns", "@babel/core"]
 
@@ -112,6 +116,242 @@ def test_tree_round_trip(boxd):
             assert ma.keys() == mb.keys()
             bad = [k for k in ma if ma[k] != mb[k]]
             assert not bad, [(k, ma[k], mb[k]) for k in bad[:10]]
+        assert wait_for(lambda: boxd.counts()[0] <= fds0, T(5)), (fds0, boxd.counts())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_trees(a, b):
+    d = subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True)
+    assert d.returncode == 0, d.stdout.decode()[-2000:]
+    ma, mb = lstat_map(a), lstat_map(b)
+    assert ma.keys() == mb.keys(), sorted(set(ma) ^ set(mb))[:10]
+    bad = [k for k in ma if ma[k] != mb[k]]
+    assert not bad, [(k, ma[k], mb[k]) for k in bad[:10]]
+
+
+def test_tree_requests_round_trip(boxd):
+    """The 10 000-file tree up in one file_tree_write and down in one file_tree_read (the test
+    client's helpers), compared with diff -r and lstat; boxd's RSS and fds come back."""
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        src = os.path.join(work, "src")
+        os.mkdir(src)
+        how, n = make_tree(src)
+        assert n >= 10000
+        fds0, rss0 = boxd.counts()[:2]
+        c = boxd.client()
+        t0 = time.monotonic()
+        w = fc.tree_write(c, work + "/box", fc.local_entries(src), fsync=False)
+        up_s = time.monotonic() - t0
+        assert w["failed"] == 0 and w["errors"] == [] and w["files"] >= 10000, w
+        assert w["symlinks"] >= 3, w
+        t0 = time.monotonic()
+        end, failed = fc.tree_download(c, work + "/box", work + "/back")
+        down_s = time.monotonic() - t0
+        assert failed == [] and end["failed"] == 0 and end["files"] == w["files"], (end, failed)
+        print("tree requests (%s): up %.2f s, down %.2f s" % (how, up_s, down_s))
+        compare_trees(src, work + "/box")
+        compare_trees(src, work + "/back")
+        assert [x for x in os.listdir(work + "/box") if ".boxd-" in x] == []
+        c.close()
+        assert wait_for(lambda: boxd.counts()[0] <= fds0, T(5)), (fds0, boxd.counts())
+        assert boxd.counts()[1] - rss0 < 32 * 1024 or not RSS_MEANINGFUL, (rss0, boxd.counts())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_read_by_a_reader_that_does_not_read_is_bounded(boxd):
+    """A file_tree_read of 256 MiB whose client reads nothing: the walk pauses (RSS bounded,
+    the disk is not read on), then it all comes when the client reads."""
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        for i in range(64):
+            with open("%s/f%02d" % (work, i), "wb") as f:
+                f.truncate(4 << 20)
+        c = boxd.client()
+        rss0 = boxd.counts()[1]
+        c.send({"type": "file_tree_read", "req": 77, "path": work})
+        time.sleep(T(1.5))
+        rss = boxd.counts()[1]
+        assert rss - rss0 < 16 * 1024 or not RSS_MEANINGFUL, (rss0, rss)
+        got = 0
+        while True:
+            m = c.recv_req(77, T(60))
+            if m["type"] == "file_tree_end":
+                break
+            assert m["type"] == "file_tree_entries", m
+            got += sum(len(e.get("data", b"")) for e in m["entries"])
+        assert got == 256 << 20 and m["bytes"] == got and m["files"] == 64, (got, m)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_fifo_and_device_refused_and_reported(boxd):
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        os.mkdir(work + "/t")
+        with open(work + "/t/ok", "w") as f:
+            f.write("ok")
+        os.mkfifo(work + "/t/fifo")
+        has_dev = True
+        try:
+            os.mknod(work + "/t/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except OSError:
+            has_dev = False  # not root, or no CAP_MKNOD
+        c = boxd.client()
+        ents, end = fc.tree_read(c, work + "/t")
+        refused = {e["name"]: e for e in ents if "code" in e}
+        want = {"fifo", "null"} if has_dev else {"fifo"}
+        assert set(refused) == want and end["failed"] == len(want), ents
+        assert all(e["code"] == "refused" and "refused" in e["message"] for e in refused.values())
+        assert refused["fifo"]["kind"] == "fifo"
+        assert end["files"] == 1
+        # Up: a FIFO or device entry is refused per entry; the rest is written.
+        w = fc.tree_write(c, work + "/up", [{"name": ".", "kind": "dir"},
+                                            {"name": "p", "kind": "fifo"},
+                                            {"name": "d", "kind": "char"},
+                                            {"name": "f", "kind": "file", "data": b"x"}])
+        assert [(e["name"], e["code"]) for e in w["errors"]] == [("p", "refused"),
+                                                                   ("d", "refused")], w
+        assert w["files"] == 1 and sorted(os.listdir(work + "/up")) == ["f"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_caps_give_clear_errors(boxd):
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        deep = work + "/t/" + "/".join("d%d" % i for i in range(5))
+        os.makedirs(deep)
+        for i in range(10):
+            with open("%s/t/f%d" % (work, i), "wb") as f:
+                f.write(b"x" * 1000)
+        c = boxd.client()
+        lim = c.hello()["limits"]
+        assert lim["tree_entries"] == 1000000 and lim["tree_depth"] == 64
+        assert lim["tree_bytes"] == 64 << 30 and lim["max_trees"] == 16
+        with pytest.raises(fc.FileError) as ei:
+            fc.tree_read(c, work + "/t", max_entries=5)
+        assert ei.value.code == "limit" and ei.value.reply["limit"] == "tree_entries"
+        assert "max_entries" in ei.value.reply["message"]
+        assert len(ei.value.entries) >= 1
+        with pytest.raises(fc.FileError) as ei:
+            fc.tree_read(c, work + "/t", max_bytes=2500)
+        assert ei.value.reply["limit"] == "tree_bytes", ei.value.reply
+        ents, end = fc.tree_read(c, work + "/t", max_depth=3)
+        deep_errs = [e for e in ents if e.get("code") == "too_large"]
+        assert [e["name"] for e in deep_errs] == ["d0/d1/d2"], ents
+        assert "max_depth" in deep_errs[0]["message"]
+        r = c.request("file_tree_read", path=work + "/t", max_entries=1 << 40)
+        assert r["code"] == "bad_request" and "max_entries" in r["message"], r
+        # Up: past max_entries the tree is dropped; past max_depth the entry is too_large.
+        els = [{"name": "f%d" % i, "kind": "file", "data": b"y"} for i in range(8)]
+        with pytest.raises(fc.FileError) as ei:
+            fc.tree_write(c, work + "/up", els, max_entries=4)
+        assert ei.value.reply["limit"] == "tree_entries", ei.value.reply
+        w = fc.tree_write(c, work + "/up2", [{"name": "a", "kind": "dir"},
+                                             {"name": "a/b", "kind": "dir"},
+                                             {"name": "a/f", "kind": "file", "data": b"z"}],
+                          max_depth=2)
+        # a/b is a directory at max_depth: what it holds would be deeper.
+        assert [(e["name"], e["code"]) for e in w["errors"]] == [("a/b", "too_large")], w
+        assert os.listdir(work + "/up2/a") == ["f"]
+        for bad_el, text in [({"name": "../x", "kind": "file"}, "relative path"),
+                             ({"data": b"x"}, "continues a file"),
+                             ({"name": "l", "kind": "symlink"}, "needs its target")]:
+            r = c.request("file_tree_write", path=work + "/up3", entries=[bad_el], eof=True)
+            assert r["code"] == "bad_request" and text in r["message"], r
+        assert not os.path.exists(work + "/up3")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_write_never_follows_a_link_planted_in_the_destination(boxd):
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        os.makedirs(work + "/dst")
+        os.makedirs(work + "/outside")
+        with open(work + "/outside/f", "w") as f:
+            f.write("precious")
+        os.symlink(work + "/outside", work + "/dst/sub")      # where a directory goes
+        os.symlink(work + "/outside/f", work + "/dst/file")   # where a file goes
+        c = boxd.client()
+        w = fc.tree_write(c, work + "/dst", [{"name": "sub", "kind": "dir"},
+                                             {"name": "sub/f", "kind": "file", "data": b"evil"},
+                                             {"name": "file", "kind": "file", "data": b"new"}])
+        assert [(e["name"], e["code"]) for e in w["errors"]] == [("sub", "exists"),
+                                                                   ("sub/f", "refused")], w
+        with open(work + "/outside/f") as f:
+            assert f.read() == "precious"
+        assert os.path.islink(work + "/dst/sub")
+        assert not os.path.islink(work + "/dst/file")      # replaced, not written through
+        with open(work + "/dst/file") as f:
+            assert f.read() == "new"
+        # A download does not go through a link inside the tree either.
+        ents, end = fc.tree_read(c, work + "/dst")
+        assert {e["name"]: e["kind"] for e in ents} == {".": "dir", "sub": "symlink",
+                                                        "file": "file"}, ents
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_as_a_user_without_permission(start_boxd):
+    d = start_boxd("--user", "nobody")
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        os.chmod(work, 0o755)
+        os.makedirs(work + "/t/open")
+        os.makedirs(work + "/t/closed")
+        for p in ("/t/open/a", "/t/closed/b", "/t/secret"):
+            with open(work + p, "w") as f:
+                f.write("x")
+        os.chmod(work + "/t/closed", 0o700)
+        os.chmod(work + "/t/secret", 0o600)
+        c = d.client()
+        ents, end = fc.tree_read(c, work + "/t")
+        denied = sorted(e["name"] for e in ents if e.get("code") == "permission_denied")
+        assert denied == ["closed", "secret"], ents
+        assert end["files"] == 1 and end["failed"] == 2
+        # Up, as nobody: into a directory nobody may not write, each entry is denied.
+        os.makedirs(work + "/ro")
+        w = fc.tree_write(c, work + "/ro", [{"name": "f", "kind": "file", "data": b"1"},
+                                            {"name": "d", "kind": "dir"}])
+        assert [(e["name"], e["code"]) for e in w["errors"]] == [("f", "permission_denied"),
+                                                                   ("d", "permission_denied")]
+        r = c.request("file_tree_write", path="/root/boxd-tree-nope", eof=True)
+        assert r["code"] == "permission_denied", r
+        os.chmod(work, 0o777)
+        w = fc.tree_write(c, work + "/mine", [{"name": "f", "kind": "file", "data": b"1"}])
+        assert w["files"] == 1 and os.stat(work + "/mine/f").st_uid == 65534
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_tree_write_dropped_with_its_connection(boxd):
+    """A client that goes away mid-tree: the file being written and those not yet renamed are
+    removed, the files before stay whole, and boxd's fds come back."""
+    work = tempfile.mkdtemp(prefix="boxd-tree-", dir="/tmp")
+    try:
+        fds0 = boxd.counts()[0]
+        c = boxd.client()
+        r = c.request("file_tree_write", path=work + "/dst", tree_id="gone1",
+                      entries=[{"name": "done", "kind": "file", "data": b"whole"}])
+        assert r["type"] == "file_tree_ack" and r["entries"] == 1, r
+        r = c.request("file_tree_data", tree_id="gone1",
+                      entries=[{"name": "half", "kind": "file", "data": b"x" * 1000,
+                                "more": True}])
+        assert r["type"] == "file_tree_ack", r
+        assert any(".half.boxd-gone1" in n for n in os.listdir(work + "/dst"))
+        other = boxd.client()
+        r = other.request("file_tree_data", tree_id="gone1", entries=[])
+        assert r["code"] == "not_found", r  # a tree belongs to its connection
+        c.close()
+        assert wait_for(lambda: os.listdir(work + "/dst") == ["done"], T(5)), \
+            os.listdir(work + "/dst")
+        with open(work + "/dst/done", "rb") as f:
+            assert f.read() == b"whole"
+        other.close()
         assert wait_for(lambda: boxd.counts()[0] <= fds0, T(5)), (fds0, boxd.counts())
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -158,9 +158,11 @@ SCHEMAS = parse_schemas(doc_text())
 # messages; the run-centred test below leaves them out.
 FILE_REQUESTS = {"file_write", "file_data", "file_abort", "file_read", "file_stat", "file_list",
                  "file_mkdir", "file_remove", "file_rename", "file_chmod", "file_symlink",
-                 "file_watch", "file_unwatch"}
+                 "file_watch", "file_unwatch", "file_tree_read", "file_tree_write",
+                 "file_tree_data"}
 FILE_REPLIES = {"file_ack", "file_written", "file_info", "file_chunk", "file_end", "file_stat",
-                "file_list", "file_watching", "file_event"}
+                "file_list", "file_watching", "file_event", "file_tree_entries", "file_tree_end",
+                "file_tree_ack", "file_tree_written"}
 # The tunnels (PROTOCOL.md 10.5 and 13): test_tunnel.py drives them and checks their messages.
 TUNNEL_REQUESTS = {"tunnel_open", "tunnel_data", "tunnel_ack", "tunnel_close"}
 TUNNEL_REPLIES = {"tunnel_opened", "tunnel_data", "tunnel_ack", "tunnel_eof", "tunnel_closed"}

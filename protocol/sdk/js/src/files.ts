@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmod, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, stat, symlink, utimes } from "node:fs/promises";
 import { basename, dirname, join, posix, resolve as resolveLocal } from "node:path";
 import { BoxError, ConnectionLostError, errorFromReply } from "./errors.js";
@@ -18,6 +18,8 @@ import { big, bytes, num, text, type Message } from "./wire.js";
 
 /** The capability the agent lists in `hello` when it serves the file requests. */
 export const FILES_CAPABILITY = "files";
+/** The capability of whole trees in one request (`file_tree_read`, `file_tree_write`: PROTOCOL.md 12.8). */
+export const FILE_TREE_CAPABILITY = "file_tree";
 
 /** `no_capability`: the agent does not list a capability this call needs. */
 export class CapabilityError extends BoxError {
@@ -129,6 +131,10 @@ export class Files {
     }
   }
 
+  #trees(): boolean {
+    return (this.#session.hello?.capabilities ?? []).includes(FILE_TREE_CAPABILITY);
+  }
+
   #limit(name: string, dflt: number): number {
     return this.#session.hello?.limits[name] ?? dflt;
   }
@@ -223,7 +229,9 @@ export class Files {
    * followed). Missing directories are made. The paths named in `entries` themselves are
    * followed when they are links, as cp(1) does its arguments. FIFOs, sockets and devices are
    * skipped. `fsync: false` skips each file's fsync (still atomic for readers): faster for
-   * trees of many small files. Returns the files written (not the links).
+   * trees of many small files. With an agent that has the `file_tree` capability a directory
+   * goes in one `file_tree_write` (PROTOCOL.md 12.8; its files without an fsync each unless
+   * `fsync: true`), else one request per entry. Returns the files written (not the links).
    */
   async upload(
     entries: ReadonlyArray<{ path: string; destination: string }>,
@@ -233,7 +241,9 @@ export class Files {
     const out: WrittenFile[] = [];
     for (const e of entries) {
       const st = await stat(e.path, { bigint: true });
-      if (st.isDirectory()) {
+      if (st.isDirectory() && this.#trees()) {
+        await this.#uploadTree(e.path, e.destination, opts, out);
+      } else if (st.isDirectory()) {
         await this.mkdir(e.destination, { user: opts.user, parents: true });
         await this.#uploadDir(e.path, e.destination, opts, out);
         await this.chmod(e.destination, Number(st.mode) & 0o7777, { user: opts.user, mtimeNs: st.mtimeNs });
@@ -481,10 +491,261 @@ export class Files {
       return dest;
     }
     await this.#localDir(dest);
+    if (this.#trees()) {
+      await this.#downloadTree(opts.folder, dest, opts.user, top.kind === "dir");
+      return dest;
+    }
     await this.#downloadDir(opts.folder, dest, opts.user);
     // A folder named through a link (which file_list follows) gets no attributes of the link's.
     if (top.kind === "dir") await keep(dest, top);
     return dest;
+  }
+
+  /**
+   * One `file_tree_write` and its `file_tree_data` requests, pipelined within the window; after a
+   * dropped connection (the agent drops the tree) the whole tree again: each file is atomic.
+   */
+  async #uploadTree(local: string, remote: string, opts: FileOptions & { fsync?: boolean }, out: WrittenFile[]): Promise<void> {
+    const frame = Math.max(16 << 10, Math.min(768 << 10, this.#limit("max_frame", 1 << 20) - 16384));
+    const piece = Math.max(4096, Math.min(512 << 10, Math.floor(frame / 2)));
+    const window = Math.max(frame, Math.min(this.#limit("file_window", 16 << 20) - frame, 8 << 20));
+    for (let attempt = 0; ; attempt++) {
+      const written: WrittenFile[] = [];
+      const inflight: Promise<Message>[] = [];
+      const sizes: number[] = [];
+      try {
+        const ack = await this.#session.request(
+          { type: "file_tree_write", path: remote, user: opts.user, mkdir: true, fsync: opts.fsync ?? false },
+          { idempotent: false },
+        );
+        const treeId = text(ack.tree_id);
+        let batch: Message[] = [];
+        let size = 0;
+        const send = async (eof: boolean): Promise<Message | null> => {
+          const p = this.#session.request({ type: "file_tree_data", tree_id: treeId, entries: batch, eof }, { idempotent: false });
+          p.catch(() => undefined);
+          inflight.push(p);
+          sizes.push(size);
+          batch = [];
+          size = 0;
+          let last: Message | null = null;
+          while (inflight.length > 0 && (eof || sizes.reduce((a, b) => a + b, 0) > window)) {
+            sizes.shift();
+            last = await (inflight.shift() as Promise<Message>);
+          }
+          return last;
+        };
+        const add = async (el: Message, dataLength: number): Promise<void> => {
+          const n = dataLength + 256 + (typeof el.name === "string" ? el.name.length : 0);
+          if (batch.length > 0 && size + n > frame) await send(false);
+          batch.push(el);
+          size += n;
+        };
+        const head = (name: string, st: { mode: bigint; mtimeNs: bigint }, kind: string): Message => ({
+          name,
+          kind,
+          mode: Number(st.mode) & 0o7777,
+          mtime_ns: st.mtimeNs,
+        });
+        const walk = async (dir: string, rel: string): Promise<void> => {
+          for (const name of (await readdir(dir)).sort()) {
+            const lp = join(dir, name);
+            const r = rel === "" ? name : `${rel}/${name}`;
+            const st = await lstat(lp, { bigint: true });
+            if (st.isSymbolicLink()) {
+              await add({ ...head(r, st, "symlink"), target: await readlink(lp) }, 0);
+            } else if (st.isDirectory()) {
+              await add(head(r, st, "dir"), 0);
+              await walk(lp, r);
+            } else if (st.isFile()) {
+              const fh = await open(lp, "r");
+              // The digest of the bytes sent (the tree requests carry none; each file is atomic).
+              const h = createHash("sha256");
+              try {
+                const total = Number(st.size);
+                let off = 0;
+                do {
+                  const b = Buffer.alloc(Math.min(piece, total - off));
+                  const got = b.length > 0 ? (await fh.read(b, 0, b.length, off)).bytesRead : 0;
+                  const data = b.subarray(0, got);
+                  h.update(data);
+                  off += got;
+                  const more = got > 0 && off < total;
+                  await add(off - got === 0 ? { ...head(r, st, "file"), data, more } : { data, more }, got);
+                  if (!more) break;
+                } while (off < total);
+              } finally {
+                await fh.close();
+              }
+              written.push({ path: posix.join(remote, r), size: Number(st.size), sha256: h.digest("hex") });
+            }
+            // Special files (FIFOs, sockets, devices) are not uploaded.
+          }
+        };
+        const top = await stat(local, { bigint: true });
+        await add(head(".", top, "dir"), 0);
+        await walk(local, "");
+        const res = (await send(true)) ?? {};
+        const failed = num(res.failed) ?? 0;
+        if (failed > 0) {
+          const e0 = ((res.errors as Message[] | undefined) ?? [{}])[0] ?? {};
+          throw errorFromReply({
+            type: "error",
+            code: text(e0.code) || "io_error",
+            message: `upload to ${remote}: ${failed} entries failed; the first, ${text(e0.name)}: ${text(e0.message)}`,
+          });
+        }
+        out.push(...written);
+        return;
+      } catch (e) {
+        await Promise.allSettled(inflight);
+        if (!(e instanceof ConnectionLostError) || attempt >= MAX_RESUMES) throw e;
+      }
+    }
+  }
+
+  /**
+   * One `file_tree_read` applied under `dest` as it streams; after a dropped connection the whole
+   * tree again (each file and link is replaced atomically). `own`: keep the folder's own mode and
+   * mtime (not when it was named through a link).
+   */
+  async #downloadTree(folder: string, dest: string, user: string | undefined, own: boolean): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.#downloadTreeOnce(folder, dest, user, own);
+        return;
+      } catch (e) {
+        if (!(e instanceof ConnectionLostError) || attempt >= MAX_RESUMES) throw e;
+      }
+    }
+  }
+
+  #downloadTreeOnce(folder: string, dest: string, user: string | undefined, own: boolean): Promise<void> {
+    const session = this.#session;
+    const dirs: Array<{ path: string; e: FileEntry }> = [];
+    const failedEntries: Message[] = [];
+    let fh: Awaited<ReturnType<typeof open>> | null = null;
+    let tmp = "";
+    let cur: { local: string; e: FileEntry } | null = null;
+    const localOf = (name: string): string => {
+      if (name === ".") return dest;
+      const parts = name.split("/");
+      if (name.startsWith("/") || parts.some((p) => p === "" || p === "." || p === "..")) {
+        throw new BoxError("protocol", `file_tree_read ${folder}: an entry named ${JSON.stringify(name)}`);
+      }
+      return join(dest, ...parts);
+    };
+    const fileEnd = async (): Promise<void> => {
+      const f = fh as NonNullable<typeof fh>;
+      const c = cur as NonNullable<typeof cur>;
+      fh = null;
+      await f.chmod(c.e.mode & 0o777);
+      await f.utimes(new Date(), c.e.mtimeMs / 1000);
+      await f.close();
+      await rename(tmp, c.local);
+    };
+    const apply = async (els: Message[]): Promise<void> => {
+      for (const el of els) {
+        if (el.name === undefined) {
+          if (fh !== null) {
+            await fh.write(bytes(el.data));
+            if (el.more !== true) await fileEnd();
+          }
+          continue;
+        }
+        if (el.code !== undefined) {
+          if (el.code !== "refused") failedEntries.push(el);
+          continue;
+        }
+        const e = entryOf(el);
+        const lp = localOf(e.name);
+        if (e.kind === "dir") {
+          await this.#localDir(lp);
+          dirs.push({ path: lp, e });
+        } else if (e.kind === "symlink" && e.target !== undefined) {
+          const t = `${lp}.boxd-${randomBytes(4).toString("hex")}`;
+          await symlink(e.target, t);
+          try {
+            await lutimes(t, new Date(), e.mtimeMs / 1000);
+            await rename(t, lp);
+          } catch (err) {
+            await rm(t, { force: true });
+            throw err;
+          }
+        } else if (e.kind === "file") {
+          tmp = `${lp}.boxd-${randomBytes(4).toString("hex")}`;
+          fh = await open(tmp, "wx", 0o600);
+          cur = { local: lp, e };
+          await fh.write(bytes(el.data));
+          if (el.more !== true) await fileEnd();
+        }
+      }
+    };
+    return new Promise((resolve, reject) => {
+      const req = session.nextReq();
+      const holder = {};
+      let pending = Promise.resolve();
+      let queued = 0;
+      let failed = false;
+      const fail = (err: unknown): void => {
+        if (failed) return;
+        failed = true;
+        session.release(holder);
+        session.untrack(req);
+        pending.then(async () => {
+          if (fh !== null) {
+            await fh.close().catch(() => undefined);
+            await rm(tmp, { force: true });
+          }
+        }).finally(() => reject(err));
+      };
+      const o: Outstanding = {
+        follows: true,
+        first: () => ({ type: "file_tree_read", req, path: folder, user }),
+        again: () => null,
+        onMessage: (m) => {
+          switch (m.type) {
+            case "file_tree_entries": {
+              const els = (m.entries as Message[] | undefined) ?? [];
+              const n = els.reduce((a, el) => a + (el.data ? bytes(el.data).length : 0) + 64, 0);
+              queued += n;
+              if (queued > DOWNLOAD_HIGH) session.hold(holder);
+              pending = pending.then(async () => {
+                if (failed) return;
+                await apply(els);
+                queued -= n;
+                if (queued < DOWNLOAD_HIGH / 4) session.release(holder);
+              });
+              pending.catch(fail);
+              return false;
+            }
+            case "file_tree_end":
+              pending.then(async () => {
+                if (failed) return;
+                session.release(holder);
+                for (const d of dirs.reverse()) if (own || d.path !== dest) await keep(d.path, d.e);
+                if (failedEntries.length > 0) {
+                  const e0 = failedEntries[0] as Message;
+                  throw errorFromReply({
+                    type: "error",
+                    code: text(e0.code),
+                    message: `download: ${failedEntries.length} entries failed; the first, ${text(e0.name)}: ${text(e0.message)}`,
+                  });
+                }
+                resolve();
+              }).catch(fail);
+              return true;
+            case "error":
+              fail(errorFromReply(m));
+              return true;
+            default:
+              return false;
+          }
+        },
+        fail,
+      };
+      session.track(req, o);
+    });
   }
 
   /** Makes a local directory, refusing anything else already there (a link planted there). */

@@ -97,6 +97,177 @@ class _ReadOp(_Op):
             self.fail(error_from_reply(m))
 
 
+class _TreeReadOp(_Op):
+    """A ``file_tree_read`` (PROTOCOL.md 12.8): ``file_tree_entries`` events handed to ``sink``
+    as they come, then ``file_tree_end``. Not resent after a reconnect (the stream cannot go
+    on where it stopped): the download starts over instead."""
+
+    __slots__ = ("sink", "done")
+
+    def __init__(self, req: int, msg: Dict[str, Any], sink: "_TreeSink"):
+        super().__init__(req, msg, False, resend_unsent=False)
+        self.sink = sink
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def fail(self, err: BaseException) -> None:
+        super().fail(err)
+        if not self.done.done():
+            self.done.set_exception(err)
+
+    async def handle(self, sess: Session, m: Dict[str, Any]) -> None:
+        t = m["type"]
+        if t == "file_tree_entries":
+            if not self.first.done():
+                self.first.set_result(m)
+            try:
+                self.sink.take(m.get("entries") or [])
+            except BaseException as e:  # a local failure ends the download
+                sess._ops.pop(self.req, None)
+                self.fail(e)
+        elif t == "file_tree_end":
+            sess._ops.pop(self.req, None)
+            if not self.first.done():
+                self.first.set_result(m)
+            if not self.done.done():
+                self.done.set_result(m)
+        elif t == "error":
+            sess._ops.pop(self.req, None)
+            self.fail(error_from_reply(m))
+
+
+def _fsname(n: Any) -> str:
+    return os.fsdecode(n) if isinstance(n, bytes) else str(n)
+
+
+class _TreeSink:
+    """Applies a tree's entries under a local directory as download() always has: files and
+    links made beside their path and renamed over it (never written through), directories'
+    modes and mtimes last, deepest first. Entries the agent refused (FIFOs, devices, sockets)
+    are skipped; other failed entries are kept to be raised at the end."""
+
+    def __init__(self, dest: str):
+        self.dest = dest
+        self.dirs: List[tuple] = []
+        self.failed: List[Mapping[str, Any]] = []
+        self.f: Any = None
+        self.tmp = ""
+        self.entry: Mapping[str, Any] = {}
+        self.local = ""
+
+    def _path(self, name: str) -> str:
+        if name == ".":
+            return self.dest
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ProtocolError("file_tree_read: an entry named %r" % name)
+        return os.path.join(self.dest, *parts)
+
+    def _file_end(self) -> None:
+        f, self.f = self.f, None
+        try:
+            f.flush()  # before the mtime: a later write would move it
+            os.fchmod(f.fileno(), int(self.entry.get("mode", 0o644)) & 0o777)
+            if "mtime_ns" in self.entry:
+                os.utime(f.fileno(), ns=(time.time_ns(), int(self.entry["mtime_ns"])))
+            f.close()
+            os.replace(self.tmp, self.local)
+        except BaseException:
+            f.close()
+            os.unlink(self.tmp)
+            raise
+
+    def take(self, entries: List[Mapping[str, Any]]) -> None:
+        for e in entries:
+            if "name" not in e:  # the open file's next data
+                if self.f is not None:
+                    self.f.write(e.get("data") or b"")
+                    if not e.get("more"):
+                        self._file_end()
+                continue
+            if "code" in e:
+                if e.get("code") != "refused":
+                    self.failed.append(e)
+                continue
+            local = self._path(_fsname(e["name"]))
+            kind = e.get("kind")
+            if kind == "dir":
+                _local_dir(local)
+                self.dirs.append((local, e))
+            elif kind == "symlink" and e.get("target") is not None:
+                tmp = "%s.boxd-%s" % (local, os.urandom(4).hex())
+                os.symlink(_fsname(e["target"]), tmp)
+                try:
+                    os.utime(tmp, ns=(time.time_ns(), int(e.get("mtime_ns", 0))),
+                             follow_symlinks=False)
+                    os.replace(tmp, local)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+            elif kind == "file":
+                self.tmp = "%s.boxd-%s" % (local, os.urandom(4).hex())
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600)
+                self.f = os.fdopen(fd, "wb")
+                self.entry, self.local = e, local
+                self.f.write(e.get("data") or b"")
+                if not e.get("more"):
+                    self._file_end()
+
+    def finish(self) -> None:
+        for local, e in reversed(self.dirs):
+            os.chmod(local, int(e.get("mode", 0o755)) & 0o777)
+            if "mtime_ns" in e:
+                os.utime(local, ns=(time.time_ns(), int(e["mtime_ns"])))
+        if self.failed:
+            e = self.failed[0]
+            raise error_from_reply({"type": "error", "code": e.get("code"),
+                                    "message": "download: %d entries failed; the first, %s: %s"
+                                    % (len(self.failed), _fsname(e.get("name")),
+                                       e.get("message"))})
+
+    def abandon(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _tree_elements(local: str):
+    """A local directory as a tree's entries (PROTOCOL.md 12.8): "." first, then pre-order; a
+    file's data in CHUNK pieces (continuations after its header). FIFOs, sockets and devices
+    are skipped, as upload() always has."""
+
+    def head(rel: str, st: os.stat_result, **kw: Any) -> Dict[str, Any]:
+        d = {"name": rel, "mode": st.st_mode & 0o7777, "mtime_ns": st.st_mtime_ns}
+        d.update(kw)
+        return d
+
+    def walk(path: str, rel: str):
+        for name in sorted(os.listdir(path)):
+            p = os.path.join(path, name)
+            r = name if not rel else rel + "/" + name
+            st = os.lstat(p)
+            if _stat.S_ISLNK(st.st_mode):
+                yield head(r, st, kind="symlink", target=os.readlink(p))
+            elif _stat.S_ISDIR(st.st_mode):
+                yield head(r, st, kind="dir")
+                yield from walk(p, r)
+            elif _stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    data, nxt = f.read(CHUNK), f.read(CHUNK)
+                    yield head(r, st, kind="file", data=data, more=bool(nxt))
+                    while nxt:
+                        data, nxt = nxt, f.read(CHUNK)
+                        yield {"data": data, "more": bool(nxt)}
+
+    yield head(".", os.stat(local), kind="dir")
+    yield from walk(local, "")
+
+
 def _user(msg: Dict[str, Any], user: Optional[str]) -> Dict[str, Any]:
     if user is not None:
         msg["user"] = user
@@ -201,12 +372,18 @@ class AsyncFiles:
         (``file_symlink``) with its target as stored: relative, absolute or dangling, never
         followed. Missing directories are made; FIFOs, sockets and devices are skipped. The
         paths named in ``items`` are followed when they are links, as cp(1) does its
-        arguments. Returns the replies, one per file or link."""
+        arguments. On agents with the ``file_tree`` capability a directory goes in one
+        ``file_tree_write`` (PROTOCOL.md 12.8), else one request per entry. Returns the
+        replies, one per file or link (``{"type": "file_tree_entry", "kind", "path"}`` for
+        those of a tree sent whole)."""
         out: List[Dict[str, Any]] = []
         for item in items:
             local, dest = item["path"], item["destination"]
             if not os.path.isdir(local):
                 out.append(await self._upload_file(local, dest, user, mkdir=True))
+                continue
+            if self._trees():
+                out += await self._upload_tree(local, dest, user)
                 continue
             dirs_made: List[tuple] = []  # (remote path, lstat), parents before children
             for root, dirs, files in os.walk(local):
@@ -243,7 +420,9 @@ class AsyncFiles:
         own and empty ones included; each symbolic link as a link with its target as stored
         (relative, absolute or dangling, never followed) and its mtime. FIFOs, sockets and
         devices are skipped; a file or link already at a path is replaced, never written
-        through. Returns the local path."""
+        through. On agents with the ``file_tree`` capability the folder comes in one
+        ``file_tree_read`` (PROTOCOL.md 12.8), else as its listings and one read per file.
+        Returns the local path."""
         dest = destination if destination is not None else os.path.basename(folder.rstrip("/"))
         top = await self.stat(folder, user=user)
         is_file = top.get("kind") != "dir"
@@ -259,6 +438,9 @@ class AsyncFiles:
                                       top if top.get("kind") == "file" else None)
             return dest
         _local_dir(dest)
+        if self._trees():
+            await self._download_tree(folder, dest, user, top.get("kind") == "dir")
+            return dest
         # The folder's own attributes, unless it was named through a link (file_list follows).
         dirs_made: List[tuple] = [(dest, top)] if top.get("kind") == "dir" else []
         pending = [("", folder)]
@@ -297,6 +479,106 @@ class AsyncFiles:
             if "mtime_ns" in e:
                 os.utime(local, ns=(time.time_ns(), int(e["mtime_ns"])))
         return dest
+
+    # ---- whole trees in one request (PROTOCOL.md 12.8) ---------------------------------------
+
+    def _trees(self) -> bool:
+        return "file_tree" in (self._s.hello.get("capabilities") or [])
+
+    async def _download_tree(self, folder: str, dest: str, user: Optional[str],
+                             own: bool) -> None:
+        """One file_tree_read; after a dropped connection, the whole tree again (each file is
+        replaced atomically, so a second pass over a first is harmless). own: the folder's
+        own mode and mtime are kept (not when it was named through a link)."""
+        for attempt in range(RESUMES + 1):
+            sink = _TreeSink(dest)
+            req = self._s.next_req()
+            op = _TreeReadOp(req, _user({"type": "file_tree_read", "req": req, "path": folder},
+                                        user), sink)
+            try:
+                await self._s._submit(op)
+                await self._s._await_first(op, None)
+                await op.done
+            except ConnectionLostError:
+                sink.abandon()
+                if attempt == RESUMES:
+                    raise
+                continue
+            except BaseException:
+                sink.abandon()
+                raise
+            if not own:
+                sink.dirs = [d for d in sink.dirs if d[0] != dest]
+            sink.finish()
+            return
+
+    async def _upload_tree(self, local: str, dest: str, user: Optional[str]
+                           ) -> List[Dict[str, Any]]:
+        """One file_tree_write and its file_tree_data requests, pipelined within the window;
+        after a dropped connection (the agent drops the tree), the whole tree again."""
+        for attempt in range(RESUMES + 1):
+            try:
+                return await self._upload_tree_once(local, dest, user)
+            except ConnectionLostError:
+                if attempt == RESUMES:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _upload_tree_once(self, local: str, dest: str, user: Optional[str]
+                                ) -> List[Dict[str, Any]]:
+        limits = self._s.hello.get("limits") or {}
+        frame = max(16 << 10, min(768 << 10, int(limits.get("max_frame", 1 << 20)) - 16384))
+        piece = max(4096, min(CHUNK, frame // 2))
+        window = max(frame, min(WINDOW, int(limits.get("file_window", 16 << 20)) - frame))
+        # Not one by one: as upload() always has, the files of a tree are not fsynced.
+        ack = await self._s.request(_user({"type": "file_tree_write", "path": dest,
+                                           "mkdir": True, "fsync": False}, user),
+                                    idempotent=False)
+        tid = ack["tree_id"]
+        written: List[Dict[str, Any]] = []
+        inflight: List["asyncio.Future[Dict[str, Any]]"] = []
+        sizes: List[int] = []
+        batch: List[Dict[str, Any]] = []
+        size = 0
+
+        async def send(eof: bool) -> Dict[str, Any]:
+            nonlocal batch, size
+            req = self._s.next_req()
+            m = {"type": "file_tree_data", "req": req, "tree_id": tid, "entries": batch,
+                 "eof": eof}
+            op = _Op(req, m, False, resend_unsent=False)
+            await self._s._submit(op)
+            inflight.append(asyncio.ensure_future(self._s._await_first(op, None)))
+            sizes.append(size)
+            batch, size = [], 0
+            while inflight and (eof or sum(sizes) > window):
+                sizes.pop(0)
+                reply = await inflight.pop(0)
+            return reply if eof else {}
+
+        try:
+            for el in _split_pieces(_tree_elements(local), piece):
+                n = len(el.get("data") or b"") + 256 + len(el.get("name", ""))
+                if batch and size + n > frame:
+                    await send(False)
+                batch.append(el)
+                size += n
+                if "name" in el and el["kind"] in ("file", "symlink"):
+                    written.append({"type": "file_tree_entry", "kind": el["kind"],
+                                    "path": dest.rstrip("/") + "/" + el["name"]})
+            res = await send(True)
+        finally:
+            for f in inflight:
+                if not f.done():
+                    f.cancel()
+                f.add_done_callback(lambda x: x.cancelled() or x.exception())
+        if res.get("failed"):
+            e = (res.get("errors") or [{}])[0]
+            raise error_from_reply({"type": "error", "code": e.get("code", "io_error"),
+                                    "message": "upload to %s: %d entries failed; the first, "
+                                    "%s: %s" % (dest, res["failed"], _fsname(e.get("name")),
+                                                e.get("message"))})
+        return written
 
     # ---- the transfers -------------------------------------------------------------------------
 
@@ -439,6 +721,22 @@ class AsyncFiles:
             except FileNotFoundError:
                 pass
             raise
+
+
+def _split_pieces(elements: Iterable[Dict[str, Any]], piece: int):
+    """The elements with no data longer than piece (a smaller max_frame): a longer one goes on
+    in continuations."""
+    for el in elements:
+        data = el.get("data") or b""
+        if len(data) <= piece:
+            yield el
+            continue
+        more = el.get("more", False)
+        first = dict(el, data=data[:piece], more=True)
+        yield first
+        for i in range(piece, len(data), piece):
+            last = i + piece >= len(data)
+            yield {"data": data[i:i + piece], "more": more if last else True}
 
 
 def _local_dir(path: str) -> None:
