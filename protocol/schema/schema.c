@@ -55,8 +55,8 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_PING] = COMMON,
     [BOX_T_INFO] = COMMON,
     [BOX_T_SHUTDOWN] = COMMON | F(ACTION),
-    [BOX_T_EXEC] = COMMON | RUN_OPTS | F(CMD) | F(ARGV),
-    [BOX_T_CODE] = COMMON | RUN_OPTS | F(LANG) | F(CODE) | F(TIMEOUT),
+    [BOX_T_EXEC] = COMMON | RUN_OPTS | F(CMD) | F(ARGV) | F(TTY) | F(LOGIN),
+    [BOX_T_CODE] = COMMON | RUN_OPTS | F(LANG) | F(CODE) | F(TIMEOUT) | F(TTY),
     [BOX_T_STDIN] = COMMON | F(ID) | F(DATA) | F(EOF_),
     [BOX_T_SIGNAL] = COMMON | F(ID) | F(SIGNAL),
     [BOX_T_CANCEL] = COMMON | F(ID) | F(GRACE_MS),
@@ -79,6 +79,8 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_SYMLINK] = COMMON | F(PATH) | F(TARGET) | F(USER) | F(OVERWRITE),
     [BOX_T_FILE_WATCH] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
     [BOX_T_FILE_UNWATCH] = COMMON | F(WATCH),
+    /* Terminal runs (issue 14). */
+    [BOX_T_RESIZE] = COMMON | F(ID) | F(ROWS) | F(COLS),
 };
 #undef F
 
@@ -103,7 +105,7 @@ static const uint8_t rf_error[] = {
     RCOMMON, R(CODE), R(MESSAGE), R(ID), R(ERRNO), R(ERRNO_NAME), R(STAGE), R(EXISTING), R(LIMIT),
     R(VERSIONS), R(AVAILABLE)};
 static const uint8_t rf_attached[] = {
-    RCOMMON, R(ID), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(NEXT_SEQ), R(ENDED)};
+    RCOMMON, R(ID), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(NEXT_SEQ), R(ENDED), R(TTY), R(ROWS), R(COLS)};
 static const uint8_t rf_output[] = {RCOMMON, R(ID), R(LINES)};
 static const uint8_t rf_gap[] = {RCOMMON, R(ID), R(FROM_SEQ), R(TO_SEQ)};
 static const uint8_t rf_end[] = {
@@ -117,7 +119,8 @@ static const uint8_t rf_logs[] = {
 static const uint8_t rf_list[] = {
     RCOMMON, R(RUNS), R(ID), R(PID), R(STATE), R(STATUS), R(REASON), R(EXIT_CODE), R(ENDED_NS),
     R(CMD), R(ARGV), R(STARTED_NS), R(NEXT_SEQ), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES),
-    R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TRUNCATED)};
+    R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TRUNCATED),
+    R(TTY), R(ROWS), R(COLS)};
 /* The file replies and events (10.4); the file requests' `ok` and `error` are those above. */
 static const uint8_t rf_file_ack[] = {RCOMMON, R(UPLOAD_ID), R(OFFSET)};
 static const uint8_t rf_file_written[] = {RCOMMON, R(UPLOAD_ID), R(PATH), R(SIZE), R(SHA256)};

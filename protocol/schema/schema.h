@@ -61,7 +61,8 @@
     X(FILE_CHUNK, "file_chunk", BOX_DIR_AGENT)                                                      \
     X(FILE_END, "file_end", BOX_DIR_AGENT)                                                          \
     X(FILE_WATCHING, "file_watching", BOX_DIR_AGENT)                                                \
-    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)
+    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)                                                      \
+    X(RESIZE, "resize", BOX_DIR_REQUEST)
 
 /* The error codes of section 6: X(ENUM, "code"). */
 #define BOX_ERRORS(X)                                                                             \
@@ -172,7 +173,11 @@
     X(TO, "to")                                                                                     \
     X(TARGET, "target")                                                                             \
     X(WATCH, "watch")                                                                             \
-    X(SHA256, "sha256")
+    X(SHA256, "sha256")                                                                             \
+    X(TTY, "tty")                                                                                   \
+    X(LOGIN, "login")                                                                               \
+    X(ROWS, "rows")                                                                                 \
+    X(COLS, "cols")
 
 /* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)
@@ -277,7 +282,10 @@
     X(UID, "uid")                                                                                 \
     X(GID, "gid")                                                                                 \
     X(TARGET, "target")                                                                           \
-    X(ENTRIES, "entries")
+    X(ENTRIES, "entries")                                                                         \
+    X(TTY, "tty")                                                                                 \
+    X(ROWS, "rows")                                                                               \
+    X(COLS, "cols")
 
 enum box_type {
 #define X(e, s, d) BOX_T_##e,
