@@ -36,7 +36,7 @@ class PtyTerm:
         os.set_blocking(self.master, False)
         self._setsize(self.master, rows, cols)
         full_env = dict(os.environ)
-        full_env.setdefault("TERM", "xterm-256color")
+        full_env["TERM"] = "xterm-256color"  # what a terminal emulator sets; env may change it
         full_env.update(env or {})
 
         def child_setup():

@@ -1,0 +1,335 @@
+"""boxctl shell, exec -t and attach on terminal runs, driven through a real pseudo-terminal the
+way a person uses them: keys typed into boxctl's terminal, the screen read back, window resizes,
+Ctrl-C, Ctrl-Z, detach and reattach, and boxctl killed with SIGKILL mid-session.
+
+Each test starts its own daemon. They need the agent's terminal runs: without the capability
+"tty" in hello they are skipped (and say so)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BOXCTL_BIN, T, wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from ptyterm import PtyTerm  # noqa: E402
+
+# A prompt no command output contains, so expect() finds the shell waiting for a key. PS1 says
+# it as \100P> (bash expands \100 to @), so the typed command line never matches it.
+PROMPT = rb"@P> "
+SHELL = ["-e", "PS1=\\100P> ", "--", "bash", "--norc", "--noprofile", "-i"]
+
+
+@pytest.fixture
+def tty_boxd(boxd):
+    c = boxd.client()
+    caps = (c.hello_reply or {}).get("capabilities", [])
+    if "tty" not in caps:
+        pytest.skip("this boxd has no terminal runs (hello capabilities %r lack \"tty\")" % caps)
+    if not os.access(BOXCTL_BIN, os.X_OK):
+        pytest.skip("boxctl binary not found at %s (set BOXCTL_BIN)" % BOXCTL_BIN)
+    return boxd
+
+
+def boxctl_argv(d, *args):
+    return [BOXCTL_BIN, "-s", d.sock] + list(args)
+
+
+def bash(d, rows=24, cols=80, extra=()):
+    """boxctl shell running an interactive bash with PROMPT, on a fresh terminal."""
+    t = PtyTerm(boxctl_argv(d, "shell", *extra, *SHELL), rows=rows, cols=cols)
+    t.expect(PROMPT, timeout=T(10))
+    return t
+
+
+def run_cmd(t, line, until=PROMPT, timeout=10):
+    """Types line and Enter; returns the screen bytes up to the next prompt."""
+    t.send(line.encode() + b"\r")
+    start = t.pos
+    t.expect(until, timeout=T(timeout))
+    return bytes(t.output[start:t.pos])
+
+
+def boxctl_procs():
+    """Pids of live boxctl processes of this build (boxctl or its terminal guard)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            exe = os.readlink("/proc/%s/exe" % p)
+            with open("/proc/%s/stat" % p) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if exe == os.path.realpath(BOXCTL_BIN) and state != "Z":
+            out.append(int(p))
+    return out
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_login_shell_has_a_terminal_and_exit_code(tty_boxd):
+    # No CMD: the run user's login shell from passwd, as a login shell (argv[0] "-bash").
+    with PtyTerm(boxctl_argv(tty_boxd, "shell")) as t:
+        time.sleep(0.2)
+        t.send(b"echo zero=$0; tty; echo term=$TERM; echo done-$((6*7))\r")
+        t.expect(rb"zero=-\w+", timeout=T(10))
+        t.expect(rb"/dev/pts/\d+\r\n")
+        t.expect(rb"term=xterm-256color\r\n")
+        t.expect(rb"done-42")
+        # boxctl's own terminal is raw while the shell runs...
+        assert not t.is_canonical()
+        t.send(b"exit 3\r")
+        assert t.wait(timeout=T(10)) == 3
+        # ...and cooked again afterwards.
+        assert t.is_canonical()
+
+
+def test_stty_size_follows_resize(tty_boxd):
+    with bash(tty_boxd, rows=24, cols=80) as t:
+        assert b"24 80\r\n" in run_cmd(t, "stty size")
+        t.resize(40, 123)
+        # The SIGWINCH goes to boxctl, which sends `resize`; give it a moment to land.
+        deadline = time.monotonic() + T(5)
+        while True:
+            out = run_cmd(t, "stty size")
+            if b"40 123\r\n" in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert b"40 123\r\n" in out, out
+        t.resize(10, 33)
+        time.sleep(0.3)
+        assert b"10 33\r\n" in run_cmd(t, "stty size")
+        t.send(b"exit\r")
+        assert t.wait(timeout=T(10)) == 0
+
+
+def test_less_and_top_interactively(tty_boxd):
+    with bash(tty_boxd, rows=24, cols=80) as t:
+        assert b"xterm-256color" in run_cmd(t, "echo $TERM")
+        run_cmd(t, "seq 1 500 > /tmp/boxctl-tty-less.txt")
+        # less fills the screen (23 lines and its prompt), then pages on space, quits on q.
+        t.send(b"less /tmp/boxctl-tty-less.txt\r")
+        t.expect(rb"23\r?\n", timeout=T(10))
+        t.expect(rb"boxctl-tty-less\.txt|:")
+        t.send(b" ")
+        t.expect(rb"46")
+        t.send(b"G")
+        t.expect(rb"500")
+        t.expect(rb"\(END\)")
+        t.send(b"q")
+        t.expect(PROMPT, timeout=T(5))
+        # top, interactive: its header, then q leaves it.
+        t.send(b"top\r")
+        t.expect(rb"top - \d+:\d+:\d+", timeout=T(10))
+        t.expect(rb"Tasks:")
+        t.expect(rb"PID")
+        t.send(b"q")
+        t.expect(PROMPT, timeout=T(5))
+        assert b"still-here" in run_cmd(t, "echo still-here")
+        t.send(b"exit 0\r")
+        assert t.wait(timeout=T(10)) == 0
+
+
+def test_ctrl_c_interrupts_the_foreground_job_only(tty_boxd):
+    with bash(tty_boxd) as t:
+        t.send(b"sleep 100; echo after-sleep-$?\r")
+        t.read_for(0.5)
+        t0 = time.monotonic()
+        t.send(b"\x03")
+        t.expect(PROMPT, timeout=T(5))
+        assert time.monotonic() - t0 < T(5)
+        # The sleep died of SIGINT; the list after it was abandoned as bash does; the shell lives.
+        assert not re.search(rb"after-sleep-\d", t.output)
+        assert b"alive-7" in run_cmd(t, "echo alive-$((3+4))")
+        assert b"130" in run_cmd(t, "sleep 100 & kill -INT %1; wait %1; echo $?")
+        t.send(b"exit 0\r")
+        assert t.wait(timeout=T(10)) == 0
+
+
+def test_ctrl_z_then_fg(tty_boxd):
+    with bash(tty_boxd) as t:
+        t.send(b"sleep 100\r")
+        t.read_for(0.5)
+        t.send(b"\x1a")
+        t.expect(rb"Stopped\s+sleep 100", timeout=T(5))
+        t.expect(PROMPT)
+        assert re.search(rb"\[1\]\+\s+Stopped", run_cmd(t, "jobs"))
+        t.send(b"fg\r")
+        t.expect(rb"sleep 100\r\n", timeout=T(5))
+        t.read_for(0.3)
+        t.send(b"\x03")
+        t.expect(PROMPT, timeout=T(5))
+        assert run_cmd(t, "jobs").count(b"sleep") == 0
+        t.send(b"exit 0\r")
+        assert t.wait(timeout=T(10)) == 0
+
+
+def test_exit_status_is_the_shells(tty_boxd):
+    with bash(tty_boxd) as t:
+        t.send(b"exit 3\r")
+        assert t.wait(timeout=T(10)) == 3
+        assert t.is_canonical()
+    with bash(tty_boxd) as t:
+        t.send(b"kill -KILL $$\r")
+        assert t.wait(timeout=T(10)) == 128 + 9
+    with PtyTerm(boxctl_argv(tty_boxd, "exec", "-t", "tty; exit 4")) as t:
+        t.expect(rb"/dev/pts/\d+", timeout=T(10))
+        assert t.wait(timeout=T(10)) == 4
+    with PtyTerm(boxctl_argv(tty_boxd, "shell", "no-such-program-here")) as t:
+        assert t.wait(timeout=T(10)) == 127
+
+
+def test_terminal_restored_after_boxctl_is_sigkilled(tty_boxd):
+    # A wrapper shell on the terminal runs boxctl, as a person would; boxctl is killed with
+    # SIGKILL mid-session: nothing in boxctl runs, its guard puts the modes back.
+    wrapper_env = {"PS1": "wrapper$ ", "ENV": ""}
+    with PtyTerm(["/bin/sh", "-i"], env=wrapper_env) as t:
+        t.expect(rb"wrapper\$ ", timeout=T(5))
+        assert t.is_canonical()
+        cmd = " ".join("'%s'" % a for a in boxctl_argv(tty_boxd, "shell", *SHELL))
+        t.send(cmd.encode() + b"\r")
+        t.expect(PROMPT, timeout=T(10))
+        assert not t.is_canonical(), "boxctl did not make the terminal raw"
+        kids = [p for p in children(t.proc.pid) if p in boxctl_procs()]
+        assert len(kids) == 1, kids
+        ctl = kids[0]
+        guards = children(ctl)
+        assert len(guards) == 1, "boxctl has no guard child: %r" % guards
+        os.kill(ctl, signal.SIGKILL)
+        t.expect(rb"wrapper\$ ", timeout=T(5))
+        assert wait_for(t.is_canonical, T(5)), "the terminal stayed raw after boxctl died"
+        t.send(b"stty -a\r")
+        t.expect(rb"wrapper\$ ", timeout=T(5))
+        out = t.output[-3000:]
+        assert re.search(rb"(?<!-)icanon", out), out
+        assert re.search(rb"(?<![-\w])echo(?!\w)", out), out
+        # The guard has exited too: no boxctl process is left.
+        assert wait_for(lambda: guards[0] not in boxctl_procs(), T(5)), "the guard is still there"
+
+
+def test_sigterm_restores_and_leaves_the_run(tty_boxd):
+    with bash(tty_boxd) as t:
+        run_cmd(t, "echo before-term")
+        assert not t.is_canonical()
+        t.proc.send_signal(signal.SIGTERM)
+        rc = t.wait(timeout=T(5))
+        assert rc == 128 + signal.SIGTERM
+        assert t.is_canonical()
+        m = re.search(rb"left run (\S+) going; boxctl attach (\S+) to return", t.output)
+        assert m, t.output[-500:]
+        rid = m.group(1).decode()
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", rid)) as t2:
+        t2.expect(rb"before-term", timeout=T(10))
+        t2.send(b"exit 6\r")
+        assert t2.wait(timeout=T(10)) == 6
+
+
+def test_ten_shells_at_once(tty_boxd):
+    terms = []
+    try:
+        for i in range(10):
+            terms.append(PtyTerm(boxctl_argv(tty_boxd, "shell", *SHELL)))
+        for t in terms:
+            t.expect(PROMPT, timeout=T(20))
+        for i, t in enumerate(terms):
+            t.send(("echo shell-$((%d*1000)); tty\r" % i).encode())
+        ptys = set()
+        for i, t in enumerate(terms):
+            t.expect(("shell-%d\r\n" % (i * 1000)).encode(), timeout=T(10))
+            ptys.add(t.expect(rb"/dev/pts/\d+").group(0))
+        assert len(ptys) == 10, ptys
+        for i, t in enumerate(terms):
+            t.send(("exit %d\r" % (i + 10)).encode())
+        for i, t in enumerate(terms):
+            assert t.wait(timeout=T(15)) == i + 10
+            assert t.is_canonical()
+    finally:
+        for t in terms:
+            t.close()
+
+
+def test_detach_then_reattach_with_history(tty_boxd):
+    with bash(tty_boxd) as t:
+        run_cmd(t, "echo history-$((20+3))")
+        t.send(b"\x10\x11")  # Ctrl-P Ctrl-Q
+        m = t.expect(rb"boxctl: detached from (\S+); boxctl attach (\S+) to return", timeout=T(5))
+        assert m.group(1) == m.group(2)
+        rid = m.group(1).decode()
+        assert t.wait(timeout=T(5)) == 0
+        assert t.is_canonical()
+    # The run is still going.
+    p = subprocess.run(boxctl_argv(tty_boxd, "list"), stdout=subprocess.PIPE, timeout=T(10))
+    assert re.search((r"^%s\s+running" % re.escape(rid)).encode(), p.stdout, re.M), p.stdout
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", rid), rows=30, cols=90) as t2:
+        t2.expect(rb"history-23", timeout=T(10))  # the retained screen output, replayed
+        assert not t2.is_canonical()
+        # The run's terminal takes the new window's size on attach.
+        t2.mark()
+        t2.send(b"stty size\r")
+        t2.expect(rb"30 90\r\n", timeout=T(5))
+        t2.expect(PROMPT)
+        t2.send(b"exit 5\r")
+        assert t2.wait(timeout=T(10)) == 5
+        assert t2.is_canonical()
+
+
+def test_detach_keys_are_held_then_sent_and_configurable(tty_boxd):
+    # cat -v shows what reached the run: a lone Ctrl-P followed by another key arrives as both.
+    with PtyTerm(boxctl_argv(tty_boxd, "shell", "cat", "-v")) as t:
+        time.sleep(0.3)
+        t.send(b"\x10a\r")
+        t.expect(rb"\^Pa\r\n", timeout=T(10))
+        t.send(b"\x10\x11")
+        m = t.expect(rb"detached from (\S+);", timeout=T(5))
+        assert t.wait(timeout=T(5)) == 0
+        rid = m.group(1).decode()
+    # Other keys: Ctrl-P is a plain key then (Ctrl-Q is the run terminal's XON: not shown).
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", "--detach-keys", "ctrl-a,d", rid)) as t:
+        t.expect(rb"\^Pa", timeout=T(10))
+        t.mark()
+        t.send(b"\x10\x10x\r")
+        t.expect(rb"\^P\^Px\r\n", timeout=T(5))
+        t.send(b"\x01d")
+        t.expect(rb"detached from", timeout=T(5))
+        assert t.wait(timeout=T(5)) == 0
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", rid)) as t:
+        t.expect(rb"\^P\^Px", timeout=T(10))
+        t.send(b"\x04")  # Ctrl-D at a line's start: cat reads end-of-file
+        assert t.wait(timeout=T(10)) == 0
+
+
+def test_stdin_not_a_terminal(tty_boxd):
+    # Piped input is typed in as it comes; its end sends ^D once; the size is 24x80.
+    p = subprocess.run(boxctl_argv(tty_boxd, "shell", "sh", "-c", "stty size; cat"),
+                       input=b"piped-line\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=T(15))
+    assert p.returncode == 0, p
+    assert b"24 80" in p.stdout
+    assert b"piped-line" in p.stdout
+
+
+def test_no_boxctl_process_left_behind(tty_boxd):
+    before = set(boxctl_procs())
+    with bash(tty_boxd) as t:
+        t.send(b"exit 0\r")
+        assert t.wait(timeout=T(10)) == 0
+    assert wait_for(lambda: set(boxctl_procs()) <= before, T(5)), "boxctl or its guard is left"
+
+    def running():
+        out = subprocess.run(boxctl_argv(tty_boxd, "list"), stdout=subprocess.PIPE).stdout
+        return [l for l in out.splitlines() if b" running " in l]
+
+    assert wait_for(lambda: not running(), T(5)), running()
