@@ -271,7 +271,7 @@ int decode_env(const msgpack_object *m, struct dec_env *out, struct decode_err *
     return 0;
 }
 
-int decode_exec(const msgpack_object *m, struct dec_exec *out, struct decode_err *err)
+int decode_exec(const msgpack_object *m, bool tty, struct dec_exec *out, struct decode_err *err)
 {
     const msgpack_object *cmd = msg_get(m, FIELD(CMD));
     const msgpack_object *argv = msg_get(m, FIELD(ARGV));
@@ -279,6 +279,18 @@ int decode_exec(const msgpack_object *m, struct dec_exec *out, struct decode_err
         cmd = NULL;
     if (argv && argv->type == MSGPACK_OBJECT_NIL)
         argv = NULL;
+    if (get_bool(m, FIELD(LOGIN), &out->login, false, err) < 0)
+        return -1;
+    if (out->login) {
+        /* A login shell is a terminal's: it reads its commands from the user. */
+        if (!tty)
+            return fail(err, BOX_ERR_BAD_REQUEST, "login needs a tty");
+        if (cmd || argv)
+            return fail(err, BOX_ERR_BAD_REQUEST,
+                        "login runs the user's login shell: give neither cmd nor argv");
+        out->cmd = out->argv = NULL;
+        return 0;
+    }
     if ((cmd == NULL) == (argv == NULL))
         return fail(err, BOX_ERR_BAD_REQUEST, "exec needs exactly one of cmd and argv");
     if (cmd && cmd->type != MSGPACK_OBJECT_STR)
@@ -289,6 +301,45 @@ int decode_exec(const msgpack_object *m, struct dec_exec *out, struct decode_err
                     DECODE_MAX_ARGV);
     out->cmd = cmd;
     out->argv = argv;
+    return 0;
+}
+
+/* rows and cols of map t, each a uint from 1 to DECODE_TTY_MAX; what names them in errors. */
+static int tty_size(const msgpack_object *t, const char *what, struct dec_tty *out,
+                    struct decode_err *err)
+{
+    uint64_t rows, cols;
+    if (msg_get_u64(t, FIELD(ROWS), &rows) < 0 || msg_get_u64(t, FIELD(COLS), &cols) < 0 ||
+        rows < 1 || rows > DECODE_TTY_MAX || cols < 1 || cols > DECODE_TTY_MAX)
+        return fail(err, BOX_ERR_BAD_REQUEST, "%s must be integers from 1 to %u", what,
+                    DECODE_TTY_MAX);
+    out->rows = (uint16_t)rows;
+    out->cols = (uint16_t)cols;
+    return 0;
+}
+
+int decode_tty(const msgpack_object *m, struct dec_tty *out, struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    const msgpack_object *t = msg_get(m, FIELD(TTY));
+    if (t == NULL || t->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    if (t->type != MSGPACK_OBJECT_MAP)
+        return fail(err, BOX_ERR_BAD_REQUEST, "tty must be a map {rows, cols}");
+    if (tty_size(t, "tty.rows and tty.cols", out, err) < 0)
+        return -1;
+    out->given = true;
+    return 0;
+}
+
+int decode_resize(const msgpack_object *m, struct dec_tty *out, struct decode_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (tty_size(m, "rows and cols", out, err) < 0) {
+        err->with_id = true;
+        return -1;
+    }
+    out->given = true;
     return 0;
 }
 

@@ -112,11 +112,24 @@ struct dec_env {
 int decode_env(const msgpack_object *m, struct dec_env *out, struct decode_err *err);
 
 /* exec: exactly one of cmd (a str) and argv (1 to DECODE_MAX_ARGV entries; each is checked to
- * be a string without NUL when it is copied, decode_take_str). */
+ * be a string without NUL when it is copied, decode_take_str); or, with login true (only when
+ * the request has a tty, given by tty), neither: the run user's login shell. */
 struct dec_exec {
     const msgpack_object *cmd, *argv;
+    bool login;
 };
-int decode_exec(const msgpack_object *m, struct dec_exec *out, struct decode_err *err);
+int decode_exec(const msgpack_object *m, bool tty, struct dec_exec *out, struct decode_err *err);
+
+/* A terminal's size (exec and code's `tty`, resize): rows and cols, each 1 to DECODE_TTY_MAX. */
+#define DECODE_TTY_MAX 4096u
+struct dec_tty {
+    bool given; /* the request has a `tty` (decode_tty); resize's are required */
+    uint16_t rows, cols;
+};
+/* exec and code: `tty?: {rows, cols}`. */
+int decode_tty(const msgpack_object *m, struct dec_tty *out, struct decode_err *err);
+/* resize: rows and cols at the top level, both required; errors name the run (with_id). */
+int decode_resize(const msgpack_object *m, struct dec_tty *out, struct decode_err *err);
 
 /* code: lang (str, may be absent: then len 0) and code (str or bin, required, at most max). */
 struct dec_code {

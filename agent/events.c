@@ -143,12 +143,15 @@ int ev_end(struct msg_out *o, const struct reqtag *req, const struct run *r, boo
         size_t cap = max_event / 4;
         bool completed = strcmp(run_status_str(r), "completed") == 0;
         bool ok = true;
+        /* A terminal run's output is one stream (4.9): result and stdout carry it, whatever
+         * the status, and stderr is empty. */
+        int out = r->tty ? RUN_STREAM_TTY : RUN_STREAM_STDOUT;
         msg_key(o, BOX_KEY(RESULT));
-        ok &= put_stream(o, r, completed ? 1 : 2, cap, true);
+        ok &= put_stream(o, r, r->tty || completed ? out : RUN_STREAM_STDERR, cap, true);
         msg_key(o, BOX_KEY(STDOUT));
-        ok &= put_stream(o, r, 1, cap, false);
+        ok &= put_stream(o, r, out, cap, false);
         msg_key(o, BOX_KEY(STDERR));
-        ok &= put_stream(o, r, 2, cap, false);
+        ok &= put_stream(o, r, RUN_STREAM_STDERR, cap, false);
         msg_kv_bool(o, BOX_KEY(OUTPUT_TRUNCATED), !ok);
     }
     ev_close(o);

@@ -88,8 +88,19 @@ static void segment(struct linesplit *s, uint64_t ts, const char *d, size_t seg,
         put(s, ts, d, seg);
 }
 
+void linesplit_set_raw(struct linesplit *s)
+{
+    s->raw = true;
+}
+
 void linesplit_feed(struct linesplit *s, uint64_t ts, const char *d, size_t n)
 {
+    while (s->raw && n > 0) {
+        size_t piece = n < s->max ? n : s->max;
+        s->emit(s->arg, ts, d, piece);
+        d += piece;
+        n -= piece;
+    }
     while (n > 0) {
         const char *nl = memchr(d, '\n', n);
         size_t seg = nl ? (size_t)(nl - d) + 1 : n;

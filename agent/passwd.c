@@ -113,6 +113,8 @@ int passwd_find(const char *path, const char *name, uid_t uid, struct passwd_ent
         memset(e, 0, sizeof *e);
         memcpy(e->name, fl[0], strlen(fl[0]) + 1);
         memcpy(e->home, fl[5], strlen(fl[5]) + 1);
+        if (strlen(fl[6]) < sizeof e->shell)
+            memcpy(e->shell, fl[6], strlen(fl[6]) + 1);
         e->uid = (uid_t)u;
         e->gid = (gid_t)g;
         rc = 0;

@@ -24,6 +24,7 @@ struct passwd_entry {
     uid_t uid;
     gid_t gid;
     char home[256];
+    char shell[256]; /* empty when the entry has none, or one too long to be a path here */
 };
 
 /* Finds the first entry whose name is name (name non-NULL) or whose uid is uid (name NULL) in

@@ -153,6 +153,7 @@ static void (*const handlers[BOX_T__COUNT])(struct ctx *) = {
     [BOX_T_WAIT] = request__wait,     [BOX_T_LOGS] = request__logs,
     [BOX_T_LIST] = request__list,     [BOX_T_INFO] = request__info,
     [BOX_T_PING] = request__ping,     [BOX_T_SHUTDOWN] = request__shutdown,
+    [BOX_T_RESIZE] = request__resize,
 };
 
 static void dispatch(struct conn *c, const uint8_t *body, size_t len, uint64_t hold_deadline)

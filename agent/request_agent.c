@@ -81,7 +81,7 @@ void request__hello(struct ctx *x)
     msg_key(&o, BOX_KEY(CAPABILITIES));
     static const char *const caps[] = {"exec", "stdin", "signal", "cancel", "attach", "wait",
                                        "logs", "list", "info", "ping", "argv", "run_id", "code",
-                                       "files"};
+                                       "files", "tty"};
     msg_array(&o, sizeof caps / sizeof caps[0]);
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
         msg_str(&o, caps[i]);

@@ -1,6 +1,6 @@
-/* The requests on runs (PROTOCOL.md 4.5 and 4.7): stdin, signal, cancel, attach, detach, wait,
- * logs and list. Each names a run by id (request__get_run), is decoded by decode.c, and acts on
- * the run through run.h. */
+/* The requests on runs (PROTOCOL.md 4.5, 4.7 and 4.9): stdin, signal, cancel, attach, detach,
+ * wait, logs, list and resize. Each names a run by id (request__get_run), is decoded by
+ * decode.c, and acts on the run through run.h. */
 #include "request.h"
 
 #include <errno.h>
@@ -83,6 +83,42 @@ void request__stdin(struct ctx *x)
         request__error(x, BOX_ERR_INTERNAL, r->id, "out of memory");
 }
 
+/* A terminal run's size, in list entries and the attached reply (4.9). */
+static void put_tty(struct msg_out *o, const struct run *r)
+{
+    if (!r->tty)
+        return;
+    msg_key(o, BOX_KEY(TTY));
+    msg_map_open(o);
+    msg_kv_u64(o, BOX_KEY(ROWS), r->tty_rows);
+    msg_kv_u64(o, BOX_KEY(COLS), r->tty_cols);
+    msg_map_close(o);
+}
+
+void request__resize(struct ctx *x)
+{
+    struct run *r = request__get_run(x);
+    if (r == NULL)
+        return;
+    struct dec_tty d;
+    struct decode_err err;
+    if (decode_resize(x->m, &d, &err) < 0) {
+        request__decode_error(x, &err, r->id);
+        return;
+    }
+    int e = run_resize(r, d.rows, d.cols);
+    if (e == -ENOTTY)
+        request__error(x, BOX_ERR_BAD_REQUEST, r->id,
+                       "run %s has no terminal: only a run started with tty can be resized",
+                       r->id);
+    else if (e == -ESRCH)
+        request__error(x, BOX_ERR_RUN_ENDED, r->id, "the run's main process has exited");
+    else if (e < 0)
+        request__error(x, BOX_ERR_INTERNAL, r->id, "TIOCSWINSZ: %s", strerror(-e));
+    else
+        request__ok(x, r->id, -1);
+}
+
 void request__signal(struct ctx *x)
 {
     struct run *r = request__get_run(x);
@@ -144,6 +180,7 @@ void request__attach(struct ctx *x)
     request__put_retention(&o, r);
     msg_kv_u64(&o, BOX_KEY(NEXT_SEQ), r->log.next_seq);
     msg_kv_bool(&o, BOX_KEY(ENDED), r->state == RUN_ENDED);
+    put_tty(&o, r);
     ev_close(&o);
     request__reply(x, &o);
     struct sub *s = old ? sub_replace(old, &x->req, from, want_output)
@@ -284,6 +321,7 @@ void request__list(struct ctx *x)
             msg_kv_bool(&o, BOX_KEY(SLOT_RELEASED), true);
         if (r->cg.dir_fd >= 0)
             msg_kv_str(&o, BOX_KEY(CGROUP), r->cg.name);
+        put_tty(&o, r);
         msg_map_close(&o);
         n++;
     }

@@ -67,5 +67,6 @@ void request__detach(struct ctx *x);
 void request__wait(struct ctx *x);
 void request__logs(struct ctx *x);
 void request__list(struct ctx *x);
+void request__resize(struct ctx *x);
 
 #endif

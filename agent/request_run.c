@@ -88,7 +88,12 @@ struct run_opts {
     struct identity req_ident;       /* the request's `user`, when it named one */
     int user_err;                    /* the named user does not exist: spawn_failed, stage user */
     enum seccomp_profile seccomp;
+    struct dec_tty tty;              /* a terminal run (4.9) when tty.given */
+    bool login;                      /* exec's login: the run user's login shell */
 };
+
+/* A terminal run's TERM unless the request's env sets one (4.9). */
+#define TTY_TERM "TERM=xterm-256color"
 
 /* The request's `user` and `seccomp`, against the policy (PROTOCOL.md 4.1). Returns 0, or -1
  * when answered. */
@@ -211,6 +216,20 @@ static int run_opts_begin(struct ctx *x, struct run_opts *o, bool timeout_alias)
     return run_opts_sandbox(x, o);
 }
 
+/* The request's `tty` (exec and code, 4.9). A terminal run always takes stdin. Returns 0, or
+ * -1 when answered. */
+static int run_opts_tty(struct ctx *x, struct run_opts *o)
+{
+    struct decode_err err;
+    if (decode_tty(x->m, &o->tty, &err) < 0) {
+        request__decode_error(x, &err, NULL);
+        return -1;
+    }
+    if (o->tty.given)
+        o->want_stdin = true;
+    return 0;
+}
+
 /* Step 2, after the request's own fields: env and cwd, checked completely, so that nothing
  * after this can fail on the request's input. Returns 0, or -1 when answered. */
 static int run_opts_env(struct ctx *x, struct run_opts *o)
@@ -259,9 +278,10 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
     const msgpack_object *env = o->env;
     /* One block for the environment and cwd. Its size is bounded by the frame (max_frame) plus
      * the base environment, checked in 64-bit arithmetic. */
-    uint64_t nenv = (env ? env->via.map.size : 0) + n_lang_env + ENVIRON_BASE_MAX;
+    uint64_t nenv = (env ? env->via.map.size : 0) + n_lang_env + ENVIRON_BASE_MAX + 2;
     uint64_t bytes = 64 + o->env_bytes + (o->cwd ? o->cwd->via.str.size + 1 : 0) +
-                     (nenv + 1) * sizeof(char *);
+                     (nenv + 1) * sizeof(char *) + sizeof TTY_TERM +
+                     sizeof "SHELL=" + sizeof o->ident->shell;
     char *block = malloc(bytes);
     struct starter *st = malloc(sizeof *st);
     if (block == NULL || st == NULL) {
@@ -277,6 +297,19 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
     environ_begin(&eb, envp, nenv);
     if (o->cwd)
         decode_take_str(o->cwd, &at, &cwd_s); /* checked by run_opts_env */
+    /* A terminal's TERM, and a login shell's SHELL: under lang_env and the request's env. */
+    if (o->tty.given) {
+        memcpy(at, TTY_TERM, sizeof TTY_TERM);
+        environ_set(&eb, at, 4);
+        at += sizeof TTY_TERM;
+    }
+    if (o->login) {
+        at[0] = '\0';
+        int n = snprintf(at, sizeof "SHELL=" + sizeof o->ident->shell, "SHELL=%s",
+                         o->ident->shell);
+        environ_set(&eb, at, 5);
+        at += n + 1;
+    }
     for (size_t i = 0; i < n_lang_env; i++)
         environ_set(&eb, lang_env[i], (size_t)(strchr(lang_env[i], '=') - lang_env[i]));
     if (env)
@@ -305,6 +338,10 @@ static void run_launch(struct ctx *x, const struct run_opts *o, char **argv, boo
         .timeout_ms = o->timeout_ms,
         .grace_ms = (uint32_t)o->grace_ms,
         .want_stdin = o->want_stdin,
+        .tty = o->tty.given,
+        .rows = o->tty.rows,
+        .cols = o->tty.cols,
+        .file = o->login ? o->ident->shell : NULL,
         .desc = desc,
         .ident = o->ident,
         .seccomp = o->seccomp,
@@ -351,20 +388,25 @@ void request__exec(struct ctx *x)
     struct run_opts o;
     if (run_opts_begin(x, &o, false) < 0)
         return;
+    if (run_opts_tty(x, &o) < 0)
+        return;
     struct dec_exec d;
     struct decode_err err;
-    if (decode_exec(x->m, &d, &err) < 0) {
+    if (decode_exec(x->m, o.tty.given, &d, &err) < 0) {
         request__decode_error(x, &err, NULL);
         return;
     }
     const msgpack_object *cmd = d.cmd, *argv = d.argv;
+    o.login = d.login;
     if (run_opts_env(x, &o) < 0)
         return;
 
     /* The argv block, bounded by the frame like the environment's. */
-    uint64_t nargs = cmd ? 4 : argv->via.array.size;
+    uint64_t nargs = d.login ? 1 : cmd ? 4 : argv->via.array.size;
     uint64_t bytes = 16 + (nargs + 1) * sizeof(char *);
-    if (cmd)
+    if (d.login)
+        bytes += sizeof o.ident->shell + 1;
+    else if (cmd)
         bytes += cmd->via.str.size + 1;
     else
         for (uint32_t i = 0; i < argv->via.array.size; i++)
@@ -377,7 +419,14 @@ void request__exec(struct ctx *x)
     }
     char **args = (char **)block;
     char *at = (char *)(args + nargs + 1);
-    if (cmd) {
+    if (d.login) {
+        /* As login(1) starts it: argv[0] is "-" and the shell's name (run_params.file is its
+         * path), which tells the shell it is a login shell. */
+        const char *sh = o.ident->shell, *base = strrchr(sh, '/');
+        snprintf(at, sizeof o.ident->shell + 1, "-%s", base ? base + 1 : sh);
+        args[0] = at;
+        args[1] = NULL;
+    } else if (cmd) {
         /* "--" so that a command starting with '-' is not taken for shell options. */
         args[0] = "/bin/sh";
         args[1] = "-c";
@@ -462,7 +511,7 @@ void request__code(struct ctx *x)
     const char *lang = d.lang, *code = d.code;
     size_t lang_len = d.lang_len, code_len = d.code_len;
     int e;
-    if (run_opts_env(x, &o) < 0)
+    if (run_opts_tty(x, &o) < 0 || run_opts_env(x, &o) < 0)
         return;
     if (code_init(x->a) < 0) {
         request__error(x, BOX_ERR_INTERNAL, NULL, "out of memory");

@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -34,6 +35,8 @@
 #define FULL_READ 4096u
 /* pipe_read's reads argument for "until the pipe is empty or max is read": no pause check. */
 #define READS_UNBOUNDED (1 << 30)
+/* What a terminal's eof is written as when the run has disabled VEOF: ^D. */
+#define CTRL_D '\x04'
 /* Freeing a retained log at least this big trims malloc's heap. */
 #define RUN_TRIM_BYTES (1u * 1024u * 1024u)
 
@@ -950,12 +953,29 @@ static void on_stdin_written(uv_write_t *w, int status)
         stdin_close(r);
 }
 
+/* The character a terminal's line discipline reads as end of file (^D unless the run changed
+ * it; a disabled one is sent as ^D anyway, which is then an ordinary byte). */
+static char tty_veof(const struct run *r)
+{
+    struct termios t;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&r->in.h, &fd) == 0 && tcgetattr(fd, &t) == 0 &&
+        t.c_cc[VEOF] != _POSIX_VDISABLE)
+        return (char)t.c_cc[VEOF];
+    return CTRL_D;
+}
+
 int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
                     void *arg)
 {
     if (!r->in.open || r->in.eof_pending || (r->state != RUN_RUNNING && r->state != RUN_STARTING))
         return -EPIPE;
-    if (len == 0) {
+    /* A terminal's eof is a byte for its line discipline, after the data; the terminal stays
+     * open for more input. */
+    bool veof = r->tty && eof;
+    if (r->tty)
+        eof = false;
+    if (len == 0 && !veof) {
         if (eof) {
             if (r->in.queued == 0)
                 stdin_close(r);
@@ -964,25 +984,46 @@ int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin
         }
         return 1;
     }
-    if (r->in.queued + len > r->a->cfg.stdin_bytes)
+    size_t total = len + (veof ? 1 : 0);
+    if (r->in.queued + total > r->a->cfg.stdin_bytes)
         return -ENOBUFS;
-    struct stdin_write *sw = boxd_malloc(sizeof *sw + len);
+    struct stdin_write *sw = boxd_malloc(sizeof *sw + total);
     if (sw == NULL)
         return -ENOMEM;
     sw->run = r;
-    sw->len = len;
+    sw->len = total;
     sw->cb = cb;
     sw->arg = arg;
     memcpy(sw->data, data, len);
-    uv_buf_t b = uv_buf_init(sw->data, (unsigned)len);
+    if (veof)
+        sw->data[len] = tty_veof(r);
+    uv_buf_t b = uv_buf_init(sw->data, (unsigned)total);
     int e = uv_write(&sw->w, (uv_stream_t *)&r->in.h, &b, 1, on_stdin_written);
     if (e < 0) {
         free(sw);
         return e == UV_EPIPE ? -EPIPE : -ENOMEM;
     }
-    r->in.queued += len;
+    r->in.queued += total;
     if (eof)
         r->in.eof_pending = true;
+    return 0;
+}
+
+int run_resize(struct run *r, uint16_t rows, uint16_t cols)
+{
+    if (!r->tty)
+        return -ENOTTY;
+    if (r->state != RUN_RUNNING && r->state != RUN_STARTING)
+        return -ESRCH;
+    /* The master is open until the run ends: its stdin fd is (out[0] may have read EIO). */
+    uv_os_fd_t fd;
+    if (!r->in.open || uv_fileno((const uv_handle_t *)&r->in.h, &fd) < 0)
+        return -ESRCH;
+    struct winsize ws = {.ws_row = rows, .ws_col = cols};
+    if (ioctl(fd, TIOCSWINSZ, &ws) < 0)
+        return -errno;
+    r->tty_rows = rows;
+    r->tty_cols = cols;
     return 0;
 }
 
@@ -1045,6 +1086,10 @@ void run__spawned(struct run *r, pid_t pid, const char *stage, pid_t failed_pid)
     for (int i = 0; i < 2; i++) {
         struct run_pipe *rp = &r->out[i];
         linesplit_init(&rp->split, a->cfg.max_line, &a->log_held, emit, rp);
+        if (rp->stream == RUN_STREAM_TTY)
+            linesplit_set_raw(&rp->split); /* a terminal's bytes, as read (4.9) */
+        if (rp->fd < 0)
+            continue; /* a terminal run's out[1] */
         int e = uv_poll_init(a->loop, &rp->poll, rp->fd); /* which makes it non-blocking */
         if (e < 0) {
             /* Not watchable (epoll out of memory or watches): the handle is not initialized

@@ -31,10 +31,15 @@ enum run_reason {
     REASON_EXIT, REASON_SIGNAL, REASON_TIMEOUT, REASON_CANCEL, REASON_SPAWN, REASON_OOM
 };
 
+/* The streams of output records (PROTOCOL.md 4.2, 4.9). */
+#define RUN_STREAM_STDOUT 1
+#define RUN_STREAM_STDERR 2
+#define RUN_STREAM_TTY 3
+
 struct run_pipe {
     struct run *run;
-    int fd;
-    int stream; /* 1 stdout, 2 stderr */
+    int fd;     /* a pipe's read end, or a terminal run's pty master */
+    int stream; /* RUN_STREAM_* */
     uv_poll_t poll;
     bool open;    /* fd valid and poll handle initialized */
     bool polling; /* poll started */
@@ -87,8 +92,12 @@ struct run {
     unsigned handles_open;
     bool freeing;
 
+    /* A terminal run (run_params.tty) has one: out[0] reads its pty master (stream
+     * RUN_STREAM_TTY, raw), out[1] is unused, and in writes to a second fd of the master. */
     struct run_pipe out[2];
     struct stdin_pipe in;
+    bool tty;
+    uint16_t tty_rows, tty_cols; /* its window size, as last set */
     int child_fd[3];        /* the child's ends of the pipes (or -1), until it has started */
 
     /* While STARTING. */
@@ -175,10 +184,17 @@ bool run_cancel(struct run *r, uint32_t grace_ms);
 int run_signal(struct run *r, int sig);
 
 /* stdin. Returns 0 (the write is queued; cb reports its completion), 1 (nothing to write: done
- * now, cb is not called), -EPIPE (no open stdin), -ENOBUFS (stdin_bytes exceeded), -ENOMEM. */
+ * now, cb is not called), -EPIPE (no open stdin), -ENOBUFS (stdin_bytes exceeded), -ENOMEM.
+ * For a terminal run the bytes go to the pty master, and eof writes its VEOF character after
+ * them (the terminal stays open). */
 typedef void (*stdin_done_cb)(void *arg, int status);
 int run_stdin_write(struct run *r, const char *data, size_t len, bool eof, stdin_done_cb cb,
                     void *arg);
+
+/* A terminal run's new window size (TIOCSWINSZ: the foreground process group gets SIGWINCH).
+ * Returns 0, -ENOTTY (not a terminal run), -ESRCH (its main process has exited), or the
+ * ioctl's negative errno. */
+int run_resize(struct run *r, uint16_t rows, uint16_t cols);
 
 const char *run_status_str(const struct run *r);
 /* The exit code as reported: the status, 128+N for signal N, 127/126 for a spawn failure. */

@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -23,6 +26,48 @@ static int make_pipe(int fds[2])
         return -errno;
     return 0;
 }
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+/* A terminal run's pty (PROTOCOL.md 4.9): the master (close-on-exec, for the agent) and the
+ * slave (for the child: its fds 0-2 and controlling terminal), the window size set, the slave
+ * owned by the run's user as a login's terminal is (mode 0620). Nothing here blocks: /dev/ptmx
+ * and the slave are character devices that open at once. The slave comes from the master
+ * itself (TIOCGPTPEER, Linux 4.13), not by a path; older kernels open it by the name the
+ * master gives. Returns 0 or a negative errno. */
+static int pty_open(const struct identity *id, uint16_t rows, uint16_t cols, int *master,
+                    int *slave)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0)
+        return -errno;
+    struct winsize ws = {.ws_row = rows, .ws_col = cols};
+    int s = -1;
+    if (unlockpt(m) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0)
+        goto fail;
+    s = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s < 0 && (errno == EINVAL || errno == ENOTTY)) {
+        char name[64];
+        if (ptsname_r(m, name, sizeof name) != 0)
+            goto fail;
+        s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    }
+    if (s < 0)
+        goto fail;
+    /* Best effort, as for a login: a boxd that is not root keeps the pty its own. */
+    if (fchown(s, id->uid, (gid_t)-1) < 0 || fchmod(s, 0620) < 0)
+        log_debug("pty: cannot give the terminal to uid %u: %s", (unsigned)id->uid,
+                  strerror(errno));
+    *master = m;
+    *slave = s;
+    return 0;
+fail:;
+    int e = -errno;
+    close(m);
+    return e;
+}
+
 static struct run *run_alloc(struct agent *a, const struct run_params *p)
 {
     struct run *r = boxd_calloc(1, sizeof *r);
@@ -171,6 +216,84 @@ void runs_spawner_halt(struct agent *a)
     spawner_halt_one(a, a->sandbox.spawner_none);
 }
 
+/* Hands the run to a spawner thread (the loop goes on meanwhile: runs_spawns_done). */
+static int submit(struct agent *a, struct run *r, const struct run_params *p,
+                  struct spawn_req *sr)
+{
+    struct spawner *via;
+    sandbox_spawn_opts(a, p->seccomp, &sr->seccomp, &via);
+    if (via == NULL) {
+        /* Only where sandbox_init never ran (the connection fuzzer): the loop's
+         * thread never starts a process itself. */
+        run__spawned(r, -ENOSYS, "fork", 0);
+        return 0;
+    }
+    /* Always on a spawner thread; the loop goes on meanwhile (runs_spawns_done). */
+    r->job = spawn_job_new(sr, r);
+    if (r->job == NULL) {
+        run__spawned(r, -ENOMEM, "fork", 0);
+        return 0;
+    }
+    list_add_tail(&a->starting, &r->start_link);
+    a->n_starting++;
+    spawner_submit(via, r->job);
+    return 0;
+}
+
+/* A terminal run's start (PROTOCOL.md 4.9): out[0] reads the master, stdin writes to a second
+ * fd of it (libuv watches an fd in one handle only), and the slave is the child's 0, 1, 2 and
+ * controlling terminal, held here until the child has it (child_fd, closed in run__spawned):
+ * once every slave fd is closed, the master reads EIO, its end of file. */
+static int tty_start(struct agent *a, struct run *r, const struct run_params *p,
+                     const struct identity *ident)
+{
+    int master = -1, slave = -1, wr = -1;
+    int err = pty_open(ident, p->rows, p->cols, &master, &slave);
+    if (err == 0 && (wr = fcntl(master, F_DUPFD_CLOEXEC, 3)) < 0)
+        err = -errno;
+    if (err < 0) {
+        if (master >= 0)
+            close(master);
+        if (slave >= 0)
+            close(slave);
+        run__spawn_failed(r, "pipe", -err);
+        return 0;
+    }
+    r->tty = true;
+    r->tty_rows = p->rows;
+    r->tty_cols = p->cols;
+    r->out[0].fd = master;
+    r->out[0].stream = RUN_STREAM_TTY;
+    r->child_fd[0] = slave;
+    uv_pipe_init(a->loop, &r->in.h, 0);
+    r->in.h.data = r;
+    r->handles_open++;
+    r->in.open = true;
+    if (uv_pipe_open(&r->in.h, wr) < 0) {
+        close(wr);
+        run__stdin_close(r);
+    }
+    struct spawn_req sr = {
+        .argv = p->argv,
+        .file = p->file,
+        .envp = p->envp,
+        .search_path = p->path,
+        .cwd = p->cwd,
+        .fd_in = slave,
+        .fd_out = slave,
+        .fd_err = slave,
+        .ctty = true,
+        .cgroup_dir_fd = r->cg.dir_fd,
+        .cgroup_procs_fd = r->cg.procs_fd,
+        .id = ident,
+        .nofile = a->cfg.run_nofile,
+        .core = a->cfg.run_core,
+        .oom_adj = a->oom_adj,
+        .sig_reset = a->sig_nondefault,
+    };
+    return submit(a, r, p, &sr);
+}
+
 int run_start(struct agent *a, const struct run_params *p, struct run **out)
 {
     if (!p->internal && (uint64_t)a->n_live + a->n_lingering >= a->cfg.max_runs)
@@ -192,6 +315,9 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         if (e < 0)
             log_warn("run %s: no cgroup (%s): process group only", r->id, strerror(-e));
     }
+    const struct identity *ident = p->ident ? p->ident : &a->ident;
+    if (p->tty)
+        return tty_start(a, r, p, ident);
     int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1};
     int err;
     if ((err = make_pipe(po)) < 0 || (err = make_pipe(pe)) < 0 ||
@@ -230,6 +356,7 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
 
     struct spawn_req sr = {
         .argv = p->argv,
+        .file = p->file,
         .envp = p->envp,
         .search_path = p->path,
         .cwd = p->cwd,
@@ -238,28 +365,11 @@ int run_start(struct agent *a, const struct run_params *p, struct run **out)
         .fd_err = pe[1],
         .cgroup_dir_fd = r->cg.dir_fd,
         .cgroup_procs_fd = r->cg.procs_fd,
-        .id = p->ident ? p->ident : &a->ident,
+        .id = ident,
         .nofile = a->cfg.run_nofile,
         .core = a->cfg.run_core,
         .oom_adj = a->oom_adj,
         .sig_reset = a->sig_nondefault,
     };
-    struct spawner *via;
-    sandbox_spawn_opts(a, p->seccomp, &sr.seccomp, &via);
-    if (via == NULL) {
-        /* Only where sandbox_init never ran (the connection fuzzer): the loop's
-         * thread never starts a process itself. */
-        run__spawned(r, -ENOSYS, "fork", 0);
-        return 0;
-    }
-    /* Always on a spawner thread; the loop goes on meanwhile (runs_spawns_done). */
-    r->job = spawn_job_new(&sr, r);
-    if (r->job == NULL) {
-        run__spawned(r, -ENOMEM, "fork", 0);
-        return 0;
-    }
-    list_add_tail(&a->starting, &r->start_link);
-    a->n_starting++;
-    spawner_submit(via, r->job);
-    return 0;
+    return submit(a, r, p, &sr);
 }

@@ -25,6 +25,11 @@ struct run_params {
     uint64_t timeout_ms;
     uint32_t grace_ms;
     bool want_stdin;
+    /* A terminal run (PROTOCOL.md 4.9): a pty of rows x cols as its controlling terminal and
+     * fds 0-2 (want_stdin is implied). */
+    bool tty;
+    uint16_t rows, cols;
+    const char *file; /* or NULL: the program's path when argv[0] is not it (a login shell) */
     const struct identity *ident;  /* who it runs as (NULL: the agent's default) */
     enum seccomp_profile seccomp;  /* its filter */
     int pre_err;                   /* non-zero: do not start; record a spawn failure */

@@ -491,6 +491,7 @@ int identity_lookup(const char *name, struct identity *id)
         id->uid = geteuid();
         id->gid = getegid();
         snprintf(id->home, sizeof id->home, "/");
+        snprintf(id->shell, sizeof id->shell, "/bin/sh");
         snprintf(id->user, sizeof id->user, "%u", (unsigned)id->uid);
         id->ngroups = -1; /* keep boxd's groups */
         return 0;
@@ -498,6 +499,7 @@ int identity_lookup(const char *name, struct identity *id)
     id->uid = pw.uid;
     id->gid = pw.gid;
     snprintf(id->home, sizeof id->home, "%s", pw.home[0] ? pw.home : "/");
+    snprintf(id->shell, sizeof id->shell, "%s", pw.shell[0] ? pw.shell : "/bin/sh");
     snprintf(id->user, sizeof id->user, "%s", pw.name);
     id->ngroups =
         passwd_user_groups("/etc/group", pw.name, pw.gid, id->groups, IDENTITY_MAX_GROUPS);

@@ -103,6 +103,7 @@ struct identity {
     gid_t groups[IDENTITY_MAX_GROUPS];
     int ngroups;
     char home[256];
+    char shell[256]; /* the passwd entry's login shell, "/bin/sh" when it names none */
     char user[64];
     bool change; /* differs from boxd's own: the child switches */
 };

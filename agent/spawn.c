@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -127,6 +128,10 @@ static int child_main(void *p)
      * its exec needs. */
     if (dup2(r->fd_in, 0) < 0 || dup2(r->fd_out, 1) < 0 || dup2(r->fd_err, 2) < 0)
         fail(a->out, "stdio", errno);
+    /* A terminal run: the slave becomes the controlling terminal of the session setsid made
+     * (root may always take it; the pty is new, no other session has it). */
+    if (r->ctty && ioctl(0, TIOCSCTTY, 0) < 0)
+        fail(a->out, "stdio", errno);
     unsigned keep = 0;
     if (a->helper_argv) {
         keep = (unsigned)helper_fd;
@@ -191,6 +196,8 @@ static int child_main(void *p)
 
     /* 9. exec, searching the run's PATH like execvpe would (execvpe reads the agent's own PATH,
      * which is not the run's). EACCES from any candidate wins over ENOENT, as in the shell. */
+    if (r->file)
+        fail(a->out, "exec", try_exec(r->file, r->argv, r->envp));
     const char *file = r->argv[0];
     if (strchr(file, '/') || r->search_path == NULL) {
         fail(a->out, "exec", try_exec(file, r->argv, r->envp));
@@ -474,11 +481,12 @@ struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
     size_t bytes = strv_size(req->argv, &nargv) + strv_size(req->envp, &nenv);
     size_t cwd_len = req->cwd ? strlen(req->cwd) + 1 : 0;
     size_t path_len = req->search_path ? strlen(req->search_path) + 1 : 0;
-    bytes += path_len + cwd_len;
+    size_t file_len = req->file ? strlen(req->file) + 1 : 0;
+    bytes += path_len + cwd_len + file_len;
     size_t slots = (nargv + 1) + (nenv + 1);
     if (helper) {
         /* argv[1-3], each with its one-letter tag (boxd_exec.c), then the run's argv. */
-        bytes += IDS_ARG_MAX + (cwd_len + 2) + (path_len + 2);
+        bytes += IDS_ARG_MAX + (cwd_len + 2) + (path_len + file_len + 2);
         slots += nargv + 5;
     }
     struct spawn_job *j = malloc(sizeof *j + slots * sizeof(char *) + bytes);
@@ -492,6 +500,7 @@ struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
     j->req.envp = strv_copy(req->envp, nenv, &slot, &at);
     j->req.search_path = str_copy(req->search_path, &at);
     j->req.cwd = str_copy(req->cwd, &at);
+    j->req.file = str_copy(req->file, &at);
     if (req->id) {
         j->id = *req->id;
         j->req.id = &j->id;
@@ -505,8 +514,11 @@ struct spawn_job *spawn_job_new(const struct spawn_req *req, void *owner)
         h[2] = at;
         at += snprintf(at, cwd_len + 2, "%s%s", req->cwd ? "D" : "N", req->cwd ? req->cwd : "") + 1;
         h[3] = at;
-        at += snprintf(at, path_len + 2, "%s%s", req->search_path ? "P" : "N",
-                       req->search_path ? req->search_path : "") + 1;
+        if (req->file)
+            at += snprintf(at, file_len + 2, "F%s", req->file) + 1;
+        else
+            at += snprintf(at, path_len + 2, "%s%s", req->search_path ? "P" : "N",
+                           req->search_path ? req->search_path : "") + 1;
         for (size_t i = 0; i <= nargv; i++)
             h[4 + i] = j->req.argv[i];
         j->helper_argv = h;

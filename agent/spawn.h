@@ -26,7 +26,8 @@
  *   2. into the run's cgroup (writing "0" to its cgroup.procs), before any user code runs;
  *      then setsid(): its own session and process group, so `kill 0` cannot reach the agent;
  *   3. fds 0-2 from the request, the status pipe as fd 3 (with the helper), then every other
- *      fd closed (close_range) except the helper's own;
+ *      fd closed (close_range) except the helper's own; for a terminal run (ctty) fd 0, the
+ *      pty's slave, becomes the new session's controlling terminal (TIOCSCTTY);
  *   4. resource limits (RLIMIT_NOFILE, RLIMIT_CORE) and oom_score_adj (boxd's is -1000; the
  *      run's is higher, so memory pressure kills the run, never the agent);
  *   5. the seccomp filter: the default profile is inherited from the spawner thread; what
@@ -53,11 +54,14 @@
 #include "sandbox.h"
 
 struct spawn_req {
-    char *const *argv;       /* NULL-terminated; argv[0] is the program */
+    char *const *argv;       /* NULL-terminated; argv[0] is the program, unless file is set */
+    const char *file;        /* or NULL: the program's path (no search), argv[0] being only its
+                                name (a login shell's "-sh") */
     char *const *envp;       /* NULL-terminated */
     const char *search_path; /* the run's PATH, searched when argv[0] has no '/' */
     const char *cwd;
     int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; must all be >= 3 */
+    bool ctty;                 /* fd_in is a pty slave: made the controlling terminal */
     int cgroup_dir_fd;         /* the run's cgroup directory (clone3 CLONE_INTO_CGROUP), or -1 */
     int cgroup_procs_fd;       /* its cgroup.procs, for the fallback write, or -1 */
     const struct identity *id; /* switch to it (in the helper) when id->change */

@@ -14,7 +14,9 @@
  *   argv[0]  "boxd-exec"
  *   argv[1]  "N" (no identity change) or "UID:GID:GROUPS", GROUPS "-" (keep) or a comma list
  *   argv[2]  "N" (stay in the current directory) or "D" followed by the directory
- *   argv[3]  "N" (argv[4] is a path, no search) or "P" followed by the PATH to search
+ *   argv[3]  "N" (argv[4] is a path, no search), "P" followed by the PATH to search, or "F"
+ *            followed by the program's path (argv[4] is then only its argv[0]: a login shell's
+ *            "-sh")
  *   argv[4.] the run's argv; the environment is the run's.
  * fd 3 is the write end of boxd's status pipe: on failure a struct exec_status is written there
  * and the process exits 127; on success it is closed by the exec (FD_CLOEXEC, set here), so
@@ -174,6 +176,8 @@ int boxd_exec_main(long *sp)
 
     /* exec, searching the run's PATH like boxd's own child does (spawn.c): EACCES from any
      * candidate wins over ENOENT, as in the shell. */
+    if (path[0] == 'F')
+        fail(EXEC_STAGE_EXEC, try_exec(path + 1, run_argv, envp));
     const char *file = run_argv[0];
     int has_slash = 0;
     for (const char *c = file; *c; c++)

@@ -65,6 +65,7 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_WAIT] = COMMON | F(ID) | F(OUTPUT),
     [BOX_T_LOGS] = COMMON | F(ID) | F(FROM_SEQ) | F(MAX_RECORDS) | F(MAX_BYTES),
     [BOX_T_LIST] = COMMON,
+    [BOX_T_RESIZE] = COMMON | F(ID) | F(ROWS) | F(COLS),
     /* The file requests (12). */
     [BOX_T_FILE_WRITE] = COMMON | F(SHA256) | F(PATH) | F(USER) | F(UPLOAD_ID) | F(MODE) | F(MKDIR) | F(OVERWRITE) | F(ATOMIC) | F(HASH) | F(FSYNC) | F(MTIME_NS),
     [BOX_T_FILE_DATA] = COMMON | F(UPLOAD_ID) | F(OFFSET) | F(DATA) | F(EOF_),
@@ -79,8 +80,6 @@ static const box_fieldset request_fields[BOX_T__COUNT] = {
     [BOX_T_FILE_SYMLINK] = COMMON | F(PATH) | F(TARGET) | F(USER) | F(OVERWRITE),
     [BOX_T_FILE_WATCH] = COMMON | F(PATH) | F(USER) | F(RECURSIVE),
     [BOX_T_FILE_UNWATCH] = COMMON | F(WATCH),
-    /* Terminal runs (issue 14). */
-    [BOX_T_RESIZE] = COMMON | F(ID) | F(ROWS) | F(COLS),
 };
 #undef F
 
@@ -105,7 +104,8 @@ static const uint8_t rf_error[] = {
     RCOMMON, R(CODE), R(MESSAGE), R(ID), R(ERRNO), R(ERRNO_NAME), R(STAGE), R(EXISTING), R(LIMIT),
     R(VERSIONS), R(AVAILABLE)};
 static const uint8_t rf_attached[] = {
-    RCOMMON, R(ID), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(NEXT_SEQ), R(ENDED), R(TTY), R(ROWS), R(COLS)};
+    RCOMMON, R(ID), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES), R(NEXT_SEQ), R(ENDED),
+    R(TTY), R(ROWS), R(COLS)};
 static const uint8_t rf_output[] = {RCOMMON, R(ID), R(LINES)};
 static const uint8_t rf_gap[] = {RCOMMON, R(ID), R(FROM_SEQ), R(TO_SEQ)};
 static const uint8_t rf_end[] = {
@@ -119,8 +119,8 @@ static const uint8_t rf_logs[] = {
 static const uint8_t rf_list[] = {
     RCOMMON, R(RUNS), R(ID), R(PID), R(STATE), R(STATUS), R(REASON), R(EXIT_CODE), R(ENDED_NS),
     R(CMD), R(ARGV), R(STARTED_NS), R(NEXT_SEQ), R(FIRST_SEQ), R(DROPPED_RECORDS), R(DROPPED_BYTES),
-    R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TRUNCATED),
-    R(TTY), R(ROWS), R(COLS)};
+    R(LATE_BYTES), R(LINGERING), R(CGROUP), R(BACKGROUND_KILLED), R(SLOT_RELEASED), R(TTY),
+    R(ROWS), R(COLS), R(TRUNCATED)};
 /* The file replies and events (10.4); the file requests' `ok` and `error` are those above. */
 static const uint8_t rf_file_ack[] = {RCOMMON, R(UPLOAD_ID), R(OFFSET)};
 static const uint8_t rf_file_written[] = {RCOMMON, R(UPLOAD_ID), R(PATH), R(SIZE), R(SHA256)};

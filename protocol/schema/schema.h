@@ -34,6 +34,7 @@
     X(WAIT, "wait", BOX_DIR_REQUEST)                                                              \
     X(LOGS, "logs", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
     X(LIST, "list", BOX_DIR_REQUEST | BOX_DIR_AGENT)                                              \
+    X(RESIZE, "resize", BOX_DIR_REQUEST)                                                          \
     X(PONG, "pong", BOX_DIR_AGENT)                                                                \
     X(OK, "ok", BOX_DIR_AGENT)                                                                    \
     X(STARTED, "started", BOX_DIR_AGENT)                                                          \
@@ -61,8 +62,7 @@
     X(FILE_CHUNK, "file_chunk", BOX_DIR_AGENT)                                                      \
     X(FILE_END, "file_end", BOX_DIR_AGENT)                                                          \
     X(FILE_WATCHING, "file_watching", BOX_DIR_AGENT)                                                \
-    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)                                                      \
-    X(RESIZE, "resize", BOX_DIR_REQUEST)
+    X(FILE_EVENT, "file_event", BOX_DIR_AGENT)
 
 /* The error codes of section 6: X(ENUM, "code"). */
 #define BOX_ERRORS(X)                                                                             \
@@ -173,11 +173,11 @@
     X(TO, "to")                                                                                     \
     X(TARGET, "target")                                                                             \
     X(WATCH, "watch")                                                                             \
-    X(SHA256, "sha256")                                                                             \
-    X(TTY, "tty")                                                                                   \
-    X(LOGIN, "login")                                                                               \
-    X(ROWS, "rows")                                                                                 \
-    X(COLS, "cols")
+    X(SHA256, "sha256")                                                                           \
+    X(TTY, "tty")                                                                                 \
+    X(ROWS, "rows")                                                                               \
+    X(COLS, "cols")                                                                               \
+    X(LOGIN, "login")
 
 /* The fields of the agent's replies and events (sections 10.3 and 10.4): X(ENUM, "name"). Every key at any
  * depth (`runs[].state`, `run_limits.nofile`, `languages[].path` give `state`, `nofile`, `path`)

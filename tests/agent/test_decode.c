@@ -256,17 +256,17 @@ static void test_exec_program(void)
 {
     struct decode_err e;
     struct dec_exec x;
-    CHECK_EQ(decode_exec(body("82 a4'type' a4'exec' a3'cmd' a4'true'"), &x, &e), 0);
+    CHECK_EQ(decode_exec(body("82 a4'type' a4'exec' a3'cmd' a4'true'"), false, &x, &e), 0);
     CHECK(x.cmd && !x.argv);
-    CHECK_EQ(decode_exec(body("82 a3'cmd' c0 a4'argv' 92 a2'ls' a2'-l'"), &x, &e), 0);
+    CHECK_EQ(decode_exec(body("82 a3'cmd' c0 a4'argv' 92 a2'ls' a2'-l'"), false, &x, &e), 0);
     CHECK(!x.cmd && x.argv && x.argv->via.array.size == 2);
-    expect_err(decode_exec(body("80"), &x, &e), &e, BOX_ERR_BAD_REQUEST,
+    expect_err(decode_exec(body("80"), false, &x, &e), &e, BOX_ERR_BAD_REQUEST,
                "exec needs exactly one of cmd and argv");
-    expect_err(decode_exec(body("82 a3'cmd' a1'x' a4'argv' 91 a1'x'"), &x, &e), &e,
+    expect_err(decode_exec(body("82 a3'cmd' a1'x' a4'argv' 91 a1'x'"), false, &x, &e), &e,
                BOX_ERR_BAD_REQUEST, "exec needs exactly one of cmd and argv");
-    expect_err(decode_exec(body("81 a3'cmd' 01"), &x, &e), &e, BOX_ERR_BAD_REQUEST,
+    expect_err(decode_exec(body("81 a3'cmd' 01"), false, &x, &e), &e, BOX_ERR_BAD_REQUEST,
                "cmd must be a string");
-    expect_err(decode_exec(body("81 a4'argv' 90"), &x, &e), &e, BOX_ERR_BAD_REQUEST,
+    expect_err(decode_exec(body("81 a4'argv' 90"), false, &x, &e), &e, BOX_ERR_BAD_REQUEST,
                "argv must be an array of 1 to 4096 strings");
     /* Each argv entry is checked when it is copied. */
     char block[64], *at = block, *out;
@@ -275,6 +275,49 @@ static void test_exec_program(void)
     CHECK_EQ(decode_take_str(&argv->via.array.ptr[0], &at, &out), 0);
     CHECK(strcmp(out, "ok") == 0 && at == block + 3);
     CHECK_EQ(decode_take_str(&argv->via.array.ptr[1], &at, &out), -1);
+}
+
+/* tty and login (PROTOCOL.md 4.9), and resize's sizes. */
+static void test_tty_fields(void)
+{
+    struct decode_err e;
+    struct dec_tty t;
+    struct dec_exec x;
+    CHECK_EQ(decode_tty(body("81 a3'cmd' a1'x'"), &t, &e), 0);
+    CHECK(!t.given);
+    CHECK_EQ(decode_tty(body("81 a3'tty' c0"), &t, &e), 0); /* nil is absent */
+    CHECK(!t.given);
+    CHECK_EQ(decode_tty(body("81 a3'tty' 82 a4'rows' 18 a4'cols' cd 10 00"), &t, &e), 0);
+    CHECK(t.given && t.rows == 24 && t.cols == 4096);
+    expect_err(decode_tty(body("81 a3'tty' 92 18 50"), &t, &e), &e, BOX_ERR_BAD_REQUEST,
+               "tty must be a map {rows, cols}");
+    const char *const bad[] = {
+        "81 a3'tty' 81 a4'rows' 18",                     /* cols missing */
+        "81 a3'tty' 82 a4'rows' 00 a4'cols' 50",         /* 0 rows */
+        "81 a3'tty' 82 a4'rows' 18 a4'cols' cd 10 01",   /* 4097 cols */
+        "81 a3'tty' 82 a4'rows' ff a4'cols' 50",         /* negative */
+        "81 a3'tty' 82 a4'rows' a2'24' a4'cols' 50",     /* a string */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect_err(decode_tty(body(bad[i]), &t, &e), &e, BOX_ERR_BAD_REQUEST,
+                   "tty.rows and tty.cols must be integers from 1 to 4096");
+
+    CHECK_EQ(decode_exec(body("81 a5'login' c3"), true, &x, &e), 0);
+    CHECK(x.login && !x.cmd && !x.argv);
+    CHECK_EQ(decode_exec(body("82 a5'login' c2 a3'cmd' a1'x'"), false, &x, &e), 0);
+    CHECK(!x.login && x.cmd);
+    expect_err(decode_exec(body("81 a5'login' c3"), false, &x, &e), &e, BOX_ERR_BAD_REQUEST,
+               "login needs a tty");
+    expect_err(decode_exec(body("82 a5'login' c3 a3'cmd' a1'x'"), true, &x, &e), &e,
+               BOX_ERR_BAD_REQUEST, "login runs the user's login shell: give neither cmd nor argv");
+    expect_err(decode_exec(body("82 a5'login' 01 a3'cmd' a1'x'"), true, &x, &e), &e,
+               BOX_ERR_BAD_REQUEST, "login must be a boolean");
+
+    CHECK_EQ(decode_resize(body("83 a2'id' a1'r' a4'rows' 32 a4'cols' cc c8"), &t, &e), 0);
+    CHECK(t.rows == 50 && t.cols == 200);
+    expect_err(decode_resize(body("82 a2'id' a1'r' a4'rows' 32"), &t, &e), &e,
+               BOX_ERR_BAD_REQUEST, "rows and cols must be integers from 1 to 4096");
+    CHECK(e.with_id);
 }
 
 static void test_code_fields(void)
@@ -310,6 +353,7 @@ int main(int argc, char **argv)
         UNIT_TEST(test_env_and_cwd),
         UNIT_TEST(test_exec_program),
         UNIT_TEST(test_code_fields),
+        UNIT_TEST(test_tty_fields),
     };
     return unit_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }

@@ -58,6 +58,7 @@ static void test_find_by_name_and_uid(void)
     CHECK(passwd_find(p, "box", 0, &e) == 0);
     CHECK(e.uid == 1000 && e.gid == 1000);
     CHECK(strcmp(e.name, "box") == 0 && strcmp(e.home, "/home/box") == 0);
+    CHECK(strcmp(e.shell, "/bin/sh") == 0); /* a tty run's login shell (PROTOCOL.md 4.9) */
     CHECK(passwd_find(p, NULL, 0, &e) == 0 && strcmp(e.name, "root") == 0);
     CHECK(passwd_find(p, NULL, 1000, &e) == 0 && strcmp(e.name, "box") == 0);
     CHECK(passwd_find(p, "last", 0, &e) == 0 && e.uid == 1002);

@@ -97,6 +97,31 @@ static void test_linesplit_out_of_memory_loses_nothing(void)
     linesplit_release(&s);
 }
 
+/* A terminal's output (PROTOCOL.md 4.9): no line splitting; each read is a record, cut at
+ * max_line, and nothing is held for a flush. */
+static void test_linesplit_raw_keeps_reads_whole(void)
+{
+    struct recs r = {.n = 0};
+    uint64_t held = 0;
+    struct linesplit s;
+    linesplit_init(&s, 8, &held, collect, &r);
+    linesplit_set_raw(&s);
+    linesplit_feed(&s, 1, "a\nb\r\n$ ", 8);
+    CHECK_EQ(r.n, 1);
+    CHECK(strcmp(r.text[0], "a\nb\r\n$ ") == 0); /* newlines inside, a prompt at the end */
+    CHECK_EQ(s.len, 0);
+    CHECK_U64(held, 0);                        /* no partial-line buffer */
+    linesplit_feed(&s, 2, "0123456789abcdefXY", 18);
+    CHECK_EQ(r.n, 4);                          /* max_line pieces, then the rest */
+    CHECK(strcmp(r.text[1], "01234567") == 0 && strcmp(r.text[2], "89abcdef") == 0);
+    CHECK(strcmp(r.text[3], "XY") == 0);
+    CHECK_U64(r.ts[3], 2);
+    linesplit_flush(&s, 3);                    /* nothing held: nothing emitted */
+    CHECK_EQ(r.n, 4);
+    linesplit_release(&s);
+    CHECK_U64(held, 0);
+}
+
 /* ---- Retention arithmetic ------------------------------------------------------------------- */
 
 static void append_n(struct runlog *l, int n, uint32_t len)
@@ -202,6 +227,7 @@ static const struct unit_test tests[] = {
     UNIT_TEST(test_linesplit_lines_and_tail),
     UNIT_TEST(test_linesplit_cuts_long_lines_at_max_line),
     UNIT_TEST(test_linesplit_out_of_memory_loses_nothing),
+    UNIT_TEST(test_linesplit_raw_keeps_reads_whole),
     UNIT_TEST(test_runlog_costs_add_up_across_drops),
     UNIT_TEST(test_runlog_protect_holds_what_is_owed),
     UNIT_TEST(test_sub_start_clamps_and_costs),
