@@ -97,21 +97,29 @@ def test_login_shell_has_a_terminal_and_exit_code(tty_boxd):
         assert t.is_canonical()
 
 
+def stty_size_becomes(t, rows, cols):
+    """`stty size` in the box until it says rows cols: the SIGWINCH goes to boxctl, which sends
+    `resize`, so the new size lands a moment after the local one. Returns the last answer."""
+    want = b"%d %d\r\n" % (rows, cols)
+    deadline = time.monotonic() + T(5)
+    while True:
+        # The echo of $((...)) marks the end of this answer: bash also redraws its prompt on
+        # SIGWINCH, so the prompt alone does not.
+        out = run_cmd(t, "stty size; echo size-$((1+1))", until=rb"size-2\r\n")
+        if want in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+
 def test_stty_size_follows_resize(tty_boxd):
     with bash(tty_boxd, rows=24, cols=80) as t:
         assert b"24 80\r\n" in run_cmd(t, "stty size")
         t.resize(40, 123)
-        # The SIGWINCH goes to boxctl, which sends `resize`; give it a moment to land.
-        deadline = time.monotonic() + T(5)
-        while True:
-            out = run_cmd(t, "stty size")
-            if b"40 123\r\n" in out or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        out = stty_size_becomes(t, 40, 123)
         assert b"40 123\r\n" in out, out
         t.resize(10, 33)
-        time.sleep(0.3)
-        assert b"10 33\r\n" in run_cmd(t, "stty size")
+        out = stty_size_becomes(t, 10, 33)
+        assert b"10 33\r\n" in out, out
         t.send(b"exit\r")
         assert t.wait(timeout=T(10)) == 0
 
