@@ -430,16 +430,23 @@ static int read_input(struct tty_run *s)
     return r < 0 ? r : TTY_CONTINUE;
 }
 
-/* The run has started (or is attached): raw mode, and the run's terminal gets our size. */
+/* Raw mode before the request goes out, as ssh does: keys typed while the run starts are
+ * neither echoed nor cooked here, and fd 0 is not read until it has started. */
+static int session_raw(struct tty_run *s)
+{
+    int r = term_raw(&s->t);
+    if (r < 0) {
+        errmsg("making the terminal raw: %s", strerror(-r));
+        return TTY_FAILED;
+    }
+    return TTY_CONTINUE;
+}
+
+/* The run has started (or is attached): the run's terminal gets our size when it differs. */
 static int session_begin(struct tty_run *s)
 {
     s->started = true;
-    int r = term_raw(&s->t);
-    if (r < 0) {
-        note(s, "making the terminal raw: %s", strerror(-r));
-        return TTY_FAILED;
-    }
-    r = send_resize(s);
+    int r = send_resize(s);
     return r < 0 ? r : TTY_CONTINUE;
 }
 
@@ -578,6 +585,9 @@ static int session_end(struct tty_run *s, int h)
     char sid[RUN_ID_MAX + 1];
     snprintf(sid, sizeof sid, "%s", s->id);
     sanitize(sid, strlen(sid));
+    /* The run's screen may have left the cursor mid-line: boxctl's last words start a line. */
+    if (s->t.fd >= 0 && s->started && h != TTY_END && h != TTY_ERROR)
+        box_write_all(STDERR_FILENO, "\n", 1);
     switch (h) {
     case TTY_END: {
         struct end_info end;
@@ -633,13 +643,16 @@ int tty_exec(struct ctl *x, struct exec_opts *e, const char *detach_keys)
     /* The run's terminal starts at e's size; send_resize then sends only changes. */
     s.rows = e->rows;
     s.cols = e->cols;
-    int r = exec_request(x, e, &s.req);
-    int h;
-    if (r < 0) {
-        h = TTY_FAILED;
-        request_failed(x, r);
-    } else {
-        h = session_loop(&s);
+    int h = session_raw(&s);
+    if (h == TTY_CONTINUE) {
+        int r = exec_request(x, e, &s.req);
+        if (r < 0) {
+            term_restore(&s.t);
+            request_failed(x, r);
+            h = TTY_FAILED;
+        } else {
+            h = session_loop(&s);
+        }
     }
     term_restore(&s.t);
     int ret = session_end(&s, h);
@@ -664,7 +677,9 @@ int tty_attach(struct ctl *x, const char *id, uint64_t req, const char *detach_k
         s.cols = (unsigned)v;
     bool ended = false;
     msg_get_bool(&x->m.root, BOX_KEY(ENDED), &ended);
-    int h = session_begin(&s);
+    int h = session_raw(&s);
+    if (h == TTY_CONTINUE)
+        h = session_begin(&s);
     if (h == TTY_CONTINUE && ended) {
         s.in_open = false; /* only the history and the end are to come */
     }
