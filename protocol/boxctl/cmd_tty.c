@@ -472,9 +472,11 @@ static int session_msg(struct tty_run *s)
             return TTY_ERROR;
         bool ended = error_is(m, BOX_ERR_RUN_ENDED);
         if (m->has_req && m->req == s->in_req) {
-            /* The run is done reading; its end is on the way. */
+            /* These keys are lost (and said so below); the next ones are sent. Once the run
+             * has ended, or is gone, nothing more is: its end is on the way. */
             s->in_wait = false;
-            s->in_open = false;
+            if (ended || error_is(m, BOX_ERR_NOT_FOUND))
+                s->in_open = false;
         }
         if (!ended) {
             const char *code = "", *text = "";

@@ -246,6 +246,7 @@ def test_sigterm_restores_and_leaves_the_run(tty_boxd):
 
 
 def test_ten_shells_at_once(tty_boxd):
+    base_fds = tty_boxd.counts()[0]
     terms = []
     try:
         for i in range(10):
@@ -267,6 +268,10 @@ def test_ten_shells_at_once(tty_boxd):
     finally:
         for t in terms:
             t.close()
+    # Ten pseudo-terminals, ten connections: boxd holds none of their fds afterwards and has
+    # reaped every shell.
+    assert wait_for(lambda: tty_boxd.counts()[0] <= base_fds and tty_boxd.counts()[3] == 0,
+                    T(5)), (tty_boxd.counts(), base_fds)
 
 
 def test_detach_then_reattach_with_history(tty_boxd):
