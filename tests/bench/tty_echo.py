@@ -15,7 +15,7 @@ clients take turns keystroke by keystroke, so drift on the machine lands on both
 - local pty: `cat` on a local pseudo-terminal, the floor neither can beat.
 
 usage: BOXD_BIN=build/boxd BOXCTL_BIN=build/boxctl /usr/bin/python3 tests/bench/tty_echo.py
-       [--keys N] [--socket PATH]
+       [--keys N] [--socket PATH] [--rows]
 Prints one table of p50/p99 in µs and the ratios against ssh; the target is boxctl within 1.2x.
 """
 
@@ -165,10 +165,31 @@ def keystroke(term, ch):
     return (time.perf_counter() - t0) * 1e6
 
 
+def print_rows(times, keys, why):
+    """The rows for tests/bench/run.sh's table: ROW, metric, boxd, baseline, ratio, target."""
+    b50, b99 = statistics.median(times["boxctl"]), pct(times["boxctl"], 0.99)
+    l50, l99 = statistics.median(times["local pty"]), pct(times["local pty"], 0.99)
+    if "ssh" in times:
+        s50, s99 = statistics.median(times["ssh"]), pct(times["ssh"], 0.99)
+        met = "met" if b50 <= TARGET * s50 else "missed"
+        print("ROW\tkeystroke echo through `boxctl shell cat` p50 / p99, µs (%d keys); baseline: "
+              "`ssh -tt` over an open ControlMaster to a private sshd\t%.0f / %.0f\t%.0f / %.0f\t"
+              "%.2fx / %.2fx\t≤ %.1fx: %s" % (keys, b50, b99, s50, s99, b50 / s50, b99 / s99,
+                                               TARGET, met))
+    else:
+        print("ROW\tkeystroke echo through `boxctl shell cat` p50 / p99, µs (%d keys)\t%.0f / "
+              "%.0f\t-\tn/a\t≤ %.1fx vs ssh" % (keys, b50, b99, TARGET))
+        print("NOTE\tssh row skipped: %s" % why)
+    print("ROW\tkeystroke echo on a local pty (`cat`, the floor) p50 / p99, µs\t%.0f / %.0f\t-"
+          "\t-\t-" % (l50, l99))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=int(os.environ.get("BENCH_TTY_KEYS", "300")))
     ap.add_argument("--socket", help="an already running boxd (default: start one)")
+    ap.add_argument("--rows", action="store_true",
+                    help="print run.sh's ROW/NOTE lines (tests/bench/bench.h) instead of a table")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="boxd-tty-bench.")
     boxd = None
@@ -212,6 +233,9 @@ def main():
             boxd.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if args.rows:
+        print_rows(times, args.keys, sshd.why)
+        return
     print("keystroke-to-echo latency, %d keystrokes each, interleaved, µs" % args.keys)
     print("| client | p50 | p99 | p50 ratio vs ssh | p99 ratio | target |")
     print("|---|---:|---:|---:|---:|---|")
