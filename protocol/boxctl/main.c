@@ -26,8 +26,8 @@
  * ctl_connect(x) once it has checked them, and returns boxctl's exit status. --help, the man
  * page and the parser all come from the row, nothing else needs editing.
  *
- * Registration point for groups still to come: terminal commands add their rows at the end,
- * under the group "Terminals". */
+ * The group "Terminals" is last: shell (cmd_tty.c, which also has the interactive loop that
+ * exec -t and attach on a terminal run share). */
 /* clang-format off */
 const struct command command_table[] = {
     {"exec", "Runs", "run a command and stream its output",
