@@ -339,7 +339,7 @@ def test_schema_tables_parse():
     requests = {n for k, n in SCHEMAS if k == "request"}
     agent = {n for k, n in SCHEMAS if k == "agent"}
     assert requests == {"hello", "ping", "info", "shutdown", "exec", "code", "stdin", "signal",
-                        "cancel", "attach", "detach", "wait", "logs", "list"} | FILE_REQUESTS, \
+                        "cancel", "attach", "detach", "wait", "logs", "list", "resize"} | FILE_REQUESTS, \
         requests
     assert agent == {"hello", "pong", "info", "ok", "started", "error", "attached", "output",
                      "gap", "end", "logs", "list"} | FILE_REPLIES, agent
@@ -559,6 +559,27 @@ def test_every_message_matches_its_schema(start_boxd, tmp_path):
     assert kinds[0] == "attached" and kinds[1] == "gap" and kinds[2] == "output", kinds[:3]
     assert msgs[1]["from_seq"] == 0 and msgs[1]["to_seq"] == msgs[0]["first_seq"] > 0
 
+    # A terminal run (4.9): stream 3, tty in attached and list, resize, its errors.
+    req = c.exec_start(argv=["/bin/cat"], id="doc-tty", tty={"rows": 24, "cols": 80})
+    assert c.recv_req(req)["type"] == "started"
+    assert c.request("resize", id="doc-tty", rows=30, cols=100)["type"] == "ok"
+    r = c.request("resize", id="doc-tty", rows=0, cols=100)
+    assert r["code"] == "bad_request", r
+    assert c.request("resize", id="doc-1", rows=30, cols=100)["code"] == "bad_request"
+    lst = [e for e in c.list()["runs"] if e["id"] == "doc-tty"][0]
+    assert lst["tty"] == {"rows": 30, "cols": 100}, lst
+    areq = c.next_req()
+    c.send({"type": "attach", "req": areq, "id": "doc-tty", "output": True})  # replaces req's
+    att = c.recv_req(areq)
+    assert att["type"] == "attached" and att["tty"] == {"rows": 30, "cols": 100}, att
+    assert c.stdin("doc-tty", data="hi\n")["type"] == "ok"
+    assert c.stdin("doc-tty", eof=True)["type"] == "ok"
+    msgs = run_to_end(c, areq)
+    assert msgs[-1]["type"] == "end" and msgs[-1]["stderr"] == "", msgs
+    assert any(rec[2] == 3 for m in msgs if m["type"] == "output" for rec in m["lines"]), msgs
+    r = c.request("resize", id="doc-tty", rows=30, cols=100)
+    assert r["code"] == "run_ended", r
+
     # code runs, and code's errors.
     if have_python:
         msgs = run_to_end(c, _send(c, {"type": "code", "lang": "python", "code": "print(6*7)",
@@ -663,6 +684,13 @@ BOUNDS = [
     ("shutdown", "action", {}, None, "halt", "bad_request", "`\"reboot\"`"),
     ("code", "code", {"lang": "sh"}, "true", "#" * (256 * 1024 + 1), "too_large", "262144"),
     ("code", "lang", {"code": "true"}, "SH", "x" * 33, "unknown_lang", "1-32 bytes"),
+    ("exec", "tty", {"cmd": "true"}, {"rows": 4096, "cols": 1}, {"rows": 4097, "cols": 1},
+     "bad_request", "1 to 4096", "tty.rows"),
+    ("exec", "tty", {"cmd": "true"}, {"rows": 1, "cols": 4096}, {"rows": 1, "cols": 0},
+     "bad_request", "1 to 4096", "tty.cols"),
+    ("exec", "login", {"tty": {"rows": 24, "cols": 80}, "argv": ["/bin/true"]}, False, True,
+     "bad_request", "without `cmd` and `argv`"),
+    ("code", "tty", {"lang": "sh", "code": "true"}, None, [24, 80], "bad_request", "4.9"),
 ]
 
 
