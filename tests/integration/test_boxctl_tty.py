@@ -25,15 +25,20 @@ PROMPT = rb"@P> "
 SHELL = ["-e", "PS1=\\100P> ", "--", "bash", "--norc", "--noprofile", "-i"]
 
 
-@pytest.fixture
-def tty_boxd(boxd):
-    c = boxd.client()
+def require_tty(d):
+    """Skips the test unless daemon d has terminal runs and boxctl is built."""
+    c = d.client()
     caps = (c.hello_reply or {}).get("capabilities", [])
     if "tty" not in caps:
         pytest.skip("this boxd has no terminal runs (hello capabilities %r lack \"tty\")" % caps)
     if not os.access(BOXCTL_BIN, os.X_OK):
         pytest.skip("boxctl binary not found at %s (set BOXCTL_BIN)" % BOXCTL_BIN)
-    return boxd
+    return d
+
+
+@pytest.fixture
+def tty_boxd(boxd):
+    return require_tty(boxd)
 
 
 def boxctl_argv(d, *args):
@@ -346,3 +351,55 @@ def test_no_boxctl_process_left_behind(tty_boxd):
         return [l for l in out.splitlines() if b" running " in l]
 
     assert wait_for(lambda: not running(), T(5)), running()
+
+
+def test_exec_t_detach_then_attach_and_ctrl_c(tty_boxd):
+    p = subprocess.run(boxctl_argv(tty_boxd, "exec", "-t", "--detach",
+                                   "echo started-$((5*5)); sleep 100"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=T(10))
+    assert p.returncode == 0, p
+    rid = p.stdout.decode().strip()
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", rid)) as t:
+        t.expect(rb"started-25\r\n", timeout=T(10))
+        t.read_for(0.2)
+        # On a terminal run Ctrl-C is a key: the line discipline sends SIGINT to the sleep.
+        t.send(b"\x03")
+        assert t.wait(timeout=T(10)) == 128 + signal.SIGINT
+        assert t.is_canonical()
+
+
+def test_ended_terminal_run_replays_and_logs(tty_boxd):
+    with bash(tty_boxd) as t:
+        run_cmd(t, "echo kept-$((2*21))")
+        t.send(b"\x10\x11")
+        rid = t.expect(rb"detached from (\S+);", timeout=T(5)).group(1).decode()
+        t.wait(timeout=T(5))
+    # End it from elsewhere, then attach: the history, then the end, then boxctl's exit code.
+    p = subprocess.run(boxctl_argv(tty_boxd, "stdin", rid, "exit 9\r"), timeout=T(10))
+    assert p.returncode == 0
+    w = subprocess.run(boxctl_argv(tty_boxd, "wait", rid), stdout=subprocess.PIPE, timeout=T(10))
+    assert w.returncode == 9, w
+    with PtyTerm(boxctl_argv(tty_boxd, "attach", rid)) as t:
+        t.expect(rb"kept-42", timeout=T(10))
+        assert t.wait(timeout=T(10)) == 9
+        assert t.is_canonical()
+    # logs prints the screen bytes as they came; --json marks them stream "tty".
+    p = subprocess.run(boxctl_argv(tty_boxd, "logs", rid), stdout=subprocess.PIPE, timeout=T(10))
+    assert p.returncode == 0 and b"kept-42\r\n" in p.stdout
+    p = subprocess.run(boxctl_argv(tty_boxd, "logs", "--json", rid), stdout=subprocess.PIPE,
+                       timeout=T(10))
+    assert b'"stream":"tty"' in p.stdout
+
+
+def test_lost_connection_restores_the_terminal(start_boxd):
+    d = require_tty(start_boxd())
+    with PtyTerm(boxctl_argv(d, "shell", *SHELL)) as t:
+        t.expect(PROMPT, timeout=T(10))
+        assert not t.is_canonical()
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait(timeout=T(5))
+        d.stopped_rc = d.proc.returncode  # killed on purpose: not a failure of the daemon
+        rc = t.wait(timeout=T(10))
+        assert rc == 1
+        assert t.is_canonical()
+        assert b"connection to the agent lost" in t.output
