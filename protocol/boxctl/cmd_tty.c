@@ -42,6 +42,8 @@
 #define DEFAULT_COLS 80
 /* The agent's bounds for rows and cols (PROTOCOL.md, terminal runs). */
 #define TTY_DIM_MAX 4096
+/* A longer $TERM names no terminfo entry: the run gets the agent's default instead. */
+#define TERM_NAME_MAX 255
 
 /* ---- Detach keys --------------------------------------------------------------------------- */
 
@@ -261,7 +263,7 @@ void tty_size_and_term(struct exec_opts *e)
     if (isatty(STDIN_FILENO))
         term_size(STDIN_FILENO, &e->rows, &e->cols);
     const char *term = getenv("TERM");
-    e->term = term != NULL && term[0] != '\0' && strlen(term) < 256 ? term : NULL;
+    e->term = term != NULL && term[0] != '\0' && strlen(term) <= TERM_NAME_MAX ? term : NULL;
 }
 
 bool tty_supported(struct ctl *x)
@@ -293,13 +295,14 @@ struct tty_run {
     uint64_t resize_req;
     size_t chunk;
     char *in_buf;         /* chunk bytes */
-    char *out;            /* chunk + DETACH_KEYS_MAX bytes: input less the detach keys */
+    char *out;            /* chunk bytes: held keys and input, less the detach keys */
     unsigned rows, cols;  /* the size the run's terminal has, as far as we know */
     struct sink sink;
 };
 
 /* A message while the terminal may be raw: lines end in CR LF there (no output processing). */
-static void note(const struct tty_run *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(const struct tty_run *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void note(const struct tty_run *s, const char *fmt, ...)
 {
     char buf[1024];
@@ -331,8 +334,12 @@ static int session_init(struct tty_run *s, struct ctl *x, const char *detach_key
         s->chunk = x->c.max_out - STDIN_FRAME_OVERHEAD;
     if (x->c.limits.stdin_bytes > 0 && x->c.limits.stdin_bytes < s->chunk)
         s->chunk = (size_t)x->c.limits.stdin_bytes;
+    if (s->chunk <= DETACH_KEYS_MAX) {
+        errmsg("the agent's stdin_bytes (%zu) leaves no room for keys", s->chunk);
+        return -EINVAL;
+    }
     s->in_buf = malloc(s->chunk);
-    s->out = malloc(s->chunk + DETACH_KEYS_MAX);
+    s->out = malloc(s->chunk);
     if (s->in_buf == NULL || s->out == NULL) {
         errmsg("%s", strerror(ENOMEM));
         return -ENOMEM;
@@ -389,7 +396,8 @@ static int send_resize(struct tty_run *s)
 /* fd 0 is readable: what was typed goes to the run, less the detach keys. */
 static int read_input(struct tty_run *s)
 {
-    ssize_t n = read(STDIN_FILENO, s->in_buf, s->chunk);
+    /* Keys held back go out with these: together they still fit one chunk. */
+    ssize_t n = read(STDIN_FILENO, s->in_buf, s->chunk - s->matched);
     if (n < 0 && (errno == EINTR || errno == EAGAIN))
         return TTY_CONTINUE;
     if (n <= 0 && s->t.fd >= 0)
