@@ -5,6 +5,7 @@ Ctrl-C, Ctrl-Z, detach and reattach, and boxctl killed with SIGKILL mid-session.
 Each test starts its own daemon. They need the agent's terminal runs: without the capability
 "tty" in hello they are skipped (and say so)."""
 
+import hashlib
 import os
 import re
 import signal
@@ -403,3 +404,23 @@ def test_lost_connection_restores_the_terminal(start_boxd):
         assert rc == 1
         assert t.is_canonical()
         assert b"connection to the agent lost" in t.output
+
+
+def test_a_long_paste_arrives_whole(tty_boxd):
+    # 2000 lines typed in one go: boxctl sends them a chunk per stdin request, each after the
+    # last was written, while the echo streams back; nothing is lost or reordered.
+    lines = [("line-%04d-" % i).encode() + b"x" * 60 for i in range(2000)]
+    with bash(tty_boxd) as t:
+        t.send(b"stty -echo; cat > /tmp/boxctl-tty-paste.txt\r")
+        t.read_for(0.5)
+        t.send(b"\r".join(lines) + b"\r")
+        t.send(b"\x04")
+        t.expect(PROMPT, timeout=T(30))
+        t.send(b"stty echo\r")
+        t.expect(PROMPT)
+        out = run_cmd(t, "wc -l < /tmp/boxctl-tty-paste.txt; md5sum < /tmp/boxctl-tty-paste.txt")
+        assert b"2000\r\n" in out, out
+        want = hashlib.md5(b"\n".join(lines) + b"\n").hexdigest().encode()
+        assert want in out, out
+        t.send(b"exit 0\r")
+        assert t.wait(timeout=T(10)) == 0

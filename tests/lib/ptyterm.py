@@ -113,15 +113,18 @@ class PtyTerm:
     # ---- writing and the terminal -------------------------------------------------------------
 
     def send(self, data):
-        """Types data (bytes or str) into the terminal."""
+        """Types data (bytes or str) into the terminal. A long paste is read back meanwhile, as
+        a terminal emulator does: a program blocked writing its echo would stop reading."""
         if isinstance(data, str):
             data = data.encode()
         while data:
             try:
-                n = os.write(self.master, data)
+                n = os.write(self.master, data[:4096])
                 data = data[n:]
             except BlockingIOError:
-                select.select([], [self.master], [], 1)
+                r, _, _ = select.select([self.master], [self.master], [], 1)
+                if r:
+                    self._read_some(0)
 
     @staticmethod
     def _setsize(fd, rows, cols):
