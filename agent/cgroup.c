@@ -709,8 +709,18 @@ int proc_tree_signal(pid_t pid, pid_t pgid, int sig)
  * the loop, so it is bounded whatever the box holds. */
 #define HOLDERS_SCAN_MAX 200000
 
-/* True if process pid (its /proc directory open as dir_fd) has an fd on one of the pipes. */
-static bool holds_pipe(int dir_fd, const ino_t *inos, int n, unsigned *budget)
+/* Whether the fd named name in the fd directory fd_dir is on the terminal device tty: a link to
+ * a path (a pipe's or socket's is not one), and a character device of that number. */
+static bool on_tty(int fd_dir, const char *name, const char *link, dev_t tty)
+{
+    struct stat st;
+    return tty != 0 && link[0] == '/' && fstatat(fd_dir, name, &st, 0) == 0 &&
+           S_ISCHR(st.st_mode) && st.st_rdev == tty;
+}
+
+/* True if process pid (its /proc directory open as dir_fd) has an fd on one of the pipes, or
+ * on the terminal tty (0: none). */
+static bool holds_pipe(int dir_fd, const ino_t *inos, int n, dev_t tty, unsigned *budget)
 {
     int fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd_dir < 0)
@@ -731,6 +741,10 @@ static bool holds_pipe(int dir_fd, const ino_t *inos, int n, unsigned *budget)
         if (len <= 0)
             continue;
         link[len] = '\0';
+        if (on_tty(dirfd(d), de->d_name, link, tty)) {
+            found = true;
+            break;
+        }
         unsigned long long ino;
         if (sscanf(link, "pipe:[%llu]", &ino) != 1)
             continue;
@@ -742,10 +756,10 @@ static bool holds_pipe(int dir_fd, const ino_t *inos, int n, unsigned *budget)
     return found;
 }
 
-int proc_pipe_holders_signal(const ino_t *inos, int n, int sig)
+int proc_pipe_holders_signal(const ino_t *inos, int n, dev_t tty, int sig)
 {
     DIR *d = opendir("/proc");
-    if (d == NULL || n <= 0) {
+    if (d == NULL || (n <= 0 && tty == 0)) {
         if (d)
             closedir(d);
         return 0;
@@ -766,10 +780,10 @@ int proc_pipe_holders_signal(const ino_t *inos, int n, int sig)
             continue;
         /* The pid may be reused between the scan and the signal: a pidfd pins the process,
          * and the check is made again through it before anything is sent. */
-        if (holds_pipe(dir_fd, inos, n, &budget)) {
+        if (holds_pipe(dir_fd, inos, n, tty, &budget)) {
             int pfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
             if (pfd >= 0) {
-                if (holds_pipe(dir_fd, inos, n, &budget) &&
+                if (holds_pipe(dir_fd, inos, n, tty, &budget) &&
                     syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0) == 0)
                     count++;
                 close(pfd);

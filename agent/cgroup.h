@@ -101,9 +101,10 @@ int proc_tree_signal(pid_t pid, pid_t pgid, int sig);
 
 /* Without a cgroup, what escaped the process group and was reparented to boxd (a setsid plus
  * double fork) has nothing in /proc linking it to its run but the fds it holds: sends sig to
- * every process (boxd aside) with an fd on one of the n pipes (their inodes), each checked
- * again through a pidfd before it is signalled, so a reused pid is never hit. Returns the
- * number signalled. */
-int proc_pipe_holders_signal(const ino_t *inos, int n, int sig);
+ * every process (boxd aside) with an fd on one of the n pipes (their inodes), or on the
+ * terminal whose device is tty (a terminal run's pty slave; 0: none), each checked again
+ * through a pidfd before it is signalled, so a reused pid is never hit. Returns the number
+ * signalled. */
+int proc_pipe_holders_signal(const ino_t *inos, int n, dev_t tty, int sig);
 
 #endif

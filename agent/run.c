@@ -747,17 +747,21 @@ static void kill_tree(struct run *r, int sig)
     bg_signal(r, sig); /* what left the group and was reparented, but holds the run's pipes */
 }
 
-/* Without a cgroup: the processes holding the run's output pipes (cgroup.h). */
+/* Without a cgroup: the processes holding the run's output pipes, or its terminal (cgroup.h). */
 static int pipe_holders_signal(struct run *r, int sig)
 {
     ino_t inos[2];
     int n = 0;
+    if (r->tty) {
+        /* The slave is what they hold (the master is boxd's alone). */
+        return r->out[0].open ? proc_pipe_holders_signal(inos, 0, r->tty_rdev, sig) : 0;
+    }
     for (int i = 0; i < 2; i++) {
         struct stat st;
         if (r->out[i].open && fstat(r->out[i].fd, &st) == 0)
             inos[n++] = st.st_ino;
     }
-    return n > 0 ? proc_pipe_holders_signal(inos, n, sig) : 0;
+    return n > 0 ? proc_pipe_holders_signal(inos, n, 0, sig) : 0;
 }
 
 /* Signals what a run left behind, also after its end: the cgroup's members, or without one the

@@ -98,6 +98,7 @@ struct run {
     struct stdin_pipe in;
     bool tty;
     uint16_t tty_rows, tty_cols; /* its window size, as last set */
+    dev_t tty_rdev;              /* the slave's device: what its holders have open */
     int child_fd[3];        /* the child's ends of the pipes (or -1), until it has started */
 
     /* While STARTING. */

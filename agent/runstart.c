@@ -259,7 +259,9 @@ static int tty_start(struct agent *a, struct run *r, const struct run_params *p,
         run__spawn_failed(r, "pipe", -err);
         return 0;
     }
+    struct stat st;
     r->tty = true;
+    r->tty_rdev = fstat(slave, &st) == 0 ? st.st_rdev : 0;
     r->tty_rows = p->rows;
     r->tty_cols = p->cols;
     r->out[0].fd = master;

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import boxd_client
-from conftest import T, wait_for
+from conftest import T, marker, procs_with_env, wait_for
 
 TTY = 3
 
@@ -310,6 +310,44 @@ def test_cancel_kills_the_whole_tree(shared_client):
     assert end["status"] == "cancelled" and end["reason"] == "cancel", end
     # The end comes once the tree is gone (4.3).
     assert wait_for(lambda: not any(os.path.exists("/proc/%d" % p) for p in pids), T(3)), pids
+
+
+def _lingering_tty_run_is_cancelled(d):
+    c = d.client()
+    tag = marker()
+    # What escaped the session keeps the terminal open: the run ends (drain window) and lingers.
+    r = c.request("exec", id="tty-linger", tty={"rows": 24, "cols": 80}, env={"BOXD_TTY": tag},
+                  cmd="setsid sleep 1001 & echo left")
+    assert r["type"] == "started", r
+    end = c.wait("tty-linger", timeout=T(10))
+    assert end["status"] == "completed", end
+    assert wait_for(lambda: len(procs_with_env("BOXD_TTY", tag)) == 1, T(5))
+    entry = [e for e in c.list()["runs"] if e["id"] == "tty-linger"][0]
+    assert entry["lingering"] is True, entry
+    # Cancel of the ended run finds it by the terminal it holds (4.4), cgroup or not.
+    assert c.cancel("tty-linger")["ended"] is True
+    assert wait_for(lambda: not procs_with_env("BOXD_TTY", tag), T(5)), procs_with_env("BOXD_TTY", tag)
+    assert wait_for(lambda: not [e for e in c.list()["runs"] if e["id"] == "tty-linger"][0]
+                    ["lingering"], T(5))
+
+
+def test_cancel_of_a_lingering_terminal_run(start_boxd):
+    _lingering_tty_run_is_cancelled(start_boxd())
+
+
+def test_cancel_of_a_lingering_terminal_run_without_cgroup(start_boxd):
+    import conftest
+    wrapper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boxd-nocgroup.sh")
+    if not os.access("/usr/bin/unshare", os.X_OK) or not conftest.cgroup2_available():
+        pytest.skip("needs unshare and a cgroup2 mount to make read-only")
+    real = conftest.BOXD_BIN
+    conftest.BOXD_BIN = wrapper
+    try:
+        d = start_boxd(env={"BOXD_REAL_BIN": real})
+    finally:
+        conftest.BOXD_BIN = real
+    assert d.client().info()["kill_mechanism"] == "pgroup"
+    _lingering_tty_run_is_cancelled(d)
 
 
 def test_timeout(shared_client):
