@@ -234,13 +234,14 @@ def test_terminal_restored_after_boxctl_is_sigkilled(tty_boxd):
         assert wait_for(lambda: guards[0] not in boxctl_procs(), T(5)), "the guard is still there"
 
 
-def test_sigterm_restores_and_leaves_the_run(tty_boxd):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_restores_and_leaves_the_run(tty_boxd, sig):
     with bash(tty_boxd) as t:
         run_cmd(t, "echo before-term")
         assert not t.is_canonical()
-        t.proc.send_signal(signal.SIGTERM)
+        t.proc.send_signal(sig)
         rc = t.wait(timeout=T(5))
-        assert rc == 128 + signal.SIGTERM
+        assert rc == 128 + sig
         assert t.is_canonical()
         m = re.search(rb"left run (\S+) going; boxctl attach (\S+) to return", t.output)
         assert m, t.output[-500:]
