@@ -9,10 +9,14 @@ import hashlib
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
+import msgpack
 import pytest
 
 from conftest import BOXCTL_BIN, T, wait_for
@@ -425,3 +429,76 @@ def test_a_long_paste_arrives_whole(tty_boxd):
         assert want in out, out
         t.send(b"exit 0\r")
         assert t.wait(timeout=T(10)) == 0
+
+
+class NoTtyRelay:
+    """A unix socket in front of boxd that takes "tty" out of hello's capabilities (an agent
+    from before terminal runs) and relays everything else unchanged."""
+
+    def __init__(self, path, target):
+        self.path, self.target = path, target
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.srv.close()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            b.connect(self.target)
+            threading.Thread(target=self._pipe, args=(c, b, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(b, c, True), daemon=True).start()
+
+    @staticmethod
+    def _recv_exact(s, n):
+        buf = b""
+        while len(buf) < n:
+            d = s.recv(n - len(buf))
+            if not d:
+                raise EOFError
+            buf += d
+        return buf
+
+    def _pipe(self, a, b, rewrite_first):
+        try:
+            if rewrite_first:
+                n = struct.unpack(">I", self._recv_exact(a, 4))[0]
+                m = msgpack.unpackb(self._recv_exact(a, n), raw=False)
+                m["capabilities"] = [c for c in m.get("capabilities", []) if c != "tty"]
+                body = msgpack.packb(m, use_bin_type=True)
+                b.sendall(struct.pack(">I", len(body)) + body)
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except (OSError, EOFError):
+            pass
+        finally:
+            for x in (a, b):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_an_agent_without_terminal_runs_is_said_so(tty_boxd, tmp_path):
+    relay = NoTtyRelay(str(tmp_path / "old.sock"), tty_boxd.sock)
+    try:
+        for args in (["shell"], ["exec", "-t", "true"], ["exec", "-t", "--detach", "true"]):
+            with PtyTerm([BOXCTL_BIN, "-s", relay.path] + args) as t:
+                assert t.wait(timeout=T(10)) == 1, t.output
+                assert b'capability "tty"' in t.output, t.output
+                assert t.is_canonical()
+        # Nothing was started on the agent.
+        p = subprocess.run(boxctl_argv(tty_boxd, "list"), stdout=subprocess.PIPE, timeout=T(10))
+        assert p.stdout.count(b"\n") <= 1, p.stdout
+    finally:
+        relay.close()
