@@ -175,6 +175,8 @@ static void guard_main(int r, int tty, const struct termios *saved)
     for (int fd = 0; fd < 3; fd++)
         if (fd != r && fd != tty)
             close(fd);
+    /* Everything else goes (close_range, Linux 5.9; on an older kernel the guard keeps copies
+     * of boxctl's fds, which matters little: it exits when boxctl does). */
     int lo = r < tty ? r : tty, hi = r < tty ? tty : r;
     if (lo > 3)
         close_range(3, (unsigned)lo - 1, 0);
