@@ -90,6 +90,7 @@ def shell(c, argv=("sh", "-i"), **opts):
 
 def test_terminal_is_the_runs_stdio_and_ctty(shared_client):
     c = shared_client
+    assert "tty" in c.hello_reply["capabilities"]
     t = start(c, rows=33, cols=101, output=True,
               cmd="tty; stty size; echo TERM=$TERM; test -t 0 -a -t 1 -a -t 2 && echo all-ttys;"
                   " ps -o sid=,pgid=,tpgid= -p $$; echo pid=$$; exit 3")
@@ -316,8 +317,10 @@ def _lingering_tty_run_is_cancelled(d):
     c = d.client()
     tag = marker()
     # What escaped the session keeps the terminal open: the run ends (drain window) and lingers.
+    # (HUP ignored: the session leader's exit sends it to the foreground group, which the sleep
+    # is still in until its setsid has run.)
     r = c.request("exec", id="tty-linger", tty={"rows": 24, "cols": 80}, env={"BOXD_TTY": tag},
-                  cmd="setsid sleep 1001 & echo left")
+                  cmd="trap '' HUP; setsid sleep 1001 & echo left")
     assert r["type"] == "started", r
     end = c.wait("tty-linger", timeout=T(10))
     assert end["status"] == "completed", end
