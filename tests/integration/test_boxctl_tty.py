@@ -502,3 +502,18 @@ def test_an_agent_without_terminal_runs_is_said_so(tty_boxd, tmp_path):
         assert p.stdout.count(b"\n") <= 1, p.stdout
     finally:
         relay.close()
+
+
+def test_no_detach_keys(tty_boxd):
+    # --detach-keys '': Ctrl-P Ctrl-Q are keys like any other (the run's terminal takes ^Q as
+    # XON, cat -v shows the ^P) and boxctl stays until the run ends.
+    with PtyTerm(boxctl_argv(tty_boxd, "shell", "--detach-keys", "", "cat", "-v")) as t:
+        time.sleep(0.3)
+        t.send(b"\x10\x11z\r")
+        t.expect(rb"\^Pz\r\n", timeout=T(10))
+        assert b"detached" not in t.output
+        t.send(b"\x04")
+        assert t.wait(timeout=T(10)) == 0
+    p = subprocess.run(boxctl_argv(tty_boxd, "shell", "--detach-keys", "ctrl-", "true"),
+                       stderr=subprocess.PIPE, timeout=T(10))
+    assert p.returncode == 2 and b"--detach-keys" in p.stderr
