@@ -519,9 +519,12 @@ static int session_msg(struct tty_run *s)
         uint64_t from = 0, to = 0;
         msg_get_u64(&m->root, BOX_KEY(FROM_SEQ), &from);
         msg_get_u64(&m->root, BOX_KEY(TO_SEQ), &to);
+        char sid[RUN_ID_MAX + 1];
+        snprintf(sid, sizeof sid, "%s", s->id);
+        sanitize(sid, strlen(sid));
         if (to > from)
             note(s, "warning: run %s: records %llu to %llu were dropped by the agent's log "
-                    "retention", s->id, (unsigned long long)from, (unsigned long long)to - 1);
+                    "retention", sid, (unsigned long long)from, (unsigned long long)to - 1);
         return TTY_CONTINUE;
     }
     if (box_msg_is(m, box_type_str(BOX_T_END)))
