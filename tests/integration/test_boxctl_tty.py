@@ -517,3 +517,24 @@ def test_no_detach_keys(tty_boxd):
     p = subprocess.run(boxctl_argv(tty_boxd, "shell", "--detach-keys", "ctrl-", "true"),
                        stderr=subprocess.PIPE, timeout=T(10))
     assert p.returncode == 2 and b"--detach-keys" in p.stderr
+
+
+def test_reattach_past_retention_says_what_was_dropped(start_boxd):
+    # With 64 KiB kept per run, a reattach after 1 MB of screen output gets a gap: boxctl says
+    # which records are gone (on the raw terminal, a line of its own), then the newest screen.
+    d = require_tty(start_boxd("--log-bytes", "65536"))
+    with PtyTerm(boxctl_argv(d, "shell", *SHELL)) as t:
+        t.expect(PROMPT, timeout=T(10))
+        run_cmd(t, "seq 1 150000; echo last-$((7*7))", until=rb"last-49\r\n", timeout=30)
+        t.expect(PROMPT)
+        t.send(b"\x10\x11")
+        rid = t.expect(rb"detached from (\S+);", timeout=T(5)).group(1).decode()
+        assert t.wait(timeout=T(5)) == 0
+    with PtyTerm(boxctl_argv(d, "attach", rid)) as t:
+        t.expect(rb"\r\nboxctl: warning: run %s: records 0 to \d+ were dropped by the agent's "
+                 rb"log retention\r\n" % re.escape(rid).encode(), timeout=T(10))
+        t.expect(rb"149999\r\n150000\r\n")
+        t.expect(rb"last-49")
+        t.send(b"exit 2\r")
+        assert t.wait(timeout=T(10)) == 2
+        assert t.is_canonical()
