@@ -8,11 +8,13 @@ Each test starts its own daemon. They need the agent's terminal runs: without th
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -538,3 +540,33 @@ def test_reattach_past_retention_says_what_was_dropped(start_boxd):
         t.send(b"exit 2\r")
         assert t.wait(timeout=T(10)) == 2
         assert t.is_canonical()
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every user may enter (pytest's tmp_path is under a 0700 one)."""
+    path = tempfile.mkdtemp(prefix="boxctl-tty-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_shell_as_another_user_in_a_directory(start_boxd, open_dir):
+    # --user picks that user's passwd shell, as a login shell; --cwd where it starts; -e adds
+    # to its environment. nobody's shell is often nologin: so a CMD for the user, and the
+    # login shell for the agent's own user below.
+    d = require_tty(start_boxd("--allow-request-user", "nobody"))
+    with PtyTerm(boxctl_argv(d, "shell", "--user", "nobody", "--cwd", open_dir, "-e",
+                             "GREETING=hi-there", "sh", "-c",
+                             "id -un; pwd; echo $GREETING; tty")) as t:
+        t.expect(rb"nobody\r\n", timeout=T(10))
+        t.expect(re.escape(open_dir.encode()) + rb"\r\n")
+        t.expect(rb"hi-there\r\n")
+        t.expect(rb"/dev/pts/\d+\r\n")
+        assert t.wait(timeout=T(10)) == 0
+    with PtyTerm(boxctl_argv(d, "shell", "--cwd", open_dir)) as t:
+        time.sleep(0.2)
+        t.send(b"pwd; echo shell=$SHELL; exit 7\r")
+        t.expect(re.escape(open_dir.encode()) + rb"\r\n", timeout=T(10))
+        t.expect(rb"shell=/\S+\r\n")
+        assert t.wait(timeout=T(10)) == 7
