@@ -11,6 +11,7 @@
  *   follow.c     streaming a run: the poll loop, SIGINT, stdin feeding, wait, logs pages
  *   cmd_run.c    exec, code                      cmd_runs.c   attach wait logs cancel signal stdin
  *   cmd_agent.c  list info ping shutdown         cmd_files.c  cp ls rm mkdir watch
+ *   cmd_tty.c    shell, and the interactive terminal loop of exec -t and attach
  *   cmd_tunnel.c tunnel forward
  *   json.c       the JSON writer
  *
@@ -37,6 +38,8 @@
 #define EXIT_FAIL 1
 #define DEFAULT_SOCKET "/run/boxd.sock"
 #define CLIENT_NAME "boxctl/" BOXD_VERSION
+/* hello's capability for terminal runs (PROTOCOL.md, terminal runs). */
+#define CAP_TTY "tty"
 
 /* How long to connect (with a hybrid-vsock handshake) and wait for hello, and for the reply to
  * a request that answers at once. Waiting for a run (wait, exec, attach) has no limit. */
@@ -59,6 +62,11 @@
 #define TOKEN_FILE_MAX 4096
 /* --wait-start: how often an id not yet known is asked for again. */
 #define WAIT_START_POLL_MS 20
+
+/* The streams of output records (PROTOCOL.md 4.3): a terminal run's bytes are stream 3. */
+#define STREAM_STDOUT 1
+#define STREAM_STDERR 2
+#define STREAM_TTY 3
 
 /* -ECANCELED: the failure has been reported on stderr already. */
 #define ALREADY_REPORTED (-ECANCELED)
@@ -103,12 +111,13 @@ struct opts {
     const char *socket, *token_file;
     bool help, version, man;
     /* runs */
-    bool use_argv, feed, detach, json, follow, eof, reboot;
+    bool use_argv, feed, detach, json, follow, eof, reboot, tty;
     bool has_timeout, has_grace, has_wait_start;
     uint64_t timeout_ms, grace_ms, wait_start_ms, from;
     const char *cwd, *id, *lang, *file, *user, *seccomp;
     const char **env; /* K=V strings from argv; nenv of them */
     size_t nenv;
+    const char *detach_keys; /* --detach-keys as given; NULL: the default */
     /* files */
     bool archive, long_list, recursive, parents, force;
     unsigned mode; /* mkdir -m; 0755 unless has_mode */
@@ -135,6 +144,16 @@ extern const size_t option_count;
 const struct option_def *option_find(const char *name);
 /* The name command rows list d by (its key, else its long name). */
 const char *option_key(const struct option_def *d);
+
+/* Detach keys (--detach-keys): "ctrl-p,ctrl-q" is Ctrl-P then Ctrl-Q. */
+#define DETACH_KEYS_MAX 8
+#define DEFAULT_DETACH_KEYS "ctrl-p,ctrl-q"
+struct detach_keys {
+    unsigned char k[DETACH_KEYS_MAX];
+    size_t n; /* 0: no detach keys */
+};
+/* Parses s (keys separated by commas: one character, or ctrl-X). Returns 0 or -EINVAL. */
+int detach_keys_parse(const char *s, struct detach_keys *k);
 
 /* Parses argv[first..argc) against the options of cmd (NULL: before the command: globals only)
  * into o; operands are gathered into *operands (pointing into argv, *noperands of them). With
@@ -181,6 +200,7 @@ struct ctl {
     struct box_msg m;
     bool connected;
     bool msg_ready;
+    bool cap_tty; /* hello listed the capability "tty" (terminal runs, resize) */
 };
 
 const char *io_error(int r);
@@ -254,6 +274,45 @@ int follow_run(struct follow *f);
 int wait_end(struct ctl *x, const char *id, bool output);
 int logs_pages(struct ctl *x, const char *id, uint64_t *from, struct sink *s);
 
+/* ---- cmd_run.c: starting runs --------------------------------------------------------------- */
+
+/* What an exec or code request carries, taken from the parsed options and the operands. */
+struct exec_opts {
+    const char *lang; /* code: the language (the request is `code`, not `exec`) */
+    const char *code; /* its snippet */
+    size_t code_len;
+    bool use_argv, feed, detach, json;
+    bool has_timeout, has_grace;
+    uint64_t timeout_ms, grace_ms;
+    const char *cwd, *id, *user, *seccomp;
+    const char **env; /* K=V strings, from argv */
+    size_t nenv;
+    char **words; /* CMD words or the argv array */
+    size_t nwords;
+    /* A terminal run: `tty: {rows, cols}`, TERM (unless env sets it; NULL: the agent's
+     * default), and for a shell without CMD `login: true`. */
+    bool tty, login;
+    unsigned rows, cols;
+    const char *term;
+};
+void exec_opts_from(struct exec_opts *e, const struct opts *o);
+/* Sends the exec (or code) request e describes; its req in *req. */
+int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req);
+
+/* ---- cmd_tty.c: terminals ------------------------------------------------------------------ */
+
+/* Runs e (e->tty set) interactively on boxctl's terminal, connected already. Returns boxctl's
+ * exit status. */
+int tty_exec(struct ctl *x, struct exec_opts *e, const char *detach_keys);
+/* attach found a terminal run: the `attached` reply (for req) is in x->m. Continues as the
+ * interactive loop. */
+int tty_attach(struct ctl *x, const char *id, uint64_t req, const char *detach_keys);
+/* True when the agent said it has terminal runs (hello's capability "tty"); otherwise says so
+ * on stderr, with what to do. */
+bool tty_supported(struct ctl *x);
+/* Fills e->rows/cols from boxctl's terminal (24x80 when stdin is not one) and e->term. */
+void tty_size_and_term(struct exec_opts *e);
+
 /* ---- commands ------------------------------------------------------------------------------ */
 
 int cmd_exec(struct ctl *x, struct opts *o, int argc, char **argv);
@@ -268,6 +327,7 @@ int cmd_list(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_info(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_ping(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_shutdown(struct ctl *x, struct opts *o, int argc, char **argv);
+int cmd_shell(struct ctl *x, struct opts *o, int argc, char **argv);
 /* cmd_files.c */
 int cmd_cp(struct ctl *x, struct opts *o, int argc, char **argv);
 int cmd_ls(struct ctl *x, struct opts *o, int argc, char **argv);

@@ -17,22 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* What an exec or code request carries, taken from the parsed options and the operands. */
-struct exec_opts {
-    const char *lang; /* code: the language (the request is `code`, not `exec`) */
-    const char *code; /* its snippet */
-    size_t code_len;
-    bool use_argv, feed, detach, json;
-    bool has_timeout, has_grace;
-    uint64_t timeout_ms, grace_ms;
-    const char *cwd, *id, *user, *seccomp;
-    const char **env; /* K=V strings, from argv */
-    size_t nenv;
-    char **words; /* CMD words or the argv array */
-    size_t nwords;
-};
-
-static void exec_opts_from(struct exec_opts *e, const struct opts *o)
+void exec_opts_from(struct exec_opts *e, const struct opts *o)
 {
     memset(e, 0, sizeof *e);
     e->use_argv = o->use_argv;
@@ -61,14 +46,22 @@ static bool env_overridden(const struct exec_opts *e, size_t i)
     return false;
 }
 
-static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
+int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
 {
     uint32_t nenv = 0;
-    for (size_t i = 0; i < e->nenv; i++)
+    bool env_term = false;
+    for (size_t i = 0; i < e->nenv; i++) {
         nenv += !env_overridden(e, i);
-    uint32_t nf = 2 /* cmd|argv (lang and code), follow */ + (e->lang != NULL) + (nenv > 0) +
+        env_term |= strncmp(e->env[i], "TERM=", 5) == 0;
+    }
+    /* The local TERM goes with a terminal run unless -e TERM=... chose another. */
+    bool add_term = e->tty && e->term != NULL && !env_term;
+    nenv += add_term;
+    bool has_words = e->lang == NULL && !e->login;
+    uint32_t nf = 1 /* follow */ + (e->lang != NULL ? 2 : has_words) + (nenv > 0) +
                   (e->cwd != NULL) + e->has_timeout + e->has_grace + e->feed + e->json +
-                  (e->id != NULL) + (e->user != NULL) + (e->seccomp != NULL);
+                  (e->id != NULL) + (e->user != NULL) + (e->seccomp != NULL) + e->tty +
+                  e->login;
     struct msg_out o;
     int r = box_req_begin(&x->c, &o, box_type_str(e->lang ? BOX_T_CODE : BOX_T_EXEC), nf, req);
     if (r < 0)
@@ -77,6 +70,8 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
         msg_kv_str(&o, BOX_REQ_KEY(LANG), e->lang);
         msg_key(&o, BOX_REQ_KEY(CODE));
         msg_data(&o, e->code, e->code_len);
+    } else if (e->login) {
+        msg_kv_bool(&o, BOX_REQ_KEY(LOGIN), true);
     } else if (e->use_argv) {
         msg_key(&o, BOX_REQ_KEY(ARGV));
         msg_array(&o, (uint32_t)e->nwords);
@@ -106,6 +101,16 @@ static int exec_request(struct ctl *x, const struct exec_opts *e, uint64_t *req)
             msg_strn(&o, e->env[i], (size_t)(eq - e->env[i]));
             msg_str(&o, eq + 1);
         }
+        if (add_term) {
+            msg_str(&o, "TERM");
+            msg_str(&o, e->term);
+        }
+    }
+    if (e->tty) {
+        msg_key(&o, BOX_REQ_KEY(TTY));
+        msg_map(&o, 2);
+        msg_kv_u64(&o, BOX_REQ_KEY(ROWS), e->rows);
+        msg_kv_u64(&o, BOX_REQ_KEY(COLS), e->cols);
     }
     if (e->cwd != NULL)
         msg_kv_str(&o, BOX_REQ_KEY(CWD), e->cwd);
@@ -185,6 +190,8 @@ static int exec_run(struct ctl *x, struct exec_opts *e_)
     int ret = ctl_connect(x);
     if (ret != 0)
         return ret;
+    if (e.tty && !tty_supported(x))
+        return EXIT_FAIL;
     ret = EXIT_FAIL;
 
     uint64_t req;
@@ -344,6 +351,18 @@ int cmd_exec(struct ctl *x, struct opts *o, int argc, char **argv)
         return usage_error("exec", "missing CMD");
     e.words = argv;
     e.nwords = (size_t)argc;
+    if (o->tty) {
+        if (e.json)
+            return usage_error("exec", "-t and --json do not go together: a terminal's output is "
+                                       "a screen, not stdout and stderr; drop one of them");
+        e.tty = true;
+        e.feed = false; /* a terminal run always takes stdin */
+        tty_size_and_term(&e);
+        if (!e.detach) {
+            int ret = ctl_connect(x);
+            return ret != 0 ? ret : tty_exec(x, &e, o->detach_keys);
+        }
+    }
     return exec_run(x, &e);
 }
 

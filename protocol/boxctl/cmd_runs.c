@@ -93,13 +93,16 @@ int cmd_attach(struct ctl *x, struct opts *o, int argc, char **argv)
     struct msg_out mo;
     uint64_t req;
     r = req_with_id(x, &mo, box_type_str(BOX_T_ATTACH), id, 1, &req);
-    if (r == 0) {
+    if (r == 0)
         msg_kv_u64(&mo, BOX_REQ_KEY(FROM_SEQ), from);
-        r = box_client_send(&x->c, &mo);
-    }
+    /* The reply comes before any output (PROTOCOL.md 10.1), and says whether the run has a
+     * terminal: then boxctl's terminal is the run's, as with 'boxctl shell'. */
+    if (r == 0)
+        r = box_client_call(&x->c, &mo, req, &x->m, REPLY_TIMEOUT_MS);
     if (r < 0)
         return request_failed(x, r);
-
+    if (msg_get(&x->m.root, BOX_KEY(TTY)) != NULL)
+        return tty_attach(x, id, req, o->detach_keys);
     struct sink sink;
     sink_init(&sink, SINK_RAW);
     struct follow f;
@@ -107,6 +110,7 @@ int cmd_attach(struct ctl *x, struct opts *o, int argc, char **argv)
     f.x = x;
     f.sink = &sink;
     f.req = req;
+    f.started = true; /* the attached reply is in */
     f.cancel_on_sigint = true;
     snprintf(f.id, sizeof f.id, "%s", id);
     switch (follow_run(&f)) {

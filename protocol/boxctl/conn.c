@@ -219,6 +219,22 @@ static int serial_confirm(struct ctl *x, int token_ok)
     return EXIT_FAIL;
 }
 
+/* Whether the hello reply in m lists capability name. */
+static bool has_capability(const struct box_msg *m, const char *name)
+{
+    const msgpack_object *caps = msg_get(&m->root, BOX_KEY(CAPABILITIES));
+    if (caps == NULL || caps->type != MSGPACK_OBJECT_ARRAY)
+        return false;
+    size_t n = strlen(name);
+    for (uint32_t i = 0; i < caps->via.array.size; i++) {
+        const msgpack_object *c = &caps->via.array.ptr[i];
+        if (c->type == MSGPACK_OBJECT_STR && c->via.str.size == n &&
+            memcmp(c->via.str.ptr, name, n) == 0)
+            return true;
+    }
+    return false;
+}
+
 int ctl_connect(struct ctl *x)
 {
     int r = box_msg_init(&x->m);
@@ -264,6 +280,7 @@ int ctl_connect(struct ctl *x)
             request_failed(x, r);
         return EXIT_FAIL;
     }
+    x->cap_tty = has_capability(&x->m, CAP_TTY);
     if (x->ep.kind == BOX_EP_SERIAL)
         return serial_confirm(x, 0);
     return 0;

@@ -26,8 +26,8 @@
  * ctl_connect(x) once it has checked them, and returns boxctl's exit status. --help, the man
  * page and the parser all come from the row, nothing else needs editing.
  *
- * Registration point for groups still to come: terminal commands add their rows at the end,
- * under the group "Terminals". */
+ * The group "Terminals" is last: shell (cmd_tty.c, which also has the interactive loop that
+ * exec -t and attach on a terminal run share). */
 /* clang-format off */
 const struct command command_table[] = {
     {"exec", "Runs", "run a command and stream its output",
@@ -42,9 +42,15 @@ const struct command command_table[] = {
      "with --detach --json, {id, pid, existing}.\n"
      "Ctrl-C cancels the run and keeps streaming until it has ended; a second Ctrl-C stops "
      "waiting (exit 130) and leaves the agent to finish the cancel.\n"
+     "With -t the run gets a pseudo-terminal of boxctl's window size and boxctl's terminal "
+     "is its, as with 'boxctl shell': keys go to the run (Ctrl-C interrupts its foreground "
+     "job), the detach keys leave it going. 'boxctl exec -t top', 'boxctl exec -t --argv "
+     "vim notes.txt'. With -t --detach the terminal run is started and its id printed; "
+     "'boxctl attach ID' takes it over.\n"
      "Exit status: the run's exit code: 128+N when it was killed by signal N, 127 when the "
      "program was not found, 126 when it could not be started otherwise.",
-     "argv timeout grace cwd env id user seccomp stdin detach json", true, cmd_exec},
+     "argv timeout grace cwd env id user seccomp stdin detach json tty detach-keys", true,
+     cmd_exec},
     {"code", "Runs", "run a snippet of code in one of the box's languages",
      "--lang LANG [OPTIONS] (CODE | -f FILE | -)",
      "Run a snippet with the box's interpreter for LANG (python, js, ts, bash, sh, ruby, perl, "
@@ -55,12 +61,18 @@ const struct command command_table[] = {
      "Exit status: as for exec. A language the box does not have is an error (exit 1) that lists "
      "the languages it has.",
      "lang file timeout grace cwd env id user seccomp stdin detach json", false, cmd_code},
-    {"attach", "Requests on runs", "stream a run's output until it ends", "RUN_ID [--from SEQ]",
+    {"attach", "Requests on runs", "stream a run's output until it ends, or take its terminal",
+     "RUN_ID [--from SEQ] [--detach-keys KEYS]",
      "Stream a run's output from record SEQ (default 0) on, live, until it ends, like exec. "
      "Records dropped by the agent's log retention are reported on stderr. Ctrl-C cancels the "
      "run (a second Ctrl-C stops waiting).\n"
-     "Exit status: the run's exit code (as for exec); 1 for connection errors and error replies.",
-     "from wait-start", false, cmd_attach},
+     "A terminal run (boxctl shell, exec -t) is taken over interactively instead: its retained "
+     "screen output is replayed first, then keys go to it and its output comes live, on "
+     "boxctl's raw terminal, which gets boxctl's window size. Ctrl-C is a key like any other "
+     "there; Ctrl-P Ctrl-Q (--detach-keys) detaches again.\n"
+     "Exit status: the run's exit code (as for exec); 0 after a detach; 1 for connection "
+     "errors and error replies.",
+     "from wait-start detach-keys", false, cmd_attach},
     {"wait", "Requests on runs", "wait for a run to end and show its outcome", "RUN_ID [--json]",
      "Wait until the run has ended, then print a one-line summary, or with --json the same JSON "
      "object as exec --json (the exit status is then 0).\n"
@@ -151,6 +163,31 @@ const struct command command_table[] = {
      "'overflow' means events were lost: list the directory again. --json prints each event as "
      "a JSON object {seq, event, name, dir}.",
      "recursive user json", true, cmd_watch},
+    {"shell", "Terminals", "an interactive shell (or CMD) on a terminal in the box",
+     "[--user U] [--cwd DIR] [-e K=V]... [--detach-keys KEYS] [CMD [ARG]...]",
+     "Start the run user's login shell (or --user's: the shell of its passwd entry, as a login "
+     "shell, in its HOME) on a pseudo-terminal in the box, or CMD with its ARGs (executed "
+     "directly, PATH searched, as exec --argv), like 'docker exec -it' or 'ssh -t'. The "
+     "terminal gets boxctl's window size and follows it (SIGWINCH), and TERM is boxctl's "
+     "$TERM unless -e TERM=... says otherwise. boxctl's own terminal is raw meanwhile: every "
+     "key goes to the box, so Ctrl-C interrupts the shell's foreground job, Ctrl-Z stops it "
+     "and Ctrl-D ends the shell, as on any terminal. The terminal's modes come back on every "
+     "way out, even when boxctl is killed with SIGKILL (a small guard process restores them).\n"
+     "Detach: Ctrl-P then Ctrl-Q leaves the run going and returns to your terminal with "
+     "'boxctl: detached from ID; boxctl attach ID to return'; 'boxctl attach ID', from here or "
+     "anywhere else, replays the screen output the agent kept and goes on. --detach-keys "
+     "chooses other keys ('ctrl-a,d'; '' for none); a detach key typed alone is held until the "
+     "next key shows it is not the sequence, then both are sent. When boxctl gets SIGTERM, "
+     "SIGHUP or SIGINT, or the connection breaks, the run keeps going too.\n"
+     "Examples: 'boxctl shell'; 'boxctl shell --user dev --cwd /work'; 'boxctl shell top'; "
+     "'boxctl shell -e TERM=vt100 -- bash --norc'.\n"
+     "When stdin is not a terminal the run gets 24x80, what comes on stdin is typed in as it "
+     "comes, and its end sends ^D once.\n"
+     "Exit status: the shell's (or CMD's) exit code ('exit 3' in the shell: 3), 128+N when "
+     "it was killed by signal N, 127/126 when CMD was not found or could not be started; 0 "
+     "after a detach; 1 when the agent cannot be reached, lacks terminal runs (capability "
+     "\"tty\") or refuses the request.",
+     "user cwd env detach-keys", true, cmd_shell},
     {"tunnel", "Tunnels", "relay stdin/stdout to a TCP address or unix socket in the box",
      "[--user U] HOST:PORT | unix:PATH",
      "Open a tunnel to HOST:PORT (an IPv4 or IPv6 address, [::1]:22, or a name of the box's "
@@ -174,7 +211,6 @@ const struct command command_table[] = {
      "unix:PATH for a unix socket in the box.\n"
      "Example: boxctl forward 8080:127.0.0.1:3000, then open http://127.0.0.1:8080/.",
      "user", false, cmd_forward},
-    /* Terminals go here. */
 };
 /* clang-format on */
 const size_t command_count = sizeof command_table / sizeof command_table[0];

@@ -100,6 +100,20 @@ static int set_seccomp(const char *c, struct opts *o, const char *a)
     return 0;
 }
 
+static int set_tty(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->tty = true; return 0; }
+
+static int set_detach_keys(const char *c, struct opts *o, const char *a)
+{
+    struct detach_keys k;
+    if (detach_keys_parse(a, &k) < 0)
+        return usage_error(c, "--detach-keys takes keys separated by commas, each a character "
+                              "or ctrl-X (X one of a-z @ [ \\ ] ^ _), at most %d, or '' for "
+                              "none; not '%s'",
+                           DETACH_KEYS_MAX, a);
+    o->detach_keys = a;
+    return 0;
+}
+
 static int set_archive(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->archive = true; return 0; }
 static int set_long(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->long_list = true; return 0; }
 static int set_recursive(const char *c, struct opts *o, const char *a) { (void)c; (void)a; o->recursive = true; return 0; }
@@ -169,6 +183,15 @@ const struct option_def option_table[] = {
      set_stdin, false, NULL},
     {"detach", 'd', ARG_NONE, NULL,
      "start the run, print its id once it has started, and return", set_detach, false, NULL},
+    /* Terminals. */
+    {"tty", 't', ARG_NONE, NULL,
+     "run on a pseudo-terminal, interactively, as 'boxctl shell' does (keys go to the run,\n"
+     "boxctl's terminal is raw until the end or a detach)",
+     set_tty, false, NULL},
+    {"detach-keys", 0, ARG_REQUIRED, "KEYS",
+     "the keys that detach from a terminal run and leave it going (default\n"
+     DEFAULT_DETACH_KEYS ", as docker): characters or ctrl-X, comma-separated; '' for none",
+     set_detach_keys, false, NULL},
     /* Output and runs. */
     {"json", 'j', ARG_NONE, NULL, "print JSON instead of text (the command's description says what)",
      set_json, false, NULL},

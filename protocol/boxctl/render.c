@@ -23,7 +23,7 @@
 struct record {
     uint64_t seq;
     int64_t ts_ns;
-    int stream; /* 1 stdout, 2 stderr */
+    int stream; /* STREAM_STDOUT, STREAM_STDERR, STREAM_TTY */
     const char *data;
     size_t len;
 };
@@ -42,7 +42,8 @@ static int record_parse(const msgpack_object *o, struct record *r)
         r->ts_ns = e[1].via.i64;
     else
         return -EBADMSG;
-    if (e[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER || e[2].via.u64 < 1 || e[2].via.u64 > 2)
+    if (e[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER || e[2].via.u64 < STREAM_STDOUT ||
+        e[2].via.u64 > STREAM_TTY)
         return -EBADMSG;
     r->stream = (int)e[2].via.u64;
     if (e[3].type == MSGPACK_OBJECT_STR) {
@@ -103,13 +104,15 @@ static void json_record(struct json *j, const struct record *r, bool lines)
     json_key(j, "timestamp");
     json_cstr(j, ts);
     json_key(j, "level");
-    json_cstr(j, r->stream == 2 ? "error" : "info");
+    json_cstr(j, r->stream == STREAM_STDERR ? "error" : "info");
     json_key(j, "message");
     json_string(j, r->data, n);
     json_key(j, "seq");
     json_uint(j, r->seq);
     json_key(j, "stream");
-    json_cstr(j, r->stream == 2 ? "stderr" : "stdout");
+    json_cstr(j, r->stream == STREAM_STDERR ? "stderr"
+                 : r->stream == STREAM_TTY  ? "tty"
+                                            : "stdout");
     json_object_end(j);
     if (lines)
         json_newline(j);
@@ -173,13 +176,15 @@ int sink_lines(struct sink *s, const msgpack_object *lines)
         s->next_seq = r.seq + 1;
         switch (s->mode) {
         case SINK_RAW: {
-            int w = gather_add(&g, r.stream == 2 ? STDERR_FILENO : STDOUT_FILENO, r.data, r.len);
+            /* A terminal's bytes (stream 3) are the screen: stdout. */
+            int w = gather_add(&g, r.stream == STREAM_STDERR ? STDERR_FILENO : STDOUT_FILENO,
+                               r.data, r.len);
             if (w < 0)
                 return w;
             break;
         }
         case SINK_CAPTURE:
-            sbuf_add(&s->cap[r.stream - 1], r.data, r.len);
+            sbuf_add(&s->cap[r.stream == STREAM_STDERR], r.data, r.len);
             break;
         case SINK_JSON:
             json_record(s->j, &r, s->lines);

@@ -20,8 +20,9 @@ static const char intro[] =
 
 static const char exit_text[] =
     "Exit status: 2 for a usage error; 1 when the agent cannot be reached, the connection breaks "
-    "or the agent answers with an error; exec, code, attach and wait exit with the run's exit "
-    "code unless --json is given.";
+    "or the agent answers with an error; exec, code, attach, wait and shell exit with the run's "
+    "exit code (128+N for signal N) unless --json is given, and shell, exec -t and attach on a "
+    "terminal run with 0 after a detach (Ctrl-P Ctrl-Q).";
 
 static const char env_text[] =
     "BOXD_SOCKET: the endpoint when -s is not given. BOXD_TOKEN_FILE: a file holding the "

@@ -22,7 +22,8 @@
 #   BENCH_LIVE_RUNS=1000        live runs for the RSS measurement (bench_rss)
 #   BENCH_SEQ_RUNS=100000       sequential runs for the RSS measurement
 #   BENCH_START_N=20            start-ups timed
-#   BENCH_ONLY="exec conc stream code rss"   run only these
+#   BENCH_TTY_KEYS=300          keystrokes timed per client (tty_echo.py: boxctl shell vs ssh -tt)
+#   BENCH_ONLY="exec conc stream code tty rss"   run only these
 #   BENCH_BOXD_ARGS=""          more boxd options, e.g. "--user nobody" to measure runs that
 #                               switch identity (through the exec helper, README "How it works")
 set -euo pipefail
@@ -34,7 +35,7 @@ if [ "${1:-}" = "--quick" ]; then
     MODE=quick
     : "${BENCH_ITERS:=300}" "${BENCH_SSH_ITERS:=50}" "${BENCH_CONC_MS:=1000}" "${BENCH_GAP_ITERS:=20}"
     : "${BENCH_STREAM_BYTES:=67108864}" "${BENCH_SEQ_RUNS:=5000}" "${BENCH_START_N:=5}"
-    : "${BENCH_CODE_ITERS:=40}"
+    : "${BENCH_CODE_ITERS:=40}" "${BENCH_TTY_KEYS:=100}"
 elif [ $# -gt 0 ]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
     exit 2
@@ -42,11 +43,12 @@ fi
 : "${BENCH_ITERS:=2000}" "${BENCH_SSH_ITERS:=200}" "${BENCH_SSH_HOST:=localhost}" "${BENCH_CONC_LEVELS:=1,8,64}"
 : "${BENCH_GAP_ITERS:=100}" "${BENCH_GAP_MS:=50}"
 : "${BENCH_CONC_MS:=3000}" "${BENCH_STREAM_BYTES:=1073741824}" "${BENCH_LIVE_RUNS:=1000}"
-: "${BENCH_SEQ_RUNS:=100000}" "${BENCH_START_N:=20}" "${BENCH_ONLY:=exec conc stream code rss}"
+: "${BENCH_SEQ_RUNS:=100000}" "${BENCH_START_N:=20}" "${BENCH_ONLY:=exec conc stream code tty rss}"
 : "${BENCH_CODE_ITERS:=200}"
 export BENCH_ITERS BENCH_GAP_ITERS BENCH_GAP_MS BENCH_SSH_ITERS BENCH_CONC_LEVELS BENCH_CONC_MS BENCH_STREAM_BYTES
 export BENCH_STREAM_ROUNDS=${BENCH_STREAM_ROUNDS:-3}
 export BENCH_LIVE_RUNS BENCH_SEQ_RUNS BENCH_START_N BENCH_CODE_ITERS
+export BENCH_TTY_KEYS=${BENCH_TTY_KEYS:-300}
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -171,6 +173,9 @@ bench exec "$BIN/bench_exec" "$SOCK"
 bench conc "$BIN/bench_conc" "$SOCK"
 bench stream "$BIN/bench_stream" "$SOCK" "$OUT/boxctl"
 bench code "$BIN/bench_code" "$SOCK"
+# Keystroke echo through boxctl shell against ssh -tt to a private sshd it starts itself.
+bench tty env BOXCTL_BIN="$OUT/boxctl" /usr/bin/python3 "$ROOT/tests/bench/tty_echo.py" \
+    --socket "$SOCK" --rows
 # The shared boxd keeps finished runs with their logs (up to --max-finished, each up to
 # --log-bytes), so after the stream benchmark this includes its runs' retained logs (one per
 # round, 8 MiB each by default).
