@@ -576,6 +576,12 @@ static void upload_work(struct fsjob *j)
             }
             done += (size_t)n;
         }
+        if (c->res == 0 && u->sync) {
+            /* Start this chunk's writeback now, so the disk works while the rest arrives and
+             * the fsync at eof waits only for the last of it. Asynchronous; an error here
+             * shows again at that fsync, which decides. */
+            sync_file_range(u->fd, (off_t)c->offset, c->len, SYNC_FILE_RANGE_WRITE);
+        }
         if (c->res == 0) {
             if (u->hash)
                 sha256_update(&u->sha, c->data, c->len);
