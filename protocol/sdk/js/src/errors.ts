@@ -33,7 +33,8 @@ export type ProtocolErrorCode =
   | "refused"
   | "checksum_mismatch"
   | "unsupported"
-  | "io_error";
+  | "io_error"
+  | "connect_failed";
 
 /** The codes of errors made by this client, not sent by the agent. */
 export type ClientErrorCode =
@@ -158,6 +159,12 @@ export class ChecksumMismatchError extends ProtocolError {}
 export class UnsupportedError extends ProtocolError {}
 /** `io_error` (files): the file system reported an I/O error. */
 export class IoError extends ProtocolError {}
+/**
+ * `connect_failed` from the agent (tunnels, PROTOCOL.md section 13): a `tunnel_open`'s connect
+ * inside the box failed; `reply.errno_name` says why (`ECONNREFUSED`, `EACCES`...). Not to be
+ * confused with {@link ConnectError}, this client's own failure to reach the agent.
+ */
+export class TunnelConnectFailedError extends ProtocolError {}
 
 /** The constructor of a ProtocolError subclass. */
 export type ProtocolErrorClass = new (code: string, message: string, reply?: ErrorReply) => ProtocolError;
@@ -187,6 +194,7 @@ export const errorClasses: Readonly<Record<ProtocolErrorCode, ProtocolErrorClass
   checksum_mismatch: ChecksumMismatchError,
   unsupported: UnsupportedError,
   io_error: IoError,
+  connect_failed: TunnelConnectFailedError,
 };
 
 /** Makes the typed error for an `error` message of the agent. Unknown codes give a ProtocolError. */

@@ -24,7 +24,7 @@ __all__ = [
     "LimitError", "SpawnFailedError", "ShuttingDownError", "UnknownLangError", "InternalError",
     "NotADirectoryError_", "IsADirectoryError_", "ExistsError", "PermissionDeniedError",
     "NoSpaceError", "RefusedError", "ChecksumMismatchError", "UnsupportedError",
-    "IOErrorFromAgent",
+    "IOErrorFromAgent", "TunnelConnectFailedError",
     "ConnectionLostError", "BootChangedError", "RequestTimeoutError", "WaitTimeoutError",
     "ProtocolError", "CapabilityError", "BoxClosedError", "ERROR_CLASSES", "CLIENT_CODES",
     "error_from_reply",
@@ -210,6 +210,13 @@ class IOErrorFromAgent(BoxError):
     code = "io_error"
 
 
+class TunnelConnectFailedError(BoxError):
+    """``connect_failed``: a ``tunnel_open``'s connect inside the box failed; the reply's
+    ``errno_name`` says why (``ECONNREFUSED``: nothing listens there; ``EACCES``: the user may
+    not connect to that socket). PROTOCOL.md section 13."""
+    code = "connect_failed"
+
+
 # ---- client-side errors --------------------------------------------------------------------------
 
 class ConnectionLostError(BoxError):
@@ -272,7 +279,8 @@ ERROR_CLASSES: Dict[str, Type[BoxError]] = {
         UnauthorizedError, BadVersionError, NotFoundError, RunEndedError, LimitError,
         SpawnFailedError, ShuttingDownError, UnknownLangError, InternalError,
         NotADirectoryError_, IsADirectoryError_, ExistsError, PermissionDeniedError,
-        NoSpaceError, RefusedError, ChecksumMismatchError, UnsupportedError, IOErrorFromAgent)
+        NoSpaceError, RefusedError, ChecksumMismatchError, UnsupportedError, IOErrorFromAgent,
+        TunnelConnectFailedError)
 }
 
 #: The client-side codes and their classes.
